@@ -1,0 +1,1 @@
+"""vsnap: a storage appliance's management server."""

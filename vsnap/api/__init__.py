@@ -1,0 +1,149 @@
+"""The HTTP API: one blueprint per resource, every error as the spec's error object."""
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+
+from flask import Flask, g, jsonify, request, send_from_directory
+from flask_smorest import Api as SmorestApi
+from werkzeug.exceptions import HTTPException
+
+from ..errors import (ApiError, AuthenticationError, InternalError, MethodNotAllowedError,
+                      NotFoundError, PayloadTooLargeError, TooManyRequestsError,
+                      UnsupportedMediaTypeError, ValidationError)
+from ..services import system_error
+from . import disk, network, system, target, user
+from .auth import install_auth
+from .common import ErrorSchema, validation_error_from
+
+log = logging.getLogger(__name__)
+
+BLUEPRINTS = (system.blp, user.blp, network.blp, target.blp, disk.blp)
+# Errors any operation may answer with, documented on every operation of the OpenAPI document.
+COMMON_ERRORS = {
+    "400": "Bad input (ValidationError, InvalidCandidateError)",
+    "401": "Missing or wrong credentials (AuthenticationError)",
+    "403": "The account lacks the vsnap_admin role (PermissionDeniedError)",
+    "404": "No such object (NotFoundError)",
+    "405": "Method not allowed (MethodNotAllowedError)",
+    "409": "Conflicts with the current state (ConflictError)",
+    "429": "Too many failed logins from this address (TooManyRequestsError)",
+    "500": "Unexpected failure, logged with a request id (InternalError)",
+    "503": "A storage command timed out or a service is down (ServiceUnavailableError)",
+}
+
+
+class Api(SmorestApi):
+    ERROR_SCHEMA = ErrorSchema
+
+    def _openapi_json(self):
+        doc = self.spec.to_dict()
+        error_ref = {"$ref": "#/components/schemas/Error"}
+        for path_item in doc.get("paths", {}).values():
+            for method, operation in path_item.items():
+                if not isinstance(operation, dict) or "responses" not in operation:
+                    continue
+                responses = operation["responses"]
+                responses.pop("default", None)
+                for code, description in COMMON_ERRORS.items():
+                    responses.setdefault(code, {
+                        "description": description,
+                        "content": {"application/json": {"schema": error_ref}},
+                    })
+                operation.setdefault("security", [{"basicAuth": []}])
+        return self._app.response_class(
+            json.dumps(doc, indent=2), mimetype="application/json")
+
+
+def _error_response(err: ApiError):
+    response = jsonify(err.to_dict())
+    response.status_code = err.status
+    if isinstance(err, AuthenticationError):
+        response.headers["WWW-Authenticate"] = 'Basic realm="vsnap", charset="UTF-8"'
+    if isinstance(err, TooManyRequestsError) and err.extra.get("retry_after"):
+        response.headers["Retry-After"] = str(err.extra["retry_after"])
+    return response
+
+
+def _from_http_exception(exc: HTTPException) -> ApiError:
+    data = getattr(exc, "data", None) or {}
+    if exc.code in (400, 422) and data.get("messages"):
+        return validation_error_from(data["messages"])
+    if exc.code == 404:
+        return NotFoundError(f"No such endpoint: {request.method} {request.path}")
+    if exc.code == 405:
+        return MethodNotAllowedError(f"Method {request.method} is not allowed on {request.path}")
+    if exc.code == 413:
+        return PayloadTooLargeError("Request body is too large")
+    if exc.code == 415:
+        return UnsupportedMediaTypeError("Request body must be JSON")
+    if exc.code and exc.code < 500:
+        err = ValidationError(exc.description or exc.name)
+        err.status = exc.code
+        return err
+    return InternalError("Internal error")
+
+
+def install_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def handle_api_error(err: ApiError):
+        if err.status >= 500:
+            log.error("request %s %s %s failed: %s", g.get("request_id"), request.method,
+                      request.path, err.message)
+        return _error_response(err)
+
+    @app.errorhandler(HTTPException)
+    def handle_http_exception(exc: HTTPException):
+        response = _error_response(_from_http_exception(exc))
+        if exc.code == 405 and getattr(exc, "valid_methods", None):
+            response.headers["Allow"] = ", ".join(exc.valid_methods)
+        return response
+
+    @app.errorhandler(Exception)
+    def handle_unexpected(exc: Exception):
+        translated = system_error(exc)
+        if translated is not None:
+            log.error("request %s %s %s: %s", g.get("request_id"), request.method, request.path, exc)
+            return _error_response(translated)
+        log.exception("request %s %s %s raised", g.get("request_id"), request.method, request.path)
+        return _error_response(InternalError(
+            f"Internal error (request id {g.get('request_id', 'unknown')}); see the server log"))
+
+
+def init_api(app: Flask) -> None:
+    app.config.update(
+        API_TITLE="vsnap",
+        API_VERSION="1.0",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/api",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="docs",
+        OPENAPI_SWAGGER_UI_URL="/api/docs/static/",
+        API_SPEC_OPTIONS={
+            "components": {"securitySchemes": {"basicAuth": {"type": "http", "scheme": "basic"}}},
+            "security": [{"basicAuth": []}],
+            "info": {"description": "vsnap storage appliance API (vsnap-api-1.0)"},
+        },
+    )
+    api = Api(app)
+    for blp in BLUEPRINTS:
+        api.register_blueprint(blp)
+
+    @app.route("/api/docs/static/<path:filename>")
+    def swagger_static(filename):
+        # Served locally: appliances usually have no internet access for a CDN.
+        import swagger_ui_bundle
+        return send_from_directory(swagger_ui_bundle.swagger_ui_path, filename)
+
+    @app.before_request
+    def assign_request_id():
+        g.request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex[:16]
+
+    @app.after_request
+    def add_request_id(response):
+        response.headers["X-Request-Id"] = g.get("request_id", "")
+        return response
+
+    install_auth(app)
+    install_error_handlers(app)

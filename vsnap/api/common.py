@@ -1,0 +1,96 @@
+"""What every blueprint shares: the parser, the error schema, ID fields and list envelopes."""
+from __future__ import annotations
+
+import marshmallow as ma
+from flask_smorest import Blueprint as SmorestBlueprint
+from webargs import core
+from webargs.flaskparser import FlaskParser
+
+from ..errors import ValidationError
+
+
+class JsonParser(FlaskParser):
+    """Reports bad input as 400 (not webargs' 422), and reads a JSON body whatever the
+    Content-Type says, so `curl -d '{...}'` works without -H."""
+
+    DEFAULT_VALIDATION_STATUS = 400
+
+    def _raw_load_json(self, req):
+        data = req.get_data(cache=True)
+        if not data:
+            return core.missing
+        return core.parse_json(data)
+
+
+class Blueprint(SmorestBlueprint):
+    # unknown=None: each schema's own Meta.unknown decides (StrictSchema refuses unknown
+    # fields, in the body and in the query string alike).
+    ARGUMENTS_PARSER = JsonParser(unknown=None)
+
+
+class ErrorBody(ma.Schema):
+    message = ma.fields.String(required=True)
+    type = ma.fields.String(required=True)
+
+
+class ErrorSchema(ma.Schema):
+    error = ma.fields.Nested(ErrorBody, required=True)
+
+
+class Id(ma.fields.String):
+    """IDs arrive as strings or JSON numbers; they are always emitted as strings."""
+
+    def __init__(self, *, hex32: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.hex32 = hex32
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool):
+            raise ma.ValidationError("Not a valid ID.")
+        if isinstance(value, int):
+            value = str(value)
+        value = super()._deserialize(value, attr, data, **kwargs).strip()
+        if self.hex32:
+            if len(value) != 32 or any(c not in "0123456789abcdef" for c in value.lower()):
+                raise ma.ValidationError("Not a valid ID: expected 32 hexadecimal characters.")
+            return value.lower()
+        if not value.isascii() or not value.isdigit() or len(value) > 18:
+            raise ma.ValidationError("Not a valid ID: expected a decimal number.")
+        return str(int(value))
+
+
+class StrictSchema(ma.Schema):
+    """Request bodies: unknown fields are an error, so typos do not pass silently."""
+
+    class Meta:
+        unknown = ma.RAISE
+
+
+class EmptySchema(ma.Schema):
+    pass
+
+
+def flatten_messages(messages, prefix: str = "") -> list[str]:
+    """webargs' nested error dict -> readable 'field: problem' lines."""
+    if isinstance(messages, dict):
+        lines = []
+        for key, value in messages.items():
+            if key in ("json", "query", "querystring", "view_args", "path") and not prefix:
+                lines.extend(flatten_messages(value, ""))
+            else:
+                name = f"{prefix}.{key}" if prefix else str(key)
+                lines.extend(flatten_messages(value, name))
+        return lines
+    if isinstance(messages, (list, tuple)):
+        lines = []
+        for item in messages:
+            lines.extend(flatten_messages(item, prefix))
+        return lines
+    text = str(messages)
+    return [f"{prefix}: {text}" if prefix and prefix != "_schema" else text]
+
+
+def validation_error_from(messages) -> ValidationError:
+    lines = flatten_messages(messages) or ["Invalid request"]
+    return ValidationError("; ".join(lines))
+

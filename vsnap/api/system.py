@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import marshmallow as ma
+from flask import current_app
+
+from .common import Blueprint, StrictSchema
+
+blp = Blueprint("system", __name__, url_prefix="/api/system", description="Appliance info and init (spec 2)")
+
+
+class SystemSchema(ma.Schema):
+    fqdn = ma.fields.String()
+    hostname = ma.fields.String()
+    id = ma.fields.String()
+    init_status = ma.fields.String(metadata={"enum": ["Not Initialized", "Initializing", "Ready", "Failed"]})
+    message = ma.fields.String(metadata={"description": "Why init failed (only with Failed)"})
+    multipool = ma.fields.Boolean()
+    api_version = ma.fields.String()
+    nfs_version = ma.fields.String(allow_none=True)
+    nginx_version = ma.fields.String(allow_none=True)
+    os_name = ma.fields.String(allow_none=True)
+    os_version = ma.fields.String(allow_none=True)
+    samba_version = ma.fields.String(allow_none=True)
+    uwsgi_version = ma.fields.String(allow_none=True, metadata={
+        "description": "Version of the WSGI server (gunicorn) serving the API"})
+    vsnap_version = ma.fields.String(allow_none=True)
+    zfs_version = ma.fields.String(allow_none=True)
+
+
+class InitSchema(StrictSchema):
+    action = ma.fields.String(required=True, validate=ma.validate.OneOf(["init"]))
+    # `async` is a Python keyword: the attribute has another name.
+    run_async = ma.fields.Boolean(data_key="async", load_default=False)
+    multipool = ma.fields.Boolean(load_default=False)
+    skip_pool = ma.fields.Boolean(load_default=False)
+
+
+def _services():
+    return current_app.extensions["vsnap"]
+
+
+@blp.route("")
+@blp.response(200, SystemSchema)
+def get_system():
+    """Get system info (2.1)"""
+    return _services().system.info()
+
+
+@blp.route("", methods=["POST"])
+@blp.arguments(InitSchema)
+@blp.response(200, SystemSchema)
+def init_system(args):
+    """Initialize the system (2.2)"""
+    return _services().system.init(run_async=args["run_async"], multipool=args["multipool"],
+                                   skip_pool=args["skip_pool"])

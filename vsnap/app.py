@@ -1,0 +1,28 @@
+"""The Flask app factory."""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from .api import init_api
+from .config import Settings
+from .services import Services
+
+MAX_BODY_BYTES = 1 << 20
+
+
+def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = Flask("vsnap")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.json.sort_keys = False
+    app.extensions["vsnap"] = services or Services.build(settings)
+    if settings.trusted_proxy:
+        # Behind nginx: the client address comes from X-Forwarded-For (throttling uses it).
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1)
+    init_api(app)
+
+    return app

@@ -1,0 +1,89 @@
+"""Settings, read once from the environment.
+
+`$VSNAP_STATE/lab/lab.env` (written by the lab) supplies defaults such as VSNAP_DISKS;
+a variable set in the environment always wins.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    try:
+        text = path.read_text()
+    except OSError:
+        return values
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        values[key.strip()] = value.strip().strip('"').strip("'")
+    return values
+
+
+def _split_list(value: str | None) -> list[str]:
+    if not value:
+        return []
+    return [item for item in value.replace(",", " ").split() if item]
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_dir: Path
+    port: int = 8900
+    disks: list[str] = field(default_factory=list)  # device paths or fnmatch patterns
+    admin_user: str = "vsnapadmin"
+    admin_group: str = "vsnap"
+    pam_service: str = "vsnap"
+    auth_cache_seconds: float = 3.0
+    auth_fail_limit: int = 10
+    auth_fail_window: float = 60.0
+    command_timeout: float = 120.0
+    iqn_prefix: str = "iqn.2026-11.local.vsnap"
+    trusted_proxy: bool = False
+    ssh_port: int = 8922
+
+    @property
+    def database_path(self) -> Path:
+        return self.state_dir / "vsnap.db"
+
+    @property
+    def database_url(self) -> str:
+        return f"sqlite:///{self.database_path}"
+
+    @property
+    def tls_cert(self) -> Path:
+        return self.state_dir / "tls" / "vsnap.crt"
+
+    @property
+    def tls_key(self) -> Path:
+        return self.state_dir / "tls" / "vsnap.key"
+
+    @property
+    def system_id_file(self) -> Path:
+        return self.state_dir / "system-id"
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
+        env = dict(os.environ if environ is None else environ)
+        state_dir = Path(env.get("VSNAP_STATE", "/var/lib/vsnap"))
+        merged = {**_read_env_file(state_dir / "lab" / "lab.env"), **env}
+        return cls(
+            state_dir=state_dir,
+            port=int(merged.get("VSNAP_PORT", 8900)),
+            disks=_split_list(merged.get("VSNAP_DISKS")),
+            admin_user=merged.get("VSNAP_ADMIN_USER", "vsnapadmin"),
+            admin_group=merged.get("VSNAP_GROUP", "vsnap"),
+            pam_service=merged.get("VSNAP_PAM_SERVICE", "vsnap"),
+            auth_cache_seconds=float(merged.get("VSNAP_AUTH_CACHE_SECONDS", 3.0)),
+            auth_fail_limit=int(merged.get("VSNAP_AUTH_FAIL_LIMIT", 10)),
+            auth_fail_window=float(merged.get("VSNAP_AUTH_FAIL_WINDOW", 60.0)),
+            command_timeout=float(merged.get("VSNAP_COMMAND_TIMEOUT", 120.0)),
+            iqn_prefix=merged.get("VSNAP_IQN_PREFIX", "iqn.2026-11.local.vsnap"),
+            trusted_proxy=merged.get("VSNAP_TRUSTED_PROXY", "0").lower() in ("1", "true", "yes"),
+            ssh_port=int(merged.get("VSNAP_SSH_PORT", 8922)),
+        )

@@ -1,0 +1,68 @@
+"""Runs system commands as argument lists (never through a shell), always with a timeout."""
+from __future__ import annotations
+
+import logging
+import subprocess
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+
+class CommandError(Exception):
+    """A command exited non-zero."""
+
+    def __init__(self, argv: list[str], returncode: int, stdout: str, stderr: str):
+        self.argv = argv
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        detail = (stderr or stdout).strip().splitlines()
+        super().__init__(f"{argv[0]} failed ({returncode}): {detail[-1] if detail else 'no output'}")
+
+
+class CommandTimeout(Exception):
+    """A command did not finish in time (e.g. a stuck ZFS)."""
+
+    def __init__(self, argv: list[str], timeout: float):
+        self.argv = argv
+        self.timeout = timeout
+        super().__init__(f"{argv[0]} did not finish within {timeout:g} s")
+
+
+class CommandNotFound(Exception):
+    def __init__(self, argv: list[str]):
+        self.argv = argv
+        super().__init__(f"{argv[0]} is not installed")
+
+
+@dataclass
+class Result:
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class Runner:
+    """The one way drivers run commands. Tests replace it with a fake to cover parsing and errors."""
+
+    def __init__(self, timeout: float = 120.0):
+        self.timeout = timeout
+
+    def run(self, argv: list[str], *, check: bool = True, input: str | None = None,
+            timeout: float | None = None, env: dict[str, str] | None = None) -> Result:
+        if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+            raise TypeError("commands are argument lists of strings")
+        limit = self.timeout if timeout is None else timeout
+        try:
+            proc = subprocess.run(argv, input=input, capture_output=True, text=True,
+                                  timeout=limit, env=env, errors="replace")
+        except subprocess.TimeoutExpired as exc:
+            log.error("command timed out after %gs: %s", limit, argv)
+            raise CommandTimeout(argv, limit) from exc
+        except FileNotFoundError as exc:
+            raise CommandNotFound(argv) from exc
+        result = Result(argv, proc.returncode, proc.stdout, proc.stderr)
+        if check and proc.returncode != 0:
+            raise CommandError(argv, proc.returncode, proc.stdout, proc.stderr)
+        return result

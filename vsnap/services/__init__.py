@@ -1,0 +1,61 @@
+"""The service layer: what the API asks for, done through the drivers and recorded in the store."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import Settings
+from ..drivers.accounts import AccountDriver
+from ..drivers.disks import DiskDriver
+from ..drivers.network import NetworkDriver
+from ..drivers.packages import PackageDriver
+from ..drivers.runner import CommandNotFound, CommandTimeout, Runner
+from ..errors import ApiError, ServiceUnavailableError
+from ..drivers.zfs import ZfsDriver
+from ..store.db import Store
+from .auth import AuthService
+from .disks import DiskService
+from .network import NetworkService
+from .system import SystemService
+from .targets import TargetService
+from .users import UserService
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    auth: AuthService
+    system: SystemService
+    users: UserService
+    network: NetworkService
+    targets: TargetService
+    disks: DiskService
+
+    @classmethod
+    def build(cls, settings: Settings, runner: Runner | None = None) -> "Services":
+        runner = runner or Runner(timeout=settings.command_timeout)
+        store = Store(settings.database_url)
+        accounts = AccountDriver(runner, settings.pam_service)
+        zfs = ZfsDriver(runner)
+        disks = DiskService(settings, DiskDriver(runner), zfs)
+        system = SystemService(settings, store, PackageDriver(runner), zfs)
+        return cls(
+            settings=settings,
+            store=store,
+            auth=AuthService(settings, accounts),
+            system=system,
+            users=UserService(settings, accounts),
+            network=NetworkService(store, NetworkDriver(runner)),
+            targets=TargetService(settings, system),
+            disks=disks,
+        )
+
+
+def system_error(exc: Exception) -> ApiError | None:
+    """A failure of the system under us (not a bug of ours) as the error a client sees."""
+    if isinstance(exc, CommandTimeout):
+        return ServiceUnavailableError(
+            f"The storage system did not answer in time ({exc.argv[0]}, {exc.timeout:g} s)")
+    if isinstance(exc, CommandNotFound):
+        return ServiceUnavailableError(f"{exc.argv[0]} is not installed on this appliance")
+    return None

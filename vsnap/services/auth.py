@@ -1,0 +1,82 @@
+"""Who may use the API: OS accounts checked through PAM, members of the vsnap group only.
+
+Successful checks are cached for a few seconds so PAM does not bound throughput; a changed or
+removed password stops working once the entry expires. Repeated failures from one address are
+throttled (per server process).
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import threading
+import time
+from collections import deque
+
+from ..config import Settings
+from ..drivers.accounts import AccountDriver
+from ..errors import AuthenticationError, PermissionDeniedError, TooManyRequestsError
+
+MAX_CREDENTIAL_LENGTH = 1024
+
+
+class AuthService:
+    def __init__(self, settings: Settings, accounts: AccountDriver, clock=time.monotonic):
+        self.settings = settings
+        self.accounts = accounts
+        self.clock = clock
+        self._salt = os.urandom(16)
+        self._cache: dict[tuple[str, bytes], float] = {}
+        self._failures: dict[str, deque] = {}
+        self._lock = threading.Lock()
+
+    def _digest(self, password: str) -> bytes:
+        return hmac.new(self._salt, password.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
+
+    def _check_throttle(self, address: str) -> None:
+        now = self.clock()
+        with self._lock:
+            failures = self._failures.get(address)
+            if not failures:
+                return
+            while failures and now - failures[0] > self.settings.auth_fail_window:
+                failures.popleft()
+            if len(failures) >= self.settings.auth_fail_limit:
+                retry = int(self.settings.auth_fail_window - (now - failures[0])) + 1
+                raise TooManyRequestsError(
+                    f"Too many failed logins from {address}; try again in {retry} s",
+                    retry_after=retry)
+
+    def _record_failure(self, address: str) -> None:
+        with self._lock:
+            self._failures.setdefault(address, deque()).append(self.clock())
+            if len(self._failures) > 10000:  # bound memory under a spray of addresses
+                self._failures.pop(next(iter(self._failures)))
+
+    def authenticate(self, user: str | None, password: str | None, address: str) -> str:
+        """Returns the user name, or raises 401/403/429 errors."""
+        self._check_throttle(address)
+        if not user or password is None:
+            raise AuthenticationError("Authentication required: use HTTP basic auth")
+        if (len(user) > 256 or len(password) > MAX_CREDENTIAL_LENGTH
+                or "\x00" in user or "\x00" in password):
+            self._record_failure(address)
+            raise AuthenticationError("Invalid username or password")
+        key = (user, self._digest(password))
+        now = self.clock()
+        with self._lock:
+            expiry = self._cache.get(key)
+        if expiry is None or expiry < now:
+            if not self.accounts.authenticate(user, password):
+                self._record_failure(address)
+                with self._lock:
+                    self._cache.pop(key, None)
+                raise AuthenticationError("Invalid username or password")
+            with self._lock:
+                if len(self._cache) > 10000:
+                    self._cache.clear()
+                self._cache[key] = now + self.settings.auth_cache_seconds
+        if not self.accounts.is_member(user, self.settings.admin_group):
+            raise PermissionDeniedError(
+                f"User {user} does not have the vsnap_admin role (group {self.settings.admin_group})")
+        return user

@@ -1,0 +1,100 @@
+"""Which disks the appliance may use, and how each is used now."""
+from __future__ import annotations
+
+import fnmatch
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+from ..config import Settings
+from ..drivers.disks import BlockDevice, DiskDriver
+from ..drivers.zfs import ZfsDriver
+from ..errors import ValidationError
+
+UNUSED = "unused"
+# In order of precedence: what a disk is doing decides what it reports.
+USED_AS = (UNUSED, "data", "log", "cache", "spare", "mounted", "partitioned", "zfs", "filesystem")
+
+
+class DiskService:
+    def __init__(self, settings: Settings, driver: DiskDriver, zfs: ZfsDriver):
+        self.settings = settings
+        self.driver = driver
+        self.zfs = zfs
+
+    def _allowed(self, dev: BlockDevice) -> bool:
+        """VSNAP_DISKS limits what this appliance sees, so two appliances never share a disk."""
+        if not self.settings.disks:
+            return True
+        real = os.path.realpath(dev.path)
+        for pattern in self.settings.disks:
+            if fnmatch.fnmatch(dev.path, pattern) or fnmatch.fnmatch(real, pattern):
+                return True
+            if os.path.exists(pattern) and os.path.realpath(pattern) == real:
+                return True
+        return False
+
+    def _pool_roles(self) -> dict[str, tuple[str, str]]:
+        """Real device path -> (pool, role) for every device of every imported pool."""
+        roles = {}
+        if not self.zfs.available():
+            return roles
+        for pool in self.zfs.pool_status():
+            for path, role in pool.device_roles().items():
+                roles[os.path.realpath(path)] = (pool.name, role)
+        return roles
+
+    def inventory(self) -> list[tuple[BlockDevice, str, str | None]]:
+        """Every visible disk with how it is used and the pool it belongs to."""
+        roles = self._pool_roles()
+        devices = [dev for dev in self.driver.list() if self._allowed(dev)]
+        result, unclaimed = [], []
+        for dev in devices:
+            pool, role = roles.get(os.path.realpath(dev.path), (None, None))
+            if role:
+                used_as = role
+            elif dev.mountpoints:
+                used_as = "mounted"
+            elif dev.partitions or dev.pttype or dev.signature in ("gpt", "dos"):
+                used_as = "partitioned"
+            elif dev.signature and dev.signature != "zfs_member":
+                used_as = "filesystem"
+            else:
+                used_as = UNUSED
+                unclaimed.append(dev)
+            result.append([dev, used_as, pool])
+        # blkid does not recognise log, cache or spare labels, so every disk no imported pool
+        # claims has its ZFS label read: an exported pool's disk must never look unused.
+        labels = self._labels(unclaimed)
+        for entry in result:
+            label = labels.get(entry[0].path)
+            if label is not None and not label.reusable:
+                entry[1], entry[2] = "zfs", None
+        return [tuple(entry) for entry in result]
+
+    def _labels(self, devices: list[BlockDevice]) -> dict:
+        if not devices or not self.zfs.available():
+            return {}
+        with ThreadPoolExecutor(max_workers=min(8, len(devices))) as pool:
+            return dict(zip([d.path for d in devices], pool.map(self.zfs.label, [d.path for d in devices])))
+
+    @staticmethod
+    def render(dev: BlockDevice, used_as: str, pool: str | None) -> dict:
+        return {
+            "model": dev.model,
+            "name": dev.path,
+            "size": str(dev.size),
+            "type": dev.kind,
+            "uuid": dev.uuid,
+            "vendor": dev.vendor,
+            "used_as": used_as,
+            "pool": pool,
+        }
+
+    def list(self, used_as: str | None = None) -> list[dict]:
+        if used_as is not None and used_as not in USED_AS:
+            raise ValidationError(f"used_as must be one of: {', '.join(USED_AS)}")
+        return [self.render(*entry) for entry in self.inventory()
+                if used_as is None or entry[1] == used_as]
+
+    def rescan(self) -> None:
+        self.driver.rescan()

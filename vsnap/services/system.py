@@ -1,0 +1,171 @@
+"""The appliance itself: identity, versions, and initialisation."""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from importlib import metadata
+from pathlib import Path
+
+from ..config import Settings
+from ..drivers.packages import PackageDriver
+from ..drivers.zfs import ZfsDriver
+from ..errors import ConflictError, ValidationError
+from ..store.db import Store
+from ..store.models import Setting
+
+log = logging.getLogger(__name__)
+
+NOT_INITIALIZED, INITIALIZING, READY, FAILED = "Not Initialized", "Initializing", "Ready", "Failed"
+API_VERSION = "1.0"
+
+
+def load_or_create_system_id(path: Path) -> str:
+    """The appliance's 32-hex id, made once. It lives beside the database, not in it, so that a
+    lost database can still recognise the pools this appliance stamped."""
+    try:
+        value = path.read_text().strip()
+        if len(value) == 32:
+            return value
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = uuid.uuid4().hex
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(value + "\n")
+    try:
+        os.link(tmp, path)  # atomic create-if-absent: two racing first starts agree on one id
+    except FileExistsError:
+        value = path.read_text().strip()
+    finally:
+        tmp.unlink(missing_ok=True)
+    return value
+
+
+class SystemService:
+    def __init__(self, settings: Settings, store: Store, packages: PackageDriver, zfs: ZfsDriver):
+        self.settings = settings
+        self.store = store
+        self.packages = packages
+        self.zfs = zfs
+        self.id = load_or_create_system_id(settings.system_id_file)
+        self._init_lock = threading.Lock()
+        self.pool_initializer = None  # set by the pool service: creates the default pool
+
+    # -- settings ---------------------------------------------------------------------------
+    def _get(self, session, key: str, default: str | None = None) -> str | None:
+        row = session.get(Setting, key)
+        return row.value if row else default
+
+    def _set(self, session, key: str, value: str | None) -> None:
+        row = session.get(Setting, key)
+        if row is None:
+            session.add(Setting(key=key, value=value))
+        else:
+            row.value = value
+
+    @property
+    def multipool(self) -> bool:
+        with self.store.session() as s:
+            return self._get(s, "multipool", "false") == "true"
+
+    # -- info -------------------------------------------------------------------------------
+    def _status(self) -> tuple[str, str | None]:
+        with self.store.session() as s:
+            status = self._get(s, "init_status", NOT_INITIALIZED)
+            message = self._get(s, "init_message")
+            owner = self._get(s, "init_pid")
+            if status == INITIALIZING and owner and not _pid_alive(int(owner)):
+                # The process running init died (crash, kill -9): say so instead of spinning forever.
+                status, message = FAILED, "Initialization was interrupted; run init again"
+                self._set(s, "init_status", status)
+                self._set(s, "init_message", message)
+            return status, message
+
+    def info(self) -> dict:
+        versions = self.packages.versions(["nfs-ganesha", "nfs-kernel-server", "nginx", "samba"])
+        os_name, os_version = self.packages.os_release()
+        status, message = self._status()
+        try:
+            vsnap_version = metadata.version("vsnap")
+        except metadata.PackageNotFoundError:
+            vsnap_version = None
+        try:
+            gunicorn_version = metadata.version("gunicorn")
+        except metadata.PackageNotFoundError:
+            gunicorn_version = None
+        hostname = socket.gethostname()
+        fqdn = socket.getfqdn()
+        if fqdn.startswith("localhost"):  # /etc/hosts maps us to loopback only: no domain known
+            fqdn = hostname
+        info = {
+            "fqdn": fqdn,
+            "hostname": hostname,
+            "id": self.id,
+            "init_status": status,
+            "multipool": self.multipool,
+            "api_version": API_VERSION,
+            "nfs_version": versions["nfs-kernel-server"] or versions["nfs-ganesha"],
+            "nginx_version": versions["nginx"],
+            "os_name": os_name,
+            "os_version": os_version,
+            "samba_version": versions["samba"],
+            # vsnap serves through gunicorn, not uWSGI: the field carries the WSGI server's version.
+            "uwsgi_version": gunicorn_version,
+            "vsnap_version": vsnap_version,
+            "zfs_version": self.zfs.version(),
+        }
+        if message:
+            info["message"] = message
+        return info
+
+    # -- init -------------------------------------------------------------------------------
+    def init(self, *, run_async: bool, multipool: bool, skip_pool: bool) -> dict:
+        if not skip_pool and self.pool_initializer is None:
+            raise ValidationError("Creating a pool during init is not available in this version; "
+                                  "use skip_pool: true and create the pool with POST /api/pool")
+        with self._init_lock:
+            with self.store.session() as s:
+                status = self._get(s, "init_status", NOT_INITIALIZED)
+                owner = self._get(s, "init_pid")
+                if status == INITIALIZING and owner and _pid_alive(int(owner)):
+                    raise ConflictError("Initialization is already in progress")
+                self._set(s, "init_status", INITIALIZING)
+                self._set(s, "init_message", None)
+                self._set(s, "init_pid", str(os.getpid()))
+                self._set(s, "multipool", "true" if multipool else "false")
+        if run_async:
+            threading.Thread(target=self._run_init, args=(skip_pool,), name="vsnap-init",
+                             daemon=True).start()
+        else:
+            self._run_init(skip_pool)
+        return self.info()
+
+    def _run_init(self, skip_pool: bool) -> None:
+        try:
+            if not skip_pool:
+                self.pool_initializer()
+        except Exception as exc:  # reported through init_status, as the spec asks
+            log.exception("init failed")
+            message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            self._finish(FAILED, message)
+        else:
+            self._finish(READY, None)
+
+    def _finish(self, status: str, message: str | None) -> None:
+        with self.store.session() as s:
+            self._set(s, "init_status", status)
+            self._set(s, "init_message", message)
+            self._set(s, "init_pid", None)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
