@@ -1,0 +1,88 @@
+"""Integration fixtures: the real lab (set up by `make test`) and a real server on it."""
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import secrets
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .appliance import Appliance
+
+STATE = Path(os.environ.get("VSNAP_STATE", "/var/lib/vsnap-test"))
+PORT = int(os.environ.get("VSNAP_PORT", "8910"))
+SSH_PORT = int(os.environ.get("VSNAP_SSH_PORT", "8932"))
+GROUP = "vsnap"
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "tests/integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def lab_ready():
+    lab_env = STATE / "lab" / "lab.env"
+    if os.geteuid() != 0 or not lab_env.exists():
+        pytest.fail(f"the lab is not set up for {STATE}: run the suite with `make test` (as root)")
+    if subprocess.run(["zpool", "list"], capture_output=True, timeout=60).returncode != 0:
+        pytest.fail("zfs-fuse is not running: run the suite with `make test`")
+
+
+class OsAccount:
+    def __init__(self, name: str, groups: list[str]):
+        self.name = name
+        self.password = secrets.token_urlsafe(12)
+        try:
+            pwd.getpwnam(name)  # left by an interrupted earlier run of this suite
+            subprocess.run(["userdel", name], check=True)
+        except KeyError:
+            pass
+        argv = ["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name]
+        if groups:
+            argv[1:1] = ["--groups", ",".join(groups)]
+        subprocess.run(argv, check=True)
+        self.set_password(self.password)
+
+    def set_password(self, password: str) -> None:
+        subprocess.run(["chpasswd"], input=f"{self.name}:{password}\n", text=True, check=True)
+        self.password = password
+
+    @property
+    def auth(self) -> tuple[str, str]:
+        return (self.name, self.password)
+
+    def remove(self) -> None:
+        subprocess.run(["userdel", self.name], check=False)
+
+    @property
+    def uid(self) -> int:
+        return pwd.getpwnam(self.name).pw_uid
+
+
+@pytest.fixture(scope="session")
+def admin():
+    grp.getgrnam(GROUP)  # made by bootstrap
+    account = OsAccount("vsnaptest-admin", [GROUP])
+    yield account
+    account.remove()
+
+
+@pytest.fixture(scope="session")
+def outsider():
+    account = OsAccount("vsnaptest-outsider", [])
+    yield account
+    account.remove()
+
+
+@pytest.fixture(scope="session")
+def appliance(admin):
+    # The 401/403 matrix fails logins on purpose: throttling is tested on a server of its own.
+    server = Appliance(STATE, PORT, ssh_port=SSH_PORT, env={"VSNAP_AUTH_FAIL_LIMIT": "100000"}).start()
+    server.account = admin
+    yield server
+    server.stop()
