@@ -70,21 +70,25 @@ class EmptySchema(ma.Schema):
     pass
 
 
-def flatten_messages(messages, prefix: str = "") -> list[str]:
-    """webargs' nested error dict -> readable 'field: problem' lines."""
+LOCATIONS = ("json", "query", "querystring", "view_args", "path")
+
+
+def flatten_messages(messages, prefix: str = "", top: bool = True) -> list[str]:
+    """webargs' nested error dict -> readable 'field: problem' lines. The outermost keys name
+    request locations (json, query, ...), which the client does not need to see."""
     if isinstance(messages, dict):
         lines = []
         for key, value in messages.items():
-            if key in ("json", "query", "querystring", "view_args", "path") and not prefix:
-                lines.extend(flatten_messages(value, ""))
+            if top and key in LOCATIONS:
+                lines.extend(flatten_messages(value, "", top=False))
             else:
                 name = f"{prefix}.{key}" if prefix else str(key)
-                lines.extend(flatten_messages(value, name))
+                lines.extend(flatten_messages(value, name, top=False))
         return lines
     if isinstance(messages, (list, tuple)):
         lines = []
         for item in messages:
-            lines.extend(flatten_messages(item, prefix))
+            lines.extend(flatten_messages(item, prefix, top=False))
         return lines
     text = str(messages)
     return [f"{prefix}: {text}" if prefix and prefix != "_schema" else text]

@@ -38,8 +38,12 @@ class PackageDriver:
         except OSError:
             return None, None
         version = info.get("VERSION_ID")
-        try:  # Debian's point release ("12.8") is more precise than VERSION_ID ("12")
-            version = (self.etc / "debian_version").read_text().strip() or version
-        except OSError:
-            pass
+        if info.get("ID") == "debian":
+            try:  # Debian's point release ("12.8") is more precise than VERSION_ID ("12");
+                # testing/sid hold a codename there ("trixie/sid"), which is no version.
+                point = (self.etc / "debian_version").read_text().strip()
+                if point[:1].isdigit():
+                    version = point
+            except OSError:
+                pass
         return info.get("NAME"), version

@@ -10,7 +10,10 @@ from dataclasses import dataclass, field
 
 from .runner import CommandError, CommandNotFound, Runner
 
-SECTION_NAMES = {"logs": "log", "cache": "cache", "spares": "spare"}
+# Section headers of `zpool status` and the role of the devices under them.
+SECTION_NAMES = {"logs": "log", "cache": "cache", "spares": "spare", "special": "special",
+                 "dedup": "dedup"}
+ROLES = ("data", "log", "cache", "spare", "special", "dedup")
 
 
 @dataclass
@@ -33,11 +36,13 @@ class PoolStatus:
     log: list[VdevNode] = field(default_factory=list)
     cache: list[VdevNode] = field(default_factory=list)
     spare: list[VdevNode] = field(default_factory=list)
+    special: list[VdevNode] = field(default_factory=list)  # OpenZFS allocation classes
+    dedup: list[VdevNode] = field(default_factory=list)
 
     def device_roles(self) -> dict[str, str]:
-        """Leaf device path -> its role in this pool: data, log, cache or spare."""
+        """Leaf device path -> its role in this pool (one of ROLES)."""
         roles = {}
-        for role in ("data", "log", "cache", "spare"):
+        for role in ROLES:
             for top in getattr(self, role):
                 for leaf in top.leaves():
                     roles[device_path(leaf.name)] = role

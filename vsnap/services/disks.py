@@ -12,7 +12,8 @@ from ..errors import ValidationError
 
 UNUSED = "unused"
 # In order of precedence: what a disk is doing decides what it reports.
-USED_AS = (UNUSED, "data", "log", "cache", "spare", "mounted", "partitioned", "zfs", "filesystem")
+USED_AS = (UNUSED, "data", "log", "cache", "spare", "special", "dedup", "mounted", "partitioned",
+           "zfs", "filesystem")
 
 
 class DiskService:
@@ -49,7 +50,9 @@ class DiskService:
         devices = [dev for dev in self.driver.list() if self._allowed(dev)]
         result, unclaimed = [], []
         for dev in devices:
-            pool, role = roles.get(os.path.realpath(dev.path), (None, None))
+            # OpenZFS names a whole-disk vdev by the partition it made on the disk.
+            claims = [roles[p] for p in map(os.path.realpath, [dev.path, *dev.partitions]) if p in roles]
+            pool, role = claims[0] if claims else (None, None)
             if role:
                 used_as = role
             elif dev.mountpoints:
@@ -66,8 +69,15 @@ class DiskService:
         # claims has its ZFS label read: an exported pool's disk must never look unused.
         labels = self._labels(unclaimed)
         for entry in result:
-            label = labels.get(entry[0].path)
-            if label is not None and not label.reusable:
+            if entry[1] != UNUSED:
+                continue
+            dev = entry[0]
+            if dev.path in labels:
+                label = labels[dev.path]
+                in_use = label is not None and not label.reusable
+            else:  # label unread (ZFS down): blkid's word is all we have, and it must count
+                in_use = dev.signature == "zfs_member"
+            if in_use:
                 entry[1], entry[2] = "zfs", None
         return [tuple(entry) for entry in result]
 

@@ -42,16 +42,27 @@ class NetworkService:
             "services": list(row.services) if row else list(SERVICES),
         }
 
+    @staticmethod
+    def _row(session, iface_id: str, iface: Interface) -> NetworkServices | None:
+        """The saved services of an interface. Its id can change (a VLAN comes to share its MAC,
+        so the id falls back to the name): then the row saved under its name is re-keyed, so a
+        restricted interface never silently goes back to carrying every service."""
+        row = session.get(NetworkServices, iface_id)
+        if row is None:
+            row = session.query(NetworkServices).filter_by(name=iface.name).first()
+            if row is not None:
+                row.id = iface_id
+        return row
+
     def list(self) -> list[dict]:
         with self.store.session() as s:
-            rows = {r.id: r for r in s.query(NetworkServices).all()}
-            return [self._render(i, iface, rows.get(i)) for i, iface in self._interfaces()]
+            return [self._render(i, iface, self._row(s, i, iface)) for i, iface in self._interfaces()]
 
     def get(self, iface_id: str) -> dict:
         for i, iface in self._interfaces():
             if i == iface_id:
                 with self.store.session() as s:
-                    return self._render(i, iface, s.get(NetworkServices, i))
+                    return self._render(i, iface, self._row(s, i, iface))
         raise NotFoundError(f"Network interface {iface_id} not found")
 
     def update(self, iface_id: str, services: list[str]) -> dict:
@@ -59,7 +70,7 @@ class NetworkService:
         for i, iface in self._interfaces():
             if i == iface_id:
                 with self.store.session() as s:
-                    row = s.get(NetworkServices, i)
+                    row = self._row(s, i, iface)
                     if row is None:
                         row = NetworkServices(id=i, name=iface.name, services=wanted)
                         s.add(row)

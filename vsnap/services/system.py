@@ -26,21 +26,26 @@ def load_or_create_system_id(path: Path) -> str:
     """The appliance's 32-hex id, made once. It lives beside the database, not in it, so that a
     lost database can still recognise the pools this appliance stamped."""
     try:
-        value = path.read_text().strip()
-        if len(value) == 32:
-            return value
+        return _valid_system_id(path)
     except FileNotFoundError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
-    value = uuid.uuid4().hex
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(value + "\n")
+    tmp.write_text(uuid.uuid4().hex + "\n")
     try:
         os.link(tmp, path)  # atomic create-if-absent: two racing first starts agree on one id
     except FileExistsError:
-        value = path.read_text().strip()
+        pass
     finally:
         tmp.unlink(missing_ok=True)
+    return _valid_system_id(path)
+
+
+def _valid_system_id(path: Path) -> str:
+    value = path.read_text().strip()
+    if len(value) != 32 or any(c not in "0123456789abcdef" for c in value):
+        # Never replaced silently: the id is stamped on this appliance's pools.
+        raise RuntimeError(f"{path} is corrupt (expected 32 hex characters); restore it from a backup")
     return value
 
 
