@@ -1,0 +1,86 @@
+"""Runner: argument lists only, never a shell; errors, timeouts and missing programs."""
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+
+from vsnap.drivers.runner import CommandError, CommandNotFound, CommandTimeout, Runner
+
+
+@pytest.mark.parametrize("argv", ["echo hi", ("echo", "hi"), ["echo", 1], ["echo", None]])
+def test_refuses_anything_but_a_list_of_strings(argv):
+    with pytest.raises(TypeError):
+        Runner().run(argv)
+
+
+def test_runs_and_captures_output():
+    result = Runner().run(["echo", "hello"])
+    assert result.returncode == 0
+    assert result.stdout == "hello\n"
+    assert result.stderr == ""
+    assert result.argv == ["echo", "hello"]
+
+
+def test_shell_metacharacters_are_passed_literally(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = f"$(id); rm -rf /; touch {marker} `whoami` | cat > /dev/null && echo *"
+    result = Runner().run(["echo", evil])
+    assert result.stdout == evil + "\n"
+    assert not marker.exists()
+
+
+def test_input_and_env_are_passed():
+    assert Runner().run(["cat"], input="some input").stdout == "some input"
+    env_out = Runner().run([sys.executable, "-c", "import os; print(os.environ['VSNAP_T'])"],
+                           env={"VSNAP_T": "x y"}).stdout
+    assert env_out == "x y\n"
+
+
+def test_nonzero_exit_raises_command_error():
+    with pytest.raises(CommandError) as info:
+        Runner().run(["sh", "-c", "echo out; echo first >&2; echo 'last line' >&2; exit 3"])
+    err = info.value
+    assert err.returncode == 3
+    assert err.stdout == "out\n"
+    assert err.stderr == "first\nlast line\n"
+    assert err.argv[0] == "sh"
+    assert str(err) == "sh failed (3): last line"
+
+
+def test_command_error_message_falls_back_to_stdout_then_placeholder():
+    with pytest.raises(CommandError) as info:
+        Runner().run(["sh", "-c", "echo only stdout; exit 1"])
+    assert str(info.value) == "sh failed (1): only stdout"
+    with pytest.raises(CommandError) as info:
+        Runner().run(["false"])
+    assert str(info.value) == "false failed (1): no output"
+
+
+def test_check_false_returns_the_failure():
+    result = Runner().run(["sh", "-c", "echo oops >&2; exit 4"], check=False)
+    assert result.returncode == 4 and result.stderr == "oops\n"
+
+
+def test_timeout():
+    start = time.monotonic()
+    with pytest.raises(CommandTimeout) as info:
+        Runner().run(["sleep", "5"], timeout=0.2)
+    assert time.monotonic() - start < 3
+    assert info.value.timeout == 0.2
+    assert info.value.argv == ["sleep", "5"]
+    assert "0.2 s" in str(info.value)
+
+
+def test_default_timeout_comes_from_the_runner():
+    with pytest.raises(CommandTimeout) as info:
+        Runner(timeout=0.2).run(["sleep", "5"])
+    assert info.value.timeout == 0.2
+
+
+def test_missing_program():
+    with pytest.raises(CommandNotFound) as info:
+        Runner().run(["vsnap-no-such-program-xyz", "--help"])
+    assert info.value.argv[0] == "vsnap-no-such-program-xyz"
+    assert "is not installed" in str(info.value)

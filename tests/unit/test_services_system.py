@@ -1,0 +1,56 @@
+"""load_or_create_system_id: one id per appliance, made once, racing first starts agree."""
+from __future__ import annotations
+
+import re
+
+import pytest
+import uuid
+
+from vsnap.services import system
+from vsnap.services.system import load_or_create_system_id
+
+
+def test_creates_a_32_hex_id_once(tmp_path):
+    path = tmp_path / "state" / "system-id"  # parent does not exist yet
+    first = load_or_create_system_id(path)
+    assert re.fullmatch(r"[0-9a-f]{32}", first)
+    assert path.read_text() == first + "\n"
+    assert load_or_create_system_id(path) == first
+    assert sorted(p.name for p in path.parent.iterdir()) == ["system-id"]  # no temp files left
+
+
+def test_two_appliances_get_different_ids(tmp_path):
+    assert load_or_create_system_id(tmp_path / "a" / "system-id") != \
+        load_or_create_system_id(tmp_path / "b" / "system-id")
+
+
+def test_existing_id_is_kept(tmp_path):
+    path = tmp_path / "system-id"
+    path.write_text("0123456789abcdef0123456789abcdef\n")
+    assert load_or_create_system_id(path) == "0123456789abcdef0123456789abcdef"
+    assert path.read_text() == "0123456789abcdef0123456789abcdef\n"
+
+
+def test_racing_start_that_wrote_first_wins(tmp_path, monkeypatch):
+    path = tmp_path / "system-id"
+    winner = "ffffffffffffffffffffffffffffffff"
+    real_uuid4 = uuid.uuid4
+
+    def racing_uuid4():
+        # another process creates the file between our read and our link
+        path.write_text(winner + "\n")
+        return real_uuid4()
+
+    monkeypatch.setattr(system.uuid, "uuid4", racing_uuid4)
+    assert load_or_create_system_id(path) == winner
+    assert path.read_text() == winner + "\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["system-id"]
+
+
+@pytest.mark.parametrize("content", ["", "short\n", "Z" * 32, "0123456789abcdef0123456789ABCDEF"])
+def test_corrupt_system_id_is_refused_not_replaced(tmp_path, content):
+    path = tmp_path / "system-id"
+    path.write_text(content)
+    with pytest.raises(RuntimeError, match="corrupt"):
+        load_or_create_system_id(path)
+    assert path.read_text() == content
