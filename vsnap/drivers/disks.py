@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -141,6 +142,20 @@ class DiskDriver:
             return (self.sys_block / name / "loop" / "backing_file").read_text().strip() or None
         except OSError:
             return None
+
+    def stable_path(self, path: str, by_id: Path = Path("/dev/disk/by-id")) -> str:
+        """A name for the disk that survives reboots and re-cabling (/dev/disk/by-id, as udev
+        makes it), else the device path itself (no udev, as in the lab)."""
+        real = os.path.realpath(path)
+        try:
+            links = sorted(by_id.iterdir())
+        except OSError:
+            return path
+        # WWN-based names first: they do not depend on the transport.
+        for link in sorted(links, key=lambda l: (not l.name.startswith("wwn-"), l.name)):
+            if "-part" not in link.name and os.path.realpath(link) == real:
+                return str(link)
+        return path
 
     def rescan(self) -> None:
         """Ask every SCSI host to scan for added or removed disks (none exist in the lab)."""

@@ -5,7 +5,9 @@ callers never branch on the implementation.
 """
 from __future__ import annotations
 
+import os
 import re
+import time
 from dataclasses import dataclass, field
 
 from .runner import CommandError, CommandNotFound, Runner
@@ -117,6 +119,7 @@ class Label:
 
     state: int
     pool: str | None
+    pool_guid: str | None = None
 
     @property
     def reusable(self) -> bool:
@@ -126,18 +129,20 @@ class Label:
 
 
 def parse_zdb_label(text: str) -> Label | None:
-    state = pool = None
+    state = pool = pool_guid = None
     for line in text.splitlines():
         if re.match(r"^-*\s*LABEL [1-9]", line.strip()):
             break  # the first label is enough
-        found = re.match(r"^    (name|state): (.+)$", line)  # top-level keys only
+        found = re.match(r"^    (name|state|pool_guid): (.+)$", line)  # top-level keys only
         if found:
             key, value = found.groups()
             if key == "name" and pool is None:
                 pool = value.strip().strip("'")
             elif key == "state" and state is None and value.strip().isdigit():
                 state = int(value)
-    return Label(state, pool) if state is not None else None
+            elif key == "pool_guid" and pool_guid is None:
+                pool_guid = value.strip()
+    return Label(state, pool, pool_guid) if state is not None else None
 
 
 class ZfsDriver:
@@ -189,3 +194,176 @@ class ZfsDriver:
         """The ZFS label on a device, if any (`zdb -l`: works for pools not imported here)."""
         out = self.runner.run(["zdb", "-l", device], check=False, timeout=30)
         return parse_zdb_label(out.stdout)
+
+    def known_pool_guids(self) -> set[str]:
+        """Guids of pools imported here or importable (exported, or in use by another host)."""
+        guids = set(self.runner.run(["zpool", "list", "-H", "-o", "guid"], check=False).stdout.split())
+        listing = self.runner.run(["zpool", "import"], check=False).stdout
+        guids.update(re.findall(r"^\s*id:\s*(\d+)", listing, re.M))
+        return guids
+
+    def clear_label(self, device: str) -> None:
+        """Forget that a device was in a pool (after the appliance removed it from one).
+        OpenZFS has `zpool labelclear`; zfs-fuse has not, so its four 256 KiB label areas
+        (two at the start, two at the end of the device) are zeroed directly."""
+        out = self.runner.run(["zpool", "labelclear", "-f", device], check=False)
+        if out.returncode == 0:
+            return
+        if "unrecognized command" not in out.stderr:
+            raise CommandError(out.argv, out.returncode, out.stdout, out.stderr)
+        label_size = 256 << 10
+        fd = os.open(device, os.O_WRONLY)
+        try:
+            size = os.lseek(fd, 0, os.SEEK_END) // label_size * label_size
+            zeros = bytes(2 * label_size)
+            for offset in (0, size - 2 * label_size):
+                os.pwrite(fd, zeros, offset)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# -- pools ------------------------------------------------------------------------------------
+
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50,
+               "E": 1 << 60}
+
+
+def parse_size(text: str) -> int | None:
+    """ZFS sizes, exact ("1073741824") or human-readable as zfs-fuse prints them ("1.23M")."""
+    text = text.strip()
+    if text in ("-", "none", ""):
+        return None
+    if text.isdigit():
+        return int(text)
+    found = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([BKMGTPE]?)", text.upper())
+    if not found:
+        raise ValueError(f"not a ZFS size: {text!r}")
+    return round(float(found.group(1)) * _SIZE_UNITS[found.group(2)])
+
+
+def parse_ratio(text: str) -> float:
+    """'1.23x' -> 1.23"""
+    return float(text.strip().rstrip("x") or 1)
+
+
+def parse_zpool_get(text: str) -> dict[str, str]:
+    """`zpool get PROPS POOL` (zfs-fuse has no -H): a NAME PROPERTY VALUE SOURCE table."""
+    values = {}
+    for line in text.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) >= 3:
+            values[parts[1]] = parts[2]
+    return values
+
+
+@dataclass
+class PoolSummary:
+    name: str
+    guid: str
+    health: str
+
+
+class ZfsPoolOps:
+    """Pool-level commands. Separate from ZfsDriver's probing so each class keeps one job."""
+
+    def __init__(self, runner: Runner):
+        self.runner = runner
+        self._has_sync: bool | None = None
+        self._has_logicalused: bool | None = None
+
+    # capabilities -----------------------------------------------------------------------------
+    def _property_known(self, prop: str) -> bool | None:
+        """True/False when ZFS answered; None when it could not be asked (daemon down)."""
+        out = self.runner.run(["zfs", "get", "-H", "-o", "value", prop], check=False)
+        if "bad property list" in out.stderr:
+            return False
+        return True if out.returncode == 0 else None
+
+    @property
+    def has_sync(self) -> bool:
+        """OpenZFS has the `sync` property; zfs-fuse does not (its writes follow POSIX sync)."""
+        if self._has_sync is None:
+            self._has_sync = self._property_known("sync")
+        return bool(self._has_sync)
+
+    @property
+    def has_logicalused(self) -> bool:
+        if self._has_logicalused is None:
+            self._has_logicalused = self._property_known("logicalused")
+        return bool(self._has_logicalused)
+
+    # reading ----------------------------------------------------------------------------------
+    def list(self) -> list[PoolSummary]:
+        out = self.runner.run(["zpool", "list", "-H", "-o", "name,guid,health"], check=False)
+        if out.returncode != 0:
+            raise CommandError(out.argv, out.returncode, out.stdout, out.stderr)
+        pools = []
+        for line in out.stdout.splitlines():
+            parts = line.split("\t")
+            if len(parts) == 3:
+                pools.append(PoolSummary(*parts))
+        return pools
+
+    def pool_props(self, pool: str, props: list[str]) -> dict[str, str]:
+        return parse_zpool_get(self.runner.run(["zpool", "get", ",".join(props), pool]).stdout)
+
+    def dataset_props(self, dataset: str, props: list[str]) -> dict[str, str]:
+        out = self.runner.run(["zfs", "get", "-Hp", "-o", "property,value", ",".join(props), dataset])
+        values = {}
+        for line in out.stdout.splitlines():
+            prop, _, value = line.partition("\t")
+            values[prop] = value
+        return values
+
+    def mount_missing(self, pool: str) -> list[str]:
+        """Mount the pool's datasets that should be mounted and are not; returns them."""
+        out = self.runner.run(["zfs", "get", "-Hp", "-r", "-o", "name,property,value",
+                               "mounted,canmount,mountpoint", pool])
+        props: dict[str, dict[str, str]] = {}
+        for line in out.stdout.splitlines():
+            name, prop, value = line.split("\t")
+            props.setdefault(name, {})[prop] = value
+        mounted = []
+        for name, p in props.items():  # parents come first in zfs get -r output
+            if p.get("mounted") == "no" and p.get("canmount") == "on" \
+                    and p.get("mountpoint") not in ("none", "legacy", "-", None):
+                self.runner.run(["zfs", "mount", name])
+                mounted.append(name)
+        return mounted
+
+    # changing ---------------------------------------------------------------------------------
+    def create(self, name: str, vdevs: list[str], *, mountpoint: str, props: dict[str, str]) -> None:
+        argv = ["zpool", "create", "-f", "-m", mountpoint]
+        for prop, value in props.items():
+            argv += ["-O", f"{prop}={value}"]
+        self.runner.run(argv + [name, *vdevs])
+
+    def add(self, pool: str, vdevs: list[str]) -> None:
+        self.runner.run(["zpool", "add", "-f", pool, *vdevs])
+
+    def remove(self, pool: str, devices: list[str]) -> None:
+        self.runner.run(["zpool", "remove", pool, *devices])
+
+    def set(self, dataset: str, prop: str, value: str) -> None:
+        self.runner.run(["zfs", "set", f"{prop}={value}", dataset])
+
+    def _retry_busy(self, argv: list[str], attempts: int = 5, pause: float = 0.5) -> None:
+        """Unmounting can fail for a moment while the kernel still holds the mount (zfs-fuse
+        especially): retry a few times before reporting the pool busy."""
+        for attempt in range(attempts):
+            out = self.runner.run(argv, check=False)
+            if out.returncode == 0:
+                return
+            if "busy" not in out.stderr or attempt == attempts - 1:
+                raise CommandError(out.argv, out.returncode, out.stdout, out.stderr)
+            time.sleep(pause)
+
+    def export(self, pool: str) -> None:
+        self._retry_busy(["zpool", "export", pool])
+
+    def import_by_guid(self, guid: str, name: str) -> None:
+        self.runner.run(["zpool", "import", guid, name])
+
+    def destroy(self, pool: str) -> None:
+        self._retry_busy(["zpool", "destroy", "-f", pool])
