@@ -19,7 +19,11 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app = Flask("vsnap")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False
-    app.extensions["vsnap"] = services or Services.build(settings)
+    app.extensions["vsnap"] = services = services or Services.build(settings)
+    try:
+        services.recover()
+    except Exception:  # serve anyway: each request then reports what is wrong
+        logging.getLogger(__name__).exception("start-up recovery failed")
     if settings.trusted_proxy:
         # Behind nginx: the client address comes from X-Forwarded-For (throttling uses it).
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1)

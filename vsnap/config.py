@@ -46,6 +46,7 @@ class Settings:
     iqn_prefix: str = "iqn.2026-11.local.vsnap"
     trusted_proxy: bool = False
     ssh_port: int = 8922
+    mount_root: str = "/vsnap"  # pools mount at <mount_root>/<pool>, never over system paths
 
     @property
     def database_path(self) -> Path:
@@ -62,6 +63,10 @@ class Settings:
     @property
     def tls_key(self) -> Path:
         return self.state_dir / "tls" / "vsnap.key"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.state_dir / "storage.lock"
 
     @property
     def system_id_file(self) -> Path:
@@ -86,4 +91,5 @@ class Settings:
             iqn_prefix=merged.get("VSNAP_IQN_PREFIX", "iqn.2026-11.local.vsnap"),
             trusted_proxy=merged.get("VSNAP_TRUSTED_PROXY", "0").lower() in ("1", "true", "yes"),
             ssh_port=int(merged.get("VSNAP_SSH_PORT", 8922)),
+            mount_root=merged.get("VSNAP_MOUNT_ROOT", "/vsnap"),
         )

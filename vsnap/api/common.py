@@ -1,7 +1,10 @@
 """What every blueprint shares: the parser, the error schema, ID fields and list envelopes."""
 from __future__ import annotations
 
+import functools
+
 import marshmallow as ma
+from flask import jsonify
 from flask_smorest import Blueprint as SmorestBlueprint
 from webargs import core
 from webargs.flaskparser import FlaskParser
@@ -98,3 +101,22 @@ def validation_error_from(messages) -> ValidationError:
     lines = flatten_messages(messages) or ["Invalid request"]
     return ValidationError("; ".join(lines))
 
+
+
+def list_or_detail(blp: Blueprint, list_schema: type[ma.Schema], detail_schema: type[ma.Schema]):
+    """For the spec's `GET /api/<resource>[?id=|?name=]`: the view returns ("list", body) or
+    ("detail", body); each is dumped through its own schema, and the document says oneOf."""
+
+    def decorator(view):
+        @functools.wraps(view)
+        def wrapper(*args, **kwargs):
+            kind, body = view(*args, **kwargs)
+            schema = detail_schema if kind == "detail" else list_schema
+            return jsonify(schema().dump(body))
+
+        return blp.doc(responses={"200": {
+            "description": "The list; one object's details when ?id= or ?name= is given",
+            "content": {"application/json": {"schema": {"oneOf": [list_schema, detail_schema]}}},
+        }})(wrapper)
+
+    return decorator

@@ -10,11 +10,13 @@ from ..drivers.network import NetworkDriver
 from ..drivers.packages import PackageDriver
 from ..drivers.runner import CommandNotFound, CommandTimeout, Runner
 from ..errors import ApiError, ServiceUnavailableError
-from ..drivers.zfs import ZfsDriver
+from ..drivers.zfs import ZfsDriver, ZfsPoolOps
 from ..store.db import Store
 from .auth import AuthService
 from .disks import DiskService
+from .locking import StorageLock
 from .network import NetworkService
+from .pools import PoolService
 from .system import SystemService
 from .targets import TargetService
 from .users import UserService
@@ -30,6 +32,7 @@ class Services:
     network: NetworkService
     targets: TargetService
     disks: DiskService
+    pools: PoolService
 
     @classmethod
     def build(cls, settings: Settings, runner: Runner | None = None) -> "Services":
@@ -37,8 +40,12 @@ class Services:
         store = Store(settings.database_url)
         accounts = AccountDriver(runner, settings.pam_service)
         zfs = ZfsDriver(runner)
-        disks = DiskService(settings, DiskDriver(runner), zfs)
+        disk_driver = DiskDriver(runner)
+        disks = DiskService(settings, disk_driver, zfs)
         system = SystemService(settings, store, PackageDriver(runner), zfs)
+        pools = PoolService(settings, store, zfs, ZfsPoolOps(runner), disks, disk_driver, system,
+                            StorageLock(settings.lock_file))
+        system.pool_initializer = pools.create_default
         return cls(
             settings=settings,
             store=store,
@@ -48,7 +55,12 @@ class Services:
             network=NetworkService(store, NetworkDriver(runner)),
             targets=TargetService(settings, system),
             disks=disks,
+            pools=pools,
         )
+
+    def recover(self) -> None:
+        """At start: finish or roll back what a crash left half-done, adopt our own pools."""
+        self.pools.recover()
 
 
 def system_error(exc: Exception) -> ApiError | None:

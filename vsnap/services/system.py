@@ -12,9 +12,10 @@ from pathlib import Path
 from ..config import Settings
 from ..drivers.packages import PackageDriver
 from ..drivers.zfs import ZfsDriver
-from ..errors import ConflictError, ValidationError
+from ..errors import ApiError, ConflictError
 from ..store.db import Store
 from ..store.models import Setting
+from .owner import current_owner, owner_alive
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +82,8 @@ class SystemService:
         with self.store.session() as s:
             status = self._get(s, "init_status", NOT_INITIALIZED)
             message = self._get(s, "init_message")
-            owner = self._get(s, "init_pid")
-            if status == INITIALIZING and owner and not _pid_alive(int(owner)):
+            owner = self._get(s, "init_owner")
+            if status == INITIALIZING and not owner_alive(owner):
                 # The process running init died (crash, kill -9): say so instead of spinning forever.
                 status, message = FAILED, "Initialization was interrupted; run init again"
                 self._set(s, "init_status", status)
@@ -128,27 +129,25 @@ class SystemService:
 
     # -- init -------------------------------------------------------------------------------
     def init(self, *, run_async: bool, multipool: bool, skip_pool: bool) -> dict:
-        if not skip_pool and self.pool_initializer is None:
-            raise ValidationError("Creating a pool during init is not available in this version; "
-                                  "use skip_pool: true and create the pool with POST /api/pool")
         with self._init_lock:
             with self.store.session() as s:
                 status = self._get(s, "init_status", NOT_INITIALIZED)
-                owner = self._get(s, "init_pid")
-                if status == INITIALIZING and owner and _pid_alive(int(owner)):
+                if status == INITIALIZING and owner_alive(self._get(s, "init_owner")):
                     raise ConflictError("Initialization is already in progress")
                 self._set(s, "init_status", INITIALIZING)
                 self._set(s, "init_message", None)
-                self._set(s, "init_pid", str(os.getpid()))
+                self._set(s, "init_owner", current_owner())
                 self._set(s, "multipool", "true" if multipool else "false")
         if run_async:
             threading.Thread(target=self._run_init, args=(skip_pool,), name="vsnap-init",
                              daemon=True).start()
         else:
-            self._run_init(skip_pool)
+            failure = self._run_init(skip_pool)
+            if isinstance(failure, ApiError):
+                raise failure  # a synchronous caller gets the reason as an error, too
         return self.info()
 
-    def _run_init(self, skip_pool: bool) -> None:
+    def _run_init(self, skip_pool: bool) -> Exception | None:
         try:
             if not skip_pool:
                 self.pool_initializer()
@@ -156,21 +155,13 @@ class SystemService:
             log.exception("init failed")
             message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
             self._finish(FAILED, message)
-        else:
-            self._finish(READY, None)
+            return exc
+        self._finish(READY, None)
+        return None
 
     def _finish(self, status: str, message: str | None) -> None:
         with self.store.session() as s:
             self._set(s, "init_status", status)
             self._set(s, "init_message", message)
-            self._set(s, "init_pid", None)
+            self._set(s, "init_owner", None)
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -32,3 +32,22 @@ class NetworkServices(Base):
     name: Mapped[str] = mapped_column(String(64))
     services: Mapped[list] = mapped_column(JSON)
     time_updated: Mapped[int] = mapped_column(Integer, default=now)
+
+
+class Pool(Base):
+    """A pool this appliance made or adopted. The row is also the intent record of a change in
+    flight (state creating/renaming/deleting, with the process doing it), so a start after a crash
+    can finish or roll back what was half-done."""
+
+    __tablename__ = "pool"
+    __table_args__ = {"sqlite_autoincrement": True}  # IDs are never reused
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    guid: Mapped[str | None] = mapped_column(String(32), unique=True, nullable=True)
+    name: Mapped[str] = mapped_column(String(256))
+    pool_type: Mapped[str] = mapped_column(String(16))
+    diskgroup_size: Mapped[int] = mapped_column(Integer, default=8)
+    state: Mapped[str] = mapped_column(String(16), default="ready")
+    pending_name: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    owner: Mapped[str | None] = mapped_column(String(64), nullable=True)  # services/owner.py
+    time_created: Mapped[int] = mapped_column(Integer, default=now)
+    time_updated: Mapped[int] = mapped_column(Integer, default=now)

@@ -1,0 +1,531 @@
+"""Storage pools: real ZFS pools, indexed by API id, stamped with this appliance's id.
+
+ZFS is the truth for what exists. Each pool carries user properties naming the appliance and
+its API id, so a lost database can adopt its own pools again and pools of others are never
+touched. A pool row in a state other than `ready` is a change in flight; `recover` finishes or
+rolls it back after a crash.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+from ..config import Settings
+from ..drivers.disks import BlockDevice, DiskDriver
+from ..drivers.runner import CommandError
+from ..drivers.zfs import PoolStatus, PoolSummary, ZfsDriver, ZfsPoolOps, device_path, parse_ratio
+from ..errors import ConflictError, InvalidCandidateError, NotFoundError, ValidationError
+from ..store.db import Store
+from ..store.models import Pool, now
+from .disks import UNUSED, DiskService
+from .locking import StorageLock
+from .owner import current_owner, is_current, owner_alive
+from .system import SystemService
+
+log = logging.getLogger(__name__)
+
+POOL_TYPES = {"raid0": None, "raid5": "raidz1", "raid6": "raidz2"}
+# Fewest disks per group: raidz1 with 3 and raidz2 with 4 keep data and parity apart.
+MIN_GROUP = {"raid0": 1, "raid5": 3, "raid6": 4}
+DEFAULT_GROUP_SIZE = 8
+MAX_NAME = 255  # ZFS's limit (256 bytes with the terminating NUL)
+PROP_SYSTEM = "com.vsnap:system"
+PROP_POOL_ID = "com.vsnap:pool_id"
+PROP_POOL_TYPE = "com.vsnap:pool_type"
+PROP_GROUP_SIZE = "com.vsnap:diskgroup_size"
+READY, CREATING, RENAMING, DELETING = "ready", "creating", "renaming", "deleting"
+HEALTHY_DEVICE_STATES = {"ONLINE", "AVAIL", "INUSE"}
+_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
+_RESERVED_PREFIXES = ("mirror", "raidz", "draid", "spare")
+_RESERVED_NAMES = {"log", "logs", "cache", "spares", "special", "dedup"}
+
+
+def validate_pool_name(name: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise ValidationError("Pool name is required")
+    if len(name) > MAX_NAME:
+        raise ValidationError(f"Pool name is too long: at most {MAX_NAME} characters")
+    if not _NAME_RE.fullmatch(name):
+        raise ValidationError(
+            "Pool name must start with a letter and contain only letters, digits, '_', '-' and '.'")
+    if name.startswith(_RESERVED_PREFIXES) or name in _RESERVED_NAMES or re.match(r"c[0-9]", name):
+        raise ValidationError(f"Pool name {name!r} is reserved by ZFS")
+    return name
+
+
+def split_groups(count: int, group_size: int) -> list[int]:
+    """Sizes of the fewest groups of at most `group_size` disks, as even as possible, larger
+    first: 15 disks in groups of 8 -> [8, 7]; 17 -> [6, 6, 5]."""
+    if count <= 0:
+        return []
+    groups = -(-count // group_size)
+    base, extra = divmod(count, groups)
+    return [base + 1] * extra + [base] * (groups - extra)
+
+
+def plan_vdevs(pool_type: str, paths: list[str], group_size: int) -> list[str]:
+    """zpool vdev arguments for the disks: stripes for raid0, raidz groups otherwise."""
+    kind = POOL_TYPES[pool_type]
+    if kind is None:
+        return list(paths)
+    sizes = split_groups(len(paths), group_size)
+    if not sizes or min(sizes) < MIN_GROUP[pool_type]:
+        raise InvalidCandidateError(
+            f"{pool_type} needs at least {MIN_GROUP[pool_type]} disks per group of at most "
+            f"{group_size}; {len(paths)} disk(s) given")
+    args, start = [], 0
+    for size in sizes:
+        args += [kind, *paths[start:start + size]]
+        start += size
+    return args
+
+
+class PoolService:
+    def __init__(self, settings: Settings, store: Store, zfs: ZfsDriver, ops: ZfsPoolOps,
+                 disks: DiskService, disk_driver: DiskDriver, system: SystemService,
+                 lock: StorageLock):
+        self.settings = settings
+        self.store = store
+        self.zfs = zfs
+        self.ops = ops
+        self.disks = disks
+        self.disk_driver = disk_driver
+        self.system = system
+        self.lock = lock
+        # Later capabilities (shares, LUN mappings) register here to unexport a pool's
+        # datasets before it is renamed or destroyed.
+        self.before_pool_change: list = []
+        self.after_pool_rename: list = []
+
+    def mountpoint(self, name: str) -> str:
+        return str(Path(self.settings.mount_root) / name)
+
+    # -- finding pools ----------------------------------------------------------------------
+    def _live(self) -> list[tuple[Pool, PoolSummary]]:
+        """Rows of pools that exist now, with ZFS's summary of each."""
+        imported = {p.guid: p for p in self.ops.list()}
+        with self.store.session() as s:
+            rows = s.query(Pool).filter(Pool.state == READY).order_by(Pool.id).all()
+        return [(row, imported[row.guid]) for row in rows if row.guid in imported]
+
+    def _find(self, pool_id: str | None = None, name: str | None = None) -> tuple[Pool, PoolSummary]:
+        for row, summary in self._live():
+            if (pool_id is not None and str(row.id) == str(pool_id)) or \
+                    (name is not None and summary.name == name):
+                return row, summary
+        raise NotFoundError(f"Pool {pool_id if pool_id is not None else name} not found")
+
+    # -- rendering --------------------------------------------------------------------------
+    def _summary(self, row: Pool, summary: PoolSummary, props: dict[str, str]) -> dict:
+        used, available = int(props["used"]), int(props["available"])
+        return {
+            "id": str(row.id),
+            "name": summary.name,
+            "pool_type": row.pool_type,
+            "size_total": str(used + available),
+            "size_free": str(available),
+            "size_used": str(used),
+            "status": summary.health,
+            "health": str(self._health(summary, None)),
+            "time_created": props["creation"],
+            "time_updated": str(row.time_updated),
+        }
+
+    def _props(self, name: str) -> dict[str, str]:
+        wanted = ["used", "available", "creation", "compression", "compressratio", "dedup"]
+        if self.ops.has_sync:
+            wanted.append("sync")
+        if self.ops.has_logicalused:
+            wanted.append("logicalused")
+        return self.ops.dataset_props(name, wanted)
+
+    @staticmethod
+    def _health(summary: PoolSummary, status: PoolStatus | None) -> int:
+        """100 when every device is healthy, less by the share of devices that are not, 0 when
+        the pool itself is faulted or unavailable."""
+        if summary.health in ("FAULTED", "UNAVAIL"):
+            return 0
+        if status is None:
+            return 100 if summary.health == "ONLINE" else 50
+        leaves = [leaf for role in ("data", "log", "cache", "spare", "special", "dedup")
+                  for top in getattr(status, role) for leaf in top.leaves()]
+        if not leaves:
+            return 0
+        healthy = sum(1 for leaf in leaves if leaf.state in HEALTHY_DEVICE_STATES)
+        return healthy * 100 // len(leaves)
+
+    @staticmethod
+    def _disk_groups(pool_type: str, status: PoolStatus) -> dict[str, list[str]]:
+        groups: dict[str, list[str]] = {}
+        stripes = []
+        for top in status.data:
+            if top.name.startswith(("raidz", "mirror", "draid")):
+                groups[f"{pool_type}_group{len(groups) + 1}"] = [device_path(l.name) for l in top.leaves()]
+            else:  # a plain disk, or one being replaced (replacing-N, spare-N)
+                stripes.extend(device_path(l.name) for l in top.leaves())
+        if stripes:
+            groups[f"{pool_type}_group{len(groups) + 1}"] = stripes
+        for role in ("log", "cache", "spare", "special", "dedup"):
+            devices = [device_path(l.name) for top in getattr(status, role) for l in top.leaves()]
+            if devices:
+                groups[role] = devices
+        return groups
+
+    def _details(self, row: Pool, summary: PoolSummary) -> dict:
+        props = self._props(summary.name)
+        statuses = self.zfs.pool_status(summary.name)
+        status = statuses[0] if statuses else PoolStatus(summary.name, summary.health)
+        dedupratio = self.ops.pool_props(summary.name, ["dedupratio"]).get("dedupratio", "1.00x")
+        used = int(props["used"])
+        if "logicalused" in props:
+            before_compression = int(props["logicalused"])
+        else:  # zfs-fuse has no logicalused: ZFS's own ratio of it to used
+            before_compression = round(used * parse_ratio(props["compressratio"]))
+        details = {
+            "compression": props["compression"] != "off",
+            "compression_ratio": props["compressratio"],
+            "deduplication": props["dedup"] != "off",
+            "deduplication_ratio": dedupratio,
+            "diskgroup_size": str(row.diskgroup_size),
+            "disks": self._disk_groups(row.pool_type, status),
+            **self._summary(row, summary, props),
+            # Dataset space is accounted before dedup; its logical size before compression.
+            "size_before_compression": str(before_compression),
+            "size_before_deduplication": str(used),
+            # Without a sync property (zfs-fuse) writes always follow POSIX sync semantics.
+            "syncwrite": props.get("sync", "standard") != "disabled",
+        }
+        details["health"] = str(self._health(summary, status))
+        return details
+
+    def list(self) -> list[dict]:
+        return [self._summary(row, summary, self._props(summary.name)) for row, summary in self._live()]
+
+    def get(self, pool_id: str | None = None, name: str | None = None) -> dict:
+        return self._details(*self._find(pool_id, name))
+
+    # -- disks ------------------------------------------------------------------------------
+    def _candidates(self, uuids: list[str] | None, *, required: bool = False) -> list[BlockDevice]:
+        """The disks behind the uuids, each checked to be unused; all unused disks when none."""
+        inventory = self.disks.inventory()
+        if not uuids:
+            if required:
+                raise ValidationError("disk_list is required for this action")
+            found = [dev for dev, used_as, _ in inventory if used_as == UNUSED]
+            if not found:
+                raise InvalidCandidateError("There are no unused disks")
+            return found
+        if len(set(uuids)) != len(uuids):
+            raise ValidationError("disk_list names a disk more than once")
+        by_uuid = {dev.uuid: (dev, used_as, pool) for dev, used_as, pool in inventory}
+        chosen = []
+        for uuid in uuids:
+            if uuid not in by_uuid:
+                raise InvalidCandidateError(f"Disk UUID {uuid} is not a valid candidate for a pool: no such disk")
+            dev, used_as, pool = by_uuid[uuid]
+            if used_as != UNUSED:
+                where = f" of pool {pool}" if pool else ""
+                raise InvalidCandidateError(
+                    f"Disk UUID {uuid} is not a valid candidate for a pool: {dev.path} is in use ({used_as}{where})")
+            chosen.append(dev)
+        return chosen
+
+    def _paths(self, devices: list[BlockDevice]) -> list[str]:
+        return [self.disk_driver.stable_path(dev.path) for dev in devices]
+
+    # -- create -----------------------------------------------------------------------------
+    def create(self, *, name: str, pool_type: str, disk_list: list[str] | None = None,
+               compression: bool = True, deduplication: bool = False, syncwrite: bool = True,
+               diskgroup_size: int = DEFAULT_GROUP_SIZE) -> dict:
+        validate_pool_name(name)
+        if pool_type not in POOL_TYPES:
+            raise ValidationError(f"pool_type must be one of: {', '.join(POOL_TYPES)}")
+        self._check_syncwrite(syncwrite)
+        with self.lock.held():
+            existing = self.ops.list()
+            if any(p.name == name for p in existing):
+                raise ConflictError(f"A pool named {name} already exists")
+            if self._live() and not self.system.multipool:
+                raise ConflictError("This appliance allows one pool (multipool is off); "
+                                    "run init with multipool true to allow more")
+            devices = self._candidates(disk_list)
+            vdevs = plan_vdevs(pool_type, self._paths(devices), diskgroup_size)
+            with self.store.session() as s:
+                row = Pool(name=name, pool_type=pool_type, diskgroup_size=diskgroup_size,
+                           state=CREATING, owner=current_owner())
+                s.add(row)
+                s.flush()
+                pool_id = row.id
+            props = {
+                "compression": "on" if compression else "off",
+                "dedup": "on" if deduplication else "off",
+                PROP_SYSTEM: self.system.id,
+                PROP_POOL_ID: str(pool_id),
+                PROP_POOL_TYPE: pool_type,
+                PROP_GROUP_SIZE: str(diskgroup_size),
+            }
+            if self.ops.has_sync:
+                props["sync"] = "standard" if syncwrite else "disabled"
+            try:
+                self.ops.create(name, vdevs, mountpoint=self.mountpoint(name), props=props)
+            except CommandError as exc:
+                self._drop_row(pool_id)
+                raise InvalidCandidateError(f"ZFS refused to create pool {name}: {_reason(exc)}") from exc
+            guid = next(p.guid for p in self.ops.list() if p.name == name)
+            with self.store.session() as s:
+                row = s.get(Pool, pool_id)
+                row.guid, row.state, row.owner = guid, READY, None
+        return self.get(pool_id=str(pool_id))
+
+    def create_default(self) -> None:
+        """init without skip_pool: one pool from every unused disk, unless a pool exists."""
+        if self._live():
+            return
+        unused = [dev for dev, used_as, _ in self.disks.inventory() if used_as == UNUSED]
+        if not unused:
+            raise InvalidCandidateError("There are no unused disks to create the pool from")
+        pool_type = "raid6" if len(unused) >= 6 else "raid5" if len(unused) >= 3 else "raid0"
+        taken = {p.name for p in self.ops.list()}
+        name = next(f"vpool{i}" for i in range(1, 10000) if f"vpool{i}" not in taken)
+        self.create(name=name, pool_type=pool_type, disk_list=[d.uuid for d in unused])
+
+    def _check_syncwrite(self, syncwrite: bool | None) -> None:
+        if syncwrite is False and not self.ops.has_sync:
+            raise ValidationError("syncwrite false needs the ZFS 'sync' property, which this ZFS "
+                                  "(zfs-fuse) does not have: its writes are always synchronous")
+
+    def _drop_row(self, pool_id: int) -> None:
+        with self.store.session() as s:
+            row = s.get(Pool, pool_id)
+            if row is not None:
+                s.delete(row)
+
+    # -- update -----------------------------------------------------------------------------
+    def update(self, pool_id: str, *, name: str | None = None, compression: bool | None = None,
+               deduplication: bool | None = None, syncwrite: bool | None = None) -> dict:
+        if name is not None:
+            validate_pool_name(name)
+        self._check_syncwrite(syncwrite)
+        with self.lock.held():
+            row, summary = self._find(pool_id)
+            renaming = name is not None and name != summary.name
+            if renaming and any(p.name == name for p in self.ops.list()):
+                raise ConflictError(f"A pool named {name} already exists")  # before any change
+            if compression is not None:
+                self.ops.set(summary.name, "compression", "on" if compression else "off")
+            if deduplication is not None:
+                self.ops.set(summary.name, "dedup", "on" if deduplication else "off")
+            if syncwrite is not None and self.ops.has_sync:
+                self.ops.set(summary.name, "sync", "standard" if syncwrite else "disabled")
+            if renaming:
+                self._rename(row, summary, name)
+            self._touch(row.id)
+        return self.get(pool_id=pool_id)
+
+    def _rename(self, row: Pool, summary: PoolSummary, new_name: str) -> None:
+        """ZFS renames a pool by export and import under the new name."""
+        for hook in self.before_pool_change:
+            hook(summary.name)
+        with self.store.session() as s:
+            r = s.get(Pool, row.id)
+            r.state, r.pending_name, r.owner = RENAMING, new_name, current_owner()
+        try:
+            self.ops.export(summary.name)
+        except CommandError as exc:
+            self._set_ready(row.id, summary.name)
+            for hook in self.after_pool_rename:
+                hook(summary.name, summary.name)
+            raise ConflictError(f"Pool {summary.name} is busy and cannot be renamed: {_reason(exc)}") from exc
+        self._finish_rename(row.id, row.guid, new_name)
+        for hook in self.after_pool_rename:
+            hook(summary.name, new_name)
+
+    def _finish_rename(self, pool_id: int, guid: str, new_name: str) -> None:
+        imported = {p.guid: p.name for p in self.ops.list()}
+        if guid not in imported:
+            self.ops.import_by_guid(guid, new_name)
+            imported[guid] = new_name
+        name = imported[guid]
+        self.ops.set(name, "mountpoint", self.mountpoint(name))
+        self._set_ready(pool_id, name)
+
+    def _set_ready(self, pool_id: int, name: str) -> None:
+        with self.store.session() as s:
+            r = s.get(Pool, pool_id)
+            r.name, r.state, r.pending_name, r.owner, r.time_updated = name, READY, None, None, now()
+
+    def _touch(self, pool_id: int) -> None:
+        with self.store.session() as s:
+            s.get(Pool, pool_id).time_updated = now()
+
+    # -- actions ----------------------------------------------------------------------------
+    def action(self, pool_id: str, action: str, *, disk_list: list[str] | None = None,
+               disk: str | None = None) -> dict:
+        with self.lock.held():
+            row, summary = self._find(pool_id)
+            status = (self.zfs.pool_status(summary.name) or [PoolStatus(summary.name, None)])[0]
+            try:
+                if action == "expand":
+                    devices = self._candidates(disk_list)
+                    self.ops.add(summary.name, plan_vdevs(row.pool_type, self._paths(devices), row.diskgroup_size))
+                elif action == "addlog":
+                    paths = self._paths(self._candidates(disk_list, required=True))
+                    self.ops.add(summary.name, ["log", *(["mirror"] if len(paths) > 1 else []), *paths])
+                elif action == "removelog":
+                    self._remove_all(summary.name, status.log, "log")
+                elif action == "addcache":
+                    if not disk:
+                        raise ValidationError("disk is required for addcache")
+                    self.ops.add(summary.name, ["cache", *self._paths(self._candidates([disk]))])
+                elif action == "removecache":
+                    self._remove_all(summary.name, status.cache, "cache")
+                elif action == "addspare":
+                    self.ops.add(summary.name, ["spare", *self._paths(self._candidates(disk_list, required=True))])
+                elif action == "removespare":
+                    spares = self._spares_named(status, disk_list)
+                    self._remove(summary.name, spares, spares)
+                else:
+                    raise ValidationError(f"Unknown pool action {action!r}")
+            except CommandError as exc:
+                raise InvalidCandidateError(f"ZFS refused to {action} pool {summary.name}: {_reason(exc)}") from exc
+            self._touch(row.id)
+        return self.get(pool_id=pool_id)
+
+    def _remove_all(self, pool: str, tops, role: str) -> None:
+        if not tops:
+            raise ValidationError(f"Pool {pool} has no {role} device")
+        # A group (mirror-N) is removed by its name, a single device by its path.
+        self._remove(pool, [top.name if top.children else device_path(top.name) for top in tops],
+                     [device_path(leaf.name) for top in tops for leaf in top.leaves()])
+
+    def _remove(self, pool: str, names: list[str], devices: list[str]) -> None:
+        self.ops.remove(pool, names)
+        for device in devices:  # they hold nothing now: make them plainly unused again
+            self.zfs.clear_label(device)
+
+    def _spares_named(self, status: PoolStatus, uuids: list[str] | None) -> list[str]:
+        if not uuids:
+            raise ValidationError("disk_list is required for removespare")
+        spares = {os.path.realpath(device_path(l.name)): device_path(l.name)
+                  for top in status.spare for l in top.leaves()}
+        by_uuid = {dev.uuid: dev for dev, _, _ in self.disks.inventory()}
+        names = []
+        for uuid in uuids:
+            dev = by_uuid.get(uuid)
+            if dev is None or os.path.realpath(dev.path) not in spares:
+                raise InvalidCandidateError(f"Disk UUID {uuid} is not a spare of pool {status.name}")
+            names.append(spares[os.path.realpath(dev.path)])
+        return names
+
+    # -- delete -----------------------------------------------------------------------------
+    def delete(self, pool_id: str) -> None:
+        with self.lock.held():
+            row, summary = self._find(pool_id)
+            for hook in self.before_pool_change:  # may refuse: then nothing has changed
+                hook(summary.name)
+            with self.store.session() as s:
+                r = s.get(Pool, row.id)
+                r.state, r.owner = DELETING, current_owner()
+            try:
+                self._destroy(row.id, summary.name)
+            except CommandError as exc:
+                self._set_ready(row.id, summary.name)  # still there, and still ours
+                raise ConflictError(f"Pool {summary.name} could not be destroyed: {_reason(exc)}") from exc
+
+    def _destroy(self, pool_id: int, name: str) -> None:
+        self.ops.destroy(name)
+        self._drop_row(pool_id)
+
+    # -- recovery and adoption --------------------------------------------------------------
+    def recover(self) -> None:
+        """At start: finish or roll back changes a crash interrupted, then adopt this
+        appliance's pools that the database lacks. Pools of others are never touched."""
+        if not self.zfs.available():
+            log.warning("ZFS is not available: pool recovery skipped")
+            return
+        with self.lock.held():
+            imported = {p.guid: p for p in self.ops.list()}
+            with self.store.session() as s:
+                rows = s.query(Pool).order_by(Pool.id).all()
+            for row in rows:
+                if row.state != READY and not is_current(row.owner) and owner_alive(row.owner):
+                    continue  # another live server process is doing this change now
+                try:
+                    self._recover_row(row, imported)
+                except CommandError as exc:
+                    log.error("pool %s (%s): recovery failed: %s", row.id, row.name, _reason(exc))
+            self._adopt()
+            for row, summary in self._live():
+                try:  # a crash between creating and mounting leaves a dataset unmounted
+                    for name in self.ops.mount_missing(summary.name):
+                        log.info("mounted %s", name)
+                except CommandError as exc:
+                    log.error("pool %s: mounting failed: %s", summary.name, _reason(exc))
+
+    def _recover_row(self, row: Pool, imported: dict[str, PoolSummary]) -> None:
+        if row.state == CREATING:
+            stamped = self._stamped(row.name) if row.name in {p.name for p in imported.values()} else {}
+            if stamped.get(PROP_SYSTEM) == self.system.id and stamped.get(PROP_POOL_ID) == str(row.id):
+                guid = next(p.guid for p in imported.values() if p.name == row.name)
+                with self.store.session() as s:
+                    r = s.get(Pool, row.id)
+                    r.guid, r.state, r.owner = guid, READY, None
+                log.info("pool %s: creation had finished in ZFS; kept", row.name)
+            else:
+                self._drop_row(row.id)
+                log.info("pool %s: creation never reached ZFS; rolled back", row.name)
+        elif row.state == RENAMING:
+            self._finish_rename(row.id, row.guid, row.pending_name or row.name)
+            log.info("pool %s: interrupted rename finished", row.pending_name)
+        elif row.state == DELETING:
+            if row.guid in imported:
+                for hook in self.before_pool_change:
+                    hook(imported[row.guid].name)
+                self._destroy(row.id, imported[row.guid].name)
+            else:
+                self._drop_row(row.id)
+            log.info("pool %s: interrupted delete finished", row.name)
+        elif row.guid not in imported:
+            if row.guid and row.guid in self.zfs.known_pool_guids():
+                self.ops.import_by_guid(row.guid, row.name)  # e.g. exported when the server died
+                log.info("pool %s: imported again", row.name)
+        elif imported[row.guid].name != row.name:
+            self._set_ready(row.id, imported[row.guid].name)
+
+    def _stamped(self, name: str) -> dict[str, str]:
+        try:
+            return self.ops.dataset_props(name, [PROP_SYSTEM, PROP_POOL_ID, PROP_POOL_TYPE, PROP_GROUP_SIZE])
+        except CommandError:
+            return {}
+
+    def _adopt(self) -> None:
+        with self.store.session() as s:
+            known = {row.guid for row in s.query(Pool).all()}
+        for pool in self.ops.list():
+            if pool.guid in known:
+                continue
+            stamp = self._stamped(pool.name)
+            if stamp.get(PROP_SYSTEM) != self.system.id:
+                continue  # not ours: never touched
+            pool_type = stamp.get(PROP_POOL_TYPE) if stamp.get(PROP_POOL_TYPE) in POOL_TYPES else "raid0"
+            group_size = stamp.get(PROP_GROUP_SIZE, "")
+            with self.store.session() as s:
+                stamped_id = stamp.get(PROP_POOL_ID, "")
+                pool_id = int(stamped_id) if stamped_id.isdigit() and s.get(Pool, int(stamped_id)) is None else None
+                row = Pool(id=pool_id, guid=pool.guid, name=pool.name, pool_type=pool_type,
+                           diskgroup_size=int(group_size) if group_size.isdigit() else DEFAULT_GROUP_SIZE,
+                           state=READY)
+                s.add(row)
+                s.flush()
+                new_id = row.id
+            if str(new_id) != stamped_id:
+                self.ops.set(pool.name, PROP_POOL_ID, str(new_id))
+            log.info("adopted pool %s as id %s", pool.name, new_id)
+
+
+def _reason(exc: CommandError) -> str:
+    lines = [l.strip() for l in (exc.stderr or exc.stdout).splitlines()
+             if l.strip() and not l.startswith("Defaulting to")]
+    return "; ".join(lines[:3]) or str(exc)
