@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from .appliance import Appliance
+from .zfs_tools import PREFIX, destroy_pool, pool_names
 
 STATE = Path(os.environ.get("VSNAP_STATE", "/var/lib/vsnap-test"))
 PORT = int(os.environ.get("VSNAP_PORT", "8910"))
@@ -86,3 +87,24 @@ def appliance(admin):
     server.account = admin
     yield server
     server.stop()
+
+
+@pytest.fixture
+def pools(appliance):
+    """Makes pools through the API and removes whatever a test leaves behind (pools named
+    with PREFIX only: nothing else on the machine is touched)."""
+    appliance.ok("POST", "/api/system", json={"action": "init", "skip_pool": True, "multipool": True})
+    made = []
+
+    def create(name, pool_type, disks, **extra):
+        body = {"name": name, "pool_type": pool_type, "disk_list": [d["uuid"] for d in disks], **extra}
+        made.append(name)
+        return appliance.ok("POST", "/api/pool", json=body)
+
+    yield create
+    for pool in appliance.ok("GET", "/api/pool")["pools"]:
+        if pool["name"].startswith(PREFIX):
+            appliance.delete(f"/api/pool/{pool['id']}")
+    for name in pool_names():
+        if name.startswith(PREFIX):
+            destroy_pool(name)

@@ -6,6 +6,7 @@ import subprocess
 import pytest
 
 from .conftest import STATE
+from .zfs_tools import destroy_pool
 
 POOL = "vsnaptest_disks"
 
@@ -44,8 +45,8 @@ def test_used_as_follows_a_hand_made_pool(appliance):
     if len(unused["disks"]) < 3:
         pytest.fail("the lab needs at least 3 unused disks for this test")
     data, spare = unused["disks"][0]["name"], unused["disks"][1]["name"]
-    subprocess.run(["zpool", "create", "-f", POOL, data], check=True, timeout=120)
     try:
+        subprocess.run(["zpool", "create", "-f", "-m", "none", POOL, data], check=True, timeout=120)
         subprocess.run(["zpool", "add", "-f", POOL, "spare", spare], check=True, timeout=120)
         disks = _by_name(appliance)
         assert (disks[data]["used_as"], disks[data]["pool"]) == ("data", POOL)
@@ -55,7 +56,7 @@ def test_used_as_follows_a_hand_made_pool(appliance):
         in_pool = appliance.ok("GET", "/api/disk", params={"used_as": "data"})["disks"]
         assert [d["name"] for d in in_pool] == [data]
     finally:
-        subprocess.run(["zpool", "destroy", POOL], check=True, timeout=120)
+        destroy_pool(POOL)
     disks = _by_name(appliance)
     assert disks[data]["used_as"] == "unused" and disks[data]["pool"] is None
     assert disks[spare]["used_as"] == "unused"

@@ -402,7 +402,7 @@ failed to unpack label 3
 
 def test_parse_zdb_label_active_pool():
     label = parse_zdb_label(ZDB_ACTIVE)
-    assert label == Label(LABEL_ACTIVE, "tank")
+    assert label == Label(LABEL_ACTIVE, "tank", "7425372337392744520")
     assert label.reusable is False
 
 
@@ -433,6 +433,6 @@ def test_driver_label(fake_runner):
     fake_runner.on(["zdb", "-l", "/dev/loop0"], returncode=0, stdout=ZDB_ACTIVE)
     fake_runner.on(["zdb", "-l", "/dev/loop1"], returncode=2, stdout=ZDB_NOTHING)
     zfs = ZfsDriver(fake_runner)
-    assert zfs.label("/dev/loop0") == Label(LABEL_ACTIVE, "tank")
+    assert zfs.label("/dev/loop0") == Label(LABEL_ACTIVE, "tank", "7425372337392744520")
     assert zfs.label("/dev/loop1") is None
     assert all(c["check"] is False for c in fake_runner.calls)

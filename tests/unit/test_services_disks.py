@@ -67,12 +67,14 @@ def _devices():
         BlockDevice("/dev/sdn", 2**30, "disk", signature="zfs_member"),  # destroyed pool
         BlockDevice("/dev/sdo", 2**30, "disk"),  # old cache device
         BlockDevice("/dev/sdp", 2**30, "disk"),  # old spare
+        BlockDevice("/dev/sdq", 2**30, "disk"),  # removed from a pool that is gone since
     ]
 
 
 LABELS = {
-    "/dev/sdh": Label(LABEL_EXPORTED, "old"),
-    "/dev/sdi": Label(LABEL_ACTIVE, "elsewhere"),
+    "/dev/sdh": Label(LABEL_EXPORTED, "old", "111"),
+    "/dev/sdi": Label(LABEL_ACTIVE, "elsewhere", "222"),
+    "/dev/sdq": Label(LABEL_ACTIVE, "removed-from", "999"),  # orphan: its pool is nowhere
     "/dev/sdn": Label(LABEL_DESTROYED, "gone"),
     "/dev/sdo": Label(LABEL_L2CACHE, None),
     "/dev/sdp": Label(LABEL_SPARE, None),
@@ -99,6 +101,7 @@ EXPECTED = {
     "/dev/sdn": ("unused", None),
     "/dev/sdo": ("unused", None),
     "/dev/sdp": ("unused", None),
+    "/dev/sdq": ("unused", None),
 }
 
 
@@ -115,8 +118,10 @@ class FakeDiskDriver:
 
 
 class FakeZfs:
-    def __init__(self, status_text: str, labels=None, available: bool = True):
+    def __init__(self, status_text: str, labels=None, available: bool = True,
+                 known_guids=("111", "222")):
         self.status_text = status_text
+        self.known_guids = set(known_guids)
         self.labels = labels or {}
         self._available = available
         self.status_calls = 0
@@ -135,6 +140,9 @@ class FakeZfs:
             self.label_calls.append(device)
         return self.labels.get(device)
 
+    def known_pool_guids(self):
+        return self.known_guids
+
 
 def make(tmp_path, disks=(), devices=None, zfs=None):
     settings = Settings(state_dir=tmp_path, disks=list(disks))
@@ -151,7 +159,7 @@ def test_labels_are_read_only_for_disks_nothing_else_claims(tmp_path):
     service = make(tmp_path)
     service.inventory()
     assert sorted(service.zfs.label_calls) == sorted([
-        "/dev/sdh", "/dev/sdi", "/dev/sdk", "/dev/loop4", "/dev/sdn", "/dev/sdo", "/dev/sdp"])
+        "/dev/sdh", "/dev/sdi", "/dev/sdk", "/dev/loop4", "/dev/sdn", "/dev/sdo", "/dev/sdp", "/dev/sdq"])
 
 
 def test_list_renders_api_fields(tmp_path):

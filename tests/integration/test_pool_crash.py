@@ -1,0 +1,98 @@
+"""kill -9 of the server in the middle of pool changes: after the next start the API and ZFS
+agree, the pool is whole or absent, and disks of an absent pool are unused again.
+
+The kill lands at several delays; whichever step it hits, the invariants must hold."""
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import pytest
+
+from .zfs_tools import PREFIX, pool_names, unused, zfs_get
+
+DELAYS = [0.0, 0.05, 0.15, 0.3, 0.6, 1.2]
+
+
+def _kill_during(appliance, method, path, body, delay):
+    def call():
+        try:
+            appliance.request(method, path, json=body, timeout=60)
+        except Exception:
+            pass  # the server died under the request, as intended
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    time.sleep(delay)
+    appliance.stop(signal.SIGKILL)
+    thread.join(60)
+    appliance.start()
+
+
+def _api_pools(appliance) -> dict[str, dict]:
+    return {p["name"]: p for p in appliance.ok("GET", "/api/pool")["pools"]}
+
+
+def _disk_use(appliance) -> dict[str, str]:
+    return {d["name"]: d["used_as"] for d in appliance.ok("GET", "/api/disk")["disks"]}
+
+
+@pytest.mark.parametrize("delay", DELAYS)
+def test_kill_during_create(appliance, pools, delay):
+    disks = unused(appliance, 3)
+    name = f"{PREFIX}kc"
+    _kill_during(appliance, "POST", "/api/pool",
+                 {"name": name, "pool_type": "raid5", "disk_list": [d["uuid"] for d in disks]}, delay)
+    listed, exists = name in _api_pools(appliance), name in pool_names()
+    assert listed == exists, f"API lists it: {listed}, ZFS has it: {exists}"
+    use = _disk_use(appliance)
+    if exists:
+        assert [use[d["name"]] for d in disks] == ["data"] * 3
+        assert zfs_get(name, "mounted") == "yes"
+    else:
+        assert [use[d["name"]] for d in disks] == ["unused"] * 3
+
+
+@pytest.mark.parametrize("delay", DELAYS)
+def test_kill_during_expand(appliance, pools, delay):
+    disks = unused(appliance, 6)
+    pool = pools(f"{PREFIX}ke", "raid5", disks[:3])
+    _kill_during(appliance, "POST", f"/api/pool/{pool['id']}",
+                 {"action": "expand", "disk_list": [d["uuid"] for d in disks[3:]]}, delay)
+    details = appliance.ok("GET", f"/api/pool/{pool['id']}")
+    members = sorted(p for group in details["disks"].values() for p in group)
+    use = _disk_use(appliance)
+    if len(details["disks"]) == 2:  # the new group made it, whole
+        assert members == sorted(d["name"] for d in disks)
+        assert [use[d["name"]] for d in disks[3:]] == ["data"] * 3
+    else:
+        assert members == sorted(d["name"] for d in disks[:3])
+        assert [use[d["name"]] for d in disks[3:]] == ["unused"] * 3
+
+
+@pytest.mark.parametrize("delay", DELAYS)
+def test_kill_during_rename(appliance, pools, delay):
+    disks = unused(appliance, 1)
+    pool = pools(f"{PREFIX}kr1", "raid0", disks)
+    with open(f"/vsnap/{PREFIX}kr1/data", "w") as f:
+        f.write("precious")
+    _kill_during(appliance, "PUT", f"/api/pool/{pool['id']}", {"name": f"{PREFIX}kr2"}, delay)
+    details = appliance.ok("GET", f"/api/pool/{pool['id']}")
+    assert details["name"] in (f"{PREFIX}kr1", f"{PREFIX}kr2")
+    assert details["name"] in pool_names()
+    assert zfs_get(details["name"], "mountpoint") == f"/vsnap/{details['name']}"
+    with open(f"/vsnap/{details['name']}/data") as f:
+        assert f.read() == "precious"
+
+
+@pytest.mark.parametrize("delay", DELAYS)
+def test_kill_during_delete(appliance, pools, delay):
+    disks = unused(appliance, 2)
+    pool = pools(f"{PREFIX}kd", "raid0", disks)
+    _kill_during(appliance, "DELETE", f"/api/pool/{pool['id']}", None, delay)
+    listed, exists = pool["name"] in _api_pools(appliance), pool["name"] in pool_names()
+    assert listed == exists
+    if not exists:
+        use = _disk_use(appliance)
+        assert [use[d["name"]] for d in disks] == ["unused"] * 2

@@ -1,0 +1,69 @@
+"""Reading ZFS with its own tools, independently of the server under test."""
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+PREFIX = "vtp"  # every pool these tests make starts with this
+
+
+def zpool(*args, check=True) -> str:
+    return subprocess.run(["zpool", *args], capture_output=True, text=True, check=check, timeout=120).stdout
+
+
+def zfs_get(dataset: str, prop: str) -> str:
+    return subprocess.run(["zfs", "get", "-Hp", "-o", "value", prop, dataset], capture_output=True,
+                          text=True, check=True, timeout=60).stdout.strip()
+
+
+def pool_names() -> set[str]:
+    return set(zpool("list", "-H", "-o", "name", check=False).split())
+
+
+def layout(pool: str) -> dict[str, list[str]]:
+    """zpool status read independently of the server: top-level vdev -> its devices."""
+    groups: dict[str, list[str]] = {}
+    section, current = "data", None
+    in_config = False
+    for line in zpool("status", pool).splitlines():
+        if line.strip().startswith("NAME"):
+            in_config = True
+            continue
+        if not in_config or not line.strip() or line.startswith("errors"):
+            continue
+        depth = (len(line.expandtabs(8)) - len(line.expandtabs(8).lstrip())) // 2
+        name = line.split()[0]
+        if depth == 4 and name == pool:
+            continue
+        if depth == 4:  # logs / cache / spares headers
+            section = name
+            continue
+        if depth == 5:
+            current = f"{section}:{name}"
+            groups[current] = []
+        elif depth == 6:
+            groups[current].append(name)
+    return groups
+
+
+def unused(appliance, count: int) -> list[dict]:
+    disks = appliance.ok("GET", "/api/disk", params={"used_as": "unused"})["disks"]
+    if len(disks) < count:
+        pytest.fail(f"need {count} unused lab disks, have {len(disks)}")
+    return disks[:count]
+
+
+def short(path: str) -> str:
+    return path.rsplit("/", 1)[-1]
+
+
+def destroy_pool(name: str, attempts: int = 10) -> None:
+    """zpool destroy, retried: zfs-fuse's unmount can report 'busy' for a moment."""
+    for _ in range(attempts):
+        result = subprocess.run(["zpool", "destroy", "-f", name], capture_output=True, text=True, timeout=120)
+        if result.returncode == 0 or "no such pool" in result.stderr:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"zpool destroy {name} kept failing: {result.stderr.strip()}")
