@@ -8,6 +8,7 @@ import pytest
 import vsnap.drivers.zfs as zfs_mod
 from vsnap.drivers.runner import CommandError
 from vsnap.drivers.zfs import (LABEL_ACTIVE, LABEL_EXPORTED, Label, PoolSummary, ZfsDriver,
+                               run_retrying_busy,
                                ZfsPoolOps, parse_ratio, parse_size, parse_zdb_label,
                                parse_zpool_get)
 
@@ -395,7 +396,7 @@ def test_retry_not_busy_fails_at_once(sleeps):
 def test_retry_busy_custom_attempts(sleeps):
     runner = _Sequence([(1, BUSY)] * 3)
     with pytest.raises(CommandError):
-        ZfsPoolOps(runner)._retry_busy(["zpool", "export", "x"], attempts=2, pause=0.1)
+        run_retrying_busy(runner, ["zpool", "export", "x"], attempts=2, pause=0.1)
     assert len(runner.calls) == 2
     assert sleeps == [0.1]
 

@@ -225,6 +225,20 @@ class ZfsDriver:
 
 # -- pools ------------------------------------------------------------------------------------
 
+def run_retrying_busy(runner: Runner, argv: list[str], *, attempts: int = 5, pause: float = 0.5,
+                      gone: tuple[str, ...] = ()) -> None:
+    """Unmounting can fail for a moment while the kernel still holds the mount (zfs-fuse
+    especially): retry a few times before reporting 'busy'. Stderr matching `gone` means the
+    target no longer exists, which is success for a destroy."""
+    for attempt in range(attempts):
+        out = runner.run(argv, check=False)
+        if out.returncode == 0 or any(text in out.stderr for text in gone):
+            return
+        if "busy" not in out.stderr or attempt == attempts - 1:
+            raise CommandError(out.argv, out.returncode, out.stdout, out.stderr)
+        time.sleep(pause)
+
+
 _SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50,
                "E": 1 << 60}
 
@@ -348,22 +362,110 @@ class ZfsPoolOps:
     def set(self, dataset: str, prop: str, value: str) -> None:
         self.runner.run(["zfs", "set", f"{prop}={value}", dataset])
 
-    def _retry_busy(self, argv: list[str], attempts: int = 5, pause: float = 0.5) -> None:
-        """Unmounting can fail for a moment while the kernel still holds the mount (zfs-fuse
-        especially): retry a few times before reporting the pool busy."""
-        for attempt in range(attempts):
-            out = self.runner.run(argv, check=False)
-            if out.returncode == 0:
-                return
-            if "busy" not in out.stderr or attempt == attempts - 1:
-                raise CommandError(out.argv, out.returncode, out.stdout, out.stderr)
-            time.sleep(pause)
-
     def export(self, pool: str) -> None:
-        self._retry_busy(["zpool", "export", pool])
+        run_retrying_busy(self.runner, ["zpool", "export", pool])
 
     def import_by_guid(self, guid: str, name: str) -> None:
         self.runner.run(["zpool", "import", guid, name])
 
     def destroy(self, pool: str) -> None:
-        self._retry_busy(["zpool", "destroy", "-f", pool])
+        run_retrying_busy(self.runner, ["zpool", "destroy", "-f", pool])
+
+
+# -- datasets and snapshots -------------------------------------------------------------------
+
+DATASET_PROPS = ["type", "guid", "origin", "used", "referenced", "available", "quota", "creation",
+                 "mountpoint", "volsize", "volblocksize", "recordsize"]
+
+
+def parse_zfs_get(text: str) -> dict[str, dict[str, str]]:
+    """`zfs get -Hp -o name,property,value` -> {dataset: {property: value}}, in ZFS's order."""
+    found: dict[str, dict[str, str]] = {}
+    for line in text.splitlines():
+        parts = line.split("\t")
+        if len(parts) == 3:
+            found.setdefault(parts[0], {})[parts[1]] = parts[2]
+    return found
+
+
+class ZfsDatasetOps:
+    """Dataset and snapshot commands (filesystems, zvols, snapshots, clones)."""
+
+    def __init__(self, runner: Runner, zfs: ZfsDriver):
+        self.runner = runner
+        self.zfs = zfs
+        self._has_zvols: bool | None = None
+        self._rename_needs_unmount = False
+
+    @property
+    def has_zvols(self) -> bool:
+        """OpenZFS has zvols; zfs-fuse's `zfs create -V` aborts ('Function not implemented'),
+        so it is told apart by what it is rather than by trying."""
+        if self._has_zvols is None:
+            version = self.zfs.version()
+            self._has_zvols = bool(version) and not version.startswith("zfs-fuse")
+        return self._has_zvols
+
+    def tree(self, root: str, user_props: list[str]) -> dict[str, dict[str, str]]:
+        """Every dataset and snapshot under `root` with the listed properties, in one command."""
+        out = self.runner.run(["zfs", "get", "-Hp", "-r", "-o", "name,property,value",
+                               ",".join(DATASET_PROPS + user_props), root])
+        return parse_zfs_get(out.stdout)
+
+    def get(self, name: str, props: list[str]) -> dict[str, str]:
+        out = self.runner.run(["zfs", "get", "-Hp", "-o", "name,property,value", ",".join(props), name])
+        return parse_zfs_get(out.stdout).get(name, {})
+
+    @staticmethod
+    def _options(props: dict[str, str]) -> list[str]:
+        return [arg for prop, value in props.items() for arg in ("-o", f"{prop}={value}")]
+
+    def create_filesystem(self, name: str, props: dict[str, str]) -> None:
+        self.runner.run(["zfs", "create", *self._options(props), name])
+
+    def create_zvol(self, name: str, size: int, block_size: int, props: dict[str, str]) -> None:
+        self.runner.run(["zfs", "create", "-V", str(size), "-b", str(block_size),
+                         *self._options(props), name])
+
+    def snapshot(self, name: str) -> None:
+        self.runner.run(["zfs", "snapshot", name])
+
+    def clone(self, snapshot: str, name: str, props: dict[str, str]) -> None:
+        self.runner.run(["zfs", "clone", *self._options(props), snapshot, name])
+
+    def rename(self, old: str, new: str) -> None:
+        """zfs-fuse refuses to rename a mounted filesystem ('dataset is busy', even idle and
+        unmounted with zfs umount); with mountpoint=none it renames, and the inherited
+        mountpoint then follows the new name. Learnt once, then done that way directly."""
+        if not self._rename_needs_unmount:
+            out = self.runner.run(["zfs", "rename", old, new], check=False)
+            if out.returncode == 0:
+                return
+            if "busy" not in out.stderr:
+                raise CommandError(out.argv, out.returncode, out.stdout, out.stderr)
+            self._rename_needs_unmount = True
+        if self.get(old, ["type"]).get("type") != "filesystem":
+            run_retrying_busy(self.runner, ["zfs", "rename", old, new])
+            return
+        run_retrying_busy(self.runner, ["zfs", "set", "mountpoint=none", old])
+        try:
+            self.runner.run(["zfs", "rename", old, new])
+        finally:  # mounted again under whichever name it has now
+            name = new if "type" in self._try_get(new) else old
+            self.runner.run(["zfs", "inherit", "mountpoint", name])
+
+    def _try_get(self, name: str) -> dict[str, str]:
+        try:
+            return self.get(name, ["type"])
+        except CommandError:
+            return {}
+
+    def inherit(self, name: str, prop: str) -> None:
+        self.runner.run(["zfs", "inherit", prop, name])
+
+    def set(self, name: str, prop: str, value: str) -> None:
+        self.runner.run(["zfs", "set", f"{prop}={value}", name])
+
+    def destroy(self, name: str, *, recursive: bool = False) -> None:
+        run_retrying_busy(self.runner, ["zfs", "destroy", *(["-r"] if recursive else []), name],
+                          gone=("could not find", "does not exist"))
