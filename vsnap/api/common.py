@@ -120,3 +120,20 @@ def list_or_detail(blp: Blueprint, list_schema: type[ma.Schema], detail_schema: 
         }})(wrapper)
 
     return decorator
+
+
+class Size(ma.fields.Integer):
+    """Byte counts arrive as JSON numbers or decimal strings ("1073741824"), as in the spec."""
+
+    def __init__(self, **kwargs):
+        super().__init__(strict=False, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool) or (isinstance(value, str) and not value.strip().isdigit()) \
+                or isinstance(value, float):
+            raise ma.ValidationError("Not a valid size: expected a whole number of bytes.")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class EmptyResponse(ma.Schema):
+    pass

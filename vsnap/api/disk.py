@@ -4,7 +4,7 @@ import marshmallow as ma
 from flask import current_app
 
 from ..services.disks import USED_AS
-from .common import Blueprint, StrictSchema
+from .common import Blueprint, EmptyResponse, StrictSchema
 
 blp = Blueprint("disk", __name__, url_prefix="/api/disk", description="Disks (spec 6)")
 
@@ -31,10 +31,6 @@ class DiskQuerySchema(StrictSchema):
 
 class DiskActionSchema(StrictSchema):
     action = ma.fields.String(required=True, validate=ma.validate.OneOf(["rescan"]))
-
-
-class EmptyResponse(ma.Schema):
-    pass
 
 
 def _disks():

@@ -4,7 +4,7 @@ import marshmallow as ma
 from flask import current_app
 
 from ..services.pools import DEFAULT_GROUP_SIZE, MAX_NAME, POOL_TYPES
-from .common import Blueprint, Id, StrictSchema, list_or_detail
+from .common import Blueprint, EmptyResponse, Id, StrictSchema, list_or_detail
 
 blp = Blueprint("pool", __name__, url_prefix="/api/pool", description="Storage pools (spec 7)")
 
@@ -75,10 +75,6 @@ class PoolActionSchema(StrictSchema):
     action = ma.fields.String(required=True, validate=ma.validate.OneOf(ACTIONS))
     disk_list = ma.fields.List(DiskUuid(), load_default=None, allow_none=True)
     disk = DiskUuid(load_default=None, allow_none=True)
-
-
-class EmptyResponse(ma.Schema):
-    pass
 
 
 def _pools():

@@ -10,16 +10,20 @@ from ..drivers.network import NetworkDriver
 from ..drivers.packages import PackageDriver
 from ..drivers.runner import CommandNotFound, CommandTimeout, Runner
 from ..errors import ApiError, ServiceUnavailableError
-from ..drivers.zfs import ZfsDriver, ZfsPoolOps
+from ..drivers.lunfile import LunFileDriver
+from ..drivers.zfs import ZfsDatasetOps, ZfsDriver, ZfsPoolOps
 from ..store.db import Store
 from .auth import AuthService
 from .disks import DiskService
+from .catalog import Catalog
 from .locking import StorageLock
 from .network import NetworkService
 from .pools import PoolService
+from .snapshots import SnapshotService
 from .system import SystemService
 from .targets import TargetService
 from .users import UserService
+from .volumes import VolumeService
 
 
 @dataclass
@@ -33,6 +37,9 @@ class Services:
     targets: TargetService
     disks: DiskService
     pools: PoolService
+    catalog: Catalog
+    volumes: VolumeService
+    snapshots: SnapshotService
 
     @classmethod
     def build(cls, settings: Settings, runner: Runner | None = None) -> "Services":
@@ -43,9 +50,13 @@ class Services:
         disk_driver = DiskDriver(runner)
         disks = DiskService(settings, disk_driver, zfs)
         system = SystemService(settings, store, PackageDriver(runner), zfs)
-        pools = PoolService(settings, store, zfs, ZfsPoolOps(runner), disks, disk_driver, system,
-                            StorageLock(settings.lock_file))
+        lock = StorageLock(settings.lock_file)
+        pools = PoolService(settings, store, zfs, ZfsPoolOps(runner), disks, disk_driver, system, lock)
         system.pool_initializer = pools.create_default
+        datasets = ZfsDatasetOps(runner, zfs)
+        catalog = Catalog(store, datasets, pools, lock)
+        volumes = VolumeService(store, datasets, LunFileDriver(), catalog, pools, lock)
+        snapshots = SnapshotService(store, datasets, catalog, volumes, lock)
         return cls(
             settings=settings,
             store=store,
@@ -56,11 +67,18 @@ class Services:
             targets=TargetService(settings, system),
             disks=disks,
             pools=pools,
+            catalog=catalog,
+            volumes=volumes,
+            snapshots=snapshots,
         )
 
     def recover(self) -> None:
         """At start: finish or roll back what a crash left half-done, adopt our own pools."""
         self.pools.recover()
+        if self.pools.zfs.available():
+            self.volumes.recover()
+            self.snapshots.recover()
+            self.catalog.load()  # picks up what was made or destroyed outside the API
 
 
 def system_error(exc: Exception) -> ApiError | None:

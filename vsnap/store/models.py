@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import JSON, Integer, String, Text
+from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -49,5 +49,41 @@ class Pool(Base):
     state: Mapped[str] = mapped_column(String(16), default="ready")
     pending_name: Mapped[str | None] = mapped_column(String(256), nullable=True)
     owner: Mapped[str | None] = mapped_column(String(64), nullable=True)  # services/owner.py
+    time_created: Mapped[int] = mapped_column(Integer, default=now)
+    time_updated: Mapped[int] = mapped_column(Integer, default=now)
+
+
+class Volume(Base):
+    """A volume: a dataset directly under a pool (filesystem, or LUN as zvol or image file), or
+    a file-backed LUN naming a file inside a filesystem volume. Matched to ZFS by guid, which
+    survives renames; state/owner mark a change in flight, as for pools."""
+
+    __tablename__ = "volume"
+    __table_args__ = {"sqlite_autoincrement": True}
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pool_id: Mapped[int] = mapped_column(ForeignKey("pool.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(256))
+    volume_type: Mapped[str] = mapped_column(String(16))
+    guid: Mapped[str | None] = mapped_column(String(32), unique=True, nullable=True)
+    is_clone: Mapped[bool] = mapped_column(Boolean, default=False)
+    serial: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    size_block: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    parent_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    parent_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    state: Mapped[str] = mapped_column(String(16), default="ready")
+    owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    time_created: Mapped[int] = mapped_column(Integer, default=now)
+    time_updated: Mapped[int] = mapped_column(Integer, default=now)
+
+
+class Snapshot(Base):
+    __tablename__ = "snapshot"
+    __table_args__ = {"sqlite_autoincrement": True}
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    volume_id: Mapped[int] = mapped_column(ForeignKey("volume.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(256))
+    guid: Mapped[str | None] = mapped_column(String(32), unique=True, nullable=True)
+    state: Mapped[str] = mapped_column(String(16), default="ready")
+    owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
     time_created: Mapped[int] = mapped_column(Integer, default=now)
     time_updated: Mapped[int] = mapped_column(Integer, default=now)

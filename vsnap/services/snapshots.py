@@ -1,0 +1,154 @@
+"""Snapshots of volumes: each backup is one; a restore clones one."""
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+
+from ..drivers.runner import CommandError
+from ..drivers.zfs import ZfsDatasetOps
+from ..errors import ConflictError, NotFoundError, ValidationError
+from ..store.db import Store
+from ..store.models import Snapshot, Volume
+from .catalog import (CREATING, DELETING, FILEBACKED, PROP_SNAP_ID, READY, Catalog, CatalogView,
+                      SnapshotView)
+from .locking import StorageLock
+from .owner import current_owner, is_current, owner_alive
+from .volumes import _reason, validate_name
+
+log = logging.getLogger(__name__)
+
+
+def generated_name() -> str:
+    return f"snap_{time.strftime('%Y%m%d%H%M%S', time.gmtime())}_{secrets.token_hex(4)}"
+
+
+class SnapshotService:
+    def __init__(self, store: Store, ds: ZfsDatasetOps, catalog: Catalog, volumes, lock: StorageLock):
+        self.store = store
+        self.ds = ds
+        self.catalog = catalog
+        self.volumes = volumes
+        self.lock = lock
+
+    @staticmethod
+    def render(snap: SnapshotView, detail: bool) -> dict:
+        body = {"id": str(snap.row.id), "name": snap.row.name, "parent_id": str(snap.volume.row.id)}
+        if detail:
+            body.update({
+                "parent_name": snap.volume.row.name,
+                "pool_id": str(snap.volume.row.pool_id),
+                "pool_name": snap.volume.pool_name,
+                "has_clones": bool(snap.clones),
+                "size_used": snap.props.get("used"),
+                "version_id": snap.props.get("guid"),
+            })
+        body["time_created"] = str(int(snap.props.get("creation") or snap.row.time_created))
+        body["time_updated"] = str(snap.row.time_updated)
+        return body
+
+    def _find(self, view: CatalogView, snap_id=None, name=None) -> SnapshotView:
+        if snap_id is not None:
+            found = view.snapshots.get(int(snap_id)) if str(snap_id).isdigit() else None
+            if found:
+                return found
+            raise NotFoundError(f"Snapshot {snap_id} not found")
+        matches = [s for s in view.snapshots.values() if s.row.name == name]
+        if not matches:
+            raise NotFoundError(f"Snapshot {name} not found")
+        if len(matches) > 1:
+            raise ConflictError(f"Several snapshots are named {name} (of different volumes); use ?id=")
+        return matches[0]
+
+    def list(self, parent_id=None) -> list[dict]:
+        view = self.catalog.load()
+        if parent_id is not None:
+            self.volumes._find(view, parent_id)  # 404 for an unknown volume
+        snaps = sorted(view.snapshots.values(), key=lambda s: s.row.id)
+        return [self.render(s, False) for s in snaps
+                if parent_id is None or str(s.volume.row.id) == str(parent_id)]
+
+    def get(self, snap_id=None, name=None) -> dict:
+        return self.render(self._find(self.catalog.load(), snap_id, name), True)
+
+    def create(self, vol_id, name: str | None = None) -> dict:
+        if name is not None:
+            validate_name(name, "Snapshot")
+        with self.lock.held():
+            volume, view = self.volumes.view(vol_id)
+            if volume.row.volume_type == FILEBACKED:
+                raise ValidationError("A filebackedlun has no dataset of its own: snapshot its "
+                                      "parent filesystem")
+            taken = {s.row.name for s in view.snapshots.values() if s.volume.row.id == volume.row.id}
+            if name is None:
+                name = generated_name()
+                while name in taken:
+                    name = generated_name()
+            elif name in taken or self.volumes._exists(f"{volume.dataset}@{name}"):
+                raise ConflictError(f"Volume {volume.row.name} already has a snapshot named {name}")
+            with self.store.session() as s:
+                row = Snapshot(volume_id=volume.row.id, name=name, state=CREATING, owner=current_owner())
+                s.add(row)
+                s.flush()
+                snap_id = row.id
+            zfs_name = f"{volume.dataset}@{name}"
+            try:
+                self.ds.snapshot(zfs_name)
+            except CommandError as exc:
+                with self.store.session() as s:
+                    s.delete(s.get(Snapshot, snap_id))
+                raise ConflictError(f"ZFS refused to snapshot {volume.dataset}: {_reason(exc)}") from exc
+            self._finish(snap_id, zfs_name)
+        return self.get(snap_id=snap_id)
+
+    def _finish(self, snap_id: int, zfs_name: str) -> None:
+        self.ds.set(zfs_name, PROP_SNAP_ID, str(snap_id))
+        guid = self.ds.get(zfs_name, ["guid"])["guid"]
+        with self.store.session() as s:
+            row = s.get(Snapshot, snap_id)
+            row.guid, row.state, row.owner = guid, READY, None
+
+    def delete(self, snap_id) -> None:
+        with self.lock.held():
+            snap = self._find(self.catalog.load(), snap_id)
+            if snap.clones:
+                names = ", ".join(sorted(c.split("/", 1)[1] for c in snap.clones))
+                raise ConflictError(f"Snapshot {snap.row.name} has clones: {names}; delete them first")
+            with self.store.session() as s:
+                row = s.get(Snapshot, snap.row.id)
+                row.state, row.owner = DELETING, current_owner()
+            try:
+                self.ds.destroy(snap.zfs_name)
+            except CommandError as exc:
+                with self.store.session() as s:
+                    row = s.get(Snapshot, snap.row.id)
+                    row.state, row.owner = READY, None
+                raise ConflictError(f"Snapshot {snap.row.name} could not be destroyed: {_reason(exc)}") from exc
+            with self.store.session() as s:
+                s.delete(s.get(Snapshot, snap.row.id))
+
+    def recover(self) -> None:
+        with self.lock.held():
+            with self.store.session() as s:
+                rows = [(r, s.get(Volume, r.volume_id)) for r in
+                        s.query(Snapshot).filter(Snapshot.state != READY).all()
+                        if is_current(r.owner) or not owner_alive(r.owner)]
+            for row, volume in rows:
+                try:
+                    self._recover_row(row, volume)
+                except (CommandError, NotFoundError) as exc:
+                    log.error("snapshot %s (%s): recovery failed: %s", row.id, row.name, exc)
+
+    def _recover_row(self, row: Snapshot, volume: Volume) -> None:
+        summary = self.volumes.pools._find(volume.pool_id)[1]
+        zfs_name = f"{summary.name}/{volume.name}@{row.name}"
+        exists = self.volumes._exists(zfs_name)
+        if row.state == CREATING and exists:
+            self._finish(row.id, zfs_name)  # a snapshot only we could have taken under this row
+            log.info("snapshot %s: creation had finished in ZFS; kept", zfs_name)
+            return
+        if row.state == DELETING and exists:
+            self.ds.destroy(zfs_name)
+        with self.store.session() as s:
+            s.delete(s.get(Snapshot, row.id))
+        log.info("snapshot %s: interrupted %s settled", zfs_name, row.state)

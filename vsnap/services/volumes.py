@@ -1,0 +1,462 @@
+"""Volumes: filesystems, LUNs (zvols, or image files where ZFS has no zvols), file-backed
+LUNs, and clones of snapshots."""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import uuid
+
+from ..drivers.lunfile import LunFileDriver
+from ..drivers.runner import CommandError
+from ..drivers.zfs import ZfsDatasetOps
+from ..errors import ConflictError, NotFoundError, ValidationError
+from ..store.db import Store
+from ..store.models import Volume, now
+from .catalog import (CREATING, DELETING, FILEBACKED, PROP_SERIAL, PROP_TYPE, PROP_VOL_ID,
+                      PROP_VOLSIZE, READY, Catalog, CatalogView, VolumeView)
+from .locking import StorageLock
+from .owner import current_owner, is_current, owner_alive
+
+log = logging.getLogger(__name__)
+
+VOLUME_TYPES = ("filesystem", "lun", FILEBACKED)
+MAX_NAME = 200  # leaves room for the pool's name and a snapshot's within ZFS's 255
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+MIN_SIZE = 1 << 20
+MAX_SIZE = 1 << 60
+DEFAULT_BLOCK = 65536
+
+
+def validate_name(name, what: str = "Volume") -> str:
+    if not isinstance(name, str) or not name:
+        raise ValidationError(f"{what} name is required")
+    if len(name) > MAX_NAME:
+        raise ValidationError(f"{what} name is too long: at most {MAX_NAME} characters")
+    if not _NAME_RE.fullmatch(name):
+        raise ValidationError(f"{what} name must start with a letter or digit and contain only "
+                              "letters, digits, '_', '-' and '.'")
+    return name
+
+
+def validate_block_size(size_block: int) -> int:
+    if size_block < 512 or size_block > 131072 or size_block & (size_block - 1):
+        raise ValidationError("size_block must be a power of two from 512 to 131072")
+    return size_block
+
+
+def validate_size(size: int, what: str = "size_total") -> int:
+    if size < MIN_SIZE or size > MAX_SIZE:
+        raise ValidationError(f"{what} must be between {MIN_SIZE} and {MAX_SIZE} bytes")
+    return size
+
+
+def resolve_inside(root: str, relative: str) -> str:
+    """A path relative to a filesystem's root, refused when it could leave that filesystem:
+    absolute paths, '..', and symlinks that point outside are all errors."""
+    if not isinstance(relative, str) or not relative or "\x00" in relative:
+        raise ValidationError("parent_path is required")
+    if os.path.isabs(relative) or ".." in relative.split("/"):
+        raise ValidationError("parent_path must be relative to the filesystem and stay inside it")
+    real_root = os.path.realpath(root)
+    target = os.path.realpath(os.path.join(real_root, relative))
+    if os.path.commonpath([real_root, target]) != real_root or target == real_root:
+        raise ValidationError("parent_path leaves the parent filesystem")
+    if not os.path.isfile(target):
+        raise ValidationError(f"parent_path {relative} is not an existing file in the parent filesystem")
+    return os.path.relpath(target, real_root)
+
+
+class VolumeService:
+    def __init__(self, store: Store, ds: ZfsDatasetOps, lunfiles: LunFileDriver, catalog: Catalog,
+                 pools, lock: StorageLock):
+        self.store = store
+        self.ds = ds
+        self.lunfiles = lunfiles
+        self.catalog = catalog
+        self.pools = pools
+        self.lock = lock
+        # Shares and LUN mappings register here: they are removed before a volume goes away,
+        # and told when its dataset is renamed.
+        self.before_volume_delete: list = []
+        self.after_volume_rename: list = []
+        self.decorators: list = []  # add share_id / host_ids to a volume's details
+
+    # -- reading ----------------------------------------------------------------------------
+    def _find(self, view: CatalogView, vol_id=None, name=None) -> VolumeView:
+        if vol_id is not None:
+            found = view.volumes.get(int(vol_id)) if str(vol_id).isdigit() else None
+            if found:
+                return found
+            raise NotFoundError(f"Volume {vol_id} not found")
+        matches = [v for v in view.volumes.values() if v.row.name == name]
+        if not matches:
+            raise NotFoundError(f"Volume {name} not found")
+        if len(matches) > 1:
+            raise ConflictError(f"Several volumes are named {name} (in different pools); use ?id=")
+        return matches[0]
+
+    def _sizes(self, v: VolumeView) -> tuple[str | None, str | None, str | None]:
+        p = v.props
+        if p is None:
+            return None, None, None
+        used, referenced = _number(p.get("used")) or 0, _number(p.get("referenced")) or 0
+        if v.row.volume_type == "filesystem":
+            quota = _number(p.get("quota"))
+            return (str(quota) if quota else None), p["available"], str(used)
+        if p.get("type") == "volume":
+            total = _number(p.get("volsize")) or 0
+        else:
+            total = _number(p.get(PROP_VOLSIZE)) or self.lunfiles.size(p["mountpoint"]) or 0
+        return str(total), str(max(total - referenced, 0)), str(used)
+
+    def render(self, v: VolumeView, view: CatalogView, detail: bool) -> dict:
+        total, free, used = self._sizes(v)
+        row = v.row
+        body = {
+            "id": str(row.id),
+            "name": row.name,
+            "volume_type": row.volume_type,
+            "is_clone": bool(row.is_clone),
+            "pool_id": str(row.pool_id),
+            "size_total": total,
+            "size_free": free,
+            "size_used": used,
+            "time_created": str(int(v.props["creation"]) if v.props else row.time_created),
+            "time_updated": str(row.time_updated),
+        }
+        if not detail:
+            return body
+        origin = view.origin_snapshot_id(v)
+        body.update({
+            "serial": row.serial,
+            "pool_name": v.pool_name,
+            "parent_id": str(row.parent_id) if row.parent_id else None,
+            "parent_path": row.parent_path,
+            "snapshot_id": str(origin) if origin else None,
+            "share_id": None,
+            "host_ids": [],
+        })
+        for decorate in self.decorators:
+            decorate(row, body)
+        return body
+
+    def list(self, *, volume_type: str | None = None, pool_id: str | None = None) -> list[dict]:
+        view = self.catalog.load()
+        vols = sorted(view.volumes.values(), key=lambda v: v.row.id)
+        return [self.render(v, view, False) for v in vols
+                if (volume_type is None or v.row.volume_type == volume_type)
+                and (pool_id is None or str(v.row.pool_id) == str(pool_id))]
+
+    def get(self, vol_id=None, name=None) -> dict:
+        view = self.catalog.load()
+        return self.render(self._find(view, vol_id, name), view, True)
+
+    def view(self, vol_id) -> tuple[VolumeView, CatalogView]:
+        view = self.catalog.load()
+        return self._find(view, vol_id), view
+
+    # -- creating ---------------------------------------------------------------------------
+    def create(self, *, name, volume_type=None, pool_id=None, size_total=None, size_block=None,
+               parent_id=None, parent_path=None, snapshot_id=None) -> dict:
+        validate_name(name)
+        if snapshot_id is not None:
+            return self._clone(name, snapshot_id)
+        if volume_type not in VOLUME_TYPES:
+            raise ValidationError(f"volume_type must be one of: {', '.join(VOLUME_TYPES)} "
+                                  "(or give snapshot_id to clone)")
+        if volume_type == FILEBACKED:
+            return self._create_filebacked(name, parent_id, parent_path)
+        if pool_id is None:
+            raise ValidationError(f"pool_id is required for a {volume_type} volume")
+        if volume_type == "lun":
+            if size_total is None:
+                raise ValidationError("size_total is required for a lun")
+            validate_size(size_total)
+            validate_block_size(size_block or DEFAULT_BLOCK)
+        elif size_total is not None:
+            validate_size(size_total)
+        if size_block is not None and volume_type != "lun":
+            raise ValidationError("size_block applies to lun volumes only")
+        with self.lock.held():
+            pool_row, summary = self.pools._find(pool_id)
+            self._check_free(summary.name, name)
+            row_id = self._begin(pool_row.id, name, volume_type,
+                                 serial=str(uuid.uuid4()) if volume_type == "lun" else None,
+                                 size_block=(size_block or DEFAULT_BLOCK) if volume_type == "lun" else None)
+            dataset = f"{summary.name}/{name}"
+            props = {PROP_VOL_ID: str(row_id), PROP_TYPE: volume_type}
+            try:
+                if volume_type == "filesystem":
+                    if size_total:
+                        props["quota"] = str(size_total)
+                    self.ds.create_filesystem(dataset, props)
+                else:
+                    self._create_lun(dataset, props, size_total, size_block or DEFAULT_BLOCK, row_id)
+            except (CommandError, OSError) as exc:
+                self._undo_create(row_id, dataset)
+                raise ValidationError(f"ZFS refused to create {dataset}: {_reason(exc)}") from exc
+            self._finish_create(row_id, dataset)
+        return self.get(vol_id=row_id)
+
+    def _create_lun(self, dataset: str, props: dict, size: int, block: int, row_id: int) -> None:
+        with self.store.session() as s:
+            props[PROP_SERIAL] = s.get(Volume, row_id).serial
+        props[PROP_VOLSIZE] = str(size)
+        if self.ds.has_zvols:
+            self.ds.create_zvol(dataset, size, block, props)
+            return
+        # No zvols: the LUN is an image file alone in its own dataset; the dataset's record
+        # size is the LUN's block size.
+        props["recordsize"] = str(block)
+        self.ds.create_filesystem(dataset, props)
+        self.lunfiles.create(self.ds.get(dataset, ["mountpoint"])["mountpoint"], size)
+
+    def _check_free(self, pool: str, name: str) -> None:
+        """Unique per pool: no dataset of that name (ours or not) and no file-backed LUN."""
+        taken = self._exists(f"{pool}/{name}")
+        if not taken:
+            pool_row = self.pools._find(name=pool)[0]
+            with self.store.session() as s:
+                taken = s.query(Volume).filter(Volume.pool_id == pool_row.id, Volume.name == name).first() is not None
+        if taken:
+            raise ConflictError(f"Pool {pool} already has a volume named {name}")
+
+    def _exists(self, dataset: str) -> bool:
+        try:
+            self.ds.get(dataset, ["type"])
+            return True
+        except CommandError:
+            return False
+
+    def _begin(self, pool_id: int, name: str, volume_type: str, **fields) -> int:
+        with self.store.session() as s:
+            row = Volume(pool_id=pool_id, name=name, volume_type=volume_type, state=CREATING,
+                         owner=current_owner(), **fields)
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def _finish_create(self, row_id: int, dataset: str) -> None:
+        guid = self.ds.get(dataset, ["guid"])["guid"]
+        with self.store.session() as s:
+            row = s.get(Volume, row_id)
+            row.guid, row.state, row.owner = guid, READY, None
+
+    def _undo_create(self, row_id: int, dataset: str | None) -> None:
+        if dataset and self._exists(dataset):
+            try:
+                self.ds.destroy(dataset, recursive=True)
+            except CommandError as exc:
+                log.error("could not remove half-made %s: %s", dataset, exc)
+                return  # the row stays in state creating; the next start finishes the job
+        with self.store.session() as s:
+            row = s.get(Volume, row_id)
+            if row is not None:
+                s.delete(row)
+
+    def _clone(self, name: str, snapshot_id) -> dict:
+        with self.lock.held():
+            view = self.catalog.load()
+            snap = view.snapshots.get(int(snapshot_id)) if str(snapshot_id).isdigit() else None
+            if snap is None:
+                raise NotFoundError(f"Snapshot {snapshot_id} not found")
+            source = snap.volume
+            self._check_free(source.pool_name, name)
+            kind = source.row.volume_type
+            row_id = self._begin(source.row.pool_id, name, kind, is_clone=True,
+                                 serial=str(uuid.uuid4()) if kind == "lun" else None,
+                                 size_block=source.row.size_block)
+            dataset = f"{source.pool_name}/{name}"
+            props = {PROP_VOL_ID: str(row_id), PROP_TYPE: kind}
+            if kind == "lun":
+                with self.store.session() as s:
+                    props[PROP_SERIAL] = s.get(Volume, row_id).serial  # a new LUN, a new serial
+                size = _number((source.props or {}).get(PROP_VOLSIZE))
+                if size:  # user properties come from the parent dataset, not the origin
+                    props[PROP_VOLSIZE] = str(size)
+            try:
+                self.ds.clone(snap.zfs_name, dataset, props)
+            except CommandError as exc:
+                self._undo_create(row_id, dataset)
+                raise ValidationError(f"ZFS refused to clone {snap.zfs_name}: {_reason(exc)}") from exc
+            self._finish_create(row_id, dataset)
+        return self.get(vol_id=row_id)
+
+    def _create_filebacked(self, name: str, parent_id, parent_path) -> dict:
+        if parent_id is None or parent_path is None:
+            raise ValidationError("parent_id and parent_path are required for a filebackedlun")
+        with self.lock.held():
+            view = self.catalog.load()
+            parent = self._find(view, parent_id)
+            if parent.row.volume_type != "filesystem":
+                raise ValidationError("parent_id must be a filesystem volume")
+            relative = resolve_inside(parent.props["mountpoint"], parent_path)
+            self._check_free(parent.pool_name, name)
+            with self.store.session() as s:
+                row = Volume(pool_id=parent.row.pool_id, name=name, volume_type=FILEBACKED,
+                             serial=str(uuid.uuid4()), parent_id=parent.row.id, parent_path=relative,
+                             state=READY)
+                s.add(row)
+                s.flush()
+                row_id = row.id
+        return self.get(vol_id=row_id)
+
+    def backing_path(self, vol_id) -> str:
+        """The file or device an iSCSI target serves for a LUN volume."""
+        v, view = self.view(vol_id)
+        if v.row.volume_type == FILEBACKED:
+            root = view.volumes[v.row.parent_id].props["mountpoint"]
+            # Checked again at use: a symlink planted since creation must not lead outside.
+            return os.path.join(os.path.realpath(root), resolve_inside(root, v.row.parent_path))
+        if v.row.volume_type != "lun":
+            raise ValidationError(f"Volume {v.row.name} is not a LUN")
+        if v.props.get("type") == "volume":
+            return f"/dev/zvol/{v.dataset}"
+        return self.lunfiles.path(v.props["mountpoint"])
+
+    # -- updating ---------------------------------------------------------------------------
+    def update(self, vol_id, *, name=None, size_total=...) -> dict:
+        if name is not None:
+            validate_name(name)
+        with self.lock.held():
+            v, _ = self.view(vol_id)
+            if size_total is not ...:
+                self._resize(v, size_total)
+            if name is not None and name != v.row.name:
+                self._rename(v, name)
+            with self.store.session() as s:
+                s.get(Volume, v.row.id).time_updated = now()
+        return self.get(vol_id=vol_id)
+
+    def _resize(self, v: VolumeView, size_total) -> None:
+        kind = v.row.volume_type
+        if kind == FILEBACKED:
+            raise ValidationError("A filebackedlun's size is its file's size")
+        if size_total is None:
+            if kind != "filesystem":
+                raise ValidationError("A lun needs a size_total")
+            self.ds.set(v.dataset, "quota", "none")
+            return
+        validate_size(size_total)
+        used = int(v.props["used"] if kind == "filesystem" else v.props["referenced"])
+        if size_total < used:
+            raise ValidationError(f"size_total {size_total} is below what volume {v.row.name} "
+                                  f"already uses ({used} bytes)")
+        if kind == "filesystem":
+            self.ds.set(v.dataset, "quota", str(size_total))
+        elif v.props.get("type") == "volume":
+            self.ds.set(v.dataset, "volsize", str(size_total))
+        else:
+            self.lunfiles.resize(v.props["mountpoint"], size_total)
+            self.ds.set(v.dataset, PROP_VOLSIZE, str(size_total))
+
+    def _rename(self, v: VolumeView, name: str) -> None:
+        if v.row.volume_type == FILEBACKED:
+            with self.store.session() as s:
+                if s.query(Volume).filter(Volume.pool_id == v.row.pool_id, Volume.name == name).first():
+                    raise ConflictError(f"Pool {v.pool_name} already has a volume named {name}")
+                s.get(Volume, v.row.id).name = name
+            return
+        self._check_free(v.pool_name, name)
+        new = f"{v.pool_name}/{name}"
+        try:
+            self.ds.rename(v.dataset, new)
+        except CommandError as exc:
+            raise ConflictError(f"ZFS refused to rename {v.dataset}: {_reason(exc)}") from exc
+        with self.store.session() as s:
+            s.get(Volume, v.row.id).name = name
+        for hook in self.after_volume_rename:
+            hook(v.row.id, v.dataset, new)
+
+    # -- deleting ---------------------------------------------------------------------------
+    def delete(self, vol_id) -> None:
+        with self.lock.held():
+            v, view = self.view(vol_id)
+            clones = sorted({c.split("/", 1)[1] for snap in view.snapshots.values()
+                             if snap.volume.row.id == v.row.id for c in snap.clones})
+            if clones:
+                raise ConflictError(f"Volume {v.row.name} has snapshots with clones: "
+                                    f"{', '.join(clones)}; delete the clones first")
+            dependents = sorted(o.row.name for o in view.volumes.values() if o.row.parent_id == v.row.id)
+            if dependents:
+                raise ConflictError(f"Volume {v.row.name} holds the files of file-backed LUNs: "
+                                    f"{', '.join(dependents)}; delete them first")
+            for hook in self.before_volume_delete:
+                hook(v.row.id)
+            with self.store.session() as s:
+                row = s.get(Volume, v.row.id)
+                row.state, row.owner = DELETING, current_owner()
+            try:
+                if v.props is not None:
+                    self.ds.destroy(v.dataset, recursive=True)
+            except CommandError as exc:
+                with self.store.session() as s:
+                    row = s.get(Volume, v.row.id)
+                    row.state, row.owner = READY, None
+                raise ConflictError(f"Volume {v.row.name} could not be destroyed: {_reason(exc)}") from exc
+            with self.store.session() as s:
+                s.delete(s.get(Volume, v.row.id))
+
+    # -- recovery ---------------------------------------------------------------------------
+    def recover(self) -> None:
+        """Finish or roll back volume changes a crash interrupted."""
+        with self.lock.held():
+            self._remount_volumes()
+            with self.store.session() as s:
+                rows = [r for r in s.query(Volume).filter(Volume.state != READY).all()
+                        if is_current(r.owner) or not owner_alive(r.owner)]
+            for row in rows:
+                try:
+                    self._recover_row(row)
+                except (CommandError, NotFoundError, OSError) as exc:
+                    log.error("volume %s (%s): recovery failed: %s", row.id, row.name, exc)
+
+    def _remount_volumes(self) -> None:
+        """Volumes always mount at their inherited place; a rename that a crash interrupted on
+        a ZFS that renames only unmounted filesystems may have left one at mountpoint=none."""
+        for _, summary in self.pools._live():
+            for name, props in self.ds.tree(summary.name, []).items():
+                if name.count("/") == 1 and "@" not in name and props.get("type") == "filesystem" \
+                        and props.get("mountpoint") == "none":
+                    try:
+                        self.ds.inherit(name, "mountpoint")
+                        log.info("volume dataset %s mounted again", name)
+                    except CommandError as exc:
+                        log.error("could not mount %s again: %s", name, _reason(exc))
+
+    def _recover_row(self, row: Volume) -> None:
+        pool_row, summary = self.pools._find(row.pool_id)
+        dataset = f"{summary.name}/{row.name}"
+        stamped = self.ds.get(dataset, [PROP_VOL_ID, "guid", "mountpoint", "type", PROP_VOLSIZE]) \
+            if self._exists(dataset) else {}
+        if row.state == DELETING:
+            if stamped.get(PROP_VOL_ID) == str(row.id):
+                self.ds.destroy(dataset, recursive=True)
+            with self.store.session() as s:
+                s.delete(s.get(Volume, row.id))
+            log.info("volume %s: interrupted delete finished", row.name)
+            return
+        if stamped.get(PROP_VOL_ID) != str(row.id):
+            with self.store.session() as s:
+                s.delete(s.get(Volume, row.id))
+            log.info("volume %s: creation never reached ZFS; rolled back", row.name)
+            return
+        if row.volume_type == "lun" and stamped.get("type") == "filesystem" \
+                and self.lunfiles.size(stamped["mountpoint"]) is None:
+            self.lunfiles.create(stamped["mountpoint"], int(stamped.get(PROP_VOLSIZE) or MIN_SIZE))
+        self._finish_create(row.id, dataset)
+        log.info("volume %s: creation had finished in ZFS; kept", row.name)
+
+
+def _number(value: str | None) -> int | None:
+    """A ZFS property value as a number; '-' (not set, not applicable) is None."""
+    return int(value) if value and value.isdigit() else None
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, CommandError):
+        lines = [l.strip() for l in (exc.stderr or exc.stdout).splitlines() if l.strip()]
+        return "; ".join(lines[:3]) or str(exc)
+    return str(exc)
+
