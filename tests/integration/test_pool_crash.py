@@ -96,3 +96,46 @@ def test_kill_during_delete(appliance, pools, delay):
     if not exists:
         use = _disk_use(appliance)
         assert [use[d["name"]] for d in disks] == ["unused"] * 2
+
+
+@pytest.fixture
+def crash_pool(appliance, pools):
+    return pools(f"{PREFIX}kv", "raid0", unused(appliance, 1))
+
+
+def _datasets(pool: str) -> set[str]:
+    import subprocess
+    out = subprocess.run(["zfs", "list", "-H", "-o", "name", "-t", "all", "-r", pool],
+                         capture_output=True, text=True, check=True, timeout=60).stdout
+    return set(out.split())
+
+
+@pytest.mark.parametrize("delay", DELAYS)
+def test_kill_during_volume_create(appliance, crash_pool, delay):
+    body = {"name": "kvol", "volume_type": "lun", "pool_id": crash_pool["id"], "size_total": 8 << 20}
+    _kill_during(appliance, "POST", "/api/volume", body, delay)
+    listed = {v["name"]: v for v in appliance.ok("GET", "/api/volume")["volumes"]}
+    exists = f"{crash_pool['name']}/kvol" in _datasets(crash_pool["name"])
+    assert ("kvol" in listed) == exists
+    if exists:  # whole: the LUN's image is there at its size
+        assert listed["kvol"]["size_total"] == str(8 << 20)
+        import os
+        assert os.path.getsize(f"/vsnap/{crash_pool['name']}/kvol/vsnap-lun.img") == 8 << 20
+
+
+@pytest.mark.parametrize("delay", DELAYS)
+def test_kill_during_snapshot_and_clone(appliance, crash_pool, delay):
+    fs = appliance.ok("POST", "/api/volume", json={"name": "kfs", "volume_type": "filesystem",
+                                                   "pool_id": crash_pool["id"]})
+    _kill_during(appliance, "POST", f"/api/volume/{fs['id']}/snapshot", {"name": "ks"}, delay)
+    zname = f"{crash_pool['name']}/kfs@ks"
+    listed = {s["name"]: s for s in appliance.ok("GET", f"/api/volume/{fs['id']}/snapshot")["snapshots"]}
+    assert ("ks" in listed) == (zname in _datasets(crash_pool["name"]))
+    if "ks" not in listed:
+        appliance.ok("POST", f"/api/volume/{fs['id']}/snapshot", json={"name": "ks"})
+        listed = {s["name"]: s for s in appliance.ok("GET", f"/api/volume/{fs['id']}/snapshot")["snapshots"]}
+    _kill_during(appliance, "POST", "/api/volume", {"name": "kclone", "snapshot_id": listed["ks"]["id"]}, delay)
+    names = {v["name"] for v in appliance.ok("GET", "/api/volume")["volumes"]}
+    assert ("kclone" in names) == (f"{crash_pool['name']}/kclone" in _datasets(crash_pool["name"]))
+    snap = appliance.ok("GET", f"/api/snapshot/{listed['ks']['id']}")
+    assert snap["has_clones"] == ("kclone" in names)
