@@ -284,3 +284,26 @@ def test_concurrent_snapshots_and_same_name_races(appliance, pool, vol):
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert sorted(deletes) == [200, 404]
+
+
+def test_deleting_a_pool_removes_its_volumes_snapshots_and_clones(appliance):
+    appliance.ok("POST", "/api/system", json={"action": "init", "skip_pool": True, "multipool": True})
+    disk = unused(appliance, 1)
+    pool = appliance.ok("POST", "/api/pool", json={"name": f"{PREFIX}gone", "pool_type": "raid0",
+                                                   "disk_list": [disk[0]["uuid"]]})
+    fs = appliance.ok("POST", "/api/volume", json={"name": "fs", "volume_type": "filesystem", "pool_id": pool["id"]})
+    snap = appliance.ok("POST", f"/api/volume/{fs['id']}/snapshot", json={"name": "s"})
+    clone = appliance.ok("POST", "/api/volume", json={"name": "c", "snapshot_id": snap["id"]})
+    assert appliance.ok("DELETE", f"/api/pool/{pool['id']}") == {}
+    volume_ids = {v["id"] for v in appliance.ok("GET", "/api/volume")["volumes"]}
+    assert not volume_ids & {fs["id"], clone["id"]}
+    assert snap["id"] not in {s["id"] for s in appliance.ok("GET", "/api/snapshot")["snapshots"]}
+    for path in (f"/api/volume/{fs['id']}", f"/api/volume/{clone['id']}", f"/api/snapshot/{snap['id']}"):
+        assert appliance.get(path).status_code == 404
+    # A new pool of the same name starts empty: nothing of the old one comes back.
+    again = appliance.ok("POST", "/api/pool", json={"name": f"{PREFIX}gone", "pool_type": "raid0",
+                                                    "disk_list": [disk[0]["uuid"]]})
+    try:
+        assert appliance.ok("GET", "/api/volume", params={"pool_id": again["id"]})["volumes"] == []
+    finally:
+        appliance.ok("DELETE", f"/api/pool/{again['id']}")
