@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from ..drivers.runner import CommandError
 from ..drivers.zfs import ZfsDatasetOps
+from ..errors import ConflictError, NotFoundError
 from ..store.db import Store
 from ..store.models import Pool, Snapshot, Volume, now
 from .locking import StorageLock
@@ -65,6 +66,21 @@ class CatalogView:
             if snap.zfs_name == origin:
                 return snap.row.id
         return None
+
+
+def find_one(objects: dict, obj_id, name, what: str, scope: str):
+    """One volume or snapshot of a view by API id, or by name when the name is unambiguous."""
+    if obj_id is not None:
+        found = objects.get(int(obj_id)) if str(obj_id).isdigit() else None
+        if found:
+            return found
+        raise NotFoundError(f"{what} {obj_id} not found")
+    matches = [o for o in objects.values() if o.row.name == name]
+    if not matches:
+        raise NotFoundError(f"{what} {name} not found")
+    if len(matches) > 1:
+        raise ConflictError(f"Several {what.lower()}s are named {name} ({scope}); use ?id=")
+    return matches[0]
 
 
 def _split(tree: dict[str, dict[str, str]], pool: str):

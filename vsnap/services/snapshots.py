@@ -11,7 +11,7 @@ from ..errors import ConflictError, NotFoundError, ValidationError
 from ..store.db import Store
 from ..store.models import Snapshot, Volume
 from .catalog import (CREATING, DELETING, FILEBACKED, PROP_SNAP_ID, READY, Catalog, CatalogView,
-                      SnapshotView)
+                      SnapshotView, find_one)
 from .locking import StorageLock
 from .owner import current_owner, is_current, owner_alive
 from .volumes import _reason, validate_name
@@ -48,17 +48,7 @@ class SnapshotService:
         return body
 
     def _find(self, view: CatalogView, snap_id=None, name=None) -> SnapshotView:
-        if snap_id is not None:
-            found = view.snapshots.get(int(snap_id)) if str(snap_id).isdigit() else None
-            if found:
-                return found
-            raise NotFoundError(f"Snapshot {snap_id} not found")
-        matches = [s for s in view.snapshots.values() if s.row.name == name]
-        if not matches:
-            raise NotFoundError(f"Snapshot {name} not found")
-        if len(matches) > 1:
-            raise ConflictError(f"Several snapshots are named {name} (of different volumes); use ?id=")
-        return matches[0]
+        return find_one(view.snapshots, snap_id, name, "Snapshot", "of different volumes")
 
     def list(self, parent_id=None) -> list[dict]:
         view = self.catalog.load()

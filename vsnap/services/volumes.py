@@ -14,7 +14,7 @@ from ..errors import ConflictError, NotFoundError, ValidationError
 from ..store.db import Store
 from ..store.models import Volume, now
 from .catalog import (CREATING, DELETING, FILEBACKED, PROP_SERIAL, PROP_TYPE, PROP_VOL_ID,
-                      PROP_VOLSIZE, READY, Catalog, CatalogView, VolumeView)
+                      PROP_VOLSIZE, READY, Catalog, CatalogView, VolumeView, find_one)
 from .locking import StorageLock
 from .owner import current_owner, is_current, owner_alive
 
@@ -84,17 +84,7 @@ class VolumeService:
 
     # -- reading ----------------------------------------------------------------------------
     def _find(self, view: CatalogView, vol_id=None, name=None) -> VolumeView:
-        if vol_id is not None:
-            found = view.volumes.get(int(vol_id)) if str(vol_id).isdigit() else None
-            if found:
-                return found
-            raise NotFoundError(f"Volume {vol_id} not found")
-        matches = [v for v in view.volumes.values() if v.row.name == name]
-        if not matches:
-            raise NotFoundError(f"Volume {name} not found")
-        if len(matches) > 1:
-            raise ConflictError(f"Several volumes are named {name} (in different pools); use ?id=")
-        return matches[0]
+        return find_one(view.volumes, vol_id, name, "Volume", "in different pools")
 
     def _sizes(self, v: VolumeView) -> tuple[str | None, str | None, str | None]:
         p = v.props
