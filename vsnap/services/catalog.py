@@ -132,12 +132,14 @@ class Catalog:
             by_guid = {v.guid: v for v in volumes if v.guid}
             ds_guids = {props.get("guid"): name for name, props in datasets.items()}
             in_flight = {v.id for v in volumes if v.state != READY}
+            gone = {v.id for v in volumes if v.state == READY and v.volume_type != FILEBACKED
+                    and v.guid not in ds_guids}
             for vol in volumes:
                 if vol.state != READY:
                     continue
                 if vol.volume_type == FILEBACKED:
                     parent = s.get(Volume, vol.parent_id) if vol.parent_id else None
-                    if parent is None:
+                    if parent is None or parent.id in gone:
                         changed = True
                         if apply:
                             s.delete(vol)
@@ -193,6 +195,9 @@ class Catalog:
         by_guid = {r.guid: r for r in rows if r.guid}
         zfs_guids = {props.get("guid"): name for name, props in snapshots.items()}
         in_flight = {r.id for r in rows if r.state != READY}
+        # A snapshot is stamped with its id only after it is taken: one whose name an in-flight
+        # row holds is that row's, for it (or the next start) to finish.
+        in_flight_names = {(r.volume_id, r.name) for r in rows if r.state != READY}
         for row in rows:
             if row.state != READY:
                 continue
@@ -212,6 +217,8 @@ class Catalog:
             volume = volumes.get(name.split("@", 1)[0].split("/", 1)[1])
             if volume is None or volume.state != READY:
                 continue  # its volume is picked up first, on this pass or the next
+            if (volume.id, name.split("@", 1)[1]) in in_flight_names:
+                continue
             changed = True
             if apply:
                 stamped = _stamped_id(props.get(PROP_SNAP_ID))

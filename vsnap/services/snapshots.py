@@ -7,7 +7,7 @@ import time
 
 from ..drivers.runner import CommandError
 from ..drivers.zfs import ZfsDatasetOps
-from ..errors import ConflictError, NotFoundError, ValidationError
+from ..errors import ConflictError, ValidationError
 from ..store.db import Store
 from ..store.models import Snapshot, Volume
 from .catalog import (CREATING, DELETING, FILEBACKED, PROP_SNAP_ID, READY, Catalog, CatalogView,
@@ -69,7 +69,8 @@ class SnapshotService:
             if volume.row.volume_type == FILEBACKED:
                 raise ValidationError("A filebackedlun has no dataset of its own: snapshot its "
                                       "parent filesystem")
-            taken = {s.row.name for s in view.snapshots.values() if s.volume.row.id == volume.row.id}
+            with self.store.session() as s:  # in-flight rows too: their snapshots are theirs
+                taken = {r.name for r in s.query(Snapshot).filter(Snapshot.volume_id == volume.row.id)}
             if name is None:
                 name = generated_name()
                 while name in taken:
@@ -126,18 +127,22 @@ class SnapshotService:
             for row, volume in rows:
                 try:
                     self._recover_row(row, volume)
-                except (CommandError, NotFoundError) as exc:
-                    log.error("snapshot %s (%s): recovery failed: %s", row.id, row.name, exc)
+                except Exception:  # one snapshot's trouble must not stop the rest
+                    log.exception("snapshot %s (%s): recovery failed", row.id, row.name)
 
     def _recover_row(self, row: Snapshot, volume: Volume) -> None:
         summary = self.volumes.pools._find(volume.pool_id)[1]
         zfs_name = f"{summary.name}/{volume.name}@{row.name}"
-        exists = self.volumes._exists(zfs_name)
-        if row.state == CREATING and exists:
-            self._finish(row.id, zfs_name)  # a snapshot only we could have taken under this row
+        found = self.ds.get(zfs_name, [PROP_SNAP_ID, "guid"]) if self.volumes._exists(zfs_name) else {}
+        exists = bool(found)
+        stamp = found.get(PROP_SNAP_ID, "-")
+        with self.store.session() as s:
+            claimed = s.query(Snapshot).filter(Snapshot.guid == found.get("guid"), Snapshot.id != row.id).first()
+        if row.state == CREATING and exists and stamp in ("-", str(row.id)) and not claimed:
+            self._finish(row.id, zfs_name)  # taken under this row, before it could be stamped
             log.info("snapshot %s: creation had finished in ZFS; kept", zfs_name)
             return
-        if row.state == DELETING and exists:
+        if row.state == DELETING and exists and found.get("guid") == row.guid:
             self.ds.destroy(zfs_name)
         with self.store.session() as s:
             s.delete(s.get(Snapshot, row.id))

@@ -79,6 +79,7 @@ class VolumeService:
         # Shares and LUN mappings register here: they are removed before a volume goes away,
         # and told when its dataset is renamed.
         self.before_volume_delete: list = []
+        self.before_volume_rename: list = []
         self.after_volume_rename: list = []
         self.decorators: list = []  # add share_id / host_ids to a volume's details
 
@@ -312,7 +313,10 @@ class VolumeService:
         with self.lock.held():
             v, _ = self.view(vol_id)
             if size_total is not ...:
-                self._resize(v, size_total)
+                try:
+                    self._resize(v, size_total)
+                except (CommandError, OSError) as exc:
+                    raise ValidationError(f"ZFS refused to resize {v.row.name}: {_reason(exc)}") from exc
             if name is not None and name != v.row.name:
                 self._rename(v, name)
             with self.store.session() as s:
@@ -350,9 +354,13 @@ class VolumeService:
             return
         self._check_free(v.pool_name, name)
         new = f"{v.pool_name}/{name}"
+        for hook in self.before_volume_rename:  # a file server holding the mount lets go
+            hook(v.row.id)
         try:
             self.ds.rename(v.dataset, new)
         except CommandError as exc:
+            for hook in self.after_volume_rename:
+                hook(v.row.id, v.dataset, v.dataset)
             raise ConflictError(f"ZFS refused to rename {v.dataset}: {_reason(exc)}") from exc
         with self.store.session() as s:
             s.get(Volume, v.row.id).name = name

@@ -1,0 +1,412 @@
+"""ZfsDatasetOps (argv of every command, destroy/rename fallbacks), parse_zfs_get and
+LunFileDriver on a real temp directory."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import vsnap.drivers.zfs as zfs_mod
+from vsnap.drivers.lunfile import IMAGE_NAME, LunFileDriver
+from vsnap.drivers.runner import CommandError, Result
+from vsnap.drivers.zfs import DATASET_PROPS, ZfsDatasetOps, parse_zfs_get
+
+GET = ["zfs", "get", "-Hp", "-o", "name,property,value"]
+BUSY = "cannot rename 'tank/a': dataset is busy\n"
+
+
+class ScriptedRunner:
+    """conftest's FakeRunner, plus answers to one exact argv given as a script consumed in
+    order (the last answer repeats)."""
+
+    def __init__(self, base):
+        self.base = base
+        self.calls = base.calls
+        self.on = base.on
+        self.argvs = base.argvs
+        self.scripts: dict[tuple[str, ...], list[tuple[int, str, str]]] = {}
+
+    def script(self, argv, *answers):
+        self.scripts[tuple(argv)] = list(answers)
+        return self
+
+    def run(self, argv, *, check=True, input=None, timeout=None, env=None):
+        script = self.scripts.get(tuple(argv))
+        if script is None:
+            return self.base.run(argv, check=check, input=input, timeout=timeout, env=env)
+        self.calls.append({"argv": list(argv), "check": check, "input": input, "timeout": timeout})
+        returncode, stdout, stderr = script.pop(0) if len(script) > 1 else script[0]
+        if check and returncode != 0:
+            raise CommandError(list(argv), returncode, stdout, stderr)
+        return Result(list(argv), returncode, stdout, stderr)
+
+
+class FakeZfsDriver:
+    def __init__(self, version):
+        self._version = version
+        self.asked = 0
+
+    def version(self):
+        self.asked += 1
+        return self._version
+
+
+@pytest.fixture
+def sleeps(monkeypatch):
+    slept = []
+    monkeypatch.setattr(zfs_mod.time, "sleep", slept.append)
+    return slept
+
+
+@pytest.fixture
+def runner(fake_runner):
+    return ScriptedRunner(fake_runner)
+
+
+@pytest.fixture
+def ops(runner):
+    return ZfsDatasetOps(runner, FakeZfsDriver("2.2.2-0ubuntu9"))
+
+
+def type_of(name, kind):
+    return f"{name}\ttype\t{kind}\n"
+
+
+# =============================================================================================
+# parse_zfs_get
+# =============================================================================================
+
+TREE = (
+    "tank\ttype\tfilesystem\n"
+    "tank\tguid\t11111111111111111111\n"
+    "tank\tmountpoint\t/vsnap/tank\n"
+    "tank/fs1\ttype\tfilesystem\n"
+    "tank/fs1\tguid\t222\n"
+    "tank/fs1\torigin\t-\n"
+    "tank/fs1\tused\t98304\n"
+    "tank/fs1\tmountpoint\t/vsnap/tank/fs1\n"
+    "tank/fs1\tcom.vsnap:vol_id\t3\n"
+    "tank/fs1@snap_1\ttype\tsnapshot\n"
+    "tank/fs1@snap_1\tguid\t333\n"
+    "tank/lun1\ttype\tvolume\n"
+    "tank/lun1\tvolsize\t1073741824\n"
+    "tank/lun1\tcom.vsnap:serial\t-\n"
+    "tank/clone\torigin\ttank/fs1@snap_1\n"
+)
+
+
+def test_parse_zfs_get_realistic_tree():
+    found = parse_zfs_get(TREE)
+    assert list(found) == ["tank", "tank/fs1", "tank/fs1@snap_1", "tank/lun1", "tank/clone"]
+    assert found["tank"] == {"type": "filesystem", "guid": "11111111111111111111",
+                             "mountpoint": "/vsnap/tank"}
+    assert list(found["tank/fs1"]) == ["type", "guid", "origin", "used", "mountpoint",
+                                       "com.vsnap:vol_id"]  # ZFS's order kept
+    assert found["tank/fs1"]["com.vsnap:vol_id"] == "3"
+    assert found["tank/fs1@snap_1"] == {"type": "snapshot", "guid": "333"}
+    assert found["tank/lun1"] == {"type": "volume", "volsize": "1073741824", "com.vsnap:serial": "-"}
+    assert found["tank/clone"] == {"origin": "tank/fs1@snap_1"}
+
+
+def test_parse_zfs_get_keeps_spaces_and_skips_malformed_lines():
+    text = ("tank/a\tcom.vsnap:note\tvalue with  spaces\n"
+            "\n"
+            "garbage line without tabs\n"
+            "tank/a\tonly-two\n"
+            "tank/a\ta\tb\textra\n"
+            "tank/a\tused\t0\n")
+    assert parse_zfs_get(text) == {"tank/a": {"com.vsnap:note": "value with  spaces", "used": "0"}}
+    assert parse_zfs_get("") == {}
+
+
+def test_parse_zfs_get_later_value_wins_and_empty_value_kept():
+    assert parse_zfs_get("t/a\tquota\t1\nt/a\tquota\t2\nt/a\tcomment\t\n") == {
+        "t/a": {"quota": "2", "comment": ""}}
+
+
+# =============================================================================================
+# has_zvols
+# =============================================================================================
+
+@pytest.mark.parametrize("version, expected", [
+    ("2.2.2-0ubuntu9", True), ("2.1.5-1ubuntu6~22.04.1", True), ("0.8.3-1ubuntu12", True),
+    ("zfs-fuse 0.7.0-25+b1", False), ("zfs-fuse", False), (None, False), ("", False),
+])
+def test_has_zvols_from_version(runner, version, expected):
+    zfs = FakeZfsDriver(version)
+    ops = ZfsDatasetOps(runner, zfs)
+    assert ops.has_zvols is expected
+    assert ops.has_zvols is expected
+    assert zfs.asked == 1  # probed once
+    assert runner.calls == []  # told apart by the version, never by trying `zfs create -V`
+
+
+# =============================================================================================
+# tree / get
+# =============================================================================================
+
+def test_tree_one_recursive_get_with_user_props(runner, ops):
+    runner.on(["zfs", "get"], stdout=TREE)
+    tree = ops.tree("tank", ["com.vsnap:vol_id", "com.vsnap:serial"])
+    assert runner.argvs() == [["zfs", "get", "-Hp", "-r", "-o", "name,property,value",
+                               ",".join(DATASET_PROPS + ["com.vsnap:vol_id", "com.vsnap:serial"]),
+                               "tank"]]
+    assert tree == parse_zfs_get(TREE)
+
+
+def test_get_returns_only_the_named_dataset(runner, ops):
+    runner.on(GET + ["guid,type", "tank/fs1"], stdout="tank/fs1\tguid\t222\ntank/fs1\ttype\tfilesystem\n")
+    assert ops.get("tank/fs1", ["guid", "type"]) == {"guid": "222", "type": "filesystem"}
+    runner.on(GET + ["guid", "tank/x"], stdout="tank/other\tguid\t9\n")
+    assert ops.get("tank/x", ["guid"]) == {}
+
+
+def test_get_missing_dataset_raises(runner, ops):
+    runner.on(GET, returncode=1, stderr="cannot open 'tank/x': dataset does not exist\n")
+    with pytest.raises(CommandError):
+        ops.get("tank/x", ["type"])
+
+
+# =============================================================================================
+# create / clone / snapshot / set / inherit
+# =============================================================================================
+
+def test_create_filesystem_argv(runner, ops):
+    runner.on(["zfs", "create"])
+    ops.create_filesystem("tank/fs1", {"com.vsnap:vol_id": "3", "com.vsnap:type": "filesystem",
+                                       "quota": "1073741824"})
+    ops.create_filesystem("tank/fs2", {})
+    assert runner.argvs() == [
+        ["zfs", "create", "-o", "com.vsnap:vol_id=3", "-o", "com.vsnap:type=filesystem",
+         "-o", "quota=1073741824", "tank/fs1"],
+        ["zfs", "create", "tank/fs2"],
+    ]
+    assert all(c["check"] for c in runner.calls)
+
+
+def test_create_zvol_argv(runner, ops):
+    runner.on(["zfs", "create"])
+    ops.create_zvol("tank/lun1", 1073741824, 8192, {"com.vsnap:serial": "abc",
+                                                     "com.vsnap:volsize": "1073741824"})
+    assert runner.argvs() == [["zfs", "create", "-V", "1073741824", "-b", "8192",
+                               "-o", "com.vsnap:serial=abc", "-o", "com.vsnap:volsize=1073741824",
+                               "tank/lun1"]]
+
+
+def test_create_failure_raises(runner, ops):
+    runner.on(["zfs", "create"], returncode=1, stderr="cannot create 'tank/x': dataset already exists\n")
+    with pytest.raises(CommandError):
+        ops.create_filesystem("tank/x", {})
+    with pytest.raises(CommandError):
+        ops.create_zvol("tank/x", 1 << 20, 512, {})
+
+
+def test_clone_snapshot_set_inherit_argv(runner, ops):
+    for verb in ("clone", "snapshot", "set", "inherit"):
+        runner.on(["zfs", verb])
+    ops.clone("tank/fs1@s1", "tank/c1", {"com.vsnap:vol_id": "9", "com.vsnap:type": "lun"})
+    ops.clone("tank/fs1@s1", "tank/c2", {})
+    ops.snapshot("tank/fs1@s2")
+    ops.set("tank/fs1", "quota", "none")
+    ops.inherit("tank/fs1", "mountpoint")
+    assert runner.argvs() == [
+        ["zfs", "clone", "-o", "com.vsnap:vol_id=9", "-o", "com.vsnap:type=lun", "tank/fs1@s1", "tank/c1"],
+        ["zfs", "clone", "tank/fs1@s1", "tank/c2"],
+        ["zfs", "snapshot", "tank/fs1@s2"],
+        ["zfs", "set", "quota=none", "tank/fs1"],
+        ["zfs", "inherit", "mountpoint", "tank/fs1"],
+    ]
+
+
+# =============================================================================================
+# destroy
+# =============================================================================================
+
+def test_destroy_argv_plain_and_recursive(runner, ops, sleeps):
+    runner.on(["zfs", "destroy"])
+    ops.destroy("tank/fs1@s1")
+    ops.destroy("tank/fs1", recursive=True)
+    assert runner.argvs() == [["zfs", "destroy", "tank/fs1@s1"], ["zfs", "destroy", "-r", "tank/fs1"]]
+    assert sleeps == []
+
+
+@pytest.mark.parametrize("stderr", [
+    "cannot open 'tank/fs1': dataset does not exist\n",
+    "could not find any snapshots to destroy; check snapshot names.\n",
+])
+def test_destroy_of_what_is_gone_is_done(runner, ops, sleeps, stderr):
+    runner.on(["zfs", "destroy"], returncode=1, stderr=stderr)
+    ops.destroy("tank/fs1", recursive=True)
+    assert len(runner.calls) == 1
+    assert sleeps == []
+
+
+def test_destroy_busy_is_retried(runner, ops, sleeps):
+    busy = (1, "", "cannot destroy 'tank/fs1': dataset is busy\n")
+    runner.script(["zfs", "destroy", "-r", "tank/fs1"], busy, busy, (0, "", ""))
+    ops.destroy("tank/fs1", recursive=True)
+    assert runner.argvs() == [["zfs", "destroy", "-r", "tank/fs1"]] * 3
+    assert sleeps == [0.5, 0.5]
+
+
+def test_destroy_busy_forever_raises(runner, ops, sleeps):
+    runner.script(["zfs", "destroy", "tank/fs1"], (1, "", "cannot destroy: dataset is busy\n"))
+    with pytest.raises(CommandError) as err:
+        ops.destroy("tank/fs1")
+    assert len(runner.calls) == 5
+    assert "busy" in err.value.stderr
+
+
+def test_destroy_other_error_raises_at_once(runner, ops, sleeps):
+    runner.on(["zfs", "destroy"], returncode=1,
+              stderr="cannot destroy 'tank/fs1': filesystem has children\n")
+    with pytest.raises(CommandError):
+        ops.destroy("tank/fs1")
+    assert len(runner.calls) == 1
+    assert sleeps == []
+
+
+# =============================================================================================
+# rename
+# =============================================================================================
+
+def test_rename_plain_success(runner, ops):
+    runner.on(["zfs", "rename"])
+    ops.rename("tank/a", "tank/b")
+    ops.rename("tank/b", "tank/c")
+    assert runner.argvs() == [["zfs", "rename", "tank/a", "tank/b"], ["zfs", "rename", "tank/b", "tank/c"]]
+    assert runner.calls[0]["check"] is False
+    assert ops._rename_needs_unmount is False
+
+
+def test_rename_other_error_raises_without_fallback(runner, ops):
+    runner.on(["zfs", "rename"], returncode=1, stderr="cannot rename to 'tank/b': dataset already exists\n")
+    with pytest.raises(CommandError) as err:
+        ops.rename("tank/a", "tank/b")
+    assert "already exists" in err.value.stderr
+    assert runner.argvs() == [["zfs", "rename", "tank/a", "tank/b"]]
+    assert ops._rename_needs_unmount is False
+
+
+def _fallback_runner(runner, old, new, *, rename_ok=True):
+    runner.on(GET + ["type", old], stdout=type_of(old, "filesystem"))
+    runner.on(GET + ["type", new], stdout=type_of(new, "filesystem")) if rename_ok else \
+        runner.on(GET + ["type", new], returncode=1, stderr=f"cannot open '{new}': dataset does not exist\n")
+    runner.on(["zfs", "set", "mountpoint=none", old])
+    runner.on(["zfs", "inherit", "mountpoint"])
+
+
+def test_rename_busy_falls_back_to_unmounted_rename_and_learns(runner, ops, sleeps):
+    runner.script(["zfs", "rename", "tank/a", "tank/b"], (1, "", BUSY), (0, "", ""))
+    _fallback_runner(runner, "tank/a", "tank/b")
+    ops.rename("tank/a", "tank/b")
+    assert runner.argvs() == [
+        ["zfs", "rename", "tank/a", "tank/b"],
+        GET + ["type", "tank/a"],
+        ["zfs", "set", "mountpoint=none", "tank/a"],
+        ["zfs", "rename", "tank/a", "tank/b"],
+        GET + ["type", "tank/b"],
+        ["zfs", "inherit", "mountpoint", "tank/b"],  # mounted again under the NEW name
+    ]
+    assert ops._rename_needs_unmount is True
+
+    # learnt: the next rename goes straight to the fallback, no plain attempt first
+    runner.calls.clear()
+    runner.on(["zfs", "rename", "tank/b", "tank/c"])
+    _fallback_runner(runner, "tank/b", "tank/c")
+    ops.rename("tank/b", "tank/c")
+    assert runner.argvs() == [
+        GET + ["type", "tank/b"],
+        ["zfs", "set", "mountpoint=none", "tank/b"],
+        ["zfs", "rename", "tank/b", "tank/c"],
+        GET + ["type", "tank/c"],
+        ["zfs", "inherit", "mountpoint", "tank/c"],
+    ]
+
+
+def test_rename_fallback_failure_mounts_old_name_again_and_raises(runner, ops, sleeps):
+    fail = (1, "", "cannot rename 'tank/a': some other failure\n")
+    runner.script(["zfs", "rename", "tank/a", "tank/b"], (1, "", BUSY), fail)
+    _fallback_runner(runner, "tank/a", "tank/b", rename_ok=False)
+    with pytest.raises(CommandError) as err:
+        ops.rename("tank/a", "tank/b")
+    assert "some other failure" in err.value.stderr
+    assert runner.argvs()[-3:] == [
+        ["zfs", "rename", "tank/a", "tank/b"],
+        GET + ["type", "tank/b"],
+        ["zfs", "inherit", "mountpoint", "tank/a"],  # back on the OLD name
+    ]
+    assert ["zfs", "inherit", "mountpoint", "tank/b"] not in runner.argvs()
+
+
+def test_rename_learnt_zvol_is_renamed_directly(runner, ops, sleeps):
+    ops._rename_needs_unmount = True
+    runner.on(GET + ["type", "tank/lun"], stdout=type_of("tank/lun", "volume"))
+    runner.script(["zfs", "rename", "tank/lun", "tank/lun2"],
+                  (1, "", "cannot rename: dataset is busy\n"), (0, "", ""))
+    ops.rename("tank/lun", "tank/lun2")
+    assert runner.argvs() == [GET + ["type", "tank/lun"],
+                              ["zfs", "rename", "tank/lun", "tank/lun2"],
+                              ["zfs", "rename", "tank/lun", "tank/lun2"]]  # busy retried
+    assert not any(a[:2] == ["zfs", "set"] or a[:2] == ["zfs", "inherit"] for a in runner.argvs())
+
+
+def test_rename_fallback_mountpoint_none_busy_is_retried(runner, ops, sleeps):
+    ops._rename_needs_unmount = True
+    runner.on(GET + ["type", "tank/a"], stdout=type_of("tank/a", "filesystem"))
+    runner.on(GET + ["type", "tank/b"], stdout=type_of("tank/b", "filesystem"))
+    runner.script(["zfs", "set", "mountpoint=none", "tank/a"],
+                  (1, "", "cannot unmount '/vsnap/tank/a': Device or resource busy\n"), (0, "", ""))
+    runner.on(["zfs", "rename"])
+    runner.on(["zfs", "inherit"])
+    ops.rename("tank/a", "tank/b")
+    assert runner.argvs().count(["zfs", "set", "mountpoint=none", "tank/a"]) == 2
+    assert sleeps == [0.5]
+    assert runner.argvs()[-1] == ["zfs", "inherit", "mountpoint", "tank/b"]
+
+
+# =============================================================================================
+# LunFileDriver
+# =============================================================================================
+
+def test_lunfile_path():
+    assert LunFileDriver.path("/vsnap/tank/lun1") == f"/vsnap/tank/lun1/{IMAGE_NAME}"
+
+
+def test_lunfile_create_is_sparse_and_exact(tmp_path):
+    size = 1 << 30  # 1 GiB: only sparse if nothing is written
+    path = LunFileDriver().create(str(tmp_path), size)
+    assert path == str(tmp_path / IMAGE_NAME)
+    st = os.stat(path)
+    assert st.st_size == size
+    assert st.st_blocks * 512 < 1 << 20  # no data blocks allocated
+    assert st.st_mode & 0o777 == 0o600
+    assert LunFileDriver().size(str(tmp_path)) == size
+
+
+def test_lunfile_create_refuses_to_overwrite(tmp_path):
+    image = tmp_path / IMAGE_NAME
+    image.write_bytes(b"precious data")
+    with pytest.raises(FileExistsError):
+        LunFileDriver().create(str(tmp_path), 1 << 20)
+    assert image.read_bytes() == b"precious data"
+
+
+def test_lunfile_resize_both_ways(tmp_path):
+    lun = LunFileDriver()
+    lun.create(str(tmp_path), 1 << 20)
+    lun.resize(str(tmp_path), 3 << 20)
+    assert lun.size(str(tmp_path)) == 3 << 20
+    lun.resize(str(tmp_path), 2 << 20)
+    assert os.stat(tmp_path / IMAGE_NAME).st_size == 2 << 20
+
+
+def test_lunfile_size_of_missing_file_is_none(tmp_path):
+    assert LunFileDriver().size(str(tmp_path)) is None
+    assert LunFileDriver().size(str(tmp_path / "no-such-dir")) is None
+
+
+def test_lunfile_resize_of_missing_file_raises(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        LunFileDriver().resize(str(tmp_path), 1 << 20)
+    assert not (tmp_path / IMAGE_NAME).exists()  # never created by a resize

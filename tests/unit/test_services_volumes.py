@@ -1,0 +1,913 @@
+"""VolumeService over an in-memory ZFS (fake dataset ops), a fake LUN image driver, fake pools,
+a real Store on a temp SQLite file, a real StorageLock and a real Catalog; plus the validators
+and resolve_inside on a real directory tree."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+import vsnap.services.owner as owner_mod
+from vsnap.drivers.lunfile import LunFileDriver
+from vsnap.drivers.runner import CommandError
+from vsnap.drivers.zfs import PoolSummary
+from vsnap.errors import ConflictError, NotFoundError, ValidationError
+from vsnap.services.catalog import (PROP_SERIAL, PROP_TYPE, PROP_VOL_ID, PROP_VOLSIZE,
+                                    Catalog)
+from vsnap.services.locking import StorageLock
+from vsnap.services.volumes import (DEFAULT_BLOCK, MAX_NAME, MAX_SIZE, MIN_SIZE, VolumeService,
+                                    resolve_inside, validate_block_size, validate_name,
+                                    validate_size)
+from vsnap.store.db import Store
+from vsnap.store.models import Base, Pool, Snapshot, Volume
+
+DEAD_OWNER = f"{2 ** 22 + 12345}:12345"  # above any Linux pid_max: never a live process
+GIB = 1 << 30
+
+
+# =============================================================================================
+# validators
+# =============================================================================================
+
+@pytest.mark.parametrize("name", ["a", "vol1", "Vol_1.b-c", "9lives", "a" * MAX_NAME, "x..y"])
+def test_validate_name_accepts(name):
+    assert validate_name(name) == name
+
+
+@pytest.mark.parametrize("name", [
+    "", None, 42, "a" * (MAX_NAME + 1), "-a", "_a", ".a", "a b", "a/b", "a@b", "a:b", "a%b",
+    "a\n", "a\x00b", "vé", "a;rm", "$(id)", "a#b",
+])
+def test_validate_name_refuses(name):
+    with pytest.raises(ValidationError):
+        validate_name(name)
+
+
+def test_validate_name_says_what():
+    with pytest.raises(ValidationError, match="Snapshot name"):
+        validate_name("", "Snapshot")
+
+
+@pytest.mark.parametrize("size", [1 << n for n in range(9, 18)])
+def test_validate_block_size_accepts_powers_of_two(size):
+    assert validate_block_size(size) == size
+
+
+@pytest.mark.parametrize("size", [0, 1, 256, 511, 513, 1000, 3 << 10, 65535, 65537, 131073, 1 << 18, -512])
+def test_validate_block_size_refuses(size):
+    with pytest.raises(ValidationError):
+        validate_block_size(size)
+
+
+@pytest.mark.parametrize("size", [MIN_SIZE, MIN_SIZE + 1, GIB, MAX_SIZE])
+def test_validate_size_accepts(size):
+    assert validate_size(size) == size
+
+
+@pytest.mark.parametrize("size", [0, -1, MIN_SIZE - 1, MAX_SIZE + 1])
+def test_validate_size_refuses(size):
+    with pytest.raises(ValidationError, match="size_total"):
+        validate_size(size)
+
+
+# =============================================================================================
+# resolve_inside
+# =============================================================================================
+
+@pytest.fixture(scope="module")
+def fsroot(tmp_path_factory):
+    """/fs: a filesystem's root holding files, a directory and symlinks; /fs-other beside it."""
+    tmp_path = tmp_path_factory.mktemp("resolve")
+    root = tmp_path / "fs"
+    (root / "dir" / "sub").mkdir(parents=True)
+    (root / "disk.img").write_bytes(b"x")
+    (root / "dir" / "sub" / "deep.img").write_bytes(b"x")
+    other = tmp_path / "fs-other"  # a sibling whose path starts like the root's
+    other.mkdir()
+    (other / "secret.img").write_bytes(b"x")
+    (root / "to_passwd").symlink_to("/etc/passwd")
+    (root / "to_etc").symlink_to("/etc")
+    (root / "to_sibling").symlink_to(other / "secret.img")
+    (root / "to_sibling_dir").symlink_to(other)
+    (root / "inside_link").symlink_to("dir/sub/deep.img")
+    (root / "dir" / "up_link").symlink_to("../disk.img")
+    (root / "to_root").symlink_to(".")
+    (root / "dangling").symlink_to("nowhere.img")
+    return root
+
+
+@pytest.mark.parametrize("relative, expected", [
+    ("disk.img", "disk.img"),
+    ("dir/sub/deep.img", "dir/sub/deep.img"),
+    ("./disk.img", "disk.img"),
+    ("dir//sub/./deep.img", "dir/sub/deep.img"),
+    ("inside_link", "dir/sub/deep.img"),  # a symlink that stays inside: its resolved path
+    ("dir/up_link", "disk.img"),
+    ("to_root/disk.img", "disk.img"),
+])
+def test_resolve_inside_accepts(fsroot, relative, expected):
+    assert resolve_inside(str(fsroot), relative) == expected
+
+
+@pytest.mark.parametrize("relative", [
+    "/etc/passwd", "../fs-other/secret.img", "dir/../disk.img", "..", "dir/sub/../../disk.img",
+    "to_passwd", "to_etc/passwd", "to_sibling", "to_sibling_dir/secret.img",
+    "dir", "dir/sub", "missing.img", "dangling", ".", "to_root", "", "disk.img\x00", "\x00", None,
+])
+def test_resolve_inside_refuses(fsroot, relative):
+    with pytest.raises(ValidationError):
+        resolve_inside(str(fsroot), relative)
+
+
+def test_resolve_inside_through_a_symlinked_root(fsroot, tmp_path):
+    alias = tmp_path / "alias"
+    alias.symlink_to(fsroot)
+    assert resolve_inside(str(alias), "inside_link") == "dir/sub/deep.img"
+    with pytest.raises(ValidationError):
+        resolve_inside(str(alias), "to_passwd")
+
+
+# =============================================================================================
+# fakes
+# =============================================================================================
+
+class FakeDatasets:
+    """ZfsDatasetOps over an in-memory tree. Mutations are recorded in `calls` (with whether the
+    storage lock was held); `fail[method]` raises before the change, `fail_after[method]` after
+    it (a half-made dataset)."""
+
+    MUTATING = ("create_filesystem", "create_zvol", "snapshot", "clone", "rename", "inherit",
+                "set", "destroy")
+
+    def __init__(self, mount_root: Path):
+        self.mount_root = mount_root
+        self.has_zvols = True
+        self.data: dict[str, dict[str, str]] = {}
+        self.calls: list[tuple] = []
+        self.fail: dict[str, Exception] = {}
+        self.fail_after: dict[str, Exception] = {}
+        self.lock: StorageLock | None = None
+        self.unlocked: list[str] = []
+        self._guid = 5000
+
+    def guid(self) -> str:
+        self._guid += 1
+        return str(self._guid)
+
+    def add(self, name, kind="filesystem", **props) -> dict:
+        base = {"type": kind, "guid": self.guid(), "origin": "-", "used": "65536",
+                "referenced": "65536", "creation": "1700000000"}
+        if kind == "filesystem":
+            mountpoint = str(self.mount_root / name)
+            os.makedirs(mountpoint, exist_ok=True)
+            base.update(available="10000000000", quota="0", mountpoint=mountpoint, recordsize="131072")
+        elif kind == "volume":
+            base.update(available="10000000000", mountpoint="-", volblocksize="8192")
+        else:
+            base.update(used="0", mountpoint="-")
+        self.data[name] = {**base, **props}
+        return self.data[name]
+
+    def _do(self, method, *args):
+        self.calls.append((method, *args))
+        if self.lock is not None and not self.lock._depth:
+            self.unlocked.append(method)
+        if method in self.fail:
+            raise self.fail[method]
+
+    def _after(self, method):
+        if method in self.fail_after:
+            raise self.fail_after[method]
+
+    def _missing(self, name):
+        return CommandError(["zfs"], 1, "", f"cannot open '{name}': dataset does not exist\n")
+
+    def mutations(self, *methods):
+        return [c for c in self.calls if not methods or c[0] in methods]
+
+    # reading
+    def tree(self, root, user_props):
+        found = {}
+        for name, props in self.data.items():
+            if name == root or name.startswith(root + "/") or name.startswith(root + "@"):
+                found[name] = {**{p: "-" for p in user_props}, **props}
+        return found
+
+    def get(self, name, props):
+        if name not in self.data:
+            raise self._missing(name)
+        return {p: self.data[name].get(p, "-") for p in props}
+
+    # changing
+    def create_filesystem(self, name, props):
+        self._do("create_filesystem", name, dict(props))
+        self.add(name, "filesystem", **props)
+        self._after("create_filesystem")
+
+    def create_zvol(self, name, size, block_size, props):
+        self._do("create_zvol", name, size, block_size, dict(props))
+        self.add(name, "volume", volsize=str(size), volblocksize=str(block_size), **props)
+        self._after("create_zvol")
+
+    def snapshot(self, name):
+        self._do("snapshot", name)
+        self.add(name, "snapshot")
+
+    def clone(self, snapshot, name, props):
+        self._do("clone", snapshot, name, dict(props))
+        source = self.data[snapshot.split("@")[0]]
+        extra = {"volsize": source["volsize"]} if source["type"] == "volume" else {}
+        self.add(name, source["type"], origin=snapshot, **extra, **props)
+
+    def rename(self, old, new):
+        self._do("rename", old, new)
+        for name in list(self.data):
+            if name == old or name.startswith(old + "@") or name.startswith(old + "/"):
+                self.data[new + name[len(old):]] = self.data.pop(name)
+
+    def inherit(self, name, prop):
+        self._do("inherit", name, prop)
+        if prop == "mountpoint":
+            self.data[name]["mountpoint"] = str(self.mount_root / name)
+        else:
+            self.data[name].pop(prop, None)
+
+    def set(self, name, prop, value):
+        self._do("set", name, prop, value)
+        if name not in self.data:
+            raise self._missing(name)
+        self.data[name][prop] = value
+
+    def destroy(self, name, *, recursive=False):
+        self._do("destroy", name, recursive)
+        doomed = [n for n in self.data if n.startswith(name + "@") or n.startswith(name + "/")]
+        if doomed and not recursive:
+            raise CommandError(["zfs", "destroy"], 1, "", f"cannot destroy '{name}': has children\n")
+        for n in [name, *doomed]:
+            self.data.pop(n, None)
+
+
+class FakeLunFiles:
+    path = staticmethod(LunFileDriver.path)
+
+    def __init__(self):
+        self.images: dict[str, int] = {}
+        self.calls: list[tuple] = []
+        self.fail: Exception | None = None
+
+    def create(self, mountpoint, size):
+        self.calls.append(("create", mountpoint, size))
+        if self.fail:
+            raise self.fail
+        self.images[mountpoint] = size
+        return self.path(mountpoint)
+
+    def size(self, mountpoint):
+        return self.images.get(mountpoint)
+
+    def resize(self, mountpoint, size):
+        self.calls.append(("resize", mountpoint, size))
+        self.images[mountpoint] = size
+
+
+class FakePools:
+    def __init__(self, store, ds):
+        self.store = store
+        self.ds = ds
+        self.live: list[tuple[Pool, PoolSummary]] = []
+
+    def add(self, name) -> int:
+        guid = self.ds.guid()
+        self.ds.add(name, "filesystem", guid=guid)
+        with self.store.session() as s:
+            row = Pool(name=name, guid=guid, pool_type="raid0", state="ready")
+            s.add(row)
+            s.flush()
+        self.live.append((row, PoolSummary(name, guid, "ONLINE")))
+        return row.id
+
+    def _live(self):
+        return list(self.live)
+
+    def _find(self, pool_id=None, name=None):
+        for row, summary in self._live():
+            if (pool_id is not None and str(row.id) == str(pool_id)) or \
+                    (name is not None and summary.name == name):
+                return row, summary
+        raise NotFoundError(f"Pool {pool_id if pool_id is not None else name} not found")
+
+
+class SpyLock(StorageLock):
+    def __init__(self, path):
+        super().__init__(path)
+        self.taken = 0
+
+    @contextmanager
+    def held(self):
+        self.taken += 1
+        with super().held():
+            yield
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        where = Path(tempfile.mkdtemp(prefix="vsnap-unit-", dir=shm))
+    else:
+        where = tmp_path_factory.mktemp("db")
+    store = Store(f"sqlite:///{where / 'vsnap.db'}")
+    Base.metadata.create_all(store.engine)
+    try:
+        yield store
+    finally:
+        store.engine.dispose()
+        shutil.rmtree(where, ignore_errors=True)
+
+
+def _empty(store):
+    with store.engine.begin() as conn:
+        for table in ("snapshot", "volume", "pool", "sqlite_sequence"):
+            conn.exec_driver_sql(f"DELETE FROM {table}")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("work")
+
+
+@pytest.fixture
+def env(workdir, store):
+    _empty(store)
+    tmp_path = Path(tempfile.mkdtemp(dir=workdir))  # cheaper than a tmp_path per test
+    ds = FakeDatasets(tmp_path / "mnt")
+    lock = SpyLock(tmp_path / "storage.lock")
+    ds.lock = lock
+    pools = FakePools(store, ds)
+    pool_id = pools.add("tank")
+    lunfiles = FakeLunFiles()
+    catalog = Catalog(store, ds, pools, lock)
+    svc = VolumeService(store, ds, lunfiles, catalog, pools, lock)
+    yield SimpleNamespace(svc=svc, ds=ds, lock=lock, pools=pools, pool_id=pool_id, store=store,
+                          lunfiles=lunfiles, catalog=catalog, mnt=tmp_path / "mnt")
+    assert ds.unlocked == [], "ZFS changed without the storage lock"
+    _empty(store)
+
+
+def rows(store) -> list[Volume]:
+    with store.session() as s:
+        return s.query(Volume).order_by(Volume.id).all()
+
+
+def row(store, vol_id) -> Volume | None:
+    with store.session() as s:
+        return s.get(Volume, vol_id)
+
+
+def add_row(store, **fields) -> int:
+    values = {"volume_type": "filesystem", "state": "ready"}
+    values.update(fields)
+    with store.session() as s:
+        r = Volume(**values)
+        s.add(r)
+        s.flush()
+        return r.id
+
+
+def make_fs(env, name="fs1", **kw) -> dict:
+    return env.svc.create(name=name, volume_type="filesystem", pool_id=str(env.pool_id), **kw)
+
+
+def make_lun(env, name="lun1", size=GIB, **kw) -> dict:
+    return env.svc.create(name=name, volume_type="lun", pool_id=str(env.pool_id), size_total=size, **kw)
+
+
+def snap_of(env, dataset, name="s1") -> int:
+    """A snapshot taken in ZFS (made outside the API: the catalog adopts it); its id."""
+    with env.lock.held():
+        env.ds.snapshot(f"{dataset}@{name}")
+    view = env.catalog.load()
+    return next(s.row.id for s in view.snapshots.values() if s.zfs_name == f"{dataset}@{name}")
+
+
+# =============================================================================================
+# create
+# =============================================================================================
+
+def test_create_filesystem_with_quota(env):
+    body = make_fs(env, size_total=5 * GIB)
+    assert env.ds.mutations() == [("create_filesystem", "tank/fs1", {
+        PROP_VOL_ID: "1", PROP_TYPE: "filesystem", "quota": str(5 * GIB)})]
+    [r] = rows(env.store)
+    assert (r.id, r.name, r.volume_type, r.state, r.owner, r.guid, r.serial, r.size_block, r.is_clone) == \
+        (1, "fs1", "filesystem", "ready", None, env.ds.data["tank/fs1"]["guid"], None, None, False)
+    assert body["id"] == "1" and body["name"] == "fs1" and body["volume_type"] == "filesystem"
+    assert body["pool_id"] == str(env.pool_id) and body["pool_name"] == "tank"
+    assert body["size_total"] == str(5 * GIB)
+    assert body["size_free"] == "10000000000" and body["size_used"] == "65536"
+    assert body["is_clone"] is False and body["snapshot_id"] is None and body["serial"] is None
+    assert body["time_created"] == "1700000000"
+
+
+def test_create_filesystem_without_quota(env):
+    body = make_fs(env)
+    [(_, _, props)] = env.ds.mutations()
+    assert props == {PROP_VOL_ID: "1", PROP_TYPE: "filesystem"}
+    assert body["size_total"] is None
+
+
+def test_create_lun_as_zvol(env):
+    body = make_lun(env, size=2 * GIB, size_block=16384)
+    [r] = rows(env.store)
+    assert env.ds.mutations() == [("create_zvol", "tank/lun1", 2 * GIB, 16384, {
+        PROP_VOL_ID: "1", PROP_TYPE: "lun", PROP_SERIAL: r.serial, PROP_VOLSIZE: str(2 * GIB)})]
+    assert env.lunfiles.calls == []
+    assert len(r.serial) == 36 and r.size_block == 16384 and r.state == "ready"
+    assert body["serial"] == r.serial and body["size_total"] == str(2 * GIB)
+
+
+def test_create_lun_default_block(env):
+    make_lun(env)
+    [(_, _, _, block, _)] = env.ds.mutations()
+    assert block == DEFAULT_BLOCK
+    assert rows(env.store)[0].size_block == DEFAULT_BLOCK
+
+
+def test_create_lun_as_image_file_without_zvols(env):
+    env.ds.has_zvols = False
+    body = make_lun(env, size=3 * GIB, size_block=4096)
+    [r] = rows(env.store)
+    assert env.ds.mutations() == [("create_filesystem", "tank/lun1", {
+        PROP_VOL_ID: "1", PROP_TYPE: "lun", PROP_SERIAL: r.serial, PROP_VOLSIZE: str(3 * GIB),
+        "recordsize": "4096"})]
+    mountpoint = env.ds.data["tank/lun1"]["mountpoint"]
+    assert env.lunfiles.calls == [("create", mountpoint, 3 * GIB)]
+    assert body["size_total"] == str(3 * GIB) and body["volume_type"] == "lun"
+    assert env.svc.backing_path("1") == LunFileDriver.path(mountpoint)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"volume_type": "lun", "size_total": None},
+    {"volume_type": "lun", "size_total": MIN_SIZE - 1},
+    {"volume_type": "lun", "size_total": GIB, "size_block": 1000},
+    {"volume_type": "filesystem", "size_block": 4096},
+    {"volume_type": "filesystem", "size_total": 10},
+    {"volume_type": "bogus"},
+    {"volume_type": None},
+])
+def test_create_refused_before_anything_happens(env, kwargs):
+    with pytest.raises(ValidationError):
+        env.svc.create(name="v", pool_id=str(env.pool_id), **kwargs)
+    assert rows(env.store) == [] and env.ds.mutations() == []
+
+
+def test_create_needs_pool_and_a_known_one(env):
+    with pytest.raises(ValidationError):
+        env.svc.create(name="v", volume_type="filesystem")
+    with pytest.raises(NotFoundError):
+        env.svc.create(name="v", volume_type="filesystem", pool_id="99")
+    assert rows(env.store) == [] and env.ds.mutations() == []
+
+
+def test_zfs_refusal_is_a_validation_error_and_leaves_nothing(env):
+    env.ds.fail["create_zvol"] = CommandError(
+        ["zfs", "create"], 1, "", "cannot create 'tank/lun1': volume size must be a multiple of volume block size\n")
+    with pytest.raises(ValidationError, match="multiple of volume block size"):
+        make_lun(env)
+    assert rows(env.store) == []
+    assert "tank/lun1" not in env.ds.data
+    assert env.ds.mutations("destroy") == []  # nothing was made: nothing to destroy
+
+
+def test_half_made_dataset_destroyed(env):
+    env.ds.fail_after["create_filesystem"] = CommandError(
+        ["zfs", "create"], 1, "", "filesystem successfully created, but it may only be mounted by root\n")
+    with pytest.raises(ValidationError):
+        make_fs(env, size_total=GIB)
+    assert rows(env.store) == []
+    assert "tank/fs1" not in env.ds.data
+    assert env.ds.mutations("destroy") == [("destroy", "tank/fs1", True)]
+
+
+def test_image_file_failure_destroys_the_dataset(env):
+    env.ds.has_zvols = False
+    env.lunfiles.fail = OSError(28, "No space left on device")
+    with pytest.raises(ValidationError, match="No space left"):
+        make_lun(env)
+    assert rows(env.store) == [] and "tank/lun1" not in env.ds.data
+    assert env.ds.mutations("destroy") == [("destroy", "tank/lun1", True)]
+
+
+def test_duplicate_name_conflicts(env):
+    make_fs(env, name="v")
+    calls = len(env.ds.calls)
+    with pytest.raises(ConflictError):
+        make_lun(env, name="v")
+    env.ds.add("tank/byhand")  # a dataset not (yet) in the catalog counts too
+    with pytest.raises(ConflictError):
+        make_fs(env, name="byhand")
+    assert len(env.ds.calls) == calls
+    assert [r.name for r in rows(env.store)] == ["v"]
+
+
+def test_duplicate_name_of_a_filebacked_lun_conflicts(env):
+    add_row(env.store, pool_id=env.pool_id, name="flun", volume_type="filebackedlun", parent_path="x")
+    with pytest.raises(ConflictError):
+        make_fs(env, name="flun")
+    assert env.ds.mutations() == []
+
+
+def test_same_name_in_another_pool_is_fine(env):
+    other = env.pools.add("data")
+    make_fs(env, name="v")
+    env.svc.create(name="v", volume_type="filesystem", pool_id=str(other))
+    assert sorted((r.pool_id, r.name) for r in rows(env.store)) == [(env.pool_id, "v"), (other, "v")]
+
+
+# =============================================================================================
+# clones
+# =============================================================================================
+
+def test_clone_of_unknown_snapshot(env):
+    for snapshot_id in ("99", "abc", 99):
+        with pytest.raises(NotFoundError):
+            env.svc.create(name="c", snapshot_id=snapshot_id)
+    assert rows(env.store) == [] and env.ds.mutations() == []
+
+
+def test_clone_of_a_lun_snapshot(env):
+    make_lun(env, size=2 * GIB, size_block=8192)
+    sid = snap_of(env, "tank/lun1")
+    env.ds.calls.clear()
+    body = env.svc.create(name="restored", snapshot_id=str(sid))
+    source, clone = rows(env.store)
+    assert env.ds.mutations() == [("clone", "tank/lun1@s1", "tank/restored", {
+        PROP_VOL_ID: str(clone.id), PROP_TYPE: "lun", PROP_SERIAL: clone.serial,
+        PROP_VOLSIZE: str(2 * GIB)})]
+    assert clone.serial != source.serial  # a new LUN, a new serial
+    assert (clone.is_clone, clone.volume_type, clone.size_block, clone.state) == (True, "lun", 8192, "ready")
+    assert body["snapshot_id"] == str(sid) and body["is_clone"] is True
+
+
+def test_clone_failure_leaves_no_row(env):
+    make_fs(env)
+    sid = snap_of(env, "tank/fs1")
+    env.ds.fail["clone"] = CommandError(["zfs", "clone"], 1, "", "out of space\n")
+    with pytest.raises(ValidationError, match="out of space"):
+        env.svc.create(name="c", snapshot_id=str(sid))
+    assert [r.name for r in rows(env.store)] == ["fs1"]
+
+
+def test_clone_name_taken(env):
+    make_fs(env)
+    sid = snap_of(env, "tank/fs1")
+    with pytest.raises(ConflictError):
+        env.svc.create(name="fs1", snapshot_id=str(sid))
+    assert env.ds.mutations("clone") == []
+
+
+# =============================================================================================
+# file-backed LUNs
+# =============================================================================================
+
+def test_create_filebacked_lun(env):
+    make_fs(env)
+    mountpoint = Path(env.ds.data["tank/fs1"]["mountpoint"])
+    (mountpoint / "images").mkdir()
+    (mountpoint / "images" / "disk.img").write_bytes(b"\0" * 512)
+    body = env.svc.create(name="flun", volume_type="filebackedlun", parent_id="1",
+                          parent_path="images/./disk.img")
+    r = row(env.store, int(body["id"]))
+    assert (r.parent_id, r.parent_path, r.state, r.volume_type) == (1, "images/disk.img", "ready", "filebackedlun")
+    assert body["size_total"] is None and body["parent_id"] == "1"
+    assert env.svc.backing_path(body["id"]) == os.path.join(os.path.realpath(mountpoint), "images/disk.img")
+
+
+@pytest.mark.parametrize("parent_path", ["../../etc/passwd", "/etc/passwd", "missing.img"])
+def test_create_filebacked_lun_outside_refused(env, parent_path):
+    make_fs(env)
+    with pytest.raises(ValidationError):
+        env.svc.create(name="flun", volume_type="filebackedlun", parent_id="1", parent_path=parent_path)
+    assert [r.name for r in rows(env.store)] == ["fs1"]
+
+
+def test_create_filebacked_lun_needs_a_filesystem_parent(env):
+    make_lun(env)
+    with pytest.raises(ValidationError):
+        env.svc.create(name="flun", volume_type="filebackedlun", parent_id="1", parent_path="x")
+    with pytest.raises(NotFoundError):
+        env.svc.create(name="flun", volume_type="filebackedlun", parent_id="9", parent_path="x")
+
+
+# =============================================================================================
+# delete
+# =============================================================================================
+
+def test_delete_destroys_dataset_and_row_after_hooks(env):
+    make_fs(env)
+    snap_of(env, "tank/fs1")
+    seen = []
+
+    def hook(vol_id):
+        seen.append((vol_id, list(env.ds.mutations("destroy")), row(env.store, vol_id).state))
+
+    env.svc.before_volume_delete.append(hook)
+    env.svc.delete("1")
+    assert seen == [(1, [], "ready")]  # called before anything is destroyed
+    assert env.ds.mutations("destroy") == [("destroy", "tank/fs1", True)]
+    assert rows(env.store) == []
+    with env.store.session() as s:
+        assert s.query(Snapshot).count() == 0
+    assert "tank/fs1@s1" not in env.ds.data
+
+
+def test_delete_refused_when_a_snapshot_has_clones(env):
+    make_fs(env, name="src")
+    sid = snap_of(env, "tank/src")
+    env.svc.create(name="clone_b", snapshot_id=str(sid))
+    env.svc.create(name="clone_a", snapshot_id=str(sid))
+    hooked = []
+    env.svc.before_volume_delete.append(hooked.append)
+    with pytest.raises(ConflictError, match="clone_a, clone_b"):
+        env.svc.delete("1")
+    assert hooked == [] and env.ds.mutations("destroy") == []
+    assert row(env.store, 1).state == "ready"
+
+
+def test_delete_refused_when_filebacked_luns_use_it(env):
+    make_fs(env)
+    add_row(env.store, pool_id=env.pool_id, name="flun2", volume_type="filebackedlun", parent_id=1,
+            parent_path="a.img")
+    add_row(env.store, pool_id=env.pool_id, name="flun1", volume_type="filebackedlun", parent_id=1,
+            parent_path="b.img")
+    hooked = []
+    env.svc.before_volume_delete.append(hooked.append)
+    with pytest.raises(ConflictError, match="flun1, flun2"):
+        env.svc.delete("1")
+    assert hooked == [] and env.ds.mutations("destroy") == []
+    assert len(rows(env.store)) == 3
+
+
+def test_delete_filebacked_lun_destroys_nothing(env):
+    make_fs(env)
+    flun = add_row(env.store, pool_id=env.pool_id, name="flun", volume_type="filebackedlun", parent_id=1,
+                   parent_path="a.img")
+    env.svc.delete(str(flun))
+    assert env.ds.mutations("destroy") == []
+    assert [r.name for r in rows(env.store)] == ["fs1"]
+
+
+def test_delete_zfs_failure_keeps_the_row_ready(env):
+    make_fs(env)
+    env.ds.fail["destroy"] = CommandError(["zfs", "destroy"], 1, "", "cannot destroy: dataset is busy\n")
+    with pytest.raises(ConflictError, match="busy"):
+        env.svc.delete("1")
+    r = row(env.store, 1)
+    assert (r.state, r.owner) == ("ready", None)
+
+
+def test_delete_unknown(env):
+    with pytest.raises(NotFoundError):
+        env.svc.delete("42")
+
+
+# =============================================================================================
+# update: resize, rename
+# =============================================================================================
+
+def test_resize_filesystem_quota(env):
+    make_fs(env)
+    env.svc.update("1", size_total=2 * GIB)
+    env.svc.update("1", size_total=None)
+    assert env.ds.mutations("set") == [("set", "tank/fs1", "quota", str(2 * GIB)),
+                                       ("set", "tank/fs1", "quota", "none")]
+
+
+def test_resize_below_used_refused(env):
+    make_fs(env)
+    env.ds.data["tank/fs1"]["used"] = str(3 * GIB)
+    with pytest.raises(ValidationError, match="below"):
+        env.svc.update("1", size_total=2 * GIB)
+    make_lun(env)
+    env.ds.data["tank/lun1"]["referenced"] = str(2 * GIB)
+    with pytest.raises(ValidationError, match="below"):
+        env.svc.update("2", size_total=GIB)
+    assert env.ds.mutations("set") == []
+
+
+def test_resize_zvol_and_image_lun(env):
+    make_lun(env, name="zv")
+    env.ds.has_zvols = False
+    make_lun(env, name="img")
+    env.ds.calls.clear()
+    env.svc.update("1", size_total=2 * GIB)
+    env.svc.update("2", size_total=4 * GIB)
+    mountpoint = env.ds.data["tank/img"]["mountpoint"]
+    assert env.ds.mutations() == [("set", "tank/zv", "volsize", str(2 * GIB)),
+                                  ("set", "tank/img", PROP_VOLSIZE, str(4 * GIB))]
+    assert env.lunfiles.calls[-1] == ("resize", mountpoint, 4 * GIB)
+    assert env.svc.get(vol_id="2")["size_total"] == str(4 * GIB)
+
+
+def test_resize_lun_to_nothing_refused(env):
+    make_lun(env)
+    with pytest.raises(ValidationError):
+        env.svc.update("1", size_total=None)
+    assert env.ds.mutations("set") == []
+
+
+def test_resize_refused_by_zfs_is_a_client_error(env):
+    make_lun(env)
+    env.ds.fail["set"] = CommandError(["zfs", "set"], 1, "", "cannot set property for 'tank/lun1': "
+                                      "'volsize' must be a multiple of volume block size (64K)\n")
+    with pytest.raises((ValidationError, ConflictError)):
+        env.svc.update("1", size_total=GIB + 512)
+
+
+def test_rename_runs_hooks_with_old_and_new_dataset(env):
+    make_fs(env, name="old")
+    seen = []
+    env.svc.after_volume_rename.append(lambda *args: seen.append(args))
+    body = env.svc.update("1", name="new")
+    assert env.ds.mutations("rename") == [("rename", "tank/old", "tank/new")]
+    assert seen == [(1, "tank/old", "tank/new")]
+    assert body["name"] == "new" and row(env.store, 1).name == "new"
+    assert env.lock.taken >= 1
+
+
+def test_rename_to_a_taken_name(env):
+    make_fs(env, name="a")
+    make_fs(env, name="b")
+    seen = []
+    env.svc.after_volume_rename.append(lambda *args: seen.append(args))
+    with pytest.raises(ConflictError):
+        env.svc.update("1", name="b")
+    assert env.ds.mutations("rename") == [] and seen == []
+    assert row(env.store, 1).name == "a"
+
+
+def test_rename_refused_by_zfs(env):
+    make_fs(env, name="a")
+    seen = []
+    env.svc.after_volume_rename.append(lambda *args: seen.append(args))
+    env.ds.fail["rename"] = CommandError(["zfs", "rename"], 1, "", "cannot rename: dataset is busy\n")
+    with pytest.raises(ConflictError, match="busy"):
+        env.svc.update("1", name="b")
+    assert row(env.store, 1).name == "a"
+    # hooks may be told the dataset stayed where it was, never that it moved
+    assert all(args == (1, "tank/a", "tank/a") for args in seen)
+    assert "tank/a" in env.ds.data and "tank/b" not in env.ds.data
+
+
+def test_before_rename_hooks_run_before_zfs_renames(env):
+    if not hasattr(env.svc, "before_volume_rename"):
+        pytest.skip("no before_volume_rename hooks in this version")
+    make_fs(env, name="old")
+    seen = []
+    env.svc.before_volume_rename.append(lambda vol_id: seen.append((vol_id, env.ds.mutations("rename"))))
+    env.svc.update("1", name="new")
+    assert seen == [(1, [])]
+    assert env.ds.mutations("rename") == [("rename", "tank/old", "tank/new")]
+
+
+def test_rename_same_name_and_bad_name(env):
+    make_fs(env, name="a")
+    env.svc.update("1", name="a")
+    with pytest.raises(ValidationError):
+        env.svc.update("1", name="a/b")
+    assert env.ds.mutations("rename") == []
+
+
+def test_rename_filebacked_lun_is_a_row_change(env):
+    make_fs(env)
+    flun = add_row(env.store, pool_id=env.pool_id, name="flun", volume_type="filebackedlun", parent_id=1,
+                   parent_path="a.img")
+    seen = []
+    env.svc.after_volume_rename.append(lambda *args: seen.append(args))
+    env.svc.update(str(flun), name="flun2")
+    assert row(env.store, flun).name == "flun2"
+    assert env.ds.mutations("rename") == [] and seen == []
+    with pytest.raises(ConflictError):
+        env.svc.update(str(flun), name="fs1")
+
+
+# =============================================================================================
+# recover
+# =============================================================================================
+
+def live_other_owner() -> str:
+    for pid in (os.getppid(), 1):
+        stat = owner_mod._stat(pid) if pid > 0 and pid != os.getpid() else None
+        if stat is not None:
+            return f"{pid}:{stat[1]}"
+    pytest.skip("no other live process visible in /proc")
+
+
+def test_recover_creating_that_reached_zfs(env):
+    vid = add_row(env.store, pool_id=env.pool_id, name="v", state="creating", owner=DEAD_OWNER)
+    env.ds.add("tank/v", **{PROP_VOL_ID: str(vid)})
+    env.svc.recover()
+    r = row(env.store, vid)
+    assert (r.state, r.owner, r.guid) == ("ready", None, env.ds.data["tank/v"]["guid"])
+    assert env.ds.mutations() == []
+
+
+def test_recover_creating_image_lun_makes_the_missing_image(env):
+    vid = add_row(env.store, pool_id=env.pool_id, name="l", volume_type="lun", serial="s",
+                  state="creating", owner=DEAD_OWNER)
+    env.ds.add("tank/l", **{PROP_VOL_ID: str(vid), PROP_TYPE: "lun", PROP_VOLSIZE: str(2 * GIB)})
+    env.svc.recover()
+    assert env.lunfiles.calls == [("create", env.ds.data["tank/l"]["mountpoint"], 2 * GIB)]
+    assert row(env.store, vid).state == "ready"
+
+
+def test_recover_creating_image_lun_keeps_an_existing_image(env):
+    vid = add_row(env.store, pool_id=env.pool_id, name="l", volume_type="lun", serial="s",
+                  state="creating", owner=DEAD_OWNER)
+    props = env.ds.add("tank/l", **{PROP_VOL_ID: str(vid), PROP_VOLSIZE: str(GIB)})
+    env.lunfiles.images[props["mountpoint"]] = GIB
+    env.svc.recover()
+    assert env.lunfiles.calls == []
+    assert row(env.store, vid).state == "ready"
+
+
+def test_recover_creating_zvol_makes_no_image(env):
+    vid = add_row(env.store, pool_id=env.pool_id, name="l", volume_type="lun", serial="s",
+                  state="creating", owner=DEAD_OWNER)
+    env.ds.add("tank/l", "volume", **{PROP_VOL_ID: str(vid), "volsize": str(GIB)})
+    env.svc.recover()
+    assert env.lunfiles.calls == []
+    assert row(env.store, vid).state == "ready"
+
+
+def test_recover_creating_never_reached_zfs(env):
+    add_row(env.store, pool_id=env.pool_id, name="v", state="creating", owner=DEAD_OWNER)
+    env.svc.recover()
+    assert rows(env.store) == []
+    assert env.ds.mutations() == []
+
+
+def test_recover_creating_but_dataset_is_someone_elses(env):
+    vid = add_row(env.store, pool_id=env.pool_id, name="v", state="creating", owner=DEAD_OWNER)
+    env.ds.add("tank/v", **{PROP_VOL_ID: str(vid + 5)})
+    env.svc.recover()
+    assert rows(env.store) == []
+    assert "tank/v" in env.ds.data and env.ds.mutations() == []
+
+
+def test_recover_deleting_finishes_the_delete(env):
+    vid = add_row(env.store, pool_id=env.pool_id, name="v", state="deleting", owner=DEAD_OWNER, guid="1")
+    env.ds.add("tank/v", **{PROP_VOL_ID: str(vid)})
+    env.ds.add("tank/v@s", "snapshot")
+    env.svc.recover()
+    assert env.ds.mutations() == [("destroy", "tank/v", True)]
+    assert rows(env.store) == [] and "tank/v" not in env.ds.data
+
+
+def test_recover_deleting_already_gone(env):
+    add_row(env.store, pool_id=env.pool_id, name="v", state="deleting", owner=DEAD_OWNER, guid="1")
+    env.svc.recover()
+    assert rows(env.store) == [] and env.ds.mutations() == []
+
+
+def test_recover_own_rows_too_but_not_a_live_other_process(env):
+    add_row(env.store, pool_id=env.pool_id, name="mine", state="creating",
+                   owner=owner_mod.current_owner())
+    theirs = add_row(env.store, pool_id=env.pool_id, name="theirs", state="creating",
+                     owner=live_other_owner())
+    env.svc.recover()
+    assert [(r.id, r.state) for r in rows(env.store)] == [(theirs, "creating")]
+
+
+def test_recover_failure_of_one_row_does_not_stop_the_others(env):
+    add_row(env.store, pool_id=env.pool_id, name="v", state="creating", owner=DEAD_OWNER)
+    with env.store.session() as s:  # a row of a pool that is not imported now
+        s.add(Pool(id=50, name="gone", guid="77", pool_type="raid0", state="ready"))
+    other = add_row(env.store, pool_id=50, name="w", state="creating", owner=DEAD_OWNER)
+    env.svc.recover()
+    assert [r.id for r in rows(env.store)] == [other]
+
+
+def test_recover_remounts_volume_datasets_left_at_mountpoint_none(env):
+    env.ds.add("tank/a", mountpoint="none")
+    env.ds.add("tank/b")
+    env.ds.add("tank/a/child", mountpoint="none")  # not a volume
+    env.ds.add("tank/z", "volume")
+    env.ds.add("tank/b@s", "snapshot", mountpoint="none")
+    env.ds.data["tank"]["mountpoint"] = "none"  # the pool root is not a volume either
+    env.svc.recover()
+    assert env.ds.mutations() == [("inherit", "tank/a", "mountpoint")]
+    assert env.ds.data["tank/a"]["mountpoint"] == str(env.mnt / "tank/a")
+
+
+def test_recover_remount_failure_is_not_fatal(env):
+    env.ds.add("tank/a", mountpoint="none")
+    vid = add_row(env.store, pool_id=env.pool_id, name="v", state="creating", owner=DEAD_OWNER)
+    env.ds.fail["inherit"] = CommandError(["zfs", "inherit"], 1, "", "cannot mount: busy\n")
+    env.svc.recover()
+    assert row(env.store, vid) is None
