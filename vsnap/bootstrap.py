@@ -70,7 +70,8 @@ def ensure_group(settings: Settings) -> None:
         say(f"created group {settings.admin_group}")
 
 
-def ensure_account(settings: Settings, password: str | None) -> None:
+def ensure_account(settings: Settings, password: str | None) -> str | None:
+    """Returns the password it set, if it set one."""
     group = settings.admin_group
     user = settings.admin_user
     try:
@@ -85,10 +86,22 @@ def ensure_account(settings: Settings, password: str | None) -> None:
         subprocess.run(["usermod", "--append", "--groups", group, user], check=True)
     if password:
         subprocess.run(["chpasswd"], input=f"{user}:{password}\n", text=True, check=True)
-    elif created:
+        return password
+    if created:
         generated = secrets.token_urlsafe(12)
         subprocess.run(["chpasswd"], input=f"{user}:{generated}\n", text=True, check=True)
         say(f"the password of {user} is: {generated}  (shown once; set VSNAP_ADMIN_PASSWORD to choose it)")
+        return generated
+    return None
+
+
+def ensure_smb_password(settings: Settings, password: str | None) -> None:
+    """SMB logins use the same accounts; Samba keeps its own password entries. The server
+    refreshes an entry at each API login with a changed password; this gives the admin
+    account its entry from the start when its password is known here."""
+    if password and settings.smb_conf_file.exists():
+        subprocess.run(["smbpasswd", "-c", str(settings.smb_conf_file), "-s", "-a", settings.admin_user],
+                       input=f"{password}\n{password}\n", text=True, capture_output=True, check=False)
 
 
 def migrate(settings: Settings) -> None:
@@ -110,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     ensure_pam_service()
     ensure_group(settings)
     if not args.no_account:
-        ensure_account(settings, os.environ.get("VSNAP_ADMIN_PASSWORD") or None)
+        password = ensure_account(settings, os.environ.get("VSNAP_ADMIN_PASSWORD") or None)
+        ensure_smb_password(settings, password)
     migrate(settings)
     return 0
 

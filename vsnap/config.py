@@ -47,6 +47,9 @@ class Settings:
     trusted_proxy: bool = False
     ssh_port: int = 8922
     mount_root: str = "/vsnap"  # pools mount at <mount_root>/<pool>, never over system paths
+    nfs_exports: Path | None = None  # the file nfs-ganesha %includes; default in the state dir
+    ganesha_pidfile: Path | None = None
+    smb_conf: Path | None = None  # smbd's configuration; shares.conf beside it is ours
 
     @property
     def database_path(self) -> Path:
@@ -63,6 +66,18 @@ class Settings:
     @property
     def tls_key(self) -> Path:
         return self.state_dir / "tls" / "vsnap.key"
+
+    @property
+    def nfs_exports_file(self) -> Path:
+        return self.nfs_exports or self.state_dir / "nfs" / "exports.conf"
+
+    @property
+    def smb_conf_file(self) -> Path:
+        return self.smb_conf or self.state_dir / "samba" / "smb.conf"
+
+    @property
+    def smb_shares_file(self) -> Path:
+        return self.smb_conf_file.parent / "shares.conf"
 
     @property
     def lock_file(self) -> Path:
@@ -92,4 +107,7 @@ class Settings:
             trusted_proxy=merged.get("VSNAP_TRUSTED_PROXY", "0").lower() in ("1", "true", "yes"),
             ssh_port=int(merged.get("VSNAP_SSH_PORT", 8922)),
             mount_root=merged.get("VSNAP_MOUNT_ROOT", "/vsnap"),
+            nfs_exports=Path(merged["VSNAP_NFS_EXPORTS"]) if merged.get("VSNAP_NFS_EXPORTS") else None,
+            ganesha_pidfile=Path(merged.get("VSNAP_GANESHA_PIDFILE") or state_dir / "lab" / "run" / "ganesha.pid"),
+            smb_conf=Path(merged["VSNAP_SMB_CONF"]) if merged.get("VSNAP_SMB_CONF") else None,
         )

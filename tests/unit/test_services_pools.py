@@ -743,7 +743,7 @@ def test_recover_deleting_pool_exists(env):
     pool = env.ops.add_pool("tank")
     add_row(env.store, name="tank", guid=pool.guid, state="deleting", owner=DEAD_OWNER)
     hooked = []
-    env.svc.before_pool_change.append(hooked.append)
+    env.svc.before_pool_delete.append(lambda pool_id, name: hooked.append(name))
     env.svc.recover()
     assert env.ops.mutations() == [("destroy", "tank")]
     assert hooked == ["tank"]
@@ -980,7 +980,7 @@ def test_update_unknown_pool(env):
 def test_update_rename(env):
     pool_id, pool = make_pool(env, "old")
     events = []
-    env.svc.before_pool_change.append(lambda name: events.append(("before", name)))
+    env.svc.before_pool_rename.append(lambda name: events.append(("before", name)))
     env.svc.after_pool_rename.append(lambda old, new: events.append(("after", old, new)))
     result = env.svc.update(str(pool_id), name="new")
     assert env.ops.mutations() == [("export", "old"), ("import_by_guid", pool.guid, "new"),
@@ -1206,7 +1206,7 @@ def test_action_touches_time_updated(env, monkeypatch):
 def test_delete(env):
     pool_id, _ = make_pool(env, "tank")
     hooked = []
-    env.svc.before_pool_change.append(hooked.append)
+    env.svc.before_pool_delete.append(lambda pool_id, name: hooked.append(name))
     env.svc.delete(str(pool_id))
     assert env.ops.mutations() == [("destroy", "tank")]
     assert hooked == ["tank"]
@@ -1226,10 +1226,10 @@ def test_delete_refused_by_zfs_keeps_the_pool(env):
 def test_delete_refused_by_a_hook_keeps_the_pool(env):
     pool_id, _ = make_pool(env, "tank")
 
-    def refuse(name):
+    def refuse(pool_id, name):
         raise ConflictError(f"a share of {name} is in use")
 
-    env.svc.before_pool_change.append(refuse)
+    env.svc.before_pool_delete.append(refuse)
     with pytest.raises(ConflictError):
         env.svc.delete(str(pool_id))
     [row] = rows(env.store)

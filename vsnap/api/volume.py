@@ -5,6 +5,7 @@ from flask import current_app
 
 from ..services.volumes import MAX_NAME, VOLUME_TYPES
 from .common import Blueprint, EmptyResponse, Id, Size, StrictSchema, list_or_detail
+from .share import ShareBodySchema, ShareSchema, ShareUpdateSchema
 from .snapshot import SnapshotCreateSchema, SnapshotListSchema, SnapshotSchema
 
 blp = Blueprint("volume", __name__, url_prefix="/api/volume", description="Volumes (spec 8)")
@@ -71,6 +72,10 @@ def _snapshots():
     return current_app.extensions["vsnap"].snapshots
 
 
+def _shares():
+    return current_app.extensions["vsnap"].shares
+
+
 @blp.route("", methods=["POST"])
 @blp.arguments(VolumeCreateSchema)
 @blp.response(200, VolumeSchema)
@@ -128,3 +133,27 @@ def list_volume_snapshots(vol_id):
     """List a volume's snapshots (8.7)"""
     snaps = _snapshots().list(parent_id=vol_id)
     return {"snapshots": snaps, "total": len(snaps)}
+
+
+@blp.route("/<string:vol_id>/share", methods=["POST"])
+@blp.arguments(ShareBodySchema)
+@blp.response(200, ShareSchema)
+def create_volume_share(args, vol_id):
+    """Share a filesystem volume over NFS or SMB (8.8)"""
+    return _shares().create(vol_id, args["share_type"], args["share_options"])
+
+
+@blp.route("/<string:vol_id>/share", methods=["PUT"])
+@blp.arguments(ShareUpdateSchema)
+@blp.response(200, ShareSchema)
+def update_volume_share(args, vol_id):
+    """Replace a share's type and options (9.3)"""
+    return _shares().update(vol_id, args["share_type"], args["share_options"])
+
+
+@blp.route("/<string:vol_id>/share", methods=["DELETE"])
+@blp.response(200, EmptyResponse)
+def delete_volume_share(vol_id):
+    """Stop sharing a volume (8.9)"""
+    _shares().delete(vol_id=vol_id)
+    return {}

@@ -11,6 +11,8 @@ from ..drivers.packages import PackageDriver
 from ..drivers.runner import CommandNotFound, CommandTimeout, Runner
 from ..errors import ApiError, ServiceUnavailableError
 from ..drivers.lunfile import LunFileDriver
+from ..drivers.nfs import choose_nfs_driver
+from ..drivers.smb import SambaDriver
 from ..drivers.zfs import ZfsDatasetOps, ZfsDriver, ZfsPoolOps
 from ..store.db import Store
 from .auth import AuthService
@@ -19,6 +21,7 @@ from .catalog import Catalog
 from .locking import StorageLock
 from .network import NetworkService
 from .pools import PoolService
+from .shares import ShareService
 from .snapshots import SnapshotService
 from .system import SystemService
 from .targets import TargetService
@@ -40,6 +43,7 @@ class Services:
     catalog: Catalog
     volumes: VolumeService
     snapshots: SnapshotService
+    shares: ShareService
 
     @classmethod
     def build(cls, settings: Settings, runner: Runner | None = None) -> "Services":
@@ -57,10 +61,17 @@ class Services:
         catalog = Catalog(store, datasets, pools, lock)
         volumes = VolumeService(store, datasets, LunFileDriver(), catalog, pools, lock)
         snapshots = SnapshotService(store, datasets, catalog, volumes, lock)
+        shares = ShareService(
+            store, catalog, volumes, pools,
+            choose_nfs_driver(runner, settings.nfs_exports_file, settings.ganesha_pidfile),
+            SambaDriver(runner, settings.smb_conf_file, settings.smb_shares_file, settings.admin_group),
+            lock, settings.admin_group)
+        auth = AuthService(settings, accounts)
+        auth.on_login.append(shares.sync_smb_password)
         return cls(
             settings=settings,
             store=store,
-            auth=AuthService(settings, accounts),
+            auth=auth,
             system=system,
             users=UserService(settings, accounts),
             network=NetworkService(store, NetworkDriver(runner)),
@@ -70,6 +81,7 @@ class Services:
             catalog=catalog,
             volumes=volumes,
             snapshots=snapshots,
+            shares=shares,
         )
 
     def recover(self) -> None:
@@ -79,6 +91,7 @@ class Services:
             self.volumes.recover()
             self.snapshots.recover()
             self.catalog.load()  # picks up what was made or destroyed outside the API
+            self.shares.recover({u["name"] for u in self.users.list()})
 
 
 def system_error(exc: Exception) -> ApiError | None:

@@ -29,6 +29,7 @@ class AuthService:
         self._cache: dict[tuple[str, bytes], float] = {}
         self._failures: dict[str, deque] = {}
         self._lock = threading.Lock()
+        self.on_login: list = []  # called with (user, password) after a fresh password check
 
     def _digest(self, password: str) -> bytes:
         return hmac.new(self._salt, password.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
@@ -79,4 +80,7 @@ class AuthService:
         if not self.accounts.is_member(user, self.settings.admin_group):
             raise PermissionDeniedError(
                 f"User {user} does not have the vsnap_admin role (group {self.settings.admin_group})")
+        if expiry is None or expiry < now:
+            for hook in self.on_login:
+                hook(user, password)
         return user

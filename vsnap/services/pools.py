@@ -94,9 +94,10 @@ class PoolService:
         self.disk_driver = disk_driver
         self.system = system
         self.lock = lock
-        # Later capabilities (shares, LUN mappings) register here to unexport a pool's
-        # datasets before it is renamed or destroyed.
-        self.before_pool_change: list = []
+        # Shares and LUN mappings register here to let go of a pool's datasets before it is
+        # renamed (export/import) or destroyed, and to follow the new name after a rename.
+        self.before_pool_delete: list = []
+        self.before_pool_rename: list = []
         self.after_pool_rename: list = []
 
     def mountpoint(self, name: str) -> str:
@@ -326,7 +327,7 @@ class PoolService:
 
     def _rename(self, row: Pool, summary: PoolSummary, new_name: str) -> None:
         """ZFS renames a pool by export and import under the new name."""
-        for hook in self.before_pool_change:
+        for hook in self.before_pool_rename:
             hook(summary.name)
         with self.store.session() as s:
             r = s.get(Pool, row.id)
@@ -423,8 +424,8 @@ class PoolService:
     def delete(self, pool_id: str) -> None:
         with self.lock.held():
             row, summary = self._find(pool_id)
-            for hook in self.before_pool_change:  # may refuse: then nothing has changed
-                hook(summary.name)
+            for hook in self.before_pool_delete:  # may refuse: then nothing has changed
+                hook(row.id, summary.name)
             with self.store.session() as s:
                 r = s.get(Pool, row.id)
                 r.state, r.owner = DELETING, current_owner()
@@ -456,6 +457,8 @@ class PoolService:
                     self._recover_row(row, imported)
                 except CommandError as exc:
                     log.error("pool %s (%s): recovery failed: %s", row.id, row.name, _reason(exc))
+                except Exception:  # one pool's trouble must not stop the others' recovery
+                    log.exception("pool %s (%s): recovery failed", row.id, row.name)
             self._adopt()
             for row, summary in self._live():
                 try:  # a crash between creating and mounting leaves a dataset unmounted
@@ -481,8 +484,8 @@ class PoolService:
             log.info("pool %s: interrupted rename finished", row.pending_name)
         elif row.state == DELETING:
             if row.guid in imported:
-                for hook in self.before_pool_change:
-                    hook(imported[row.guid].name)
+                for hook in self.before_pool_delete:
+                    hook(row.id, imported[row.guid].name)
                 self._destroy(row.id, imported[row.guid].name)
             else:
                 self._drop_row(row.id)

@@ -87,3 +87,27 @@ class Snapshot(Base):
     owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
     time_created: Mapped[int] = mapped_column(Integer, default=now)
     time_updated: Mapped[int] = mapped_column(Integer, default=now)
+
+
+class Share(Base):
+    """An NFS or SMB share of a filesystem volume (one per volume)."""
+
+    __tablename__ = "share"
+    __table_args__ = {"sqlite_autoincrement": True}
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    volume_id: Mapped[int] = mapped_column(ForeignKey("volume.id", ondelete="CASCADE"), unique=True)
+    share_type: Mapped[str] = mapped_column(String(8))
+    read_only: Mapped[bool] = mapped_column(Boolean, default=False)
+    allowed_hosts: Mapped[list] = mapped_column(JSON, default=list)
+    time_created: Mapped[int] = mapped_column(Integer, default=now)
+    time_updated: Mapped[int] = mapped_column(Integer, default=now)
+
+
+class SmbPassword(Base):
+    """Which password Samba holds for a vsnap account, as a salted scrypt hash: Samba's entry
+    is rewritten only when an API login shows the password changed."""
+
+    __tablename__ = "smb_password"
+    user: Mapped[str] = mapped_column(String(256), primary_key=True)
+    salt: Mapped[str] = mapped_column(String(64))
+    digest: Mapped[str] = mapped_column(String(128))
