@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from .zfs_tools import PREFIX, unused, zfs_get
+from .zfs_tools import PREFIX, destroy_dataset, unused, zfs_get
 
 
 def zfs(*args, check=True) -> subprocess.CompletedProcess:
@@ -50,7 +50,7 @@ def vol(appliance, pool):
     for volume in sorted(listed, key=lambda v: (not v["is_clone"], v["volume_type"] != "filebackedlun")):
         appliance.delete(f"/api/volume/{volume['id']}")
     for name in sorted(datasets(pool["name"]) - {pool["name"]}, key=len, reverse=True):
-        zfs("destroy", "-R", name, check=False)
+        destroy_dataset(name, "-R")
 
 
 def _error(r, status, kind):
@@ -232,7 +232,7 @@ def test_changes_made_outside_the_api_are_picked_up(appliance, pool, vol):
     snaps = {s["name"]: s for s in appliance.ok("GET", "/api/snapshot")["snapshots"]}
     assert snaps["manual"]["parent_id"] == listed["outside"]["id"]
     assert zfs_get(f"{pool['name']}/outside", "com.vsnap:vol_id") == listed["outside"]["id"]
-    zfs("destroy", "-r", f"{pool['name']}/outside")
+    destroy_dataset(f"{pool['name']}/outside", "-r")
     assert "outside" not in {v["name"] for v in appliance.ok("GET", "/api/volume")["volumes"]}
     assert "manual" not in {s["name"] for s in appliance.ok("GET", "/api/snapshot")["snapshots"]}
     assert appliance.get(f"/api/volume/{listed['outside']['id']}").status_code == 404

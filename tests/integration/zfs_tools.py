@@ -59,11 +59,19 @@ def short(path: str) -> str:
     return path.rsplit("/", 1)[-1]
 
 
-def destroy_pool(name: str, attempts: int = 10) -> None:
-    """zpool destroy, retried: zfs-fuse's unmount can report 'busy' for a moment."""
+def _retrying(argv: list[str], gone: str, attempts: int = 10) -> None:
+    """zfs-fuse's unmount can report 'busy' for a moment: retry a destroy a few times."""
     for _ in range(attempts):
-        result = subprocess.run(["zpool", "destroy", "-f", name], capture_output=True, text=True, timeout=120)
-        if result.returncode == 0 or "no such pool" in result.stderr:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        if result.returncode == 0 or gone in result.stderr:
             return
         time.sleep(0.5)
-    raise AssertionError(f"zpool destroy {name} kept failing: {result.stderr.strip()}")
+    raise AssertionError(f"{' '.join(argv)} kept failing: {result.stderr.strip()}")
+
+
+def destroy_pool(name: str) -> None:
+    _retrying(["zpool", "destroy", "-f", name], "no such pool")
+
+
+def destroy_dataset(name: str, *flags: str) -> None:
+    _retrying(["zfs", "destroy", *flags, name], "does not exist")
