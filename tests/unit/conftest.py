@@ -1,9 +1,16 @@
 """Shared fakes for the unit tests: no root, no network, no real storage commands."""
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from vsnap.drivers.runner import CommandError, Result
+from vsnap.store.db import Store
+from vsnap.store.models import Base
 
 
 class FakeRunner:
@@ -60,3 +67,27 @@ def fake_runner() -> FakeRunner:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One real Store per module (SQLAlchemy compiles each statement once per engine), on
+    tmpfs when there is one: it commits with synchronous=FULL, and fsyncs on a disk are slow.
+    Tests empty its tables with `support.empty_tables` as they start."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        where = Path(tempfile.mkdtemp(prefix="vsnap-unit-", dir=shm))
+    else:
+        where = tmp_path_factory.mktemp("db")
+    store = Store(f"sqlite:///{where / 'vsnap.db'}")
+    Base.metadata.create_all(store.engine)
+    try:
+        yield store
+    finally:
+        store.engine.dispose()
+        shutil.rmtree(where, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("work")

@@ -3,8 +3,6 @@ file, real StorageLock, fake dataset ops and pools)."""
 from __future__ import annotations
 
 import copy
-import os
-import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,8 +16,9 @@ from vsnap.drivers.zfs import PoolSummary
 from vsnap.services.catalog import (PROP_SERIAL, PROP_SNAP_ID, PROP_TYPE, PROP_VOL_ID, USER_PROPS,
                                     Catalog, CatalogView, SnapshotView, VolumeView, _split)
 from vsnap.services.locking import StorageLock
-from vsnap.store.db import Store
-from vsnap.store.models import Base, Pool, Snapshot, Volume
+from vsnap.store.models import Pool, Snapshot, Volume
+
+from support import SpyLock, empty_tables
 
 DEAD_OWNER = f"{2 ** 22 + 12345}:12345"
 
@@ -105,48 +104,9 @@ class FakePools:
         return list(self.live)
 
 
-class SpyLock(StorageLock):
-    def __init__(self, path):
-        super().__init__(path)
-        self.taken = 0
-
-    @contextmanager
-    def held(self):
-        self.taken += 1
-        with super().held():
-            yield
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK):
-        where = Path(tempfile.mkdtemp(prefix="vsnap-unit-", dir=shm))
-    else:
-        where = tmp_path_factory.mktemp("db")
-    store = Store(f"sqlite:///{where / 'vsnap.db'}")
-    Base.metadata.create_all(store.engine)
-    try:
-        yield store
-    finally:
-        store.engine.dispose()
-        shutil.rmtree(where, ignore_errors=True)
-
-
-def _empty(store):
-    with store.engine.begin() as conn:
-        for table in ("snapshot", "volume", "pool", "sqlite_sequence"):
-            conn.exec_driver_sql(f"DELETE FROM {table}")
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    return tmp_path_factory.mktemp("work")
-
-
 @pytest.fixture
 def env(workdir, store):
-    _empty(store)
+    empty_tables(store)
     tmp_path = Path(tempfile.mkdtemp(dir=workdir))  # cheaper than a tmp_path per test
     ds = CannedDs()
     pools = FakePools(store)
@@ -156,7 +116,7 @@ def env(workdir, store):
     ds.trees["tank"] = {"tank": fs(guid="900", mountpoint="/vsnap/tank")}
     catalog = Catalog(store, ds, pools, lock)
     yield SimpleNamespace(store=store, ds=ds, pools=pools, lock=lock, catalog=catalog, pool_id=pool_id)
-    _empty(store)
+    empty_tables(store)
 
 
 def fs(guid, **props):

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -22,8 +19,9 @@ from vsnap.errors import ConflictError, InvalidCandidateError, NotFoundError, Va
 from vsnap.services.locking import StorageLock
 from vsnap.services.pools import (PROP_GROUP_SIZE, PROP_POOL_ID, PROP_POOL_TYPE, PROP_SYSTEM,
                                   PoolService, plan_vdevs, split_groups, validate_pool_name)
-from vsnap.store.db import Store
-from vsnap.store.models import Base, Pool
+from vsnap.store.models import Pool
+
+from support import empty_tables
 
 SYSTEM_ID = "0123456789abcdef0123456789abcdef"
 OTHER_SYSTEM_ID = "fedcba9876543210fedcba9876543210"
@@ -281,34 +279,9 @@ class FakeSystem:
         self.multipool = False
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """One real Store per module (SQLAlchemy compiles each statement once per engine), on
-    tmpfs when there is one: it commits with synchronous=FULL, and fsyncs on a disk are slow.
-    Every test starts from empty tables (see `env`)."""
-    shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK):
-        where = Path(tempfile.mkdtemp(prefix="vsnap-unit-", dir=shm))
-    else:
-        where = tmp_path_factory.mktemp("db")
-    store = Store(f"sqlite:///{where / 'vsnap.db'}")
-    Base.metadata.create_all(store.engine)
-    try:
-        yield store
-    finally:
-        store.engine.dispose()
-        shutil.rmtree(where, ignore_errors=True)
-
-
-def _empty(store):
-    with store.engine.begin() as conn:
-        conn.exec_driver_sql("DELETE FROM pool")
-        conn.exec_driver_sql("DELETE FROM sqlite_sequence")  # ids start at 1 again
-
-
 @pytest.fixture
 def env(tmp_path, store):
-    _empty(store)
+    empty_tables(store)
     settings = Settings(state_dir=tmp_path, mount_root="/vsnap")
     ops = FakeOps()
     zfs = FakeZfs(ops)
@@ -317,7 +290,7 @@ def env(tmp_path, store):
     svc = PoolService(settings, store, zfs, ops, disks, FakeDiskDriver(), system,
                       StorageLock(tmp_path / "storage.lock"))
     yield SimpleNamespace(svc=svc, store=store, ops=ops, zfs=zfs, disks=disks, system=system)
-    _empty(store)
+    empty_tables(store)
 
 
 def rows(store) -> list[Pool]:

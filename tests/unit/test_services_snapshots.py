@@ -5,10 +5,8 @@ from __future__ import annotations
 import calendar
 import os
 import re
-import shutil
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,8 +21,9 @@ from vsnap.services.catalog import PROP_SNAP_ID, PROP_VOL_ID, Catalog
 from vsnap.services.locking import StorageLock
 from vsnap.services.snapshots import SnapshotService, generated_name
 from vsnap.services.volumes import VolumeService
-from vsnap.store.db import Store
-from vsnap.store.models import Base, Pool, Snapshot, Volume
+from vsnap.store.models import Pool, Snapshot, Volume
+
+from support import SpyLock, empty_tables
 
 DEAD_OWNER = f"{2 ** 22 + 12345}:12345"  # above any Linux pid_max: never a live process
 NAME_RE = re.compile(r"snap_(\d{14})_([0-9a-f]{8})")
@@ -149,48 +148,9 @@ class NoLunFiles:
         raise AssertionError(f"LUN image driver used by a snapshot operation: {name}")
 
 
-class SpyLock(StorageLock):
-    def __init__(self, path):
-        super().__init__(path)
-        self.taken = 0
-
-    @contextmanager
-    def held(self):
-        self.taken += 1
-        with super().held():
-            yield
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK):
-        where = Path(tempfile.mkdtemp(prefix="vsnap-unit-", dir=shm))
-    else:
-        where = tmp_path_factory.mktemp("db")
-    store = Store(f"sqlite:///{where / 'vsnap.db'}")
-    Base.metadata.create_all(store.engine)
-    try:
-        yield store
-    finally:
-        store.engine.dispose()
-        shutil.rmtree(where, ignore_errors=True)
-
-
-def _empty(store):
-    with store.engine.begin() as conn:
-        for table in ("snapshot", "volume", "pool", "sqlite_sequence"):
-            conn.exec_driver_sql(f"DELETE FROM {table}")
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    return tmp_path_factory.mktemp("work")
-
-
 @pytest.fixture
 def env(workdir, store):
-    _empty(store)
+    empty_tables(store)
     tmp_path = Path(tempfile.mkdtemp(dir=workdir))  # cheaper than a tmp_path per test
     ds = FakeDatasets(tmp_path / "mnt")
     lock = SpyLock(tmp_path / "storage.lock")
@@ -203,7 +163,7 @@ def env(workdir, store):
     yield SimpleNamespace(svc=svc, ds=ds, lock=lock, pools=pools, pool_id=pool_id, store=store,
                           catalog=catalog, volumes=volumes)
     assert ds.unlocked == [], "ZFS changed without the storage lock"
-    _empty(store)
+    empty_tables(store)
 
 
 def add_volume(env, name, *, kind="filesystem", **fields) -> int:

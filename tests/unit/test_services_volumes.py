@@ -4,9 +4,7 @@ and resolve_inside on a real directory tree."""
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,8 +21,9 @@ from vsnap.services.locking import StorageLock
 from vsnap.services.volumes import (DEFAULT_BLOCK, MAX_NAME, MAX_SIZE, MIN_SIZE, VolumeService,
                                     resolve_inside, validate_block_size, validate_name,
                                     validate_size)
-from vsnap.store.db import Store
-from vsnap.store.models import Base, Pool, Snapshot, Volume
+from vsnap.store.models import Pool, Snapshot, Volume
+
+from support import SpyLock, empty_tables
 
 DEAD_OWNER = f"{2 ** 22 + 12345}:12345"  # above any Linux pid_max: never a live process
 GIB = 1 << 30
@@ -302,48 +301,9 @@ class FakePools:
         raise NotFoundError(f"Pool {pool_id if pool_id is not None else name} not found")
 
 
-class SpyLock(StorageLock):
-    def __init__(self, path):
-        super().__init__(path)
-        self.taken = 0
-
-    @contextmanager
-    def held(self):
-        self.taken += 1
-        with super().held():
-            yield
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK):
-        where = Path(tempfile.mkdtemp(prefix="vsnap-unit-", dir=shm))
-    else:
-        where = tmp_path_factory.mktemp("db")
-    store = Store(f"sqlite:///{where / 'vsnap.db'}")
-    Base.metadata.create_all(store.engine)
-    try:
-        yield store
-    finally:
-        store.engine.dispose()
-        shutil.rmtree(where, ignore_errors=True)
-
-
-def _empty(store):
-    with store.engine.begin() as conn:
-        for table in ("snapshot", "volume", "pool", "sqlite_sequence"):
-            conn.exec_driver_sql(f"DELETE FROM {table}")
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    return tmp_path_factory.mktemp("work")
-
-
 @pytest.fixture
 def env(workdir, store):
-    _empty(store)
+    empty_tables(store)
     tmp_path = Path(tempfile.mkdtemp(dir=workdir))  # cheaper than a tmp_path per test
     ds = FakeDatasets(tmp_path / "mnt")
     lock = SpyLock(tmp_path / "storage.lock")
@@ -356,7 +316,7 @@ def env(workdir, store):
     yield SimpleNamespace(svc=svc, ds=ds, lock=lock, pools=pools, pool_id=pool_id, store=store,
                           lunfiles=lunfiles, catalog=catalog, mnt=tmp_path / "mnt")
     assert ds.unlocked == [], "ZFS changed without the storage lock"
-    _empty(store)
+    empty_tables(store)
 
 
 def rows(store) -> list[Volume]:
