@@ -182,3 +182,34 @@ def test_refused_credentials_count_towards_throttling(auth):
             auth.authenticate("alice", "s3\x00cret", A)
     with pytest.raises(TooManyRequestsError):
         auth.authenticate("alice", "s3cret", A)
+
+
+def test_failures_stored_in_the_database_are_counted_by_every_process(settings, store, clock):
+    """Two services over one store stand for two gunicorn workers: the limit is the limit of
+    the appliance, not of each worker."""
+    from support import empty_tables
+
+    from vsnap.services.auth import StoredFailures
+
+    empty_tables(store)
+    first = AuthService(settings, FakeAccounts({"alice": "s3cret"}, {"alice"}), clock=clock,
+                        failures=StoredFailures(store))
+    second = AuthService(settings, FakeAccounts({"alice": "s3cret"}, {"alice"}), clock=clock,
+                         failures=StoredFailures(store))
+    for service in (first, second, first):  # 3 failures, spread over both
+        with pytest.raises(AuthenticationError):
+            service.authenticate("alice", "wrong", "198.18.0.9")
+    for service in (first, second):
+        with pytest.raises(TooManyRequestsError) as caught:
+            service.authenticate("alice", "s3cret", "198.18.0.9")
+        assert caught.value.extra["retry_after"] == 61
+    assert second.authenticate("alice", "s3cret", "198.18.0.10") == "alice"  # other address
+    clock.advance(61)
+    assert second.authenticate("alice", "s3cret", "198.18.0.9") == "alice"
+    with store.session() as s:  # failures older than the window are pruned as new ones come
+        from vsnap.store.models import AuthFailure
+        assert s.query(AuthFailure).count() == 3
+    with pytest.raises(AuthenticationError):
+        first.authenticate("alice", "wrong", "198.18.0.11")
+    with store.session() as s:
+        assert s.query(AuthFailure).count() == 1

@@ -15,7 +15,7 @@ from ..drivers.nfs import choose_nfs_driver
 from ..drivers.smb import SambaDriver
 from ..drivers.zfs import ZfsDatasetOps, ZfsDriver, ZfsPoolOps
 from ..store.db import Store
-from .auth import AuthService
+from .auth import AuthService, StoredFailures
 from .disks import DiskService
 from .catalog import Catalog
 from .locking import StorageLock
@@ -66,7 +66,7 @@ class Services:
             choose_nfs_driver(runner, settings.nfs_exports_file, settings.ganesha_pidfile),
             SambaDriver(runner, settings.smb_conf_file, settings.smb_shares_file, settings.admin_group),
             lock, settings.admin_group)
-        auth = AuthService(settings, accounts)
+        auth = AuthService(settings, accounts, failures=StoredFailures(store))
         auth.on_login.append(shares.sync_smb_password)
         return cls(
             settings=settings,

@@ -2,7 +2,7 @@
 
 Successful checks are cached for a few seconds so PAM does not bound throughput; a changed or
 removed password stops working once the entry expires. Repeated failures from one address are
-throttled (per server process).
+throttled; the failures are counted in the database, so every server process sees them all.
 """
 from __future__ import annotations
 
@@ -16,18 +16,57 @@ from collections import deque
 from ..config import Settings
 from ..drivers.accounts import AccountDriver
 from ..errors import AuthenticationError, PermissionDeniedError, TooManyRequestsError
+from ..store.models import AuthFailure
 
 MAX_CREDENTIAL_LENGTH = 1024
 
 
+class MemoryFailures:
+    """Failed logins per address, in this process only (tests, single-process use)."""
+
+    def __init__(self):
+        self._failures: dict[str, deque] = {}
+        self._lock = threading.Lock()
+
+    def recent(self, address: str, since: float) -> list[float]:
+        with self._lock:
+            failures = self._failures.get(address)
+            while failures and failures[0] <= since:
+                failures.popleft()
+            return list(failures or ())
+
+    def add(self, address: str, at: float, since: float) -> None:
+        with self._lock:
+            self._failures.setdefault(address, deque()).append(at)
+            if len(self._failures) > 10000:  # bound memory under a spray of addresses
+                self._failures.pop(next(iter(self._failures)))
+
+
+class StoredFailures:
+    """Failed logins per address in the database, shared by every server process."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def recent(self, address: str, since: float) -> list[float]:
+        with self.store.session() as s:
+            return [row.at for row in s.query(AuthFailure).filter(
+                AuthFailure.address == address, AuthFailure.at > since).order_by(AuthFailure.at)]
+
+    def add(self, address: str, at: float, since: float) -> None:
+        with self.store.session() as s:
+            s.add(AuthFailure(address=address[:64], at=at))
+            s.query(AuthFailure).filter(AuthFailure.at <= since).delete()
+
+
 class AuthService:
-    def __init__(self, settings: Settings, accounts: AccountDriver, clock=time.monotonic):
+    def __init__(self, settings: Settings, accounts: AccountDriver, clock=time.time, failures=None):
         self.settings = settings
         self.accounts = accounts
-        self.clock = clock
+        self.clock = clock  # wall time: failures are compared across processes
+        self.failures = failures if failures is not None else MemoryFailures()
         self._salt = os.urandom(16)
         self._cache: dict[tuple[str, bytes], float] = {}
-        self._failures: dict[str, deque] = {}
         self._lock = threading.Lock()
         self.on_login: list = []  # called with (user, password) after a fresh password check
 
@@ -36,23 +75,16 @@ class AuthService:
 
     def _check_throttle(self, address: str) -> None:
         now = self.clock()
-        with self._lock:
-            failures = self._failures.get(address)
-            if not failures:
-                return
-            while failures and now - failures[0] > self.settings.auth_fail_window:
-                failures.popleft()
-            if len(failures) >= self.settings.auth_fail_limit:
-                retry = int(self.settings.auth_fail_window - (now - failures[0])) + 1
-                raise TooManyRequestsError(
-                    f"Too many failed logins from {address}; try again in {retry} s",
-                    retry_after=retry)
+        failures = self.failures.recent(address, now - self.settings.auth_fail_window)
+        if len(failures) >= self.settings.auth_fail_limit:
+            retry = int(self.settings.auth_fail_window - (now - failures[0])) + 1
+            raise TooManyRequestsError(
+                f"Too many failed logins from {address}; try again in {retry} s",
+                retry_after=retry)
 
     def _record_failure(self, address: str) -> None:
-        with self._lock:
-            self._failures.setdefault(address, deque()).append(self.clock())
-            if len(self._failures) > 10000:  # bound memory under a spray of addresses
-                self._failures.pop(next(iter(self._failures)))
+        now = self.clock()
+        self.failures.add(address, now, now - self.settings.auth_fail_window)
 
     def authenticate(self, user: str | None, password: str | None, address: str) -> str:
         """Returns the user name, or raises 401/403/429 errors."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -111,3 +111,13 @@ class SmbPassword(Base):
     user: Mapped[str] = mapped_column(String(256), primary_key=True)
     salt: Mapped[str] = mapped_column(String(64))
     digest: Mapped[str] = mapped_column(String(128))
+
+
+class AuthFailure(Base):
+    """A failed login, kept for the throttle's window so every server process counts them."""
+
+    __tablename__ = "auth_failure"
+    __table_args__ = (Index("ix_auth_failure_address_at", "address", "at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    address: Mapped[str] = mapped_column(String(64))
+    at: Mapped[float] = mapped_column(Float, index=True)
