@@ -9,42 +9,11 @@ import vsnap.drivers.zfs as zfs_mod
 from vsnap.drivers.runner import CommandError
 from vsnap.drivers.zfs import (LABEL_ACTIVE, LABEL_EXPORTED, Label, PoolSummary, ZfsDriver,
                                run_retrying_busy,
-                               ZfsPoolOps, parse_ratio, parse_size, parse_zdb_label,
+                               ZfsPoolOps, parse_ratio, parse_zdb_label,
                                parse_zpool_get)
 
 KIB = 1 << 10
 MIB = 1 << 20
-
-
-# -- parse_size ---------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("text, expected", [
-    ("1073741824", 1073741824),     # OpenZFS -p: exact bytes
-    ("0", 0),
-    ("1.23M", round(1.23 * MIB)),   # zfs-fuse: human-readable
-    ("584M", 584 * MIB),
-    ("1016M", 1016 * MIB),
-    ("1.5G", 3 * (1 << 29)),
-    ("512", 512),
-    ("512B", 512),
-    ("20K", 20 * KIB),
-    ("2T", 2 << 40),
-    ("1.5g", 3 * (1 << 29)),        # case does not matter
-    ("  584M\n", 584 * MIB),        # surrounding whitespace is ignored
-])
-def test_parse_size(text, expected):
-    assert parse_size(text) == expected
-
-
-@pytest.mark.parametrize("text", ["-", "none", "", "   "])
-def test_parse_size_absent(text):
-    assert parse_size(text) is None
-
-
-@pytest.mark.parametrize("text", ["garbage", "1.2.3M", "12Q", "M", "-5", "1,5G", "0x10", "1 G"])
-def test_parse_size_garbage(text):
-    with pytest.raises(ValueError):
-        parse_size(text)
 
 
 # -- parse_ratio --------------------------------------------------------------------------------

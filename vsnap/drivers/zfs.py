@@ -239,23 +239,6 @@ def run_retrying_busy(runner: Runner, argv: list[str], *, attempts: int = 5, pau
         time.sleep(pause)
 
 
-_SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50,
-               "E": 1 << 60}
-
-
-def parse_size(text: str) -> int | None:
-    """ZFS sizes, exact ("1073741824") or human-readable as zfs-fuse prints them ("1.23M")."""
-    text = text.strip()
-    if text in ("-", "none", ""):
-        return None
-    if text.isdigit():
-        return int(text)
-    found = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([BKMGTPE]?)", text.upper())
-    if not found:
-        raise ValueError(f"not a ZFS size: {text!r}")
-    return round(float(found.group(1)) * _SIZE_UNITS[found.group(2)])
-
-
 def parse_ratio(text: str) -> float:
     """'1.23x' -> 1.23"""
     return float(text.strip().rstrip("x") or 1)
