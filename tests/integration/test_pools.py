@@ -1,6 +1,7 @@
 """Pools on real ZFS (zfs-fuse), checked with zpool status / zpool get / zfs get."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import time
@@ -167,6 +168,7 @@ def test_update_properties_and_rename(appliance, pools):
     assert r["name"] == f"{PREFIX}new" and r["id"] == pool["id"]
     assert f"{PREFIX}new" in pool_names() and f"{PREFIX}old" not in pool_names()
     assert zfs_get(f"{PREFIX}new", "mountpoint") == f"/vsnap/{PREFIX}new"
+    assert not os.path.exists(f"/vsnap/{PREFIX}old")
     assert zfs_get(f"{PREFIX}new", "mounted") == "yes"
     with open(f"/vsnap/{PREFIX}new/backup.dat") as f:
         assert f.read() == "kept across the rename"
@@ -188,6 +190,7 @@ def test_delete_destroys_the_pool_and_frees_its_disks(appliance, pools):
     subprocess.run(["zfs", "create", f"{PREFIX}del/inside"], check=True)
     assert appliance.ok("DELETE", f"/api/pool/{pool['id']}") == {}
     assert f"{PREFIX}del" not in pool_names()
+    assert not os.path.exists(f"/vsnap/{PREFIX}del")  # no empty mount point left behind
     assert appliance.get(f"/api/pool/{pool['id']}").status_code == 404
     used = {d["name"]: d["used_as"] for d in appliance.ok("GET", "/api/disk")["disks"]}
     assert [used[d["name"]] for d in disks] == ["unused"] * 3

@@ -340,6 +340,7 @@ class PoolService:
                 hook(summary.name, summary.name)
             raise ConflictError(f"Pool {summary.name} is busy and cannot be renamed: {_reason(exc)}") from exc
         self._finish_rename(row.id, row.guid, new_name)
+        self._remove_mountpoint(summary.name)
         for hook in self.after_pool_rename:
             hook(summary.name, new_name)
 
@@ -437,7 +438,15 @@ class PoolService:
 
     def _destroy(self, pool_id: int, name: str) -> None:
         self.ops.destroy(name)
+        self._remove_mountpoint(name)
         self._drop_row(pool_id)
+
+    def _remove_mountpoint(self, name: str) -> None:
+        """ZFS leaves a pool's empty mount point behind; rmdir never removes anything else."""
+        try:
+            os.rmdir(self.mountpoint(name))
+        except OSError:
+            pass
 
     # -- recovery and adoption --------------------------------------------------------------
     def recover(self) -> None:
@@ -481,6 +490,8 @@ class PoolService:
                 log.info("pool %s: creation never reached ZFS; rolled back", row.name)
         elif row.state == RENAMING:
             self._finish_rename(row.id, row.guid, row.pending_name or row.name)
+            if row.pending_name and row.pending_name != row.name:
+                self._remove_mountpoint(row.name)
             log.info("pool %s: interrupted rename finished", row.pending_name)
         elif row.state == DELETING:
             if row.guid in imported:
