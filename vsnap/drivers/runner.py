@@ -19,6 +19,19 @@ class CommandError(Exception):
         detail = (stderr or stdout).strip().splitlines()
         super().__init__(f"{argv[0]} failed ({returncode}): {detail[-1] if detail else 'no output'}")
 
+    @property
+    def reason(self) -> str:
+        """What the command said, in a line a client can read (zfs-fuse's 'Defaulting to
+        4K blocksize' notices are noise, not the reason)."""
+        lines = [l.strip() for l in (self.stderr or self.stdout).splitlines()
+                 if l.strip() and not l.startswith("Defaulting to")]
+        return "; ".join(lines[:3]) or str(self)
+
+
+def describe(exc: Exception) -> str:
+    """A failure of a command or of a file operation, as words for an error message."""
+    return exc.reason if isinstance(exc, CommandError) else str(exc)
+
 
 class CommandTimeout(Exception):
     """A command did not finish in time (e.g. a stuck ZFS)."""

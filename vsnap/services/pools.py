@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..config import Settings
 from ..drivers.disks import BlockDevice, DiskDriver
-from ..drivers.runner import CommandError
+from ..drivers.runner import CommandError, describe
 from ..drivers.zfs import PoolStatus, PoolSummary, ZfsDriver, ZfsPoolOps, device_path, parse_ratio
 from ..errors import ConflictError, InvalidCandidateError, NotFoundError, ValidationError
 from ..store.db import Store
@@ -273,7 +273,7 @@ class PoolService:
                 self.ops.create(name, vdevs, mountpoint=self.mountpoint(name), props=props)
             except CommandError as exc:
                 self._drop_row(pool_id)
-                raise InvalidCandidateError(f"ZFS refused to create pool {name}: {_reason(exc)}") from exc
+                raise InvalidCandidateError(f"ZFS refused to create pool {name}: {describe(exc)}") from exc
             guid = next(p.guid for p in self.ops.list() if p.name == name)
             with self.store.session() as s:
                 row = s.get(Pool, pool_id)
@@ -338,7 +338,7 @@ class PoolService:
             self._set_ready(row.id, summary.name)
             for hook in self.after_pool_rename:
                 hook(summary.name, summary.name)
-            raise ConflictError(f"Pool {summary.name} is busy and cannot be renamed: {_reason(exc)}") from exc
+            raise ConflictError(f"Pool {summary.name} is busy and cannot be renamed: {describe(exc)}") from exc
         self._finish_rename(row.id, row.guid, new_name)
         self._remove_mountpoint(summary.name)
         for hook in self.after_pool_rename:
@@ -391,7 +391,7 @@ class PoolService:
                 else:
                     raise ValidationError(f"Unknown pool action {action!r}")
             except CommandError as exc:
-                raise InvalidCandidateError(f"ZFS refused to {action} pool {summary.name}: {_reason(exc)}") from exc
+                raise InvalidCandidateError(f"ZFS refused to {action} pool {summary.name}: {describe(exc)}") from exc
             self._touch(row.id)
         return self.get(pool_id=pool_id)
 
@@ -434,7 +434,7 @@ class PoolService:
                 self._destroy(row.id, summary.name)
             except CommandError as exc:
                 self._set_ready(row.id, summary.name)  # still there, and still ours
-                raise ConflictError(f"Pool {summary.name} could not be destroyed: {_reason(exc)}") from exc
+                raise ConflictError(f"Pool {summary.name} could not be destroyed: {describe(exc)}") from exc
 
     def _destroy(self, pool_id: int, name: str) -> None:
         self.ops.destroy(name)
@@ -465,7 +465,7 @@ class PoolService:
                 try:
                     self._recover_row(row, imported)
                 except CommandError as exc:
-                    log.error("pool %s (%s): recovery failed: %s", row.id, row.name, _reason(exc))
+                    log.error("pool %s (%s): recovery failed: %s", row.id, row.name, describe(exc))
                 except Exception:  # one pool's trouble must not stop the others' recovery
                     log.exception("pool %s (%s): recovery failed", row.id, row.name)
             self._adopt()
@@ -474,7 +474,7 @@ class PoolService:
                     for name in self.ops.mount_missing(summary.name):
                         log.info("mounted %s", name)
                 except CommandError as exc:
-                    log.error("pool %s: mounting failed: %s", summary.name, _reason(exc))
+                    log.error("pool %s: mounting failed: %s", summary.name, describe(exc))
 
     def _recover_row(self, row: Pool, imported: dict[str, PoolSummary]) -> None:
         if row.state == CREATING:
@@ -538,8 +538,3 @@ class PoolService:
                 self.ops.set(pool.name, PROP_POOL_ID, str(new_id))
             log.info("adopted pool %s as id %s", pool.name, new_id)
 
-
-def _reason(exc: CommandError) -> str:
-    lines = [l.strip() for l in (exc.stderr or exc.stdout).splitlines()
-             if l.strip() and not l.startswith("Defaulting to")]
-    return "; ".join(lines[:3]) or str(exc)

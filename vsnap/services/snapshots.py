@@ -5,7 +5,7 @@ import logging
 import secrets
 import time
 
-from ..drivers.runner import CommandError
+from ..drivers.runner import CommandError, describe
 from ..drivers.zfs import ZfsDatasetOps
 from ..errors import ConflictError, ValidationError
 from ..store.db import Store
@@ -14,7 +14,7 @@ from .catalog import (CREATING, DELETING, FILEBACKED, PROP_SNAP_ID, READY, Catal
                       SnapshotView, find_one)
 from .locking import StorageLock
 from .owner import current_owner, is_current, owner_alive
-from .volumes import _reason, validate_name
+from .volumes import validate_name
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class SnapshotService:
             except CommandError as exc:
                 with self.store.session() as s:
                     s.delete(s.get(Snapshot, snap_id))
-                raise ConflictError(f"ZFS refused to snapshot {volume.dataset}: {_reason(exc)}") from exc
+                raise ConflictError(f"ZFS refused to snapshot {volume.dataset}: {describe(exc)}") from exc
             self._finish(snap_id, zfs_name)
         return self.get(snap_id=snap_id)
 
@@ -114,7 +114,7 @@ class SnapshotService:
                 with self.store.session() as s:
                     row = s.get(Snapshot, snap.row.id)
                     row.state, row.owner = READY, None
-                raise ConflictError(f"Snapshot {snap.row.name} could not be destroyed: {_reason(exc)}") from exc
+                raise ConflictError(f"Snapshot {snap.row.name} could not be destroyed: {describe(exc)}") from exc
             with self.store.session() as s:
                 s.delete(s.get(Snapshot, snap.row.id))
 

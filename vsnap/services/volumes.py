@@ -8,7 +8,7 @@ import re
 import uuid
 
 from ..drivers.lunfile import LunFileDriver
-from ..drivers.runner import CommandError
+from ..drivers.runner import CommandError, describe
 from ..drivers.zfs import ZfsDatasetOps
 from ..errors import ConflictError, NotFoundError, ValidationError
 from ..store.db import Store
@@ -186,7 +186,7 @@ class VolumeService:
                     self._create_lun(dataset, props, size_total, size_block or DEFAULT_BLOCK, row_id)
             except (CommandError, OSError) as exc:
                 self._undo_create(row_id, dataset)
-                raise ValidationError(f"ZFS refused to create {dataset}: {_reason(exc)}") from exc
+                raise ValidationError(f"ZFS refused to create {dataset}: {describe(exc)}") from exc
             self._finish_create(row_id, dataset)
         return self.get(vol_id=row_id)
 
@@ -270,7 +270,7 @@ class VolumeService:
                 self.ds.clone(snap.zfs_name, dataset, props)
             except CommandError as exc:
                 self._undo_create(row_id, dataset)
-                raise ValidationError(f"ZFS refused to clone {snap.zfs_name}: {_reason(exc)}") from exc
+                raise ValidationError(f"ZFS refused to clone {snap.zfs_name}: {describe(exc)}") from exc
             self._finish_create(row_id, dataset)
         return self.get(vol_id=row_id)
 
@@ -316,7 +316,7 @@ class VolumeService:
                 try:
                     self._resize(v, size_total)
                 except (CommandError, OSError) as exc:
-                    raise ValidationError(f"ZFS refused to resize {v.row.name}: {_reason(exc)}") from exc
+                    raise ValidationError(f"ZFS refused to resize {v.row.name}: {describe(exc)}") from exc
             if name is not None and name != v.row.name:
                 self._rename(v, name)
             with self.store.session() as s:
@@ -361,7 +361,7 @@ class VolumeService:
         except CommandError as exc:
             for hook in self.after_volume_rename:
                 hook(v.row.id, v.dataset, v.dataset)
-            raise ConflictError(f"ZFS refused to rename {v.dataset}: {_reason(exc)}") from exc
+            raise ConflictError(f"ZFS refused to rename {v.dataset}: {describe(exc)}") from exc
         with self.store.session() as s:
             s.get(Volume, v.row.id).name = name
         for hook in self.after_volume_rename:
@@ -392,7 +392,7 @@ class VolumeService:
                 with self.store.session() as s:
                     row = s.get(Volume, v.row.id)
                     row.state, row.owner = READY, None
-                raise ConflictError(f"Volume {v.row.name} could not be destroyed: {_reason(exc)}") from exc
+                raise ConflictError(f"Volume {v.row.name} could not be destroyed: {describe(exc)}") from exc
             with self.store.session() as s:
                 s.delete(s.get(Volume, v.row.id))
 
@@ -421,7 +421,7 @@ class VolumeService:
                         self.ds.inherit(name, "mountpoint")
                         log.info("volume dataset %s mounted again", name)
                     except CommandError as exc:
-                        log.error("could not mount %s again: %s", name, _reason(exc))
+                        log.error("could not mount %s again: %s", name, describe(exc))
 
     def _recover_row(self, row: Volume) -> None:
         pool_row, summary = self.pools._find(row.pool_id)
@@ -450,11 +450,3 @@ class VolumeService:
 def _number(value: str | None) -> int | None:
     """A ZFS property value as a number; '-' (not set, not applicable) is None."""
     return int(value) if value and value.isdigit() else None
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, CommandError):
-        lines = [l.strip() for l in (exc.stderr or exc.stdout).splitlines() if l.strip()]
-        return "; ".join(lines[:3]) or str(exc)
-    return str(exc)
-
