@@ -136,8 +136,8 @@ class ShareService:
     def list(self) -> list[dict]:
         return [self.render(share, volume, False) for share, volume in self._shares(self.catalog.load())]
 
-    def _find(self, share_id=None, vol_id=None) -> tuple[Share, VolumeView]:
-        view = self.catalog.load()
+    def _find(self, share_id=None, vol_id=None, view: CatalogView | None = None) -> tuple[Share, VolumeView]:
+        view = view or self.catalog.load()
         for share, volume in self._shares(view):
             if (share_id is not None and str(share.id) == str(share_id)) or \
                     (vol_id is not None and str(share.volume_id) == str(vol_id)):
@@ -154,11 +154,11 @@ class ShareService:
     def create(self, vol_id, share_type: str, share_options=None) -> dict:
         read_only, hosts = normalize_options(share_type, share_options)
         with self.lock.held():
-            volume, _ = self.volumes.view(vol_id)
+            volume, view = self.volumes.view(vol_id)
             if volume.row.volume_type != "filesystem":
                 raise ValidationError(f"Volume {volume.row.name} is a {volume.row.volume_type}: only "
                                       "filesystem volumes can be shared (LUNs are mapped to hosts)")
-            self._check_smb_name(volume.row.id, share_type)
+            self._check_smb_name(view, volume.row.id, share_type)
             with self.store.session() as s:
                 if s.query(Share).filter(Share.volume_id == volume.row.id).first():
                     raise ConflictError(f"Volume {volume.row.name} is already shared")
@@ -170,17 +170,18 @@ class ShareService:
             if share_id > MAX_EXPORT_ID:
                 self._drop(share_id)
                 raise ConflictError("No more share ids are available")
-            self._apply_or_undo(lambda: self._drop(share_id))
+            self._apply_or_undo(lambda: self._drop(share_id), view)
         return self.get(share_id=share_id)
 
     def update(self, vol_id, share_type: str, share_options=None) -> dict:
         read_only, hosts = normalize_options(share_type, share_options)
         with self.lock.held():
-            share, _ = self._find(vol_id=vol_id)
-            self._check_smb_name(share.volume_id, share_type)
+            view = self.catalog.load()
+            share, _ = self._find(vol_id=vol_id, view=view)
+            self._check_smb_name(view, share.volume_id, share_type)
             before = (share.share_type, share.read_only, list(share.allowed_hosts))
             self._set(share.id, share_type, read_only, hosts)
-            self._apply_or_undo(lambda: self._set(share.id, *before))
+            self._apply_or_undo(lambda: self._set(share.id, *before), view)
         return self.get(share_id=share.id)
 
     def delete(self, share_id=None, vol_id=None) -> None:
@@ -201,23 +202,22 @@ class ShareService:
             if row is not None:
                 s.delete(row)
 
-    def _apply_or_undo(self, undo) -> None:
+    def _apply_or_undo(self, undo, view: CatalogView) -> None:
         try:
-            self.apply()
+            self.apply(view=view)
         except Exception as exc:
             undo()
             try:
-                self.apply()
+                self.apply(view=view)
             except Exception:
                 log.exception("could not restore the file sharing configuration")
             raise ServiceUnavailableError(f"The file sharing service refused the change: {exc}") from exc
 
-    def _check_smb_name(self, vol_id: int, share_type: str) -> None:
+    def _check_smb_name(self, view: CatalogView, vol_id: int, share_type: str) -> None:
         """SMB share names are `<pool>_<volume>`, and '_' may stand in either name: two shares
         must never meet under one name (Samba would merge them)."""
         if share_type != "smb":
             return
-        view = self.catalog.load()
         wanted = f"{view.volumes[vol_id].pool_name}_{view.volumes[vol_id].row.name}".lower()
         for share, volume in self._shares(view):
             if share.share_type == "smb" and share.volume_id != vol_id \
@@ -225,10 +225,12 @@ class ShareService:
                 raise ConflictError(f"SMB share name {wanted} is taken by the share of volume "
                                     f"{volume.row.name}; rename one of the volumes")
 
-    def apply(self, exclude_pool: str | None = None, exclude_volume: int | None = None) -> None:
+    def apply(self, exclude_pool: str | None = None, exclude_volume: int | None = None,
+              view: CatalogView | None = None) -> None:
         """Writes the NFS exports and SMB shares from the database and reloads both servers;
-        a pool or volume about to be renamed is left out, so the servers let go of it."""
-        view = self.catalog.load()
+        a pool or volume about to be renamed is left out, so the servers let go of it. The
+        shares come from the database; `view` (the volumes' paths) is read when not given."""
+        view = view or self.catalog.load()
         exports, smb = [], []
         for share, volume in self._shares(view):
             if volume.pool_name == exclude_pool or volume.row.id == exclude_volume:
