@@ -992,13 +992,14 @@ def test_update_rename_export_busy(env):
     pool_id, _ = make_pool(env, "tank")
     env.ops.fail["export"] = CommandError(["zpool", "export", "tank"], 1, "",
                                           "cannot export 'tank': pool is busy\n")
-    renamed = []
+    renamed, undone = [], []
+    env.svc.before_pool_rename.append(lambda name: lambda: undone.append(name))
     env.svc.after_pool_rename.append(lambda old, new: renamed.append((old, new)))
     with pytest.raises(ConflictError, match="busy"):
         env.svc.update(str(pool_id), name="new")
     [row] = rows(env.store)
     assert (row.name, row.state, row.pending_name, row.owner) == ("tank", "ready", None, None)
-    assert renamed == [("tank", "tank")]  # hooks put things back under the old name
+    assert undone == ["tank"] and renamed == []  # the before hooks' undo put things back
     assert [c[0] for c in env.ops.mutations()] == ["export"]
     assert env.svc.get(pool_id=str(pool_id))["name"] == "tank"
 

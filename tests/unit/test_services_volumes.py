@@ -408,7 +408,7 @@ def test_create_lun_as_image_file_without_zvols(env):
     mountpoint = env.ds.data["tank/lun1"]["mountpoint"]
     assert env.lunfiles.calls == [("create", mountpoint, 3 * GIB)]
     assert body["size_total"] == str(3 * GIB) and body["volume_type"] == "lun"
-    assert env.svc.backing_path("1") == LunFileDriver.path(mountpoint)
+    assert env.svc.backing(*env.svc.view("1"))[0] == LunFileDriver.path(mountpoint)
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -545,7 +545,7 @@ def test_create_filebacked_lun(env):
     r = row(env.store, int(body["id"]))
     assert (r.parent_id, r.parent_path, r.state, r.volume_type) == (1, "images/disk.img", "ready", "filebackedlun")
     assert body["size_total"] is None and body["parent_id"] == "1"
-    assert env.svc.backing_path(body["id"]) == os.path.join(os.path.realpath(mountpoint), "images/disk.img")
+    assert env.svc.backing(*env.svc.view(body["id"])) == (os.path.join(os.path.realpath(mountpoint), "images/disk.img"), 512)
 
 
 @pytest.mark.parametrize("parent_path", ["../../etc/passwd", "/etc/passwd", "missing.img"])

@@ -20,6 +20,7 @@ from ..errors import ConflictError, InvalidCandidateError, NotFoundError, Valida
 from ..store.db import Store
 from ..store.models import Pool, now
 from .disks import UNUSED, DiskService
+from .hooks import Hooks
 from .locking import StorageLock
 from .owner import current_owner, is_current, owner_alive
 from .system import SystemService
@@ -96,9 +97,9 @@ class PoolService:
         self.lock = lock
         # Shares and LUN mappings register here to let go of a pool's datasets before it is
         # renamed (export/import) or destroyed, and to follow the new name after a rename.
-        self.before_pool_delete: list = []
-        self.before_pool_rename: list = []
-        self.after_pool_rename: list = []
+        self.before_pool_delete = Hooks()  # (pool_id, name) -> undo
+        self.before_pool_rename = Hooks()  # (name) -> undo
+        self.after_pool_rename: list = []  # (old name, new name)
 
     def mountpoint(self, name: str) -> str:
         return str(Path(self.settings.mount_root) / name)
@@ -327,8 +328,7 @@ class PoolService:
 
     def _rename(self, row: Pool, summary: PoolSummary, new_name: str) -> None:
         """ZFS renames a pool by export and import under the new name."""
-        for hook in self.before_pool_rename:
-            hook(summary.name)
+        undo = self.before_pool_rename.run(summary.name)
         with self.store.session() as s:
             r = s.get(Pool, row.id)
             r.state, r.pending_name, r.owner = RENAMING, new_name, current_owner()
@@ -336,8 +336,7 @@ class PoolService:
             self.ops.export(summary.name)
         except CommandError as exc:
             self._set_ready(row.id, summary.name)
-            for hook in self.after_pool_rename:
-                hook(summary.name, summary.name)
+            undo()
             raise ConflictError(f"Pool {summary.name} is busy and cannot be renamed: {describe(exc)}") from exc
         self._finish_rename(row.id, row.guid, new_name)
         self._remove_mountpoint(summary.name)
@@ -425,8 +424,7 @@ class PoolService:
     def delete(self, pool_id: str) -> None:
         with self.lock.held():
             row, summary = self._find(pool_id)
-            for hook in self.before_pool_delete:  # may refuse: then nothing has changed
-                hook(row.id, summary.name)
+            undo = self.before_pool_delete.run(row.id, summary.name)  # may refuse: then nothing has changed
             with self.store.session() as s:
                 r = s.get(Pool, row.id)
                 r.state, r.owner = DELETING, current_owner()
@@ -434,6 +432,7 @@ class PoolService:
                 self._destroy(row.id, summary.name)
             except CommandError as exc:
                 self._set_ready(row.id, summary.name)  # still there, and still ours
+                undo()
                 raise ConflictError(f"Pool {summary.name} could not be destroyed: {describe(exc)}") from exc
 
     def _destroy(self, pool_id: int, name: str) -> None:
@@ -495,8 +494,7 @@ class PoolService:
             log.info("pool %s: interrupted rename finished", row.pending_name)
         elif row.state == DELETING:
             if row.guid in imported:
-                for hook in self.before_pool_delete:
-                    hook(row.id, imported[row.guid].name)
+                self.before_pool_delete.run(row.id, imported[row.guid].name)
                 self._destroy(row.id, imported[row.guid].name)
             else:
                 self._drop_row(row.id)

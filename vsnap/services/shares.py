@@ -14,6 +14,8 @@ import os
 import re
 import threading
 
+from sqlalchemy import select
+
 from ..drivers.nfs import NfsExport
 from ..drivers.smb import SambaDriver, SmbShare
 from ..errors import ConflictError, NotFoundError, ServiceUnavailableError, ValidationError
@@ -98,7 +100,7 @@ class ShareService:
         self.group = group
         self._smb_sync = threading.Lock()
         volumes.before_volume_delete.append(self._volume_going)
-        volumes.before_volume_rename.append(lambda vol_id: self.apply(exclude_volume=vol_id))
+        volumes.before_volume_rename.append(self._volume_renaming)
         volumes.after_volume_rename.append(lambda *_: self.apply())
         volumes.decorators.append(self._decorate)
         pools.before_pool_delete.append(self._pool_going)
@@ -245,23 +247,43 @@ class ShareService:
         self.smb.apply(smb)
 
     # -- hooks from volumes and pools -------------------------------------------------------
-    def _volume_going(self, vol_id: int) -> None:
+    # Each returns the undo that puts things back if the delete or rename then fails.
+    def _volume_going(self, vol_id: int):
+        return self._drop_and_apply(Share.volume_id == vol_id)
+
+    def _pool_going(self, pool_id: int, pool_name: str):
+        return self._drop_and_apply(Share.volume_id.in_(
+            select(Volume.id).where(Volume.pool_id == pool_id)))
+
+    def _drop_and_apply(self, which):
         with self.store.session() as s:
-            share = s.query(Share).filter(Share.volume_id == vol_id).first()
-            if share is None:
-                return
-            s.delete(share)
+            rows = s.query(Share).filter(which).all()
+            saved = [{c.name: getattr(r, c.name) for c in Share.__table__.columns} for r in rows]
+            for row in rows:
+                s.delete(row)
+        if not saved:
+            return None
+        try:
+            self.apply()
+        except Exception:
+            self._restore(saved)
+            raise
+        return lambda: self._restore(saved)
+
+    def _restore(self, saved: list[dict]) -> None:
+        with self.store.session() as s:
+            for fields in saved:
+                s.merge(Share(**fields))
         self.apply()
 
-    def _pool_going(self, pool_id: int, pool_name: str) -> None:
-        with self.store.session() as s:
-            for share in s.query(Share).join(Volume).filter(Volume.pool_id == pool_id).all():
-                s.delete(share)
-        self.apply()
+    def _volume_renaming(self, vol_id: int):
+        self.apply(exclude_volume=vol_id)
+        return self.apply
 
-    def _pool_renaming(self, pool_name: str) -> None:
+    def _pool_renaming(self, pool_name: str):
         # The pool is exported and imported under its new name: its shares must let go first.
         self.apply(exclude_pool=pool_name)
+        return self.apply
 
     # -- Samba's passwords ------------------------------------------------------------------
     def sync_smb_password(self, user: str, password: str) -> None:

@@ -13,6 +13,7 @@ from ..drivers.zfs import ZfsDatasetOps
 from ..errors import ConflictError, NotFoundError, ValidationError
 from ..store.db import Store
 from ..store.models import Volume, now
+from .hooks import Hooks
 from .catalog import (CREATING, DELETING, FILEBACKED, PROP_SERIAL, PROP_TYPE, PROP_VOL_ID,
                       PROP_VOLSIZE, READY, Catalog, CatalogView, VolumeView, find_one)
 from .locking import StorageLock
@@ -78,9 +79,10 @@ class VolumeService:
         self.lock = lock
         # Shares and LUN mappings register here: they are removed before a volume goes away,
         # and told when its dataset is renamed.
-        self.before_volume_delete: list = []
-        self.before_volume_rename: list = []
-        self.after_volume_rename: list = []
+        self.before_volume_delete = Hooks()  # (vol_id) -> undo
+        self.before_volume_rename = Hooks()  # (vol_id) -> undo
+        self.after_volume_rename: list = []  # (vol_id, old dataset, new dataset)
+        self.after_volume_resize: list = []  # (vol_id)
         self.decorators: list = []  # add share_id / host_ids to a volume's details
 
     # -- reading ----------------------------------------------------------------------------
@@ -293,18 +295,24 @@ class VolumeService:
                 row_id = row.id
         return self.get(vol_id=row_id)
 
-    def backing_path(self, vol_id) -> str:
-        """The file or device an iSCSI target serves for a LUN volume."""
-        v, view = self.view(vol_id)
+    def backing(self, v: VolumeView, view: CatalogView) -> tuple[str, int]:
+        """The file or device an iSCSI target serves for a LUN volume, and its size in bytes."""
         if v.row.volume_type == FILEBACKED:
-            root = view.volumes[v.row.parent_id].props["mountpoint"]
+            parent = view.volumes.get(v.row.parent_id)
+            if parent is None or parent.props is None:
+                raise ValidationError(f"The parent filesystem of {v.row.name} is not available")
+            root = parent.props["mountpoint"]
             # Checked again at use: a symlink planted since creation must not lead outside.
-            return os.path.join(os.path.realpath(root), resolve_inside(root, v.row.parent_path))
+            path = os.path.join(os.path.realpath(root), resolve_inside(root, v.row.parent_path))
+            return path, os.path.getsize(path)
         if v.row.volume_type != "lun":
-            raise ValidationError(f"Volume {v.row.name} is not a LUN")
+            raise ValidationError(f"Volume {v.row.name} is a {v.row.volume_type}, not a LUN")
+        if v.props is None:
+            raise ValidationError(f"Volume {v.row.name} is not available in ZFS")
+        size = int(self._sizes(v)[0] or 0)
         if v.props.get("type") == "volume":
-            return f"/dev/zvol/{v.dataset}"
-        return self.lunfiles.path(v.props["mountpoint"])
+            return f"/dev/zvol/{v.dataset}", size
+        return self.lunfiles.path(v.props["mountpoint"]), size
 
     # -- updating ---------------------------------------------------------------------------
     def update(self, vol_id, *, name=None, size_total=...) -> dict:
@@ -317,6 +325,8 @@ class VolumeService:
                     self._resize(v, size_total)
                 except (CommandError, OSError) as exc:
                     raise ValidationError(f"ZFS refused to resize {v.row.name}: {describe(exc)}") from exc
+                for hook in self.after_volume_resize:
+                    hook(v.row.id)
             if name is not None and name != v.row.name:
                 self._rename(v, name)
             with self.store.session() as s:
@@ -354,13 +364,11 @@ class VolumeService:
             return
         self._check_free(v.pool_name, name)
         new = f"{v.pool_name}/{name}"
-        for hook in self.before_volume_rename:  # a file server holding the mount lets go
-            hook(v.row.id)
+        undo = self.before_volume_rename.run(v.row.id)  # servers holding the mount let go
         try:
             self.ds.rename(v.dataset, new)
         except CommandError as exc:
-            for hook in self.after_volume_rename:
-                hook(v.row.id, v.dataset, v.dataset)
+            undo()
             raise ConflictError(f"ZFS refused to rename {v.dataset}: {describe(exc)}") from exc
         with self.store.session() as s:
             s.get(Volume, v.row.id).name = name
@@ -380,8 +388,7 @@ class VolumeService:
             if dependents:
                 raise ConflictError(f"Volume {v.row.name} holds the files of file-backed LUNs: "
                                     f"{', '.join(dependents)}; delete them first")
-            for hook in self.before_volume_delete:
-                hook(v.row.id)
+            undo = self.before_volume_delete.run(v.row.id)  # may refuse: then nothing has changed
             with self.store.session() as s:
                 row = s.get(Volume, v.row.id)
                 row.state, row.owner = DELETING, current_owner()
@@ -392,6 +399,7 @@ class VolumeService:
                 with self.store.session() as s:
                     row = s.get(Volume, v.row.id)
                     row.state, row.owner = READY, None
+                undo()
                 raise ConflictError(f"Volume {v.row.name} could not be destroyed: {describe(exc)}") from exc
             with self.store.session() as s:
                 s.delete(s.get(Volume, v.row.id))
