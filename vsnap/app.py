@@ -9,6 +9,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from .api import init_api
 from .config import Settings
 from .services import Services
+from .worker import Worker
 
 MAX_BODY_BYTES = 1 << 20
 
@@ -24,6 +25,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         services.recover()
     except Exception:  # serve anyway: each request then reports what is wrong
         logging.getLogger(__name__).exception("start-up recovery failed")
+    if settings.worker_enabled:
+        app.extensions["vsnap.worker"] = worker = Worker(settings, services)
+        worker.start()
     if settings.trusted_proxy:
         # Behind nginx: the client address comes from X-Forwarded-For (throttling uses it).
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1)

@@ -50,6 +50,11 @@ class Settings:
     nfs_exports: Path | None = None  # the file nfs-ganesha %includes; default in the state dir
     ganesha_pidfile: Path | None = None
     smb_conf: Path | None = None  # smbd's configuration; shares.conf beside it is ours
+    # The background worker: how often it checks that the iSCSI target still holds our
+    # configuration (tgt forgets it on restart), and rebuilds it in full regardless.
+    worker_enabled: bool = True
+    target_check_interval: float = 5.0
+    target_resync_interval: float = 60.0
 
     @property
     def database_path(self) -> Path:
@@ -84,6 +89,10 @@ class Settings:
         return self.state_dir / "storage.lock"
 
     @property
+    def worker_lock_file(self) -> Path:
+        return self.state_dir / "worker.lock"
+
+    @property
     def system_id_file(self) -> Path:
         return self.state_dir / "system-id"
 
@@ -110,4 +119,7 @@ class Settings:
             nfs_exports=Path(merged["VSNAP_NFS_EXPORTS"]) if merged.get("VSNAP_NFS_EXPORTS") else None,
             ganesha_pidfile=Path(merged.get("VSNAP_GANESHA_PIDFILE") or state_dir / "lab" / "run" / "ganesha.pid"),
             smb_conf=Path(merged["VSNAP_SMB_CONF"]) if merged.get("VSNAP_SMB_CONF") else None,
+            worker_enabled=merged.get("VSNAP_WORKER", "1").lower() not in ("0", "false", "no"),
+            target_check_interval=float(merged.get("VSNAP_TARGET_CHECK_INTERVAL", 5.0)),
+            target_resync_interval=float(merged.get("VSNAP_TARGET_RESYNC_INTERVAL", 60.0)),
         )

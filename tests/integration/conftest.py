@@ -83,10 +83,23 @@ def outsider():
 @pytest.fixture(scope="session")
 def appliance(admin):
     # The 401/403 matrix fails logins on purpose: throttling is tested on a server of its own.
-    server = Appliance(STATE, PORT, ssh_port=SSH_PORT, env={"VSNAP_AUTH_FAIL_LIMIT": "100000"}).start()
+    server = Appliance(STATE, PORT, ssh_port=SSH_PORT, env={"VSNAP_AUTH_FAIL_LIMIT": "100000",
+                                                                "VSNAP_TARGET_CHECK_INTERVAL": "1"}).start()
     server.account = admin
+    sweep_test_pools(server)  # an interrupted earlier run may have left some
     yield server
     server.stop()
+
+
+def sweep_test_pools(server) -> None:
+    """Removes pools named with PREFIX (this suite's only): through the API, then whatever ZFS
+    still has."""
+    for pool in server.ok("GET", "/api/pool")["pools"]:
+        if pool["name"].startswith(PREFIX):
+            server.delete(f"/api/pool/{pool['id']}")
+    for name in pool_names():
+        if name.startswith(PREFIX):
+            destroy_pool(name)
 
 
 @pytest.fixture
@@ -102,9 +115,4 @@ def pools(appliance):
         return appliance.ok("POST", "/api/pool", json=body)
 
     yield create
-    for pool in appliance.ok("GET", "/api/pool")["pools"]:
-        if pool["name"].startswith(PREFIX):
-            appliance.delete(f"/api/pool/{pool['id']}")
-    for name in pool_names():
-        if name.startswith(PREFIX):
-            destroy_pool(name)
+    sweep_test_pools(appliance)

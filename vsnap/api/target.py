@@ -10,7 +10,10 @@ blp = Blueprint("target", __name__, url_prefix="/api/target", description="iSCSI
 
 class TargetSchema(ma.Schema):
     type = ma.fields.String()
-    wwn = ma.fields.String()
+    wwn = ma.fields.String(metadata={"description": "The target name initiators log in to"})
+    host_id = ma.fields.String(allow_none=True, metadata={
+        "description": "The host this target serves, where the target driver (tgt) gives each host a "
+                       "target of its own; null for a target shared by all hosts (LIO)"})
 
 
 class TargetListSchema(ma.Schema):

@@ -5,6 +5,7 @@ from flask import current_app
 
 from ..services.volumes import MAX_NAME, VOLUME_TYPES
 from .common import Blueprint, EmptyResponse, Id, Size, StrictSchema, list_or_detail
+from .host import MapResultSchema
 from .share import ShareBodySchema, ShareSchema, ShareUpdateSchema
 from .snapshot import SnapshotCreateSchema, SnapshotListSchema, SnapshotSchema
 
@@ -133,6 +134,18 @@ def list_volume_snapshots(vol_id):
     """List a volume's snapshots (8.7)"""
     snaps = _snapshots().list(parent_id=vol_id)
     return {"snapshots": snaps, "total": len(snaps)}
+
+
+class VolumeMapSchema(StrictSchema):
+    host_id = Id(required=True)
+
+
+@blp.route("/<string:vol_id>/map", methods=["POST"])
+@blp.arguments(VolumeMapSchema)
+@blp.response(200, MapResultSchema)
+def map_volume(args, vol_id):
+    """Map a lun or filebackedlun volume to a host (8.10)"""
+    return current_app.extensions["vsnap"].hosts.map(args["host_id"], vol_id)
 
 
 @blp.route("/<string:vol_id>/share", methods=["POST"])

@@ -10,6 +10,7 @@ from ..drivers.network import NetworkDriver
 from ..drivers.packages import PackageDriver
 from ..drivers.runner import CommandNotFound, CommandTimeout, Runner
 from ..errors import ApiError, ServiceUnavailableError
+from ..drivers.iscsi import TargetError, choose_target_driver
 from ..drivers.lunfile import LunFileDriver
 from ..drivers.nfs import choose_nfs_driver
 from ..drivers.smb import SambaDriver
@@ -17,6 +18,7 @@ from ..drivers.zfs import ZfsDatasetOps, ZfsDriver, ZfsPoolOps
 from ..store.db import Store
 from .auth import AuthService, StoredFailures
 from .disks import DiskService
+from .hosts import HostService
 from .catalog import Catalog
 from .locking import StorageLock
 from .network import NetworkService
@@ -44,6 +46,7 @@ class Services:
     volumes: VolumeService
     snapshots: SnapshotService
     shares: ShareService
+    hosts: HostService
 
     @classmethod
     def build(cls, settings: Settings, runner: Runner | None = None) -> "Services":
@@ -66,6 +69,9 @@ class Services:
             choose_nfs_driver(runner, settings.nfs_exports_file, settings.ganesha_pidfile),
             SambaDriver(runner, settings.smb_conf_file, settings.smb_shares_file, settings.admin_group),
             lock, settings.admin_group)
+        targets = TargetService(settings, system, store, catalog, volumes, lock,
+                                lambda base_iqn: choose_target_driver(runner, base_iqn))
+        hosts = HostService(store, targets, catalog, volumes, pools, lock)
         auth = AuthService(settings, accounts, failures=StoredFailures(store))
         auth.on_login.append(shares.sync_smb_password)
         return cls(
@@ -75,13 +81,14 @@ class Services:
             system=system,
             users=UserService(settings, accounts),
             network=NetworkService(store, NetworkDriver(runner)),
-            targets=TargetService(settings, system),
+            targets=targets,
             disks=disks,
             pools=pools,
             catalog=catalog,
             volumes=volumes,
             snapshots=snapshots,
             shares=shares,
+            hosts=hosts,
         )
 
     def recover(self) -> None:
@@ -92,6 +99,7 @@ class Services:
             self.snapshots.recover()
             self.catalog.load()  # picks up what was made or destroyed outside the API
             self.shares.recover({u["name"] for u in self.users.list()})
+            self.targets.recover()
 
 
 def system_error(exc: Exception) -> ApiError | None:
@@ -99,6 +107,8 @@ def system_error(exc: Exception) -> ApiError | None:
     if isinstance(exc, CommandTimeout):
         return ServiceUnavailableError(
             f"The storage system did not answer in time ({exc.argv[0]}, {exc.timeout:g} s)")
+    if isinstance(exc, TargetError):
+        return ServiceUnavailableError(f"The iSCSI target service failed: {exc}")
     if isinstance(exc, CommandNotFound):
         return ServiceUnavailableError(f"{exc.argv[0]} is not installed on this appliance")
     return None

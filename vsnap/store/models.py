@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -121,3 +121,36 @@ class AuthFailure(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     address: Mapped[str] = mapped_column(String(64))
     at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class Host(Base):
+    """A storage client that LUNs are mapped to, known by its iSCSI initiator names."""
+
+    __tablename__ = "host"
+    __table_args__ = {"sqlite_autoincrement": True}
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(256), unique=True)
+    time_created: Mapped[int] = mapped_column(Integer, default=now)
+    time_updated: Mapped[int] = mapped_column(Integer, default=now)
+
+
+class HostInitiator(Base):
+    """An initiator name belongs to one host only: a target could not tell two hosts apart
+    by it."""
+
+    __tablename__ = "host_initiator"
+    iqn: Mapped[str] = mapped_column(String(256), primary_key=True)
+    host_id: Mapped[int] = mapped_column(ForeignKey("host.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer, default=0)  # the order the client gave
+
+
+class LunMapping(Base):
+    """A LUN volume mapped to a host under a LUN number that stays while it is mapped."""
+
+    __tablename__ = "lun_mapping"
+    __table_args__ = (UniqueConstraint("host_id", "lun"), UniqueConstraint("host_id", "volume_id"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    host_id: Mapped[int] = mapped_column(ForeignKey("host.id", ondelete="CASCADE"), index=True)
+    volume_id: Mapped[int] = mapped_column(ForeignKey("volume.id", ondelete="CASCADE"), index=True)
+    lun: Mapped[int] = mapped_column(Integer)
+    time_created: Mapped[int] = mapped_column(Integer, default=now)
