@@ -546,3 +546,13 @@ def test_build_clones_per_snapshot(env):
     by_name = {s.row.name: s for s in view.snapshots.values()}
     assert sorted(by_name["a"].clones) == ["tank/c1", "tank/c2"]
     assert by_name["b"].clones == []
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("12", 12), (12, 12), ("0", 0), ("999999999999999999", 999999999999999999),
+    ("²", None), ("١٢", None), ("1234567890123456789", None), ("-1", None), ("1.0", None), ("", None),
+    (None, None), ("12 ", None),
+])
+def test_parse_id(value, expected):
+    from vsnap.services.catalog import parse_id
+    assert parse_id(value) == expected

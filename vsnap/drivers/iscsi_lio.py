@@ -120,7 +120,7 @@ class LioDriver(TargetDriver):
 
     def _volume_id(self, so_name: str) -> int | None:
         rest = so_name[len(self.so_prefix):] if so_name.startswith(self.so_prefix) else None
-        return int(rest) if rest and rest.isdigit() and rest == str(int(rest)) else None
+        return int(rest) if rest and rest.isascii() and rest.isdigit() and rest == str(int(rest)) else None
 
     # -- errors -------------------------------------------------------------------------------
     @contextlib.contextmanager

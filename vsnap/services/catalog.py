@@ -68,10 +68,17 @@ class CatalogView:
         return None
 
 
+def parse_id(value) -> int | None:
+    """A decimal API id as a number; None for anything else ('²' is a digit to str.isdigit(),
+    not to int(); 19 digits would overflow SQLite's integers)."""
+    text = str(value)
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
+
+
 def find_one(objects: dict, obj_id, name, what: str, scope: str):
     """One volume or snapshot of a view by API id, or by name when the name is unambiguous."""
     if obj_id is not None:
-        found = objects.get(int(obj_id)) if str(obj_id).isdigit() else None
+        found = objects.get(parse_id(obj_id))
         if found:
             return found
         raise NotFoundError(f"{what} {obj_id} not found")
@@ -98,7 +105,7 @@ def _split(tree: dict[str, dict[str, str]], pool: str):
 
 
 def _stamped_id(value: str | None) -> int | None:
-    return int(value) if value and value.isdigit() else None
+    return parse_id(value) if value else None
 
 
 class Catalog:

@@ -12,7 +12,7 @@ import re
 from ..errors import ConflictError, NotFoundError, ValidationError
 from ..store.db import Store
 from ..store.models import Host, HostInitiator, LunMapping, Volume, now
-from .catalog import FILEBACKED, READY, Catalog
+from .catalog import FILEBACKED, READY, Catalog, parse_id
 from .locking import StorageLock
 from .targets import TargetService
 
@@ -96,7 +96,8 @@ class HostService:
     # -- reading ----------------------------------------------------------------------------
     def _row(self, s, host_id=None, name=None) -> Host:
         if host_id is not None:
-            row = s.get(Host, int(host_id)) if str(host_id).isdigit() else None
+            row_id = parse_id(host_id)
+            row = s.get(Host, row_id) if row_id is not None else None
             if row is None or (name is not None and row.name != name):
                 raise NotFoundError(f"Host {host_id} not found")
             return row

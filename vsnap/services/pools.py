@@ -19,6 +19,7 @@ from ..drivers.zfs import PoolStatus, PoolSummary, ZfsDriver, ZfsPoolOps, device
 from ..errors import ConflictError, InvalidCandidateError, NotFoundError, ValidationError
 from ..store.db import Store
 from ..store.models import Pool, now
+from .catalog import parse_id
 from .disks import UNUSED, DiskService
 from .hooks import Hooks
 from .locking import StorageLock
@@ -525,9 +526,11 @@ class PoolService:
             group_size = stamp.get(PROP_GROUP_SIZE, "")
             with self.store.session() as s:
                 stamped_id = stamp.get(PROP_POOL_ID, "")
-                pool_id = int(stamped_id) if stamped_id.isdigit() and s.get(Pool, int(stamped_id)) is None else None
+                pool_id = parse_id(stamped_id) if stamped_id else None
+                if pool_id is not None and s.get(Pool, pool_id) is not None:
+                    pool_id = None
                 row = Pool(id=pool_id, guid=pool.guid, name=pool.name, pool_type=pool_type,
-                           diskgroup_size=int(group_size) if group_size.isdigit() else DEFAULT_GROUP_SIZE,
+                           diskgroup_size=parse_id(group_size) or DEFAULT_GROUP_SIZE,
                            state=READY)
                 s.add(row)
                 s.flush()

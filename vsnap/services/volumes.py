@@ -15,7 +15,7 @@ from ..store.db import Store
 from ..store.models import Volume, now
 from .hooks import Hooks
 from .catalog import (CREATING, DELETING, FILEBACKED, PROP_SERIAL, PROP_TYPE, PROP_VOL_ID,
-                      PROP_VOLSIZE, READY, Catalog, CatalogView, VolumeView, find_one)
+                      PROP_VOLSIZE, READY, Catalog, CatalogView, VolumeView, find_one, parse_id)
 from .locking import StorageLock
 from .owner import current_owner, is_current, owner_alive
 
@@ -251,7 +251,7 @@ class VolumeService:
     def _clone(self, name: str, snapshot_id) -> dict:
         with self.lock.held():
             view = self.catalog.load()
-            snap = view.snapshots.get(int(snapshot_id)) if str(snapshot_id).isdigit() else None
+            snap = view.snapshots.get(parse_id(snapshot_id))
             if snap is None:
                 raise NotFoundError(f"Snapshot {snapshot_id} not found")
             source = snap.volume
