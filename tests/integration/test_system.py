@@ -56,11 +56,19 @@ def test_init_with_skip_pool_sync_and_async(appliance):
 
 def test_target_names_carry_the_system_id(appliance):
     system_id = appliance.ok("GET", "/api/system")["id"]
-    body = appliance.ok("GET", "/api/target")
-    assert body["total"] == len(body["targets"]) >= 1
-    for target in body["targets"]:
-        assert target["type"] == "iqn"
-        assert re.fullmatch(r"iqn\.\d{4}-\d{2}\.[a-z0-9.-]+\.vsnap:" + system_id, target["wwn"])
+    host = appliance.ok("POST", "/api/host", json={"name": "target-names", "iqns": []})
+    try:
+        body = appliance.ok("GET", "/api/target")
+        assert body["total"] == len(body["targets"]) >= 1
+        for target in body["targets"]:
+            assert target["type"] == "iqn"
+            # LIO: one target for all hosts; tgt (the lab): one per host, named for it
+            assert re.fullmatch(r"iqn\.\d{4}-\d{2}\.[a-z0-9.-]+\.vsnap:" + system_id + r"(:host\d+)?",
+                                target["wwn"])
+        assert host["id"] in [t["host_id"] for t in body["targets"]] or \
+            [t["host_id"] for t in body["targets"]] == [None]
+    finally:
+        appliance.ok("DELETE", f"/api/host/{host['id']}")
 
 
 def test_openapi_document_covers_every_route(appliance):
@@ -68,7 +76,9 @@ def test_openapi_document_covers_every_route(appliance):
     assert doc["openapi"].startswith("3.")
     expected = {("/api/system", "get"), ("/api/system", "post"), ("/api/user", "get"),
                 ("/api/network", "get"), ("/api/network/{iface_id}", "put"), ("/api/target", "get"),
-                ("/api/disk", "get"), ("/api/disk", "post")}
+                ("/api/disk", "get"), ("/api/disk", "post"), ("/api/host", "get"), ("/api/host", "post"),
+                ("/api/host/{host_id}", "get"), ("/api/host/{host_id}", "put"), ("/api/host/{host_id}", "post"),
+                ("/api/host/{host_id}", "delete"), ("/api/volume/{vol_id}/map", "post")}
     documented = {(path, method) for path, item in doc["paths"].items() for method in item
                   if method in ("get", "post", "put", "delete")}
     assert expected <= documented
