@@ -15,6 +15,10 @@ VSNAP_SSH_PORT ?= 8922
 TEST_STATE ?= /var/lib/vsnap-test
 TEST_PORT ?= 8910
 TEST_SSH_PORT ?= 8932
+# ...and a partner appliance for the replication tests: its own state, disks and ports.
+TEST_STATE_B ?= /var/lib/vsnap-test-b
+TEST_PORT_B ?= 8920
+TEST_SSH_PORT_B ?= 8942
 
 APT_PACKAGES := zfs-fuse tgt libiscsi-bin nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils \
 	samba smbclient openssh-server openssh-client iproute2 openssl util-linux procps \
@@ -50,13 +54,17 @@ run: setup
 setup-test: deps
 	VSNAP_STATE=$(TEST_STATE) VSNAP_SSH_PORT=$(TEST_SSH_PORT) lab/lab.sh up
 	VSNAP_STATE=$(TEST_STATE) $(PY) -m vsnap.bootstrap --no-account
+	VSNAP_STATE=$(TEST_STATE_B) VSNAP_SSH_PORT=$(TEST_SSH_PORT_B) VSNAP_LAB_DISKS=3 lab/lab.sh up
+	VSNAP_STATE=$(TEST_STATE_B) $(PY) -m vsnap.bootstrap --no-account
 
 test: setup-test
 	VSNAP_STATE=$(TEST_STATE) VSNAP_PORT=$(TEST_PORT) VSNAP_SSH_PORT=$(TEST_SSH_PORT) \
+	VSNAP_STATE_B=$(TEST_STATE_B) VSNAP_PORT_B=$(TEST_PORT_B) VSNAP_SSH_PORT_B=$(TEST_SSH_PORT_B) \
 		$(PY) -m pytest -ra $(PYTEST_ARGS)
 
 stop:
 	VSNAP_STATE=$(VSNAP_STATE) lab/lab.sh down
 
 stop-test:
+	VSNAP_STATE=$(TEST_STATE_B) lab/lab.sh down
 	VSNAP_STATE=$(TEST_STATE) lab/lab.sh down

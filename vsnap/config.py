@@ -55,6 +55,12 @@ class Settings:
     worker_enabled: bool = True
     target_check_interval: float = 5.0
     target_resync_interval: float = 60.0
+    # Replication: sessions of different relationships that may run at once, how long a
+    # transfer may make no progress before it is ended, and the login used on partners.
+    repl_parallel: int = 2
+    repl_stall_seconds: float = 60.0
+    ssh_user: str = "root"
+    ssh_host_key: Path | None = None  # the public host key partners pin; see ssh_host_key_files
 
     @property
     def database_path(self) -> Path:
@@ -87,6 +93,18 @@ class Settings:
     @property
     def lock_file(self) -> Path:
         return self.state_dir / "storage.lock"
+
+    @property
+    def ssh_dir(self) -> Path:
+        return self.state_dir / "ssh"
+
+    @property
+    def ssh_host_key_files(self) -> list[Path]:
+        """The lab's sshd keeps its host key in the state directory; a production appliance
+        uses the system sshd's."""
+        if self.ssh_host_key:
+            return [self.ssh_host_key]
+        return [self.ssh_dir / "ssh_host_ed25519_key.pub", Path("/etc/ssh/ssh_host_ed25519_key.pub")]
 
     @property
     def worker_lock_file(self) -> Path:
@@ -122,4 +140,8 @@ class Settings:
             worker_enabled=merged.get("VSNAP_WORKER", "1").lower() not in ("0", "false", "no"),
             target_check_interval=float(merged.get("VSNAP_TARGET_CHECK_INTERVAL", 5.0)),
             target_resync_interval=float(merged.get("VSNAP_TARGET_RESYNC_INTERVAL", 60.0)),
+            repl_parallel=max(1, int(merged.get("VSNAP_REPL_PARALLEL", 2))),
+            repl_stall_seconds=float(merged.get("VSNAP_REPL_STALL_SECONDS", 60.0)),
+            ssh_user=merged.get("VSNAP_SSH_USER", "root"),
+            ssh_host_key=Path(merged["VSNAP_SSH_HOST_KEY"]) if merged.get("VSNAP_SSH_HOST_KEY") else None,
         )

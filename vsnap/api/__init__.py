@@ -13,14 +13,15 @@ from ..errors import (ApiError, AuthenticationError, InternalError, MethodNotAll
                       NotFoundError, PayloadTooLargeError, TooManyRequestsError,
                       UnsupportedMediaTypeError, ValidationError)
 from ..services import system_error
-from . import disk, host, network, pool, share, snapshot, system, target, user, volume
+from . import (disk, host, network, partner, pool, relationship, session, share, snapshot, system,
+               target, user, volume)
 from .auth import install_auth
 from .common import ErrorSchema, validation_error_from
 
 log = logging.getLogger(__name__)
 
 BLUEPRINTS = (system.blp, user.blp, network.blp, target.blp, disk.blp, pool.blp, volume.blp,
-              snapshot.blp, share.blp, host.blp)
+              snapshot.blp, share.blp, host.blp, partner.blp, relationship.blp, session.blp)
 # Errors any operation may answer with, documented on every operation of the OpenAPI document.
 COMMON_ERRORS = {
     "400": "Bad input (ValidationError, InvalidCandidateError)",

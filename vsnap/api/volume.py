@@ -6,6 +6,7 @@ from flask import current_app
 from ..services.volumes import MAX_NAME, VOLUME_TYPES
 from .common import Blueprint, EmptyResponse, Id, Size, StrictSchema, list_or_detail
 from .host import MapResultSchema
+from .relationship import RelationshipCreateSchema, RelationshipListSchema, RelationshipSchema
 from .share import ShareBodySchema, ShareSchema, ShareUpdateSchema
 from .snapshot import SnapshotCreateSchema, SnapshotListSchema, SnapshotSchema
 
@@ -146,6 +147,22 @@ class VolumeMapSchema(StrictSchema):
 def map_volume(args, vol_id):
     """Map a lun or filebackedlun volume to a host (8.10)"""
     return current_app.extensions["vsnap"].hosts.map(args["host_id"], vol_id)
+
+
+@blp.route("/<string:vol_id>/relationship", methods=["POST"])
+@blp.arguments(RelationshipCreateSchema)
+@blp.response(200, RelationshipSchema)
+def create_relationship(args, vol_id):
+    """Replicate a volume to a partner (13.1): the replica volume is made on the partner"""
+    return current_app.extensions["vsnap"].replication.create_relationship(vol_id, **args)
+
+
+@blp.route("/<string:vol_id>/relationship")
+@blp.response(200, RelationshipListSchema)
+def list_volume_relationships(vol_id):
+    """List a volume's relationships (13.2)"""
+    found = current_app.extensions["vsnap"].replication.list_relationships(vol_id=vol_id)
+    return {"relationships": found, "total": len(found)}
 
 
 @blp.route("/<string:vol_id>/share", methods=["POST"])

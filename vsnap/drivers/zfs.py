@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import time
 from dataclasses import dataclass, field
 
@@ -452,3 +453,33 @@ class ZfsDatasetOps:
     def destroy(self, name: str, *, recursive: bool = False) -> None:
         run_retrying_busy(self.runner, ["zfs", "destroy", *(["-r"] if recursive else []), name],
                           gone=("could not find", "does not exist"))
+
+    # -- replication streams: argument lists for the pipeline that carries them -------------
+    @staticmethod
+    def send_argv(snapshot: str, base: str | None = None) -> list[str]:
+        """A full stream of `snapshot`, or only its difference from `base` (a snapshot of the
+        same dataset)."""
+        return ["zfs", "send", *(["-i", base] if base else []), snapshot]
+
+    @staticmethod
+    def receive_argv(snapshot: str, *, full: bool) -> list[str]:
+        """Receives a stream as `snapshot`. A full stream replaces the (empty) replica dataset
+        (-F); an incremental one is refused when the replica changed since its last snapshot."""
+        return ["zfs", "receive", *(["-F"] if full else []), snapshot]
+
+    def unmount(self, name: str) -> None:
+        run_retrying_busy(self.runner, ["zfs", "unmount", name], gone=("not currently mounted",))
+
+    def mount(self, name: str) -> None:
+        out = self.runner.run(["zfs", "mount", name], check=False)
+        if out.returncode != 0 and "already mounted" not in out.stderr:
+            raise CommandError(out.argv, out.returncode, out.stdout, out.stderr)
+
+    def receive(self, snapshot: str, *, full: bool, stdin: int) -> None:
+        """Receives the stream on file descriptor `stdin` as `snapshot`. No timeout: a stream
+        takes as long as it takes, and the sender's watchdog ends one that stalls (the receive
+        then sees the end of its input and fails, leaving nothing half-received)."""
+        argv = self.receive_argv(snapshot, full=full)
+        proc = subprocess.run(argv, stdin=stdin, capture_output=True, text=True, errors="replace")
+        if proc.returncode != 0:
+            raise CommandError(argv, proc.returncode, proc.stdout, proc.stderr)

@@ -14,6 +14,7 @@ from ..drivers.iscsi import TargetError, choose_target_driver
 from ..drivers.lunfile import LunFileDriver
 from ..drivers.nfs import choose_nfs_driver
 from ..drivers.smb import SambaDriver
+from ..drivers.ssh import SshDriver
 from ..drivers.zfs import ZfsDatasetOps, ZfsDriver, ZfsPoolOps
 from ..store.db import Store
 from .auth import AuthService, StoredFailures
@@ -23,6 +24,7 @@ from .catalog import Catalog
 from .locking import StorageLock
 from .network import NetworkService
 from .pools import PoolService
+from .replication import ReplicationService
 from .shares import ShareService
 from .snapshots import SnapshotService
 from .system import SystemService
@@ -47,6 +49,7 @@ class Services:
     snapshots: SnapshotService
     shares: ShareService
     hosts: HostService
+    replication: ReplicationService
 
     @classmethod
     def build(cls, settings: Settings, runner: Runner | None = None) -> "Services":
@@ -72,6 +75,10 @@ class Services:
         targets = TargetService(settings, system, store, catalog, volumes, lock,
                                 lambda base_iqn: choose_target_driver(runner, base_iqn))
         hosts = HostService(store, targets, catalog, volumes, pools, lock)
+        network = NetworkService(store, NetworkDriver(runner))
+        ssh = SshDriver(runner, settings.ssh_dir, settings.ssh_host_key_files, settings.ssh_user)
+        replication = ReplicationService(settings, store, catalog, volumes, snapshots, pools, network, system,
+                                         datasets, ssh, runner, lock)
         auth = AuthService(settings, accounts, failures=StoredFailures(store))
         auth.on_login.append(shares.sync_smb_password)
         return cls(
@@ -80,7 +87,7 @@ class Services:
             auth=auth,
             system=system,
             users=UserService(settings, accounts),
-            network=NetworkService(store, NetworkDriver(runner)),
+            network=network,
             targets=targets,
             disks=disks,
             pools=pools,
@@ -89,6 +96,7 @@ class Services:
             snapshots=snapshots,
             shares=shares,
             hosts=hosts,
+            replication=replication,
         )
 
     def recover(self) -> None:

@@ -154,3 +154,62 @@ class LunMapping(Base):
     volume_id: Mapped[int] = mapped_column(ForeignKey("volume.id", ondelete="CASCADE"), index=True)
     lun: Mapped[int] = mapped_column(Integer)
     time_created: Mapped[int] = mapped_column(Integer, default=now)
+
+
+class Partner(Base):
+    """Another appliance this one replicates with. Trust is pinned here: its TLS certificate
+    and SSH host key fingerprints; its replication key is in our sshd's authorized_keys. No
+    password is ever kept."""
+
+    __tablename__ = "partner"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # the same on both sides
+    system_id: Mapped[str] = mapped_column(String(64), unique=True)
+    address: Mapped[str] = mapped_column(String(255))
+    api_port: Mapped[int] = mapped_column(Integer)
+    ssh_port: Mapped[int] = mapped_column(Integer)
+    tls_fingerprint: Mapped[str] = mapped_column(String(64))  # sha256 of its certificate, hex
+    ssh_host_key: Mapped[str] = mapped_column(Text)
+    ssh_public_key: Mapped[str] = mapped_column(Text)  # its replication key, authorized here
+    time_created: Mapped[int] = mapped_column(Integer, default=now)
+    time_updated: Mapped[int] = mapped_column(Integer, default=now)
+
+
+class Relationship(Base):
+    """A volume replicated to a partner: role primary on the side that sends, replica on the
+    side that receives; the id is the same on both."""
+
+    __tablename__ = "relationship"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    partner_id: Mapped[str] = mapped_column(ForeignKey("partner.id"), index=True)
+    local_role: Mapped[str] = mapped_column(String(8))
+    local_vol_id: Mapped[int] = mapped_column(ForeignKey("volume.id", ondelete="CASCADE"), index=True)
+    remote_pool_id: Mapped[str] = mapped_column(String(32))
+    remote_vol_id: Mapped[str] = mapped_column(String(32))
+    remote_vol_name: Mapped[str] = mapped_column(String(256))
+    last_sync_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    last_attempt_snap_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_success_snap_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    time_created: Mapped[int] = mapped_column(Integer, default=now)
+    time_updated: Mapped[int] = mapped_column(Integer, default=now)
+
+
+class ReplicationSession(Base):
+    """One transfer of a snapshot to a relationship's replica. The queue is these rows:
+    PENDING ones run in id order, one at a time per relationship."""
+
+    __tablename__ = "session"
+    __table_args__ = {"sqlite_autoincrement": True}
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rel_id: Mapped[str] = mapped_column(ForeignKey("relationship.id", ondelete="CASCADE"), index=True)
+    local_snap_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    local_snap_name: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    remote_snap_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    remote_snap_name: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    repl_address: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    size_sent: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="PENDING", index=True)
+    message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    owner: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the process sending it
+    time_queued: Mapped[int] = mapped_column(Integer, default=now)
+    time_started: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    time_ended: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -45,6 +45,7 @@ class Worker:
     def _run(self) -> None:
         if not self._lead():
             return
+        threading.Thread(target=self._run_sessions, name="vsnap-sessions", daemon=True).start()
         targets = self.services.targets
         last_resync = time.monotonic()
         while not self._stop.wait(self.settings.target_check_interval):
@@ -56,3 +57,28 @@ class Worker:
                     targets.check()
             except Exception:  # the worker must outlive any one failure
                 log.exception("worker: target check failed")
+
+    def _run_sessions(self) -> None:
+        """The replication queue: PENDING sessions start in order, one at a time per
+        relationship, up to `repl_parallel` at once."""
+        replication = self.services.replication
+        try:
+            replication.fail_interrupted()
+        except Exception:
+            log.exception("worker: could not settle interrupted sessions")
+        running: dict[str, threading.Thread] = {}  # relationship id -> its transfer
+        while not self._stop.wait(0.5):
+            try:
+                for rel_id in [r for r, t in running.items() if not t.is_alive()]:
+                    del running[rel_id]
+                while len(running) < self.settings.repl_parallel:
+                    session_id = replication.claim_next(set(running))
+                    if session_id is None:
+                        break
+                    rel_id = replication.get_session(session_id)["rel_id"]
+                    thread = threading.Thread(target=replication.run_session, args=(session_id,),
+                                              name=f"vsnap-session-{session_id}", daemon=True)
+                    running[rel_id] = thread
+                    thread.start()
+            except Exception:
+                log.exception("worker: session dispatch failed")

@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import marshmallow as ma
+from flask import current_app
+
+from .common import Blueprint, EmptyResponse, Id, Size, StrictSchema
+
+blp = Blueprint("partner", __name__, url_prefix="/api/partner", description="Partner appliances (spec 12)")
+
+
+class Port(Size):
+    """A TCP port, as a JSON number or a decimal string."""
+
+
+class PartnerSchema(ma.Schema):
+    id = ma.fields.String()
+    address = ma.fields.String()
+    api_port = ma.fields.String()
+    ssh_port = ma.fields.String()
+    time_created = ma.fields.String()
+    time_updated = ma.fields.String()
+
+
+class PartnerListSchema(ma.Schema):
+    partners = ma.fields.List(ma.fields.Nested(PartnerSchema))
+    total = ma.fields.Integer()
+
+
+class PartnerCreateSchema(StrictSchema):
+    remote_addr = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=253))
+    remote_user = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=256))
+    remote_pass = ma.fields.String(required=True, load_only=True, validate=ma.validate.Length(max=4096),
+                                   metadata={"description": "Used once to set up trust; never stored"})
+    local_addr = ma.fields.String(allow_none=True, validate=ma.validate.Length(min=1, max=253),
+                                  metadata={"description": "How the partner reaches this appliance; "
+                                                           "default: the address used to reach it"})
+    local_api_port = Port(allow_none=True)
+    remote_api_port = Port(allow_none=True, metadata={"description": "Default 8900"})
+    local_ssh_port = Port(allow_none=True)
+    remote_ssh_port = Port(allow_none=True, metadata={"description": "Default: the port the partner names"})
+
+
+class PartnerOfferSchema(StrictSchema):
+    id = ma.fields.String(required=True, validate=ma.validate.Length(equal=32))
+    system_id = ma.fields.String(required=True, validate=ma.validate.Length(max=64))
+    address = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=253))
+    api_port = Port(required=True)
+    ssh_port = Port(required=True)
+    ssh_public_key = ma.fields.String(required=True, validate=ma.validate.Length(max=16384))
+    ssh_host_key = ma.fields.String(required=True, validate=ma.validate.Length(max=16384))
+    tls_fingerprint = ma.fields.String(required=True, validate=ma.validate.Length(equal=64))
+
+
+class PartnerAnswerSchema(ma.Schema):
+    system_id = ma.fields.String()
+    ssh_public_key = ma.fields.String()
+    ssh_host_key = ma.fields.String()
+    ssh_port = ma.fields.Integer()
+    api_port = ma.fields.Integer()
+
+
+class PartnerQuerySchema(StrictSchema):
+    id = Id(hex32=True)
+
+
+def replication():
+    return current_app.extensions["vsnap"].replication
+
+
+@blp.route("", methods=["POST"])
+@blp.arguments(PartnerCreateSchema)
+@blp.response(200, PartnerSchema)
+def create_partner(args):
+    """Add a partner appliance (12.1): trust is set up on both sides"""
+    return replication().create_partner(**args)
+
+
+@blp.route("/accept", methods=["POST"])
+@blp.arguments(PartnerOfferSchema)
+@blp.response(200, PartnerAnswerSchema)
+def accept_partner(args):
+    """The partner's half of 12.1: called by an appliance adding this one as its partner"""
+    return replication().accept_partner(args)
+
+
+@blp.route("")
+@blp.arguments(PartnerQuerySchema, location="query")
+@blp.response(200, PartnerListSchema)
+def list_partners(query):
+    """List partners (12.2)"""
+    if "id" in query:
+        partners = [replication().get_partner(query["id"])]
+    else:
+        partners = replication().list_partners()
+    return {"partners": partners, "total": len(partners)}
+
+
+@blp.route("/<string:partner_id>")
+@blp.response(200, PartnerSchema)
+def get_partner(partner_id):
+    """Get partner details (12.3)"""
+    return replication().get_partner(partner_id)
+
+
+@blp.route("/<string:partner_id>", methods=["DELETE"])
+@blp.response(200, EmptyResponse)
+def delete_partner(partner_id):
+    """Remove a partner (12.4): trust is removed on both sides when the partner is reachable"""
+    replication().delete_partner(partner_id)
+    return {}

@@ -1,0 +1,774 @@
+"""Replication to partner appliances: partners (trust), relationships (which volume is kept
+where) and sessions (queued transfers of snapshots with `zfs send | ssh | zfs receive`).
+
+Trust: partnering sends the remote's user and password once, over TLS to a certificate
+pinned by fingerprint; both sides then authorize each other's replication SSH key, forced
+onto `vsnap.worker.serve` (which answers only for relationships with that partner), and pin
+each other's SSH host key. Everything after that goes over SSH; no password is kept.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import socket
+import sys
+import uuid
+
+from sqlalchemy import update
+
+from ..config import Settings
+from ..drivers.partner_api import PartnerApi, PartnerApiError, certificate_fingerprint, file_fingerprint
+from ..drivers.pipeline import PipelineStopped, run_pipeline
+from ..drivers.runner import CommandError, CommandTimeout, Runner, describe
+from ..drivers.ssh import SshDriver, normalize_public_key
+from ..drivers.zfs import ZfsDatasetOps
+from ..errors import (ApiError, ConflictError, NotFoundError, ServiceUnavailableError, ValidationError)
+from ..store.db import Store
+from ..store.models import Partner, Relationship, ReplicationSession, Snapshot, Volume, now
+from .catalog import FILEBACKED, READY, Catalog, parse_id
+from .locking import StorageLock
+from .owner import current_owner, owner_alive
+from .shares import normalize_host
+from .volumes import validate_name
+
+log = logging.getLogger(__name__)
+
+PRIMARY, REPLICA = "primary", "replica"
+PENDING, ACTIVE, COMPLETED, FAILED = "PENDING", "ACTIVE", "COMPLETED", "FAILED"
+CANCELED = "Canceled"
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+_SYSTEM_ID = re.compile(r"[0-9a-f]{8,64}")
+_FINGERPRINT = re.compile(r"[0-9a-f]{64}")
+
+
+class RemoteError(Exception):
+    """A partner could not be reached or refused a request."""
+
+    def __init__(self, message: str, unreachable: bool = False):
+        super().__init__(message)
+        self.unreachable = unreachable
+
+
+def validate_port(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ValidationError(f"{what} must be a port number (1-65535)")
+    return value
+
+
+def validate_address(value, what: str) -> str:
+    """A hostname or IP address (never an option-like word: it reaches ssh's argument list)."""
+    address = normalize_host(value) if isinstance(value, str) else None
+    if not address or address == "all" or "/" in address:
+        raise ValidationError(f"{what} must be a hostname or an IP address")
+    return address
+
+
+def _hex_id(value, what: str) -> str:
+    if not isinstance(value, str) or not _HEX32.fullmatch(value.lower()):
+        raise NotFoundError(f"{what} {value} not found")
+    return value.lower()
+
+
+class PartnerLink:
+    """Requests to a partner's forced replication command, over SSH."""
+
+    def __init__(self, ssh: SshDriver, runner: Runner, timeout: float = 120):
+        self.ssh = ssh
+        self.runner = runner
+        self.timeout = timeout
+
+    def call(self, partner: Partner, op: str, *args: str, body: dict | None = None,
+             address: str | None = None) -> dict:
+        argv = self.ssh.command(partner.id, address or partner.address, partner.ssh_port, [op, *args])
+        try:
+            out = self.runner.run(argv, check=False, input=json.dumps(body or {}), timeout=self.timeout)
+        except CommandTimeout as exc:
+            raise RemoteError(f"partner {partner.address} did not answer within {exc.timeout:g} s",
+                              unreachable=True) from exc
+        if out.returncode == 255:  # ssh's own failure: no connection, or the key was refused
+            reason = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "ssh failed"
+            raise RemoteError(f"partner {partner.address}:{partner.ssh_port} unreachable over SSH: {reason}",
+                              unreachable=True)
+        try:
+            answer = json.loads(out.stdout)
+        except ValueError:
+            answer = {"error": (out.stderr or out.stdout).strip() or f"exit status {out.returncode}"}
+        if out.returncode != 0 or "error" in answer:
+            raise RemoteError(f"partner {partner.address} refused {op}: {answer.get('error')}")
+        return answer
+
+
+class ReplicationService:
+    def __init__(self, settings: Settings, store: Store, catalog: Catalog, volumes, snapshots, pools,
+                 network, system, ds: ZfsDatasetOps, ssh: SshDriver, runner: Runner, lock: StorageLock):
+        self.settings = settings
+        self.store = store
+        self.catalog = catalog
+        self.volumes = volumes
+        self.snapshots = snapshots
+        self.pools = pools
+        self.network = network
+        self.system = system
+        self.ds = ds
+        self.ssh = ssh
+        self.link = PartnerLink(ssh, runner)
+        self.lock = lock
+        volumes.before_volume_delete.append(self._refuse_if_replicated)
+        volumes.before_volume_rename.append(self._refuse_replica_rename)
+        pools.before_pool_delete.append(self._refuse_pool_with_relationships)
+
+    def serve_command(self, partner_id: str) -> list[str]:
+        """What a partner's key may run here: the replication command, for that partner only."""
+        return [sys.executable, "-m", "vsnap.worker.serve", "--state", str(self.settings.state_dir),
+                "--partner", partner_id]
+
+    # == partners ===============================================================================
+    @staticmethod
+    def render_partner(p: Partner) -> dict:
+        return {"id": p.id, "address": p.address, "api_port": str(p.api_port), "ssh_port": str(p.ssh_port),
+                "time_created": str(p.time_created), "time_updated": str(p.time_updated)}
+
+    def _partner(self, s, partner_id) -> Partner:
+        row = s.get(Partner, _hex_id(partner_id, "Partner"))
+        if row is None:
+            raise NotFoundError(f"Partner {partner_id} not found")
+        return row
+
+    def list_partners(self) -> list[dict]:
+        with self.store.session() as s:
+            return [self.render_partner(p) for p in s.query(Partner).order_by(Partner.time_created, Partner.id)]
+
+    def get_partner(self, partner_id) -> dict:
+        with self.store.session() as s:
+            return self.render_partner(self._partner(s, partner_id))
+
+    def _own_identity(self, address: str, api_port: int, ssh_port: int) -> dict:
+        return {"system_id": self.system.id, "address": address, "api_port": api_port, "ssh_port": ssh_port,
+                "ssh_public_key": self.ssh.public_key(), "ssh_host_key": self.ssh.host_key(),
+                "tls_fingerprint": file_fingerprint(self.settings.tls_cert)}
+
+    @staticmethod
+    def _local_address_towards(remote: str) -> str:
+        """The address this machine uses to reach `remote` (no packet is sent)."""
+        family = socket.AF_INET6 if ":" in remote else socket.AF_INET
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as sock:
+                sock.connect((socket.gethostbyname(remote) if family == socket.AF_INET else remote, 9))
+                return sock.getsockname()[0]
+        except OSError as exc:
+            raise ValidationError(f"No route to {remote}: {exc}") from exc
+
+    def create_partner(self, remote_addr, remote_user, remote_pass, local_addr=None, local_api_port=None,
+                       remote_api_port=None, local_ssh_port=None, remote_ssh_port=None) -> dict:
+        remote_addr = validate_address(remote_addr, "remote_addr")
+        local_addr = validate_address(local_addr, "local_addr") if local_addr is not None \
+            else self._local_address_towards(remote_addr)
+        remote_api_port = validate_port(remote_api_port if remote_api_port is not None else 8900, "remote_api_port")
+        local_api_port = validate_port(local_api_port if local_api_port is not None else self.settings.port,
+                                       "local_api_port")
+        local_ssh_port = validate_port(local_ssh_port if local_ssh_port is not None else self.settings.ssh_port,
+                                       "local_ssh_port")
+        if remote_ssh_port is not None:
+            validate_port(remote_ssh_port, "remote_ssh_port")
+        if not isinstance(remote_user, str) or not remote_user or not isinstance(remote_pass, str):
+            raise ValidationError("remote_user and remote_pass are required")
+        try:
+            fingerprint = certificate_fingerprint(remote_addr, remote_api_port)
+        except PartnerApiError as exc:
+            raise ServiceUnavailableError(f"Partner {remote_addr}:{remote_api_port} is unreachable: {exc}") from exc
+        partner_id = uuid.uuid4().hex
+        offer = {"id": partner_id, **self._own_identity(local_addr, local_api_port, local_ssh_port)}
+        try:
+            answer = PartnerApi(remote_addr, remote_api_port, fingerprint).post(
+                "/api/partner/accept", offer, auth=(remote_user, remote_pass))
+        except PartnerApiError as exc:
+            if exc.status in (401, 403):
+                raise ValidationError(f"The partner refused the credentials of {remote_user}: {exc}") from exc
+            if exc.status is not None and 400 <= exc.status < 500:
+                raise ConflictError(f"The partner refused the partnership: {exc}") from exc
+            raise ServiceUnavailableError(f"Partner {remote_addr}:{remote_api_port}: {exc}") from exc
+        try:
+            system_id = answer.get("system_id")
+            if not isinstance(system_id, str) or not _SYSTEM_ID.fullmatch(system_id):
+                raise ValidationError("the partner's system id is not valid")
+            partner = Partner(id=partner_id, system_id=system_id, address=remote_addr, api_port=remote_api_port,
+                              ssh_port=remote_ssh_port or validate_port(answer.get("ssh_port"), "partner ssh_port"),
+                              tls_fingerprint=fingerprint,
+                              ssh_host_key=normalize_public_key(answer.get("ssh_host_key")),
+                              ssh_public_key=normalize_public_key(answer.get("ssh_public_key")))
+            with self.lock.held():
+                with self.store.session() as s:
+                    self._replace_partner(s, system_id)
+                    s.add(partner)
+                self.ssh.authorize(partner_id, partner.ssh_public_key, self.serve_command(partner_id))
+                self.ssh.pin_host_key(partner_id, partner.ssh_host_key)
+        except (ApiError, ValueError, OSError) as exc:
+            self._forget_partner(partner_id)
+            try:  # the partner trusts us already: take that back
+                self.link.call(Partner(id=partner_id, address=remote_addr, ssh_port=remote_ssh_port or 22),
+                               "unpartner")
+            except (RemoteError, ValueError) as undo_exc:
+                log.warning("partner %s: could not withdraw the half-made partnership: %s", remote_addr, undo_exc)
+            if isinstance(exc, ApiError):
+                raise
+            raise ValidationError(f"The partner's answer is not usable: {exc}") from exc
+        log.info("partner %s (%s) added", partner_id, remote_addr)
+        return self.get_partner(partner_id)
+
+    def _replace_partner(self, s, system_id: str) -> None:
+        """Partnering again with an appliance replaces the old partnership, unless it is in use."""
+        old = s.query(Partner).filter(Partner.system_id == system_id).first()
+        if old is None:
+            return
+        if s.query(Relationship).filter(Relationship.partner_id == old.id).first():
+            raise ConflictError(f"This appliance is already partnered with {old.address} (partner {old.id}) "
+                                "and relationships use it")
+        s.delete(old)
+        s.flush()
+        self.ssh.deauthorize(old.id)
+        self.ssh.unpin_host_key(old.id)
+
+    def _forget_partner(self, partner_id: str) -> None:
+        with self.store.session() as s:
+            row = s.get(Partner, partner_id)
+            if row is not None:
+                s.delete(row)
+        self.ssh.deauthorize(partner_id)
+        self.ssh.unpin_host_key(partner_id)
+
+    def accept_partner(self, offer: dict) -> dict:
+        """The remote side of 12.1: another appliance offers a partnership (its user and
+        password were checked by the API's authentication)."""
+        if not isinstance(offer, dict):
+            raise ValidationError("The partnership offer must be an object")
+        partner_id = offer.get("id")
+        if not isinstance(partner_id, str) or not _HEX32.fullmatch(partner_id):
+            raise ValidationError("id must be 32 lower-case hex characters")
+        system_id = offer.get("system_id")
+        if not isinstance(system_id, str) or not _SYSTEM_ID.fullmatch(system_id):
+            raise ValidationError("system_id is not valid")
+        if system_id == self.system.id:
+            raise ValidationError("An appliance cannot be its own partner")
+        address = validate_address(offer.get("address"), "address")
+        api_port = validate_port(offer.get("api_port"), "api_port")
+        ssh_port = validate_port(offer.get("ssh_port"), "ssh_port")
+        fingerprint = offer.get("tls_fingerprint")
+        if not isinstance(fingerprint, str) or not _FINGERPRINT.fullmatch(fingerprint):
+            raise ValidationError("tls_fingerprint must be a sha256 hex digest")
+        try:
+            public_key = normalize_public_key(offer.get("ssh_public_key"))
+            host_key = normalize_public_key(offer.get("ssh_host_key"))
+        except ValueError as exc:
+            raise ValidationError(f"SSH keys: {exc}") from exc
+        # The offer must come from the appliance that answers at the address it gives.
+        try:
+            seen = certificate_fingerprint(address, api_port)
+        except PartnerApiError as exc:
+            raise ValidationError(f"Cannot reach the offering appliance at {address}:{api_port}: {exc}") from exc
+        if seen != fingerprint:
+            raise ValidationError(f"The appliance at {address}:{api_port} is not the one making the offer "
+                                  "(certificate fingerprints differ)")
+        with self.lock.held():
+            with self.store.session() as s:
+                if s.get(Partner, partner_id) is not None:
+                    raise ConflictError(f"Partner {partner_id} exists already")
+                self._replace_partner(s, system_id)
+                s.add(Partner(id=partner_id, system_id=system_id, address=address, api_port=api_port,
+                              ssh_port=ssh_port, tls_fingerprint=fingerprint, ssh_host_key=host_key,
+                              ssh_public_key=public_key))
+            self.ssh.authorize(partner_id, public_key, self.serve_command(partner_id))
+            self.ssh.pin_host_key(partner_id, host_key)
+        log.info("partner %s (%s) accepted", partner_id, address)
+        return {"system_id": self.system.id, "ssh_public_key": self.ssh.public_key(),
+                "ssh_host_key": self.ssh.host_key(), "ssh_port": self.settings.ssh_port,
+                "api_port": self.settings.port}
+
+    def delete_partner(self, partner_id) -> None:
+        with self.store.session() as s:
+            partner = self._partner(s, partner_id)
+            used = s.query(Relationship).filter(Relationship.partner_id == partner.id).count()
+        if used:
+            raise ConflictError(f"Partner {partner.id} is used by {used} relationship(s); delete them first")
+        try:
+            self.link.call(partner, "unpartner")
+        except RemoteError as exc:
+            if not exc.unreachable:
+                raise ConflictError(str(exc)) from exc
+            log.warning("partner %s unreachable: trust removed here only (%s)", partner.id, exc)
+        with self.lock.held():
+            self._forget_partner(partner.id)
+        log.info("partner %s removed", partner.id)
+
+    # == relationships ============================================================================
+    def render_relationship(self, s, rel: Relationship) -> dict:
+        volume = s.get(Volume, rel.local_vol_id)
+
+        def sid(value):
+            return str(value) if value is not None else None
+        return {
+            "id": rel.id, "local_pool_id": str(volume.pool_id), "local_role": rel.local_role,
+            "local_vol_id": str(rel.local_vol_id), "local_vol_name": volume.name, "partner_id": rel.partner_id,
+            "remote_pool_id": rel.remote_pool_id, "remote_vol_id": rel.remote_vol_id,
+            "remote_vol_name": rel.remote_vol_name, "last_sync_status": rel.last_sync_status,
+            "last_attempt_snap_id": sid(rel.last_attempt_snap_id),
+            "last_success_snap_id": sid(rel.last_success_snap_id),
+            "time_created": str(rel.time_created), "time_updated": str(rel.time_updated),
+        }
+
+    def _relationship(self, s, rel_id) -> Relationship:
+        row = s.get(Relationship, _hex_id(rel_id, "Relationship"))
+        if row is None:
+            raise NotFoundError(f"Relationship {rel_id} not found")
+        return row
+
+    def list_relationships(self, vol_id=None, vol_name=None) -> list[dict]:
+        view = self.catalog.load()  # relationships of volumes destroyed outside the API go with them
+        if vol_id is not None or vol_name is not None:
+            wanted = self.volumes._find(view, vol_id, vol_name).row.id
+        with self.store.session() as s:
+            q = s.query(Relationship).order_by(Relationship.time_created, Relationship.id)
+            if vol_id is not None or vol_name is not None:
+                q = q.filter(Relationship.local_vol_id == wanted)
+            return [self.render_relationship(s, r) for r in q]
+
+    def get_relationship(self, rel_id) -> dict:
+        with self.store.session() as s:
+            return self.render_relationship(s, self._relationship(s, rel_id))
+
+    def create_relationship(self, vol_id, partner_id, remote_pool_id=None, remote_vol_name=None,
+                            reuse=False) -> dict:
+        if remote_vol_name is not None:
+            validate_name(remote_vol_name)
+        with self.store.session() as s:
+            partner = self._partner(s, partner_id)
+        with self.lock.held():
+            view = self.catalog.load()
+            volume = self.volumes._find(view, vol_id)
+            if volume.row.volume_type == FILEBACKED:
+                raise ValidationError("A filebackedlun has no dataset of its own: replicate its parent filesystem")
+            with self.store.session() as s:
+                for rel in s.query(Relationship).filter(Relationship.local_vol_id == volume.row.id):
+                    if rel.local_role == REPLICA:
+                        raise ConflictError(f"Volume {volume.row.name} is a replica (relationship {rel.id}); "
+                                            "a replica cannot be the source of another relationship")
+                    if rel.partner_id == partner.id:
+                        raise ConflictError(f"Volume {volume.row.name} is already replicated to this partner "
+                                            f"(relationship {rel.id})")
+            size = None
+            if volume.row.volume_type == "lun":
+                size = self.volumes.backing(volume, view)[1]
+            rel_id = uuid.uuid4().hex
+            request = {"rel_id": rel_id, "pool_id": remote_pool_id, "name": remote_vol_name, "reuse": bool(reuse),
+                       "volume_type": volume.row.volume_type, "size_total": size,
+                       "size_block": volume.row.size_block, "primary_vol_id": str(volume.row.id),
+                       "primary_vol_name": volume.row.name, "primary_pool_id": str(volume.row.pool_id)}
+        try:
+            answer = self.link.call(partner, "create-replica", body=request)
+        except RemoteError as exc:
+            if exc.unreachable:
+                raise ServiceUnavailableError(str(exc)) from exc
+            raise ConflictError(str(exc)) from exc
+        try:
+            with self.store.session() as s:
+                s.add(Relationship(id=rel_id, partner_id=partner.id, local_role=PRIMARY,
+                                   local_vol_id=volume.row.id, remote_pool_id=str(answer["pool_id"]),
+                                   remote_vol_id=str(answer["vol_id"]), remote_vol_name=str(answer["vol_name"])))
+        except Exception:
+            self._remote_forget(partner, rel_id, preserve=bool(reuse))
+            raise
+        return self.get_relationship(rel_id)
+
+    def delete_relationship(self, rel_id, preserve_replica: bool = False) -> None:
+        with self.store.session() as s:
+            rel = self._relationship(s, rel_id)
+            partner = s.get(Partner, rel.partner_id)
+        self._stop_sessions(rel.id, "Canceled: the relationship was deleted")
+        if rel.local_role == PRIMARY:
+            # The replica goes first: if the partner cannot be reached it cannot be deleted,
+            # and the relationship stays so that the deletion can be tried again.
+            try:
+                self.link.call(partner, "delete-relationship", rel.id, "1" if preserve_replica else "0")
+            except RemoteError as exc:
+                if exc.unreachable:
+                    raise ServiceUnavailableError(f"The replica cannot be deleted now: {exc}") from exc
+                if "not found" not in str(exc):
+                    raise ConflictError(str(exc)) from exc
+            self._drop_relationship(rel.id)
+        else:
+            self._drop_replica_side(rel.id, preserve_replica)
+            self._remote_forget(partner, rel.id, preserve=True)
+
+    def _remote_forget(self, partner: Partner, rel_id: str, preserve: bool) -> None:
+        try:
+            self.link.call(partner, "delete-relationship", rel_id, "1" if preserve else "0")
+        except RemoteError as exc:
+            log.warning("relationship %s: the partner could not be told: %s", rel_id, exc)
+
+    def _drop_relationship(self, rel_id: str) -> None:
+        with self.store.session() as s:
+            row = s.get(Relationship, rel_id)
+            if row is not None:
+                s.delete(row)  # its sessions go with it
+
+    def _drop_replica_side(self, rel_id: str, preserve: bool) -> None:
+        with self.store.session() as s:
+            rel = s.get(Relationship, rel_id)
+            if rel is None:
+                return
+            vol_id = rel.local_vol_id
+        self._drop_relationship(rel_id)
+        if not preserve:
+            try:
+                self.volumes.delete(vol_id)
+            except NotFoundError:
+                pass
+
+    # -- guards: a replicated volume stays while its relationships do ------------------------
+    def _refuse_if_replicated(self, vol_id: int):
+        with self.store.session() as s:
+            rel = s.query(Relationship).filter(Relationship.local_vol_id == vol_id).first()
+            if rel is not None:
+                raise ConflictError(f"Volume {vol_id} is the {rel.local_role} of relationship {rel.id}; "
+                                    "delete the relationship first")
+
+    def _refuse_replica_rename(self, vol_id: int):
+        with self.store.session() as s:
+            rel = s.query(Relationship).filter(Relationship.local_vol_id == vol_id,
+                                               Relationship.local_role == REPLICA).first()
+            if rel is not None:
+                raise ConflictError(f"Volume {vol_id} is a replica (relationship {rel.id}) and cannot be renamed")
+
+    def _refuse_pool_with_relationships(self, pool_id: int, pool_name: str):
+        with self.store.session() as s:
+            rel = s.query(Relationship).join(Volume, Volume.id == Relationship.local_vol_id) \
+                .filter(Volume.pool_id == pool_id).first()
+            if rel is not None:
+                raise ConflictError(f"Pool {pool_name} holds volumes of relationship {rel.id}; "
+                                    "delete its relationships first")
+
+    def is_replica(self, vol_id: int) -> bool:
+        with self.store.session() as s:
+            return s.query(Relationship).filter(Relationship.local_vol_id == vol_id,
+                                                Relationship.local_role == REPLICA).first() is not None
+
+    # == sessions ================================================================================
+    @staticmethod
+    def render_session(row: ReplicationSession) -> dict:
+        def sid(value):
+            return str(value) if value is not None else None
+        return {"id": str(row.id), "rel_id": row.rel_id, "local_snap_id": sid(row.local_snap_id),
+                "remote_snap_id": row.remote_snap_id, "local_snap_name": row.local_snap_name,
+                "remote_snap_name": row.remote_snap_name, "repl_address": row.repl_address,
+                "size_sent": sid(row.size_sent), "status": row.status, "time_queued": str(row.time_queued),
+                "time_started": sid(row.time_started), "time_ended": sid(row.time_ended),
+                "message": row.message}
+
+    def _session(self, s, session_id) -> ReplicationSession:
+        key = parse_id(session_id)
+        row = s.get(ReplicationSession, key) if key is not None else None
+        if row is None:
+            raise NotFoundError(f"Session {session_id} not found")
+        return row
+
+    def list_sessions(self, rel_id=None) -> list[dict]:
+        with self.store.session() as s:
+            q = s.query(ReplicationSession).order_by(ReplicationSession.id)
+            if rel_id is not None:
+                q = q.filter(ReplicationSession.rel_id == rel_id)
+            return [self.render_session(r) for r in q]
+
+    def get_session(self, session_id) -> dict:
+        with self.store.session() as s:
+            return self.render_session(self._session(s, session_id))
+
+    def start_session(self, rel_id, snap_id=None, remote_snap_name=None) -> dict:
+        if remote_snap_name is not None:
+            validate_name(remote_snap_name, "Snapshot")
+        with self.store.session() as s:
+            rel = self._relationship(s, rel_id)
+            if rel.local_role != PRIMARY:
+                raise ConflictError("Sessions are started on the primary side of a relationship")
+            vol_id = rel.local_vol_id
+        if snap_id is None:
+            snap = self.snapshots.create(vol_id)
+        else:
+            snap = self.snapshots.get(snap_id=snap_id)
+            if snap["parent_id"] != str(vol_id):
+                raise ValidationError(f"Snapshot {snap_id} is not a snapshot of the relationship's volume")
+        with self.store.session() as s:
+            row = ReplicationSession(rel_id=rel.id, local_snap_id=int(snap["id"]), local_snap_name=snap["name"],
+                                     remote_snap_name=remote_snap_name or snap["name"], status=PENDING)
+            s.add(row)
+            s.flush()
+            return self.render_session(row)
+
+    def cancel_session(self, session_id) -> dict:
+        with self.store.session() as s:
+            row = self._session(s, session_id)
+            if row.status not in (PENDING, ACTIVE):
+                raise ConflictError(f"Session {row.id} has ended ({row.status})")
+            s.execute(update(ReplicationSession).where(ReplicationSession.id == row.id,
+                                                       ReplicationSession.status.in_((PENDING, ACTIVE)))
+                      .values(status=FAILED, message=CANCELED, time_ended=now()))
+        return self.get_session(session_id)
+
+    def _stop_sessions(self, rel_id: str, message: str) -> None:
+        with self.store.session() as s:
+            s.execute(update(ReplicationSession).where(ReplicationSession.rel_id == rel_id,
+                                                       ReplicationSession.status.in_((PENDING, ACTIVE)))
+                      .values(status=FAILED, message=message, time_ended=now()))
+
+    # -- the queue (run by the worker) ----------------------------------------------------------
+    def fail_interrupted(self) -> None:
+        """Sessions that were ACTIVE in a process that died can never finish: FAILED."""
+        with self.store.session() as s:
+            for row in s.query(ReplicationSession).filter(ReplicationSession.status == ACTIVE):
+                if not owner_alive(row.owner):
+                    row.status, row.time_ended = FAILED, now()
+                    row.message = "Interrupted: the appliance stopped during the transfer; start a new session"
+                    log.info("session %s: interrupted by a stop; failed", row.id)
+
+    def claim_next(self, busy_rels: set[str]) -> int | None:
+        """Marks the oldest PENDING session of a relationship with nothing running ACTIVE and
+        returns its id (sessions of one relationship run one at a time, in order)."""
+        with self.store.session() as s:
+            active = {r for (r,) in s.query(ReplicationSession.rel_id).filter(ReplicationSession.status == ACTIVE)}
+            for row in s.query(ReplicationSession).filter(ReplicationSession.status == PENDING) \
+                    .order_by(ReplicationSession.id):
+                if row.rel_id in busy_rels or row.rel_id in active:
+                    continue
+                claimed = s.execute(update(ReplicationSession)
+                                    .where(ReplicationSession.id == row.id, ReplicationSession.status == PENDING)
+                                    .values(status=ACTIVE, owner=current_owner(), time_started=now())).rowcount
+                if claimed:
+                    return row.id
+        return None
+
+    def run_session(self, session_id: int) -> None:
+        """Sends one session's snapshot. Every way out ends the session COMPLETED or FAILED
+        with a message naming the cause."""
+        try:
+            result = self._transfer(session_id)
+        except PipelineStopped as exc:
+            self._end(session_id, FAILED, str(exc))
+        except (RemoteError, ApiError, CommandError, OSError, ValueError) as exc:
+            self._end(session_id, FAILED, getattr(exc, "message", None) or describe(exc))
+        except Exception as exc:  # a bug must still end the session
+            log.exception("session %s failed unexpectedly", session_id)
+            self._end(session_id, FAILED, f"Internal error: {exc}")
+        else:
+            self._end(session_id, COMPLETED, None, **result)
+
+    def _end(self, session_id: int, status: str, message: str | None, **fields) -> None:
+        with self.store.session() as s:
+            done = s.execute(update(ReplicationSession)
+                             .where(ReplicationSession.id == session_id, ReplicationSession.status == ACTIVE)
+                             .values(status=status, message=message, time_ended=now(), **fields)).rowcount
+            row = s.get(ReplicationSession, session_id)
+            rel = s.get(Relationship, row.rel_id) if row else None
+            if rel is not None:
+                rel.last_sync_status = row.status
+                rel.last_attempt_snap_id = row.local_snap_id
+                if row.status == COMPLETED:
+                    rel.last_success_snap_id = row.local_snap_id
+                rel.time_updated = now()
+        if done:
+            log.info("session %s %s%s", session_id, status, f": {message}" if message else "")
+
+    def _still_active(self, session_id: int) -> str | None:
+        with self.store.session() as s:
+            row = s.get(ReplicationSession, session_id)
+            return None if row is not None and row.status == ACTIVE else (row.message if row else CANCELED)
+
+    def _transfer(self, session_id: int) -> dict:
+        with self.store.session() as s:
+            row = s.get(ReplicationSession, session_id)
+            rel = s.get(Relationship, row.rel_id)
+            partner = s.get(Partner, rel.partner_id)
+            s.expunge_all()
+        view = self.catalog.load()
+        snap = view.snapshots.get(row.local_snap_id)
+        if snap is None or snap.volume.row.id != rel.local_vol_id:
+            raise ValueError(f"Snapshot {row.local_snap_name} of the primary volume no longer exists")
+        info = self.link.call(partner, "info")
+        addresses = [a for a in info.get("repl_addresses", []) if isinstance(a, str)]
+        address = partner.address if partner.address in addresses or not addresses else addresses[0]
+        address = validate_address(address, "the partner's replication address")
+        with self.store.session() as s:
+            s.get(ReplicationSession, session_id).repl_address = address
+        remote = self.link.call(partner, "snapshots", rel.id, address=address)
+        remote_by_guid = {str(r.get("guid")): r for r in remote.get("snapshots", [])}
+        if snap.props.get("guid") in remote_by_guid:  # sent before (e.g. a retried session)
+            return {"remote_snap_id": str(remote_by_guid[snap.props["guid"]].get("id")), "size_sent": 0}
+        ours = sorted((v for v in view.snapshots.values() if v.volume.row.id == rel.local_vol_id),
+                      key=lambda v: (int(v.props.get("createtxg") or v.props.get("creation") or 0), v.row.id))
+        base = None
+        for candidate in ours:
+            if candidate.row.id == snap.row.id:
+                break
+            if candidate.props.get("guid") in remote_by_guid:
+                base = candidate
+        if base is None and remote_by_guid:
+            raise ValueError("The replica has snapshots, but none in common with the primary's snapshots "
+                             f"older than {snap.row.name}: an incremental send has no base")
+        producer = self.ds.send_argv(snap.zfs_name, base.zfs_name if base else None)
+        consumer = self.ssh.command(partner.id, address, partner.ssh_port,
+                                    ["recv", rel.id, row.remote_snap_name, "incremental" if base else "full"])
+
+        def progress(moved: int) -> None:
+            with self.store.session() as s:
+                s.execute(update(ReplicationSession).where(ReplicationSession.id == session_id)
+                          .values(size_sent=moved))
+
+        result = run_pipeline(producer, consumer, progress=progress,
+                              should_stop=lambda: self._still_active(session_id),
+                              stall_seconds=self.settings.repl_stall_seconds)
+        if result.consumer_rc == 255:
+            reason = result.consumer_err.strip().splitlines()[-1] if result.consumer_err.strip() else "ssh failed"
+            raise RemoteError(f"Partner {address}:{partner.ssh_port} unreachable over SSH: {reason}")
+        if result.producer_rc != 0:
+            raise ValueError(f"zfs send failed: {result.producer_err.strip() or result.producer_rc}")
+        try:
+            answer = json.loads(result.consumer_out)
+        except ValueError:
+            answer = {"error": (result.consumer_err or result.consumer_out).strip() or
+                      f"exit status {result.consumer_rc}"}
+        if result.consumer_rc != 0 or "error" in answer:
+            raise RemoteError(f"The partner could not receive the snapshot: {answer.get('error')}")
+        return {"remote_snap_id": str(answer["snap_id"]), "size_sent": result.bytes_moved}
+
+    # == the remote side: requests a partner makes over SSH (vsnap.worker.serve) ===================
+    def serve(self, partner_id: str, words: list[str], stdin) -> dict:
+        with self.store.session() as s:
+            partner = s.get(Partner, partner_id)
+            if partner is None:
+                raise NotFoundError("This appliance no longer knows that partner")
+            s.expunge(partner)
+        op, args = (words[0], words[1:]) if words else ("", [])
+        if op == "info":
+            return {"system_id": self.system.id, "repl_addresses": self._repl_addresses()}
+        if op == "unpartner":
+            return self._serve_unpartner(partner)
+        if op == "create-replica":
+            return self._serve_create_replica(partner, json.load(stdin))
+        if op == "snapshots" and len(args) == 1:
+            return self._serve_snapshots(partner, args[0])
+        if op == "recv" and len(args) == 3 and args[2] in ("full", "incremental"):
+            return self._serve_receive(partner, args[0], validate_name(args[1], "Snapshot"), args[2] == "full",
+                                       stdin.fileno())
+        if op == "delete-relationship" and len(args) == 2 and args[1] in ("0", "1"):
+            return self._serve_delete_relationship(partner, args[0], args[1] == "1")
+        raise ValidationError(f"Unknown replication request: {' '.join(words)[:100]!r}")
+
+    def _repl_addresses(self) -> list[str]:
+        return [a for iface in self.network.list() if "repl" in iface["services"] for a in iface["ip4_addrs"]]
+
+    def _serve_unpartner(self, partner: Partner) -> dict:
+        with self.store.session() as s:
+            if s.query(Relationship).filter(Relationship.partner_id == partner.id).first():
+                raise ConflictError("Relationships with this partner exist here")
+        with self.lock.held():
+            self._forget_partner(partner.id)
+        return {}
+
+    def _partner_relationship(self, partner: Partner, rel_id: str, role: str | None = None) -> Relationship:
+        with self.store.session() as s:
+            rel = s.get(Relationship, _hex_id(rel_id, "Relationship"))
+            if rel is None or rel.partner_id != partner.id or (role and rel.local_role != role):
+                raise NotFoundError(f"Relationship {rel_id} not found")
+            s.expunge(rel)
+            return rel
+
+    def _serve_create_replica(self, partner: Partner, req: dict) -> dict:
+        rel_id = req.get("rel_id")
+        if not isinstance(rel_id, str) or not _HEX32.fullmatch(rel_id):
+            raise ValidationError("rel_id is not valid")
+        kind = req.get("volume_type")
+        if kind not in ("filesystem", "lun"):
+            raise ValidationError("Only filesystem and lun volumes are replicated")
+        primary_name = validate_name(req.get("primary_vol_name"))
+        name = validate_name(req.get("name") or f"{primary_name}_replica")
+        live = self.pools._live()
+        if req.get("pool_id") is not None:
+            matches = [(r, p) for r, p in live if str(r.id) == str(req["pool_id"])]
+            if not matches:
+                raise NotFoundError(f"Pool {req['pool_id']} not found on the partner")
+        elif len(live) != 1:
+            raise ValidationError(f"The partner has {len(live)} pools: give remote_pool_id")
+        else:
+            matches = live
+        pool_row, summary = matches[0]
+        view = self.catalog.load(pool_row.id)
+        existing = [v for v in view.volumes.values() if v.row.name == name]
+        if existing:
+            if not req.get("reuse"):
+                raise ConflictError(f"The partner's pool {summary.name} already has a volume named {name} "
+                                    "(reuse: true adopts it)")
+            volume = existing[0]
+            if volume.row.volume_type != kind:
+                raise ConflictError(f"{name} on the partner is a {volume.row.volume_type}, not a {kind}")
+            with self.store.session() as s:
+                for rel in s.query(Relationship).filter(Relationship.local_vol_id == volume.row.id):
+                    if rel.partner_id == partner.id and rel.remote_vol_id == str(req.get("primary_vol_id")):
+                        s.delete(rel)  # a stale replica of the same volume from the same partner
+                    else:
+                        raise ConflictError(f"{name} on the partner belongs to relationship {rel.id}")
+            vol_id = volume.row.id
+        else:
+            size = req.get("size_total") if kind == "lun" else None
+            made = self.volumes.create(name=name, volume_type=kind, pool_id=str(pool_row.id), size_total=size,
+                                       size_block=req.get("size_block") if kind == "lun" else None)
+            vol_id = int(made["id"])
+        with self.store.session() as s:
+            s.add(Relationship(id=rel_id, partner_id=partner.id, local_role=REPLICA, local_vol_id=vol_id,
+                               remote_pool_id=str(req.get("primary_pool_id")),
+                               remote_vol_id=str(req.get("primary_vol_id")), remote_vol_name=primary_name))
+        return {"vol_id": str(vol_id), "vol_name": name, "pool_id": str(pool_row.id)}
+
+    def _replica_snapshots(self, rel: Relationship):
+        view = self.catalog.load()
+        volume = view.volumes.get(rel.local_vol_id)
+        if volume is None:
+            raise NotFoundError("The replica volume no longer exists")
+        return volume, [v for v in view.snapshots.values() if v.volume.row.id == volume.row.id]
+
+    def _serve_snapshots(self, partner: Partner, rel_id: str) -> dict:
+        rel = self._partner_relationship(partner, rel_id, REPLICA)
+        _, snaps = self._replica_snapshots(rel)
+        return {"snapshots": [{"id": str(v.row.id), "name": v.row.name, "guid": v.props.get("guid")}
+                              for v in snaps]}
+
+    def _serve_receive(self, partner: Partner, rel_id: str, snap_name: str, full: bool, stdin: int) -> dict:
+        rel = self._partner_relationship(partner, rel_id, REPLICA)
+        volume, snaps = self._replica_snapshots(rel)
+        if any(v.row.name == snap_name for v in snaps):
+            raise ConflictError(f"The replica already has a snapshot named {snap_name}")
+        if full and snaps:
+            raise ConflictError("The replica already has snapshots: only an incremental stream can follow")
+        target = f"{volume.dataset}@{snap_name}"
+        try:
+            if full:
+                self.ds.unmount(volume.dataset)  # zfs-fuse fails a forced receive onto a mounted dataset
+            try:
+                self.ds.receive(target, full=full, stdin=stdin)
+            finally:
+                if full:
+                    self.ds.mount(volume.dataset)
+        except CommandError as exc:
+            raise ConflictError(describe(exc)) from exc
+        with self.lock.held():
+            view = self.catalog.load(volume.row.pool_id)
+        for snap in view.snapshots.values():
+            if snap.volume.row.id == volume.row.id and snap.row.name == snap_name:
+                return {"snap_id": str(snap.row.id)}
+        raise ConflictError(f"The received snapshot {snap_name} is not in the catalog")
+
+    def _serve_delete_relationship(self, partner: Partner, rel_id: str, preserve: bool) -> dict:
+        rel = self._partner_relationship(partner, rel_id)
+        self._stop_sessions(rel.id, "Canceled: the relationship was deleted on the partner")
+        if rel.local_role == REPLICA:
+            self._drop_replica_side(rel.id, preserve)
+        else:
+            self._drop_relationship(rel.id)  # the primary volume is never deleted
+        return {}
