@@ -84,7 +84,8 @@ def outsider():
 def appliance(admin):
     # The 401/403 matrix fails logins on purpose: throttling is tested on a server of its own.
     server = Appliance(STATE, PORT, ssh_port=SSH_PORT, env={"VSNAP_AUTH_FAIL_LIMIT": "100000",
-                                                                "VSNAP_TARGET_CHECK_INTERVAL": "1"}).start()
+                                                                "VSNAP_TARGET_CHECK_INTERVAL": "1",
+                                                                "VSNAP_REPL_STALL_SECONDS": "5"}).start()
     server.account = admin
     sweep_test_pools(server)  # an interrupted earlier run may have left some
     yield server

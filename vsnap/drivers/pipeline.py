@@ -94,7 +94,11 @@ def run_pipeline(producer: list[str], consumer: list[str], *,
         except BrokenPipeError:
             pass
         prod.stdout.close()
+    if reason is None:
+        reason = _wait_for_consumer(cons, should_stop, stall_seconds, tick)
     if reason is not None:
+        _kill(prod)
+        _kill(cons)
         prod.wait()
         cons.wait()
         raise PipelineStopped(reason)
@@ -110,6 +114,22 @@ def run_pipeline(producer: list[str], consumer: list[str], *,
     def text(key: str) -> str:
         return b"".join(outputs[key]).decode(errors="replace")
     return PipelineResult(moved, prod_rc, text("perr"), cons_rc, text("cout"), text("cerr"))
+
+
+def _wait_for_consumer(cons: subprocess.Popen, should_stop, stall_seconds: float, tick: float) -> str | None:
+    """After the end of the stream the consumer has to finish (the receiving side commits
+    what it got): a cancel still applies, and so does the watchdog."""
+    deadline = time.monotonic() + stall_seconds
+    while cons.poll() is None:
+        if should_stop is not None and (reason := should_stop()):
+            return reason
+        if time.monotonic() > deadline:
+            return f"stalled: the receiving side did not finish within {stall_seconds:g} s of the stream's end"
+        try:
+            cons.wait(tick)
+        except subprocess.TimeoutExpired:
+            pass
+    return None
 
 
 def _kill(proc: subprocess.Popen) -> None:

@@ -720,6 +720,11 @@ class ReplicationService:
             made = self.volumes.create(name=name, volume_type=kind, pool_id=str(pool_row.id), size_total=size,
                                        size_block=req.get("size_block") if kind == "lun" else None)
             vol_id = int(made["id"])
+        # Clients must not change a replica (a changed replica refuses the next incremental):
+        # read-only, and no access-time updates, which ZFS would count as a change.
+        dataset = f"{summary.name}/{name}"
+        self.ds.set(dataset, "atime", "off")
+        self.ds.set(dataset, "readonly", "on")
         with self.store.session() as s:
             s.add(Relationship(id=rel_id, partner_id=partner.id, local_role=REPLICA, local_vol_id=vol_id,
                                remote_pool_id=str(req.get("primary_pool_id")),
@@ -748,13 +753,18 @@ class ReplicationService:
             raise ConflictError("The replica already has snapshots: only an incremental stream can follow")
         target = f"{volume.dataset}@{snap_name}"
         try:
-            if full:
-                self.ds.unmount(volume.dataset)  # zfs-fuse fails a forced receive onto a mounted dataset
+            # Received unmounted: zfs-fuse fails a forced receive onto a mounted dataset, and
+            # does not drop the kernel's cached pages of files a receive changed. A replica in
+            # use (e.g. shared) still takes an incremental while mounted.
+            try:
+                self.ds.unmount(volume.dataset)
+            except CommandError:
+                if full:
+                    raise
             try:
                 self.ds.receive(target, full=full, stdin=stdin)
             finally:
-                if full:
-                    self.ds.mount(volume.dataset)
+                self.ds.mount(volume.dataset)
         except CommandError as exc:
             raise ConflictError(describe(exc)) from exc
         with self.lock.held():

@@ -1,0 +1,386 @@
+"""Replication between two real appliances on this machine (own state directories, API and
+sshd ports, pools), checked with zfs list and checksums of the data on both sides."""
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from .appliance import Appliance
+from .conftest import STATE, sweep_test_pools
+from .zfs_tools import PREFIX, unused
+
+ROOT = Path(__file__).resolve().parents[2]
+STATE_B = Path(os.environ.get("VSNAP_STATE_B", "/var/lib/vsnap-test-b"))
+PORT_B = int(os.environ.get("VSNAP_PORT_B", "8920"))
+SSH_PORT_B = int(os.environ.get("VSNAP_SSH_PORT_B", "8942"))
+MIB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def partner_b(appliance, admin):
+    if not (STATE_B / "lab" / "lab.env").exists():
+        pytest.fail(f"the partner's lab is not set up for {STATE_B}: run the suite with `make test`")
+    server = Appliance(STATE_B, PORT_B, ssh_port=SSH_PORT_B, log_name="server-b",
+                       env={"VSNAP_AUTH_FAIL_LIMIT": "100000", "VSNAP_REPL_STALL_SECONDS": "5"}).start()
+    server.account = admin
+    sweep_test_pools(server)
+    yield server
+    server.stop()
+
+
+def _forget_everything(server) -> None:
+    for rel in server.ok("GET", "/api/relationship")["relationships"]:
+        server.delete(f"/api/relationship/{rel['id']}")
+    for partner in server.ok("GET", "/api/partner")["partners"]:
+        server.delete(f"/api/partner/{partner['id']}")
+
+
+@pytest.fixture(scope="module")
+def pair(appliance, partner_b, admin):
+    """A and B partnered, each with a test pool."""
+    for server in (appliance, partner_b):
+        _forget_everything(server)
+        server.ok("POST", "/api/system", json={"action": "init", "skip_pool": True, "multipool": True})
+    pool_a = appliance.ok("POST", "/api/pool", json={"name": f"{PREFIX}repa", "pool_type": "raid0",
+                                                     "disk_list": [d["uuid"] for d in unused(appliance, 2)]})
+    pool_b = partner_b.ok("POST", "/api/pool", json={"name": f"{PREFIX}repb", "pool_type": "raid0",
+                                                     "disk_list": [d["uuid"] for d in unused(partner_b, 2)]})
+    partner = appliance.ok("POST", "/api/partner", json={
+        "remote_addr": "127.0.0.1", "remote_user": admin.name, "remote_pass": admin.password,
+        "remote_api_port": PORT_B, "local_addr": None, "local_api_port": None, "remote_ssh_port": None})
+    yield {"a": appliance, "b": partner_b, "pool_a": pool_a, "pool_b": pool_b, "partner": partner}
+    for server in (appliance, partner_b):
+        _forget_everything(server)
+    appliance.delete(f"/api/pool/{pool_a['id']}")
+    partner_b.delete(f"/api/pool/{pool_b['id']}")
+
+
+@pytest.fixture
+def volume(pair):
+    """Makes filesystem volumes on A; their relationships and the volumes go afterwards."""
+    made = []
+
+    def create(name):
+        v = pair["a"].ok("POST", "/api/volume", json={"name": name, "volume_type": "filesystem",
+                                                       "pool_id": pair["pool_a"]["id"]})
+        made.append(v)
+        return v
+
+    yield create
+    for server in (pair["a"], pair["b"]):
+        for rel in server.ok("GET", "/api/relationship")["relationships"]:
+            server.delete(f"/api/relationship/{rel['id']}")
+    for v in made:
+        pair["a"].delete(f"/api/volume/{v['id']}")
+
+
+def zfs_names(pool: str, kind: str = "all") -> set[str]:
+    out = subprocess.run(["zfs", "list", "-H", "-o", "name", "-t", kind, "-r", pool],
+                         capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+def write(path: str, size: int, offset: int = 0) -> None:
+    with open(path, "r+b" if os.path.exists(path) else "wb") as f:
+        f.seek(offset)
+        f.write(os.urandom(size))
+
+
+def checksums(root: str) -> dict[str, str]:
+    result = {}
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as f:
+                result[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+    return result
+
+
+def wait_session(server, session_id: str, statuses=("COMPLETED", "FAILED"), timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        s = server.ok("GET", f"/api/session/{session_id}")
+        if s["status"] in statuses or time.monotonic() > deadline:
+            return s
+        time.sleep(0.3)
+
+
+def replicate(pair, rel_id: str, **body) -> dict:
+    s = pair["a"].ok("POST", f"/api/relationship/{rel_id}/session", json=body)
+    assert s["status"] in ("PENDING", "ACTIVE") and s["rel_id"] == rel_id
+    return wait_session(pair["a"], s["id"])
+
+
+def relate(pair, vol: dict, **extra) -> dict:
+    return pair["a"].ok("POST", f"/api/volume/{vol['id']}/relationship",
+                        json={"partner_id": pair["partner"]["id"], **extra})
+
+
+def _pids(pattern: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+# -- partners -----------------------------------------------------------------------------------
+def test_partners_list_each_other_under_one_id_and_no_password_is_kept(pair, admin):
+    a, b, partner = pair["a"], pair["b"], pair["partner"]
+    assert (partner["address"], partner["api_port"], partner["ssh_port"]) == ("127.0.0.1", str(PORT_B),
+                                                                             str(SSH_PORT_B))
+    assert set(partner) == {"id", "address", "api_port", "ssh_port", "time_created", "time_updated"}
+    [seen_by_b] = b.ok("GET", "/api/partner")["partners"]
+    assert seen_by_b["id"] == partner["id"] and seen_by_b["api_port"] == str(a.port)
+    assert a.ok("GET", f"/api/partner/{partner['id']}") == partner
+    assert a.ok("GET", "/api/partner")["total"] == 1
+    # Each side's sshd lets the other's key in, forced onto the replication command.
+    for state in (STATE, STATE_B):
+        keys = (state / "ssh" / "authorized_keys").read_text()
+        assert f"vsnap-partner:{partner['id']}" in keys and 'restrict,command="' in keys
+    # The password was used once and is nowhere on disk: not in either state directory (the
+    # databases, keys, logs) nor in the servers' logs.
+    secret = admin.password.encode()
+    for state in (STATE, STATE_B):
+        for dirpath, _, files in os.walk(state):
+            for name in files:
+                path = os.path.join(dirpath, name)
+                if os.path.isfile(path) and os.path.getsize(path) < 256 * MIB:
+                    with open(path, "rb") as f:
+                        assert secret not in f.read(), path
+
+
+def test_partner_errors(pair, admin):
+    a = pair["a"]
+    r = a.post("/api/partner", json={"remote_addr": "127.0.0.1", "remote_user": admin.name,
+                                     "remote_pass": "wrong-" + admin.password, "remote_api_port": PORT_B})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "ValidationError"
+    for bad in ("-oProxyCommand=touch /tmp/x", "a b", "", "127.0.0.1;reboot"):
+        r = a.post("/api/partner", json={"remote_addr": bad, "remote_user": admin.name, "remote_pass": "x"})
+        assert r.status_code == 400, (bad, r.text)
+    r = a.post("/api/partner", json={"remote_addr": "127.0.0.1", "remote_user": admin.name,
+                                     "remote_pass": admin.password, "remote_api_port": 1})
+    assert r.status_code == 503
+    assert a.get("/api/partner/0123456789abcdef0123456789abcdef").status_code == 404
+    assert a.ok("GET", "/api/partner")["total"] == 1 and pair["b"].ok("GET", "/api/partner")["total"] == 1
+
+
+# -- relationships and sessions ----------------------------------------------------------------------
+def test_full_then_incremental_sessions_with_named_snapshots(pair, volume):
+    a, b = pair["a"], pair["b"]
+    vol = volume("repl1")
+    src = f"/vsnap/{pair['pool_a']['name']}/repl1"
+    write(f"{src}/big.bin", 24 * MIB)
+    write(f"{src}/small.txt", 1000)
+    rel = relate(pair, vol, remote_vol_name="repl1_copy")
+    assert (rel["local_role"], rel["local_vol_id"], rel["remote_vol_name"]) == ("primary", vol["id"], "repl1_copy")
+    replica_ds = f"{pair['pool_b']['name']}/repl1_copy"
+    assert replica_ds in zfs_names(pair["pool_b"]["name"], "filesystem")
+    seen_by_b = b.ok("GET", f"/api/relationship/{rel['id']}")
+    assert seen_by_b["local_role"] == "replica" and seen_by_b["local_vol_id"] == rel["remote_vol_id"]
+    assert seen_by_b["remote_vol_id"] == vol["id"] and seen_by_b["partner_id"] == rel["partner_id"]
+    assert b.ok("GET", "/api/relationship", params={"vol_name": "repl1_copy"})["relationships"][0]["id"] == rel["id"]
+    assert a.ok("GET", f"/api/volume/{vol['id']}/relationship")["total"] == 1
+
+    first = replicate(pair, rel["id"], remote_snap_name="nightly-1")
+    assert first["status"] == "COMPLETED", first
+    assert int(first["size_sent"]) >= 24 * MIB and first["repl_address"]
+    assert f"{replica_ds}@nightly-1" in zfs_names(pair["pool_b"]["name"], "snapshot")
+    remote_snap = b.ok("GET", f"/api/snapshot/{first['remote_snap_id']}")  # known to B's API at once
+    assert (remote_snap["name"], remote_snap["parent_id"]) == ("nightly-1", rel["remote_vol_id"])
+    dst = f"/vsnap/{pair['pool_b']['name']}/repl1_copy"
+    assert checksums(dst) == checksums(src)
+
+    write(f"{src}/big.bin", 2 * MIB, offset=8 * MIB)  # about 8% of the data changes
+    second = replicate(pair, rel["id"])
+    assert second["status"] == "COMPLETED", second
+    assert int(second["size_sent"]) < 4 * MIB, "an incremental sends roughly the changed bytes"
+    assert second["remote_snap_name"] == second["local_snap_name"]
+    assert checksums(dst) == checksums(src)
+    rel_now = a.ok("GET", f"/api/relationship/{rel['id']}")
+    assert rel_now["last_sync_status"] == "COMPLETED"
+    assert rel_now["last_success_snap_id"] == rel_now["last_attempt_snap_id"] == second["local_snap_id"]
+    # The primary's snapshots are untouched by replication.
+    assert {s["name"] for s in a.ok("GET", f"/api/volume/{vol['id']}/snapshot")["snapshots"]} == \
+        {first["local_snap_name"], second["local_snap_name"]}
+    # A given snapshot can be sent by id.
+    snap = a.ok("POST", f"/api/volume/{vol['id']}/snapshot", json={"name": "by-id"})
+    third = replicate(pair, rel["id"], snap_id=snap["id"])
+    assert third["status"] == "COMPLETED" and third["local_snap_id"] == snap["id"]
+
+
+def test_replica_rules_and_restore_from_a_replica_snapshot(pair, volume):
+    a, b = pair["a"], pair["b"]
+    vol = volume("repl2")
+    write(f"/vsnap/{pair['pool_a']['name']}/repl2/f", 3 * MIB)
+    rel = relate(pair, vol)
+    assert rel["remote_vol_name"] == "repl2_replica"
+    done = replicate(pair, rel["id"])
+    assert done["status"] == "COMPLETED", done
+    replica_id = rel["remote_vol_id"]
+    assert b.delete(f"/api/volume/{replica_id}").status_code == 409
+    assert b.put(f"/api/volume/{replica_id}", json={"name": "other"}).status_code == 409
+    assert b.post(f"/api/volume/{replica_id}/relationship",
+                  json={"partner_id": pair["partner"]["id"]}).status_code == 409
+    assert a.post(f"/api/volume/{vol['id']}/relationship",
+                  json={"partner_id": pair["partner"]["id"]}).status_code == 409  # one per partner
+    assert b.post(f"/api/relationship/{rel['id']}/session", json={}).status_code == 409  # primary starts
+    # Restore at the remote site: clone the replica's snapshot.
+    clone = b.ok("POST", "/api/volume", json={"name": "repl2_restore", "snapshot_id": done["remote_snap_id"]})
+    try:
+        assert checksums(f"/vsnap/{pair['pool_b']['name']}/repl2_restore") == \
+            checksums(f"/vsnap/{pair['pool_a']['name']}/repl2")
+    finally:
+        b.ok("DELETE", f"/api/volume/{clone['id']}")
+
+
+def test_delete_relationship_with_and_without_preserve(pair, volume):
+    a, b = pair["a"], pair["b"]
+    pool_b = pair["pool_b"]["name"]
+    v1, v2 = volume("repl3"), volume("repl4")
+    r1, r2 = relate(pair, v1), relate(pair, v2)
+    assert replicate(pair, r1["id"])["status"] == "COMPLETED"
+    a.ok("DELETE", f"/api/relationship/{r1['id']}")
+    assert f"{pool_b}/repl3_replica" not in zfs_names(pool_b)
+    assert b.get(f"/api/relationship/{r1['id']}").status_code == 404
+    assert b.get(f"/api/volume/{r1['remote_vol_id']}").status_code == 404
+    a.ok("DELETE", f"/api/relationship/{r2['id']}", params={"preserve_replica": "true"})
+    assert f"{pool_b}/repl4_replica" in zfs_names(pool_b)
+    assert b.ok("GET", f"/api/volume/{r2['remote_vol_id']}")["name"] == "repl4_replica"
+    assert a.ok("GET", f"/api/volume/{v1['id']}")["name"] == "repl3"  # the primary is never deleted
+    # The preserved replica is adopted again with reuse.
+    again = relate(pair, v2, remote_vol_name="repl4_replica", reuse=True)
+    assert again["remote_vol_id"] == r2["remote_vol_id"]
+    a.ok("DELETE", f"/api/relationship/{again['id']}")
+    assert f"{pool_b}/repl4_replica" not in zfs_names(pool_b)
+
+
+def _freeze_receive(snap_name: str, timeout: float = 60) -> list[int]:
+    """SIGSTOPs the partner's sshd session that carries the stream of that snapshot, once it
+    runs: the data stops moving, as if the network stalled. (Stopping `zfs receive` itself
+    would not do: zfs-fuse's daemon reads the stream from the pipe on its own.)"""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in _pids("vsnap.worker.serve"):
+            try:
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if any(e.startswith(b"SSH_ORIGINAL_COMMAND=recv ") and e.split()[2] == snap_name.encode()
+                   for e in environ if e.startswith(b"SSH_ORIGINAL_COMMAND=")):
+                os.kill(ppid, signal.SIGSTOP)
+                return [ppid]
+        time.sleep(0.05)
+    raise AssertionError(f"no receive of {snap_name} appeared")
+
+
+def _thaw(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+
+def test_cancel_stops_a_running_transfer_and_the_replica_stays_complete(pair, volume):
+    a, b = pair["a"], pair["b"]
+    vol = volume("repl5")
+    src = f"/vsnap/{pair['pool_a']['name']}/repl5"
+    write(f"{src}/f", 4 * MIB)
+    rel = relate(pair, vol)
+    assert replicate(pair, rel["id"])["status"] == "COMPLETED"
+    before = zfs_names(pair["pool_b"]["name"], "snapshot")
+    write(f"{src}/g", 48 * MIB)
+    s = a.ok("POST", f"/api/relationship/{rel['id']}/session", json={"remote_snap_name": "to-cancel"})
+    frozen = _freeze_receive("to-cancel")
+    try:
+        assert wait_session(a, s["id"], ("ACTIVE",))["status"] == "ACTIVE"
+        canceled = a.ok("POST", f"/api/session/{s['id']}", json={"action": "cancel"})
+        assert (canceled["status"], canceled["message"]) == ("FAILED", "Canceled")
+    finally:
+        _thaw(frozen)
+    ended = wait_session(a, s["id"])
+    assert (ended["status"], ended["message"]) == ("FAILED", "Canceled")
+    time.sleep(2)
+    assert zfs_names(pair["pool_b"]["name"], "snapshot") == before  # nothing half-received
+    again = replicate(pair, rel["id"])
+    assert again["status"] == "COMPLETED", again
+    assert checksums(f"/vsnap/{pair['pool_b']['name']}/repl5_replica") == checksums(src)
+
+
+def test_stalled_stream_fails_and_the_next_session_succeeds(pair, volume):
+    a = pair["a"]
+    vol = volume("repl6")
+    src = f"/vsnap/{pair['pool_a']['name']}/repl6"
+    write(f"{src}/f", 40 * MIB)
+    rel = relate(pair, vol)
+    s = a.ok("POST", f"/api/relationship/{rel['id']}/session", json={"remote_snap_name": "stalls"})
+    frozen = _freeze_receive("stalls")
+    try:
+        ended = wait_session(a, s["id"], timeout=90)
+    finally:
+        _thaw(frozen)
+    assert ended["status"] == "FAILED" and "stalled" in ended["message"], ended
+    again = replicate(pair, rel["id"])
+    assert again["status"] == "COMPLETED", again
+    assert checksums(f"/vsnap/{pair['pool_b']['name']}/repl6_replica") == checksums(src)
+
+
+def test_kill_9_of_the_primary_during_a_transfer(pair, volume):
+    a = pair["a"]
+    vol = volume("repl7")
+    src = f"/vsnap/{pair['pool_a']['name']}/repl7"
+    write(f"{src}/f", 40 * MIB)
+    rel = relate(pair, vol)
+    s = a.ok("POST", f"/api/relationship/{rel['id']}/session", json={"remote_snap_name": "killed"})
+    frozen = _freeze_receive("killed")
+    try:
+        wait_session(a, s["id"], ("ACTIVE",))
+        a.stop(signal.SIGKILL)  # the server and everything it started
+    finally:
+        _thaw(frozen)
+        a.start()
+    ended = wait_session(a, s["id"], timeout=60)
+    assert ended["status"] == "FAILED" and "stopped during the transfer" in ended["message"], ended
+    time.sleep(2)
+    assert not any("@killed" in n for n in zfs_names(pair["pool_b"]["name"], "snapshot"))
+    again = replicate(pair, rel["id"])
+    assert again["status"] == "COMPLETED", again
+    assert checksums(f"/vsnap/{pair['pool_b']['name']}/repl7_replica") == checksums(src)
+
+
+def test_failures_name_their_cause(pair, volume):
+    a, b = pair["a"], pair["b"]
+    vol = volume("repl8")
+    src = f"/vsnap/{pair['pool_a']['name']}/repl8"
+    write(f"{src}/f", 2 * MIB)
+    rel = relate(pair, vol)
+    assert replicate(pair, rel["id"])["status"] == "COMPLETED"
+    # The replica changed since its last snapshot: the incremental is refused, not forced.
+    dst = f"/vsnap/{pair['pool_b']['name']}/repl8_replica"
+    with pytest.raises(OSError):
+        write(f"{dst}/intruder", 1000)  # replicas are read-only
+    subprocess.run(["zfs", "set", "readonly=off", f"{pair['pool_b']['name']}/repl8_replica"], check=True)
+    write(f"{dst}/intruder", 1000)  # ...unless an admin changes that by hand
+    failed = replicate(pair, rel["id"])
+    assert failed["status"] == "FAILED" and "modified" in failed["message"], failed
+    assert os.path.exists(f"{dst}/intruder")
+    a_rel = a.ok("GET", f"/api/relationship/{rel['id']}")
+    assert a_rel["last_sync_status"] == "FAILED" and a_rel["last_attempt_snap_id"] == failed["local_snap_id"]
+
+    # The partner's sshd is down: unreachable.
+    pidfile = STATE_B / "lab" / "run" / "sshd.pid"
+    os.kill(int(pidfile.read_text().split()[0]), signal.SIGTERM)
+    try:
+        time.sleep(1)
+        down = replicate(pair, rel["id"])
+        assert down["status"] == "FAILED" and "unreachable" in down["message"], down
+    finally:
+        env = {**os.environ, "VSNAP_STATE": str(STATE_B), "VSNAP_SSH_PORT": str(SSH_PORT_B),
+               "VSNAP_LAB_DISKS": "3"}
+        subprocess.run([str(ROOT / "lab" / "lab.sh"), "up"], env=env, check=True, capture_output=True,
+                       timeout=300)

@@ -1,0 +1,385 @@
+"""run_pipeline with real small commands (sh, head, cat, md5sum, sleep): the bytes relayed,
+progress, cancel, stall detection, failures on either side and the output captured.
+
+Timing bounds are loose on purpose (these are not performance tests); each test that starts a
+long-lived command records its pid so that it can be ended if the relay leaves it behind."""
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from vsnap.drivers.pipeline import PipelineResult, PipelineStopped, run_pipeline
+
+LOOSE = 10.0  # seconds: "promptly", for a relay that looks every tick
+
+
+def alive(pid: int) -> bool:
+    """Whether pid runs (a zombie does not: it has stopped, only its exit status is left)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+    except OSError:
+        return False
+    return text[text.rindex(")") + 2] not in "ZX"
+
+
+def read_pid(path, timeout: float = 5.0) -> int:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            text = path.read_text().strip()
+        except FileNotFoundError:
+            text = ""
+        if text:
+            return int(text)
+        time.sleep(0.01)
+    raise AssertionError(f"{path} never written")
+
+
+@pytest.fixture
+def pids():
+    """Pids of commands a test started; any still running at the end are killed (by pid)."""
+    found: list[int] = []
+    yield found
+    for pid in found:
+        if alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def sh_with_pid(pidfile, script: str) -> list[str]:
+    """sh that writes its pid, then runs `script` (use `exec` to keep the pid)."""
+    return ["sh", "-c", f"echo $$ > '{pidfile}'; {script}"]
+
+
+# =============================================================================================
+# data and counting
+# =============================================================================================
+
+@pytest.mark.parametrize("size", [0, 1, 65535, 65536, 1 << 20, 3_000_000 + 12345])
+def test_bytes_counted_exactly_and_data_intact(tmp_path, size):
+    data = os.urandom(size)
+    src = tmp_path / "src.bin"
+    src.write_bytes(data)
+    result = run_pipeline(["cat", str(src)], ["md5sum"], stall_seconds=LOOSE, tick=0.1)
+    assert isinstance(result, PipelineResult)
+    assert result.bytes_moved == size
+    assert result.producer_rc == 0 and result.consumer_rc == 0
+    assert result.consumer_out.split()[0] == hashlib.md5(data).hexdigest()
+
+
+def test_data_arrives_byte_for_byte(tmp_path):
+    data = os.urandom(2_500_000)
+    (tmp_path / "src.bin").write_bytes(data)
+    out = tmp_path / "out.bin"
+    result = run_pipeline(["cat", str(tmp_path / "src.bin")], ["sh", "-c", f"cat > '{out}'"],
+                          stall_seconds=LOOSE, tick=0.1)
+    assert result.bytes_moved == len(data) and result.consumer_rc == 0
+    assert out.read_bytes() == data
+
+
+def test_empty_stream():
+    result = run_pipeline(["true"], ["md5sum"], stall_seconds=LOOSE)
+    assert result.bytes_moved == 0 and result.producer_rc == 0 and result.consumer_rc == 0
+    assert result.consumer_out.split()[0] == hashlib.md5(b"").hexdigest()
+
+
+def test_commands_are_argument_lists_not_shell():
+    # A shell would expand these; as argv they reach the command untouched.
+    result = run_pipeline(["printf", "%s", "$(echo x);`id`|*"], ["cat"], stall_seconds=LOOSE)
+    assert result.consumer_out == "$(echo x);`id`|*"
+    assert result.bytes_moved == len("$(echo x);`id`|*")
+
+
+# =============================================================================================
+# progress
+# =============================================================================================
+
+def test_progress_non_decreasing_and_ends_with_the_total():
+    seen: list[int] = []
+    chunk, rounds = 100_000, 6
+    producer = ["sh", "-c", f"for i in $(seq {rounds}); do head -c {chunk} /dev/zero; sleep 0.1; done"]
+    result = run_pipeline(producer, ["md5sum"], progress=seen.append, stall_seconds=LOOSE, tick=0.05)
+    assert result.bytes_moved == chunk * rounds
+    assert seen, "progress was never called"
+    assert seen == sorted(seen)
+    assert seen[-1] == chunk * rounds
+    assert len(seen) >= 3  # called while data moved, not only at the end
+    assert any(0 < v < chunk * rounds for v in seen)
+
+
+def test_progress_called_with_the_total_even_for_a_quick_stream():
+    seen: list[int] = []
+    result = run_pipeline(["head", "-c", "1000", "/dev/zero"], ["cat"], progress=seen.append, tick=60)
+    assert seen and seen[-1] == 1000 == result.bytes_moved
+
+
+# =============================================================================================
+# cancel (should_stop)
+# =============================================================================================
+
+def test_should_stop_kills_both_and_raises_promptly(tmp_path, pids):
+    ppid, cpid = tmp_path / "p.pid", tmp_path / "c.pid"
+    producer = sh_with_pid(ppid, "while :; do printf xxxxxxxx; sleep 0.01; done")
+    consumer = sh_with_pid(cpid, "exec cat > /dev/null")
+    asked: list[float] = []
+    start = time.monotonic()
+
+    def should_stop():
+        asked.append(time.monotonic())
+        return "Canceled" if time.monotonic() - start > 0.5 else None
+
+    with pytest.raises(PipelineStopped) as info:
+        run_pipeline(producer, consumer, should_stop=should_stop, stall_seconds=LOOSE, tick=0.1)
+    elapsed = time.monotonic() - start
+    pids += [read_pid(ppid), read_pid(cpid)]
+    assert str(info.value) == "Canceled"
+    assert 0.5 <= elapsed < LOOSE
+    assert len(asked) >= 2
+    assert not alive(pids[0]) and not alive(pids[1])
+
+
+def test_should_stop_honoured_when_nothing_moves(tmp_path, pids):
+    ppid, cpid = tmp_path / "p.pid", tmp_path / "c.pid"
+    start = time.monotonic()
+    with pytest.raises(PipelineStopped, match="^stop now$"):
+        run_pipeline(sh_with_pid(ppid, "exec sleep 30"), sh_with_pid(cpid, "exec sleep 30"),
+                     should_stop=lambda: "stop now" if time.monotonic() - start > 0.3 else None,
+                     stall_seconds=LOOSE, tick=0.1)
+    assert time.monotonic() - start < 5
+    pids += [read_pid(ppid), read_pid(cpid)]
+    assert not alive(pids[0]) and not alive(pids[1])
+
+
+def test_should_stop_returning_nothing_lets_the_stream_finish():
+    result = run_pipeline(["head", "-c", "300000", "/dev/zero"], ["md5sum"], should_stop=lambda: None,
+                          stall_seconds=LOOSE, tick=0.05)
+    assert result.bytes_moved == 300000 and result.consumer_rc == 0
+
+
+# =============================================================================================
+# stalls
+# =============================================================================================
+
+def test_stall_when_the_producer_sends_nothing(tmp_path, pids):
+    ppid = tmp_path / "p.pid"
+    start = time.monotonic()
+    with pytest.raises(PipelineStopped, match="stalled"):
+        run_pipeline(sh_with_pid(ppid, "exec sleep 30"), ["cat"], stall_seconds=1, tick=0.1)
+    elapsed = time.monotonic() - start
+    assert 0.95 <= elapsed < LOOSE
+    pids.append(read_pid(ppid))
+    assert not alive(pids[0])
+
+
+def test_stall_when_the_producer_stops_midway(tmp_path, pids):
+    ppid = tmp_path / "p.pid"
+    seen: list[int] = []
+    with pytest.raises(PipelineStopped, match="stalled"):
+        run_pipeline(sh_with_pid(ppid, "head -c 200000 /dev/zero; exec sleep 30"), ["md5sum"],
+                     progress=seen.append, stall_seconds=1, tick=0.1)
+    assert seen and seen[-1] == 200000
+    pids.append(read_pid(ppid))
+    assert not alive(pids[0])
+
+
+def test_stall_when_the_consumer_does_not_read(tmp_path, pids):
+    cpid = tmp_path / "c.pid"
+    start = time.monotonic()
+    with pytest.raises(PipelineStopped, match="stalled"):
+        run_pipeline(["head", "-c", "10000000", "/dev/zero"], sh_with_pid(cpid, "exec sleep 30"),
+                     stall_seconds=1, tick=0.1)
+    elapsed = time.monotonic() - start
+    assert 0.95 <= elapsed < LOOSE
+    pids.append(read_pid(cpid))
+    assert not alive(pids[0])
+
+
+def test_slow_but_steady_is_not_a_stall():
+    # 7 pieces 0.3 s apart: 2 s in all, never 1 s without data.
+    producer = ["sh", "-c", "for i in 1 2 3 4 5 6 7; do printf 0123456789; sleep 0.3; done"]
+    result = run_pipeline(producer, ["cat"], stall_seconds=1, tick=0.1)
+    assert result.bytes_moved == 70 and result.consumer_out == "0123456789" * 7
+
+
+def _run_in_thread(kwargs) -> tuple[threading.Thread, dict]:
+    outcome: dict = {}
+
+    def target():
+        start = time.monotonic()
+        try:
+            outcome["result"] = run_pipeline(**kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome["error"] = exc
+        outcome["elapsed"] = time.monotonic() - start
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: once the producer has ended, run_pipeline waits for the "
+                                       "consumer with cons.wait() and no limit: a consumer that never "
+                                       "finishes (e.g. a hung remote zfs receive behind ssh) is neither "
+                                       "a stall nor cancelable, and the session stays ACTIVE for good")
+def test_stall_when_the_consumer_hangs_after_the_stream_ended(tmp_path, pids):
+    cpid = tmp_path / "c.pid"
+    # The whole stream fits in the pipe; then the consumer sits without reading or exiting.
+    thread, outcome = _run_in_thread(dict(producer=["printf", "abc"],
+                                          consumer=sh_with_pid(cpid, "exec sleep 30"),
+                                          stall_seconds=0.5, tick=0.1))
+    try:
+        thread.join(3)
+        assert not thread.is_alive(), "run_pipeline still waiting 3 s after a 0.5 s stall limit"
+        assert isinstance(outcome.get("error"), PipelineStopped)
+    finally:
+        pids.append(read_pid(cpid))
+        if alive(pids[-1]):
+            os.kill(pids[-1], signal.SIGKILL)
+        thread.join(5)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: should_stop() is not consulted while run_pipeline waits for "
+                                       "the consumer after the end of the stream: a cancel there has no effect")
+def test_cancel_while_the_consumer_finishes(tmp_path, pids):
+    cpid = tmp_path / "c.pid"
+    start = time.monotonic()
+    thread, outcome = _run_in_thread(dict(producer=["printf", "abc"],
+                                          consumer=sh_with_pid(cpid, "cat > /dev/null; exec sleep 30"),
+                                          should_stop=lambda: "Canceled" if time.monotonic() - start > 0.3 else None,
+                                          stall_seconds=LOOSE, tick=0.1))
+    try:
+        thread.join(3)
+        assert not thread.is_alive(), "cancel not honoured while waiting for the consumer"
+        assert isinstance(outcome.get("error"), PipelineStopped)
+    finally:
+        pids.append(read_pid(cpid))
+        if alive(pids[-1]):
+            os.kill(pids[-1], signal.SIGKILL)
+        thread.join(5)
+
+
+# =============================================================================================
+# failures
+# =============================================================================================
+
+def test_producer_failure_is_reported_and_the_consumer_not_left_to_succeed():
+    # The consumer would exit 0 a while after the end of its input: it must not get to.
+    start = time.monotonic()
+    result = run_pipeline(["sh", "-c", "printf partial; echo 'send failed' >&2; exit 7"],
+                          ["sh", "-c", "cat > /dev/null; sleep 5; exit 0"], stall_seconds=LOOSE, tick=0.1)
+    assert result.producer_rc == 7
+    assert result.producer_err == "send failed\n"
+    assert result.consumer_rc != 0
+    assert result.bytes_moved == len("partial")
+    assert time.monotonic() - start < 4
+
+
+def test_producer_failure_with_a_quick_consumer():
+    result = run_pipeline(["sh", "-c", "exit 2"], ["md5sum"], stall_seconds=LOOSE)
+    assert result.producer_rc == 2  # whatever the consumer made of the empty stream
+    assert result.bytes_moved == 0
+
+
+def test_consumer_failing_early_does_not_hang():
+    start = time.monotonic()
+    result = run_pipeline(["head", "-c", "50000000", "/dev/zero"],
+                          ["sh", "-c", "echo 'cannot receive' >&2; exit 3"], stall_seconds=LOOSE, tick=0.1)
+    assert result.consumer_rc == 3
+    assert result.consumer_err == "cannot receive\n"
+    assert result.producer_rc != 0  # its output had nowhere to go
+    assert result.bytes_moved < 50_000_000
+    assert time.monotonic() - start < LOOSE
+
+
+def test_consumer_failing_after_reading_some():
+    result = run_pipeline(["head", "-c", "20000000", "/dev/zero"], ["sh", "-c", "head -c 1000 > /dev/null; exit 4"],
+                          stall_seconds=LOOSE, tick=0.1)
+    assert result.consumer_rc == 4
+    assert 1000 <= result.bytes_moved < 20_000_000
+
+
+def test_missing_producer_command():
+    with pytest.raises(FileNotFoundError):
+        run_pipeline(["/nonexistent/zfs", "send"], ["cat"])
+
+
+def test_missing_consumer_command_kills_the_producer(monkeypatch):
+    import vsnap.drivers.pipeline as pipeline
+    started: list = []
+    real_popen = pipeline.subprocess.Popen
+
+    def spy(*args, **kwargs):
+        proc = real_popen(*args, **kwargs)
+        started.append(proc)
+        return proc
+    monkeypatch.setattr(pipeline.subprocess, "Popen", spy)
+    with pytest.raises(FileNotFoundError):
+        run_pipeline(["sleep", "30"], ["/nonexistent/ssh"])
+    (producer,) = started
+    try:
+        assert producer.wait(5) == -signal.SIGKILL
+    finally:
+        if producer.poll() is None:
+            producer.kill()
+            producer.wait()
+        producer.stdout.close()
+        producer.stderr.close()
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: an exception inside the relay loop (e.g. the progress callback "
+                                       "failing on a locked database) leaves both commands running: the "
+                                       "producer is not killed and the consumer gets a clean end of input on "
+                                       "a truncated stream instead of being killed")
+def test_exception_in_progress_kills_both(tmp_path, pids):
+    ppid, marker = tmp_path / "p.pid", tmp_path / "consumer-finished"
+
+    def progress(moved):
+        raise RuntimeError("database is locked")
+
+    with pytest.raises(RuntimeError, match="database is locked"):
+        run_pipeline(sh_with_pid(ppid, "head -c 2000000 /dev/zero; exec sleep 30"),
+                     ["sh", "-c", f"cat > /dev/null && touch '{marker}'"], progress=progress,
+                     stall_seconds=LOOSE, tick=0.05)
+    pids.append(read_pid(ppid))  # the pids fixture kills a producer left running
+    assert not alive(pids[0]), "the producer is still running"
+    time.sleep(0.3)
+    assert not marker.exists(), "the consumer took the truncated stream for a complete one"
+
+
+# =============================================================================================
+# output
+# =============================================================================================
+
+def test_stdout_and_stderr_captured():
+    result = run_pipeline(["sh", "-c", "echo 'producer says' >&2; printf payload"],
+                          ["sh", "-c", "cat; echo; echo 'consumer says' >&2"], stall_seconds=LOOSE)
+    assert result.producer_err == "producer says\n"
+    assert result.consumer_out == "payload\n"
+    assert result.consumer_err == "consumer says\n"
+    assert result.producer_rc == 0 and result.consumer_rc == 0
+
+
+def test_large_stderr_does_not_block_the_stream():
+    # More than a pipe holds on both stderrs and the consumer's stdout: read while data moves.
+    noisy = "head -c 300000 /dev/zero | tr '\\0' e >&2"
+    result = run_pipeline(["sh", "-c", f"{noisy}; head -c 500000 /dev/zero"],
+                          ["sh", "-c", f"{noisy}; md5sum; head -c 300000 /dev/zero | tr '\\0' o"],
+                          stall_seconds=5, tick=0.1)
+    assert result.bytes_moved == 500000
+    assert result.producer_err == "e" * 300000
+    assert result.consumer_err == "e" * 300000
+    assert result.consumer_out.startswith(hashlib.md5(b"\0" * 500000).hexdigest())
+    assert result.consumer_out.endswith("o" * 300000)
+
+
+def test_undecodable_output_is_replaced_not_fatal():
+    result = run_pipeline(["sh", "-c", "printf '\\377\\376' >&2; printf x"], ["cat"], stall_seconds=LOOSE)
+    assert result.producer_err == "\ufffd\ufffd"
+    assert result.consumer_out == "x"
