@@ -24,7 +24,7 @@ APT_PACKAGES := zfs-fuse tgt libiscsi-bin nfs-ganesha nfs-ganesha-vfs rpcbind li
 	samba smbclient openssh-server openssh-client iproute2 openssl util-linux procps \
 	passwd nginx
 
-.PHONY: run test stop stop-test setup setup-test deps lab bootstrap install clean-venv
+.PHONY: run test bench stop stop-test setup setup-test deps lab bootstrap install clean-venv
 
 deps: $(STAMPS)/venv
 
@@ -61,6 +61,12 @@ test: setup-test
 	VSNAP_STATE=$(TEST_STATE) VSNAP_PORT=$(TEST_PORT) VSNAP_SSH_PORT=$(TEST_SSH_PORT) \
 	VSNAP_STATE_B=$(TEST_STATE_B) VSNAP_PORT_B=$(TEST_PORT_B) VSNAP_SSH_PORT_B=$(TEST_SSH_PORT_B) \
 		$(PY) -m pytest -ra $(PYTEST_ARGS)
+
+# Benchmarks against the raw commands, on the test lab's two appliances (see bench/).
+bench: setup-test
+	VSNAP_STATE=$(TEST_STATE) VSNAP_PORT=$(TEST_PORT) VSNAP_SSH_PORT=$(TEST_SSH_PORT) \
+	VSNAP_STATE_B=$(TEST_STATE_B) VSNAP_PORT_B=$(TEST_PORT_B) VSNAP_SSH_PORT_B=$(TEST_SSH_PORT_B) \
+		$(PY) bench/bench_replication.py
 
 stop:
 	VSNAP_STATE=$(VSNAP_STATE) lab/lab.sh down

@@ -5,6 +5,7 @@ Files live in tmp_path; the only real command is ssh-keygen (to make a key pair,
 that the files we write parse as OpenSSH key files)."""
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import stat
@@ -384,14 +385,9 @@ STATE_DIRS = [
     "/srv/tab\there",
     "/srv/ünïcode",
     "/srv/\"'mixed' \"quotes\"",
-    pytest.param("/srv/back\\slash/vsnap", marks=pytest.mark.xfail(
-        strict=True, reason="BUG: authorize() doubles backslashes in command=\"...\", but sshd "
-                            "(auth-options.c opt_dequote) only unescapes \\\" so the forced command gets "
-                            "two backslashes where the path has one")),
-    pytest.param("/srv/trailing\\", marks=pytest.mark.xfail(
-        strict=True, reason="BUG: backslashes are doubled in command=\"...\" (sshd keeps them doubled)")),
-    pytest.param("/srv/\\\"both\\\"", marks=pytest.mark.xfail(
-        strict=True, reason="BUG: backslashes are doubled in command=\"...\" (sshd keeps them doubled)")),
+    "/srv/back\\slash/vsnap",
+    "/srv/trailing\\",
+    "/srv/\\\"both\\\"",
 ]
 
 
@@ -415,7 +411,6 @@ def test_forced_command_runs_as_the_shell_would(drv, state_dir, tmp_path):
     forced, _, _ = parse_authorized_line(lines(drv.authorized_keys)[0])
     out = subprocess.run(["sh", "-c", forced], capture_output=True, text=True, timeout=30, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    import json
     assert json.loads(out.stdout) == ["--state", state_dir]
 
 

@@ -30,6 +30,8 @@ class PipelineResult:
     consumer_rc: int
     consumer_out: str
     consumer_err: str
+    producer_killed: bool = False  # by the relay, because the consumer had gone
+    consumer_killed: bool = False  # by the relay, because the producer failed
 
 
 def _read_all(stream, sink: list[bytes]) -> None:
@@ -59,6 +61,7 @@ def run_pipeline(producer: list[str], consumer: list[str], *,
     src, dst = prod.stdout.fileno(), cons.stdin.fileno()
     last_move = last_report = time.monotonic()
     reason = None
+    consumer_gone = False
     flags = os.SPLICE_F_NONBLOCK | os.SPLICE_F_MOVE
     try:
         while True:
@@ -80,11 +83,17 @@ def run_pipeline(producer: list[str], consumer: list[str], *,
             except BlockingIOError:
                 continue
             except BrokenPipeError:  # the consumer gave up; its exit status says why
+                consumer_gone = True
                 break
             if n == 0:
                 break  # end of the stream
             moved += n
             last_move = time.monotonic()
+    except BaseException:
+        # Whatever went wrong here, a half-relayed stream must not end as a clean one.
+        _kill(prod)
+        _kill(cons)
+        raise
     finally:
         if reason is not None:
             _kill(prod)
@@ -94,18 +103,25 @@ def run_pipeline(producer: list[str], consumer: list[str], *,
         except BrokenPipeError:
             pass
         prod.stdout.close()
+    producer_killed = consumer_killed = False
     if reason is None:
-        reason = _wait_for_consumer(cons, should_stop, stall_seconds, tick)
+        if consumer_gone:
+            producer_killed = _kill(prod)  # nobody reads what it sends any more
+        else:
+            # The producer ends right after its stream; a failed one must not leave the
+            # consumer to take a truncated stream for a whole one.
+            reason, prod_rc = _wait(prod, should_stop, stall_seconds, tick, "the sending side")
+            if reason is None and prod_rc != 0:
+                consumer_killed = _kill(cons)
+    if reason is None:
+        reason = _wait(cons, should_stop, stall_seconds, tick, "the receiving side")[0]
     if reason is not None:
         _kill(prod)
         _kill(cons)
         prod.wait()
         cons.wait()
         raise PipelineStopped(reason)
-    prod_rc = prod.wait()
-    if prod_rc != 0 and cons.poll() is None:
-        _kill(cons)  # a broken stream must not be taken for a complete one
-    cons_rc = cons.wait()
+    prod_rc, cons_rc = prod.wait(), cons.wait()
     for r in readers:
         r.join(5)
     if progress is not None:
@@ -113,28 +129,33 @@ def run_pipeline(producer: list[str], consumer: list[str], *,
 
     def text(key: str) -> str:
         return b"".join(outputs[key]).decode(errors="replace")
-    return PipelineResult(moved, prod_rc, text("perr"), cons_rc, text("cout"), text("cerr"))
+    return PipelineResult(moved, prod_rc, text("perr"), cons_rc, text("cout"), text("cerr"),
+                          producer_killed, consumer_killed)
 
 
-def _wait_for_consumer(cons: subprocess.Popen, should_stop, stall_seconds: float, tick: float) -> str | None:
-    """After the end of the stream the consumer has to finish (the receiving side commits
+def _wait(proc: subprocess.Popen, should_stop, stall_seconds: float, tick: float,
+          what: str) -> tuple[str | None, int | None]:
+    """Waits for a command to finish after the end of the stream (the receiving side commits
     what it got): a cancel still applies, and so does the watchdog."""
     deadline = time.monotonic() + stall_seconds
-    while cons.poll() is None:
+    while proc.poll() is None:
         if should_stop is not None and (reason := should_stop()):
-            return reason
+            return reason, None
         if time.monotonic() > deadline:
-            return f"stalled: the receiving side did not finish within {stall_seconds:g} s of the stream's end"
+            return f"stalled: {what} did not finish within {stall_seconds:g} s of the stream's end", None
         try:
-            cons.wait(tick)
+            proc.wait(tick)
         except subprocess.TimeoutExpired:
             pass
-    return None
+    return None, proc.returncode
 
 
-def _kill(proc: subprocess.Popen) -> None:
+def _kill(proc: subprocess.Popen) -> bool:
+    """Kills a command still running; says whether it did."""
     if proc.poll() is None:
         try:
             proc.send_signal(signal.SIGKILL)
+            return True
         except ProcessLookupError:
             pass
+    return False

@@ -110,7 +110,8 @@ class SshDriver:
         """Lets the partner's key in, restricted to `command` (no shell, pty or forwarding)."""
         _check_partner_id(partner_id)
         key = normalize_public_key(public_key)
-        forced = " ".join(shlex.quote(part) for part in command).replace("\\", "\\\\").replace('"', '\\"')
+        # sshd unescapes only \" inside command="..." (auth-options.c, opt_dequote)
+        forced = " ".join(shlex.quote(part) for part in command).replace('"', '\\"')
         line = f'restrict,command="{forced}" {key} vsnap-partner:{partner_id}'
         lines = self._lines_without(self.authorized_keys, partner_id) + [line]
         _write_atomically(self.authorized_keys, "\n".join(lines) + "\n")

@@ -196,11 +196,17 @@ class Catalog:
         log.info("picked up volume %s as id %s", name, row.id)
 
     def _reconcile_snapshots(self, s, pool_row: Pool, pool: str, snapshots, apply: bool) -> bool:
+        """Snapshots are matched by (volume, guid): a received snapshot keeps its source's guid,
+        so one appliance can hold the same guid under several datasets (replicas)."""
         changed = False
         volumes = {v.name: v for v in s.query(Volume).filter(Volume.pool_id == pool_row.id).all()}
         rows = s.query(Snapshot).join(Volume).filter(Volume.pool_id == pool_row.id).all()
-        by_guid = {r.guid: r for r in rows if r.guid}
-        zfs_guids = {props.get("guid"): name for name, props in snapshots.items()}
+        by_key = {(r.volume_id, r.guid): r for r in rows if r.guid}
+        zfs_keys = {}
+        for name, props in snapshots.items():
+            volume = volumes.get(name.split("@", 1)[0].split("/", 1)[1])
+            if volume is not None:
+                zfs_keys[(volume.id, props.get("guid"))] = name
         in_flight = {r.id for r in rows if r.state != READY}
         # A snapshot is stamped with its id only after it is taken: one whose name an in-flight
         # row holds is that row's, for it (or the next start) to finish.
@@ -208,7 +214,7 @@ class Catalog:
         for row in rows:
             if row.state != READY:
                 continue
-            name = zfs_guids.get(row.guid)
+            name = zfs_keys.get((row.volume_id, row.guid))
             if name is None:
                 changed = True
                 if apply:
@@ -219,11 +225,11 @@ class Catalog:
                     row.name = name.split("@", 1)[1]
         for name, props in snapshots.items():
             guid = props.get("guid")
-            if guid in by_guid or _stamped_id(props.get(PROP_SNAP_ID)) in in_flight:
-                continue
             volume = volumes.get(name.split("@", 1)[0].split("/", 1)[1])
             if volume is None or volume.state != READY:
                 continue  # its volume is picked up first, on this pass or the next
+            if (volume.id, guid) in by_key or _stamped_id(props.get(PROP_SNAP_ID)) in in_flight:
+                continue
             if (volume.id, name.split("@", 1)[1]) in in_flight_names:
                 continue
             changed = True
@@ -255,10 +261,13 @@ class Catalog:
                     view.volumes[vol.id] = VolumeView(vol, pool_row, pool, None)
                 elif vol.guid in by_guid:
                     view.volumes[vol.id] = VolumeView(vol, pool_row, pool, by_guid[vol.guid][1])
+            snaps_by_key = {(name.split("@", 1)[0], props.get("guid")): (name, props)
+                            for name, props in snapshots.items()}
             for snap in s.query(Snapshot).join(Volume).filter(
                     Volume.pool_id == pool_row.id, Snapshot.state == READY).all():
                 volume = view.volumes.get(snap.volume_id)
-                if volume is None or snap.guid not in by_guid:
+                found = snaps_by_key.get((volume.dataset, snap.guid)) if volume is not None else None
+                if found is None:
                     continue
-                name, props = by_guid[snap.guid]
+                name, props = found
                 view.snapshots[snap.id] = SnapshotView(snap, volume, props, clones.get(name, []))

@@ -58,9 +58,12 @@ def validate_port(value, what: str) -> int:
 
 def validate_address(value, what: str) -> str:
     """A hostname or IP address (never an option-like word: it reaches ssh's argument list)."""
-    address = normalize_host(value) if isinstance(value, str) else None
+    try:
+        address = normalize_host(value) if isinstance(value, str) else None
+    except ValidationError:
+        address = None
     if not address or address == "all" or "/" in address:
-        raise ValidationError(f"{what} must be a hostname or an IP address")
+        raise ValidationError(f"{what} must be a hostname or an IP address, not {str(value)[:100]!r}")
     return address
 
 
@@ -188,7 +191,10 @@ class ReplicationService:
             if exc.status is not None and 400 <= exc.status < 500:
                 raise ConflictError(f"The partner refused the partnership: {exc}") from exc
             raise ServiceUnavailableError(f"Partner {remote_addr}:{remote_api_port}: {exc}") from exc
+        partner = None
         try:
+            if not isinstance(answer, dict):
+                raise ValidationError("the partner's answer is not an object")
             system_id = answer.get("system_id")
             if not isinstance(system_id, str) or not _SYSTEM_ID.fullmatch(system_id):
                 raise ValidationError("the partner's system id is not valid")
@@ -197,24 +203,42 @@ class ReplicationService:
                               tls_fingerprint=fingerprint,
                               ssh_host_key=normalize_public_key(answer.get("ssh_host_key")),
                               ssh_public_key=normalize_public_key(answer.get("ssh_public_key")))
+            self.ssh.pin_host_key(partner_id, partner.ssh_host_key)  # first: a withdrawal needs it
             with self.lock.held():
                 with self.store.session() as s:
                     self._replace_partner(s, system_id)
                     s.add(partner)
                 self.ssh.authorize(partner_id, partner.ssh_public_key, self.serve_command(partner_id))
-                self.ssh.pin_host_key(partner_id, partner.ssh_host_key)
         except (ApiError, ValueError, OSError) as exc:
+            # The partner trusts us already: take that back (over SSH, which needs its pinned
+            # host key), then forget it here.
+            self._withdraw(partner or self._withdrawal_target(partner_id, remote_addr, remote_ssh_port, answer))
             self._forget_partner(partner_id)
-            try:  # the partner trusts us already: take that back
-                self.link.call(Partner(id=partner_id, address=remote_addr, ssh_port=remote_ssh_port or 22),
-                               "unpartner")
-            except (RemoteError, ValueError) as undo_exc:
-                log.warning("partner %s: could not withdraw the half-made partnership: %s", remote_addr, undo_exc)
             if isinstance(exc, ApiError):
                 raise
             raise ValidationError(f"The partner's answer is not usable: {exc}") from exc
         log.info("partner %s (%s) added", partner_id, remote_addr)
         return self.get_partner(partner_id)
+
+    def _withdrawal_target(self, partner_id: str, address: str, ssh_port, answer) -> Partner | None:
+        """Enough of an unusable answer to reach the partner over SSH: its host key (pinned, so
+        the partner is verified) and its port."""
+        try:
+            host_key = normalize_public_key(answer.get("ssh_host_key"))
+            port = ssh_port or validate_port(answer.get("ssh_port"), "partner ssh_port")
+        except (AttributeError, ValueError, ApiError):
+            log.warning("partner %s answered unusably: remove partner %s there by hand", address, partner_id)
+            return None
+        self.ssh.pin_host_key(partner_id, host_key)
+        return Partner(id=partner_id, address=address, ssh_port=port)
+
+    def _withdraw(self, partner: Partner | None) -> None:
+        if partner is None:
+            return
+        try:
+            self.link.call(partner, "unpartner")
+        except RemoteError as exc:
+            log.warning("partner %s: could not withdraw the half-made partnership: %s", partner.address, exc)
 
     def _replace_partner(self, s, system_id: str) -> None:
         """Partnering again with an appliance replaces the old partnership, unless it is in use."""
@@ -383,7 +407,6 @@ class ReplicationService:
         with self.store.session() as s:
             rel = self._relationship(s, rel_id)
             partner = s.get(Partner, rel.partner_id)
-        self._stop_sessions(rel.id, "Canceled: the relationship was deleted")
         if rel.local_role == PRIMARY:
             # The replica goes first: if the partner cannot be reached it cannot be deleted,
             # and the relationship stays so that the deletion can be tried again.
@@ -394,8 +417,10 @@ class ReplicationService:
                     raise ServiceUnavailableError(f"The replica cannot be deleted now: {exc}") from exc
                 if "not found" not in str(exc):
                     raise ConflictError(str(exc)) from exc
+            self._stop_sessions(rel.id, "Canceled: the relationship was deleted")
             self._drop_relationship(rel.id)
         else:
+            self._stop_sessions(rel.id, "Canceled: the relationship was deleted")
             self._drop_replica_side(rel.id, preserve_replica)
             self._remote_forget(partner, rel.id, preserve=True)
 
@@ -627,7 +652,7 @@ class ReplicationService:
         if result.consumer_rc == 255:
             reason = result.consumer_err.strip().splitlines()[-1] if result.consumer_err.strip() else "ssh failed"
             raise RemoteError(f"Partner {address}:{partner.ssh_port} unreachable over SSH: {reason}")
-        if result.producer_rc != 0:
+        if result.producer_rc != 0 and not result.producer_killed:
             raise ValueError(f"zfs send failed: {result.producer_err.strip() or result.producer_rc}")
         try:
             answer = json.loads(result.consumer_out)

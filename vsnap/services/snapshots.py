@@ -137,7 +137,8 @@ class SnapshotService:
         exists = bool(found)
         stamp = found.get(PROP_SNAP_ID, "-")
         with self.store.session() as s:
-            claimed = s.query(Snapshot).filter(Snapshot.guid == found.get("guid"), Snapshot.id != row.id).first()
+            claimed = s.query(Snapshot).filter(Snapshot.guid == found.get("guid"), Snapshot.volume_id == row.volume_id,
+                                               Snapshot.id != row.id).first()
         if row.state == CREATING and exists and stamp in ("-", str(row.id)) and not claimed:
             self._finish(row.id, zfs_name)  # taken under this row, before it could be stamped
             log.info("snapshot %s: creation had finished in ZFS; kept", zfs_name)

@@ -77,12 +77,15 @@ class Volume(Base):
 
 
 class Snapshot(Base):
+    """A snapshot, matched to ZFS by (volume, guid): a received snapshot keeps the guid of the
+    one it came from, so a guid can recur under different volumes."""
+
     __tablename__ = "snapshot"
-    __table_args__ = {"sqlite_autoincrement": True}
+    __table_args__ = (UniqueConstraint("volume_id", "guid"), {"sqlite_autoincrement": True})
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     volume_id: Mapped[int] = mapped_column(ForeignKey("volume.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(256))
-    guid: Mapped[str | None] = mapped_column(String(32), unique=True, nullable=True)
+    guid: Mapped[str | None] = mapped_column(String(32), nullable=True)
     state: Mapped[str] = mapped_column(String(16), default="ready")
     owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
     time_created: Mapped[int] = mapped_column(Integer, default=now)
