@@ -13,7 +13,7 @@ import pytest
 
 from .appliance import Appliance
 from .conftest import STATE, sweep_test_pools
-from .zfs_tools import PREFIX, unused
+from .zfs_tools import PREFIX, destroy_dataset, unused
 
 ROOT = Path(__file__).resolve().parents[2]
 STATE_B = Path(os.environ.get("VSNAP_STATE_B", "/var/lib/vsnap-test-b"))
@@ -379,8 +379,31 @@ def test_failures_name_their_cause(pair, volume):
         time.sleep(1)
         down = replicate(pair, rel["id"])
         assert down["status"] == "FAILED" and "unreachable" in down["message"], down
+        other = volume("repl8b")
+        r = a.post(f"/api/volume/{other['id']}/relationship", json={"partner_id": pair["partner"]["id"]})
+        assert r.status_code == 503 and "unreachable" in r.json()["error"]["message"], r.text
+        assert a.ok("GET", f"/api/volume/{other['id']}/relationship")["total"] == 0
     finally:
         env = {**os.environ, "VSNAP_STATE": str(STATE_B), "VSNAP_SSH_PORT": str(SSH_PORT_B),
                "VSNAP_LAB_DISKS": "3"}
         subprocess.run([str(ROOT / "lab" / "lab.sh"), "up"], env=env, check=True, capture_output=True,
                        timeout=300)
+
+
+def test_replica_pool_full(pair, volume):
+    a = pair["a"]
+    pool_b = pair["pool_b"]["name"]
+    vol = volume("repl9")
+    write(f"/vsnap/{pair['pool_a']['name']}/repl9/f", 48 * MIB)
+    rel = relate(pair, vol)
+    free = int(subprocess.run(["zfs", "get", "-Hp", "-o", "value", "available", pool_b], capture_output=True,
+                              text=True, check=True).stdout)
+    filler = f"{pool_b}/filler"  # space held by someone else: the pool has 8 MiB left
+    subprocess.run(["zfs", "create", "-o", f"reservation={free - 8 * MIB}", filler], check=True)
+    try:
+        full = replicate(pair, rel["id"])
+        assert full["status"] == "FAILED" and "space" in full["message"], full
+        assert not [n for n in zfs_names(pool_b, "snapshot") if "repl9_replica@" in n]
+    finally:
+        destroy_dataset(filler)
+    assert replicate(pair, rel["id"])["status"] == "COMPLETED"

@@ -13,6 +13,7 @@ import logging
 import re
 import socket
 import sys
+import time
 import uuid
 
 from sqlalchemy import update
@@ -646,9 +647,13 @@ class ReplicationService:
                 s.execute(update(ReplicationSession).where(ReplicationSession.id == session_id)
                           .values(size_sent=moved))
 
+        log.info("session %s: sending %s of %s to %s", session_id,
+                 f"the difference from {base.row.name}" if base else "a full stream", snap.zfs_name, address)
+        started = time.monotonic()
         result = run_pipeline(producer, consumer, progress=progress,
                               should_stop=lambda: self._still_active(session_id),
                               stall_seconds=self.settings.repl_stall_seconds)
+        log.info("session %s: %d bytes in %.1f s", session_id, result.bytes_moved, time.monotonic() - started)
         if result.consumer_rc == 255:
             reason = result.consumer_err.strip().splitlines()[-1] if result.consumer_err.strip() else "ssh failed"
             raise RemoteError(f"Partner {address}:{partner.ssh_port} unreachable over SSH: {reason}")
