@@ -91,8 +91,9 @@ def run_pipeline(producer: list[str], consumer: list[str], *,
             last_move = time.monotonic()
     except BaseException:
         # Whatever went wrong here, a half-relayed stream must not end as a clean one.
-        _kill(prod)
-        _kill(cons)
+        for proc in (prod, cons):
+            _kill(proc)
+            proc.wait()
         raise
     finally:
         if reason is not None:
