@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .api import init_api
 from .config import Settings
+from .logs import setup_logging
 from .services import Services
 from .worker import Worker
 
@@ -16,7 +18,7 @@ MAX_BODY_BYTES = 1 << 20
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
     settings = settings or Settings.from_env()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(os.environ.get("VSNAP_LOG_FORMAT", "text"))
     app = Flask("vsnap")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False

@@ -1,10 +1,36 @@
 """gunicorn settings for `make run`: HTTPS on VSNAP_PORT, TLS 1.2+ with strong ciphers only."""
 import os
+import shutil
 import ssl
 
 from vsnap.config import Settings
 
 _settings = Settings.from_env()
+
+# Request metrics are counted in every worker and summed at scrape time (prometheus_client's
+# multiprocess mode): the workers of this server write them to a directory of its own (other
+# servers may share the state directory), cleared when it starts and removed when it stops.
+_METRICS_ROOT = _settings.state_dir / "metrics"
+METRICS_DIR = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_METRICS_ROOT / f"server-{os.getpid()}"))
+
+
+def on_starting(server):
+    if _METRICS_ROOT.is_dir():  # left by servers that were killed
+        for old in _METRICS_ROOT.glob("server-*"):
+            pid = old.name.removeprefix("server-")
+            if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(METRICS_DIR, ignore_errors=True)
+    os.makedirs(METRICS_DIR, mode=0o700, exist_ok=True)
+
+
+def on_exit(server):
+    shutil.rmtree(METRICS_DIR, ignore_errors=True)
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+    multiprocess.mark_process_dead(worker.pid)
 
 bind = os.environ.get("VSNAP_BIND", f"0.0.0.0:{_settings.port}")
 worker_class = "gthread"

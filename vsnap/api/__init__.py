@@ -3,25 +3,31 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import time
 import uuid
 
-from flask import Flask, g, jsonify, request, send_from_directory
+from flask import Flask, current_app, g, jsonify, request, send_from_directory
 from flask_smorest import Api as SmorestApi
 from werkzeug.exceptions import HTTPException
 
 from ..errors import (ApiError, AuthenticationError, InternalError, MethodNotAllowedError,
                       NotFoundError, PayloadTooLargeError, TooManyRequestsError,
                       UnsupportedMediaTypeError, ValidationError)
+from ..logs import request_id_var
 from ..services import system_error
-from . import (disk, host, network, partner, pool, relationship, session, share, snapshot, system,
-               target, user, volume)
+from . import (audit, disk, host, metrics, network, partner, pool, relationship, session, share, snapshot,
+               system, target, user, volume)
 from .auth import install_auth
 from .common import ErrorSchema, validation_error_from
 
 log = logging.getLogger(__name__)
 
 BLUEPRINTS = (system.blp, user.blp, network.blp, target.blp, disk.blp, pool.blp, volume.blp,
-              snapshot.blp, share.blp, host.blp, partner.blp, relationship.blp, session.blp)
+              snapshot.blp, share.blp, host.blp, partner.blp, relationship.blp, session.blp, audit.blp,
+              metrics.blp)
+CHANGES = ("POST", "PUT", "PATCH", "DELETE")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # Errors any operation may answer with, documented on every operation of the OpenAPI document.
 COMMON_ERRORS = {
     "400": "Bad input (ValidationError, InvalidCandidateError)",
@@ -87,6 +93,15 @@ def _from_http_exception(exc: HTTPException) -> ApiError:
     return InternalError("Internal error")
 
 
+def _claimed_user() -> str | None:
+    """The user name a request claimed (for a refused one, which has no authenticated user)."""
+    try:
+        auth = request.authorization
+    except Exception:
+        return None
+    return auth.username[:256] if auth is not None and auth.username else None
+
+
 def install_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def handle_api_error(err: ApiError):
@@ -140,12 +155,38 @@ def init_api(app: Flask) -> None:
 
     @app.before_request
     def assign_request_id():
-        g.request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex[:16]
+        # A client's own id is kept when it is a plain token (it reaches every log line).
+        given = request.headers.get("X-Request-Id", "")
+        g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
+        g.request_token = request_id_var.set(g.request_id)
+        g.started = time.monotonic()
 
     @app.after_request
-    def add_request_id(response):
+    def account_for_request(response):
         response.headers["X-Request-Id"] = g.get("request_id", "")
+        seconds = time.monotonic() - g.get("started", time.monotonic())
+        endpoint = request.url_rule.rule if request.url_rule is not None else "(unmatched)"
+        user = g.get("user") or _claimed_user()
+        metrics.record_request(request.method, endpoint, response.status_code, seconds)
+        log.info("%s %s -> %s in %.3fs (%s)", request.method, request.path, response.status_code, seconds,
+                 user or "-", extra={"method": request.method, "path": request.path,
+                                     "status": response.status_code, "duration": round(seconds, 3),
+                                     "user": user})
+        if request.method in CHANGES:
+            message = None
+            if response.status_code >= 400 and response.is_json:
+                message = ((response.get_json(silent=True) or {}).get("error") or {}).get("message")
+            current_app.extensions["vsnap"].audit.record(
+                time=time.time(), user=user, address=request.remote_addr, method=request.method,
+                path=request.path, detail=request.get_json(silent=True), status=response.status_code,
+                message=message, request_id=g.get("request_id"))
         return response
+
+    @app.teardown_request
+    def forget_request_id(_exc):
+        token = g.pop("request_token", None)
+        if token is not None:
+            request_id_var.reset(token)
 
     install_auth(app)
     install_error_handlers(app)

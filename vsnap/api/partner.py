@@ -3,7 +3,7 @@ from __future__ import annotations
 import marshmallow as ma
 from flask import current_app
 
-from .common import Blueprint, EmptyResponse, Id, Size, StrictSchema
+from .common import Blueprint, EmptyResponse, Id, Size, StrictSchema, list_or_detail
 
 blp = Blueprint("partner", __name__, url_prefix="/api/partner", description="Partner appliances (spec 12)")
 
@@ -85,14 +85,13 @@ def accept_partner(args):
 
 @blp.route("")
 @blp.arguments(PartnerQuerySchema, location="query")
-@blp.response(200, PartnerListSchema)
+@list_or_detail(blp, PartnerListSchema, PartnerSchema)
 def list_partners(query):
-    """List partners (12.2)"""
+    """List partners (12.2); ?id= gives one's details (12.3)"""
     if "id" in query:
-        partners = [replication().get_partner(query["id"])]
-    else:
-        partners = replication().list_partners()
-    return {"partners": partners, "total": len(partners)}
+        return "detail", replication().get_partner(query["id"])
+    partners = replication().list_partners()
+    return "list", {"partners": partners, "total": len(partners)}
 
 
 @blp.route("/<string:partner_id>")

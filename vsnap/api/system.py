@@ -53,3 +53,20 @@ def init_system(args):
     """Initialize the system (2.2)"""
     return _services().system.init(run_async=args["run_async"], multipool=args["multipool"],
                                    skip_pool=args["skip_pool"])
+
+
+class StatsSchema(ma.Schema):
+    size_arc_max = ma.fields.String(allow_none=True)
+    size_arc_used = ma.fields.String(allow_none=True)
+    size_ddt_core = ma.fields.String(allow_none=True)
+    size_ddt_disk = ma.fields.String(allow_none=True)
+    size_zfs_arc_meta_max = ma.fields.String(allow_none=True)
+    size_zfs_arc_meta_used = ma.fields.String(allow_none=True)
+
+
+@blp.route("/stats")
+@blp.response(200, StatsSchema)
+def get_stats():
+    """ZFS cache (ARC) and dedup-table sizes in bytes; null where this ZFS does not report them"""
+    services = _services()
+    return services.system.stats([p["name"] for p in services.pools.list()])

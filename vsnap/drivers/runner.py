@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import logging
+import shlex
 import subprocess
+import time
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,11 @@ class Result:
     stderr: str
 
 
+def summary(argv: list[str], limit: int = 240) -> str:
+    text = shlex.join(argv)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 class Runner:
     """The one way drivers run commands. Tests replace it with a fake to cover parsing and errors."""
 
@@ -67,14 +74,21 @@ class Runner:
         if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
             raise TypeError("commands are argument lists of strings")
         limit = self.timeout if timeout is None else timeout
+        started = time.monotonic()
         try:
             proc = subprocess.run(argv, input=input, capture_output=True, text=True,
                                   timeout=limit, env=env, errors="replace")
         except subprocess.TimeoutExpired as exc:
-            log.error("command timed out after %gs: %s", limit, argv)
+            log.error("command timed out after %gs: %s", limit, summary(argv),
+                      extra={"command": argv[0], "rc": None, "duration": round(limit, 3)})
             raise CommandTimeout(argv, limit) from exc
         except FileNotFoundError as exc:
             raise CommandNotFound(argv) from exc
+        duration = time.monotonic() - started
+        # Every command, with its exit status and duration; never its input (which may hold
+        # a password), and argument lists carry none.
+        log.info("ran %s: rc=%s in %.3fs", summary(argv), proc.returncode, duration,
+                 extra={"command": argv[0], "rc": proc.returncode, "duration": round(duration, 3)})
         result = Result(argv, proc.returncode, proc.stdout, proc.stderr)
         if check and proc.returncode != 0:
             raise CommandError(argv, proc.returncode, proc.stdout, proc.stderr)

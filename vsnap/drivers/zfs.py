@@ -5,6 +5,7 @@ callers never branch on the implementation.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -17,6 +18,8 @@ from .runner import CommandError, CommandNotFound, Runner
 SECTION_NAMES = {"logs": "log", "cache": "cache", "spares": "spare", "special": "special",
                  "dedup": "dedup"}
 ROLES = ("data", "log", "cache", "spare", "special", "dedup")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -165,6 +168,36 @@ class ZfsDriver:
             return None
         pkg = self.runner.run(["dpkg-query", "-W", "-f", "${Version}", "zfs-fuse"], check=False)
         return f"zfs-fuse {pkg.stdout.strip()}" if pkg.returncode == 0 and pkg.stdout.strip() else "zfs-fuse"
+
+    # -- cache and dedup-table figures (system stats) -----------------------------------------
+    ARCSTATS = "/proc/spl/kstat/zfs/arcstats"
+
+    def arc_stats(self) -> dict[str, int]:
+        """OpenZFS's ARC counters (name -> value); empty where the implementation has none
+        (zfs-fuse keeps its cache inside its own process and reports nothing)."""
+        try:
+            with open(self.ARCSTATS) as f:
+                lines = f.read().splitlines()[2:]  # two header lines, then "name type data"
+        except OSError:
+            return {}
+        stats = {}
+        for line in lines:
+            parts = line.split()
+            if len(parts) == 3 and parts[2].isdigit():
+                stats[parts[0]] = int(parts[2])
+        return stats
+
+    def ddt_sizes(self, pool: str) -> tuple[int, int] | None:
+        """(bytes on disk, bytes in core) of a pool's dedup table, from `zpool status -D`;
+        (0, 0) when it has none, None when the pool cannot be asked."""
+        out = self.runner.run(["zpool", "status", "-D", pool], check=False)
+        if out.returncode != 0:
+            return None
+        m = re.search(r"DDT entries (\d+), size (\d+) on disk, (\d+) in core", out.stdout)
+        if m is None:  # OpenZFS says "no DDT entries"; zfs-fuse says nothing at all
+            return 0, 0
+        entries, disk, core = (int(g) for g in m.groups())
+        return entries * disk, entries * core
 
     def available(self) -> bool:
         try:
@@ -480,6 +513,10 @@ class ZfsDatasetOps:
         takes as long as it takes, and the sender's watchdog ends one that stalls (the receive
         then sees the end of its input and fails, leaving nothing half-received)."""
         argv = self.receive_argv(snapshot, full=full)
+        started = time.monotonic()
         proc = subprocess.run(argv, stdin=stdin, capture_output=True, text=True, errors="replace")
+        duration = time.monotonic() - started
+        log.info("ran %s: rc=%s in %.3fs", " ".join(argv), proc.returncode, duration,
+                 extra={"command": "zfs", "rc": proc.returncode, "duration": round(duration, 3)})
         if proc.returncode != 0:
             raise CommandError(argv, proc.returncode, proc.stdout, proc.stderr)

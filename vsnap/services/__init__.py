@@ -17,6 +17,7 @@ from ..drivers.smb import SambaDriver
 from ..drivers.ssh import SshDriver
 from ..drivers.zfs import ZfsDatasetOps, ZfsDriver, ZfsPoolOps
 from ..store.db import Store
+from .audit import AuditService
 from .auth import AuthService, StoredFailures
 from .disks import DiskService
 from .hosts import HostService
@@ -50,6 +51,7 @@ class Services:
     shares: ShareService
     hosts: HostService
     replication: ReplicationService
+    audit: AuditService
 
     @classmethod
     def build(cls, settings: Settings, runner: Runner | None = None) -> "Services":
@@ -97,6 +99,7 @@ class Services:
             shares=shares,
             hosts=hosts,
             replication=replication,
+            audit=AuditService(store),
         )
 
     def recover(self) -> None:

@@ -24,6 +24,7 @@ from ..drivers.pipeline import PipelineStopped, run_pipeline
 from ..drivers.runner import CommandError, CommandTimeout, Runner, describe
 from ..drivers.ssh import SshDriver, normalize_public_key
 from ..drivers.zfs import ZfsDatasetOps
+from ..logs import request_id_var
 from ..errors import (ApiError, ConflictError, NotFoundError, ServiceUnavailableError, ValidationError)
 from ..store.db import Store
 from ..store.models import Partner, Relationship, ReplicationSession, Snapshot, Volume, now
@@ -574,6 +575,7 @@ class ReplicationService:
     def run_session(self, session_id: int) -> None:
         """Sends one session's snapshot. Every way out ends the session COMPLETED or FAILED
         with a message naming the cause."""
+        request_id_var.set(f"session-{session_id}")  # this thread's log lines
         try:
             result = self._transfer(session_id)
         except PipelineStopped as exc:

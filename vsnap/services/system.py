@@ -90,6 +90,34 @@ class SystemService:
                 self._set(s, "init_message", message)
             return status, message
 
+    def stats(self, pools: list[str]) -> dict:
+        """ZFS cache and dedup-table figures in bytes (strings), null where the ZFS
+        implementation does not report them. The dedup table is summed over `pools`."""
+        arc = self.zfs.arc_stats()
+
+        def arc_value(*names: str) -> str | None:
+            for name in names:
+                if name in arc:
+                    return str(arc[name])
+            return None
+        disk = core = 0
+        known = bool(pools)
+        for pool in pools:
+            sizes = self.zfs.ddt_sizes(pool)
+            if sizes is None:
+                known = False
+                break
+            disk, core = disk + sizes[0], core + sizes[1]
+        return {
+            "size_arc_max": arc_value("c_max"),
+            "size_arc_used": arc_value("size"),
+            "size_ddt_core": str(core) if known else None,
+            "size_ddt_disk": str(disk) if known else None,
+            # OpenZFS before 2.2 has arc_meta_limit/arc_meta_used; 2.2 has no meta limit.
+            "size_zfs_arc_meta_max": arc_value("arc_meta_limit", "arc_meta_max"),
+            "size_zfs_arc_meta_used": arc_value("arc_meta_used", "metadata_size"),
+        }
+
     def info(self) -> dict:
         versions = self.packages.versions(["nfs-ganesha", "nfs-kernel-server", "nginx", "samba"])
         os_name, os_version = self.packages.os_release()

@@ -216,3 +216,20 @@ class ReplicationSession(Base):
     time_queued: Mapped[int] = mapped_column(Integer, default=now)
     time_started: Mapped[int | None] = mapped_column(Integer, nullable=True)
     time_ended: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class AuditEvent(Base):
+    """A change asked of the API: who, what, when, and how it ended. Never a password."""
+
+    __tablename__ = "audit_event"
+    __table_args__ = {"sqlite_autoincrement": True}
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    time: Mapped[float] = mapped_column(Float, index=True)
+    user: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    address: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    method: Mapped[str] = mapped_column(String(8))
+    path: Mapped[str] = mapped_column(String(512))
+    detail: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # the request body, secrets removed
+    status: Mapped[int] = mapped_column(Integer)
+    message: Mapped[str | None] = mapped_column(Text, nullable=True)  # the error's, if it failed
+    request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)

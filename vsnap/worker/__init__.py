@@ -9,6 +9,7 @@ import threading
 import time
 
 from ..config import Settings
+from ..logs import request_id_var
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class Worker:
         return False
 
     def _run(self) -> None:
+        request_id_var.set("worker")
         if not self._lead():
             return
         threading.Thread(target=self._run_sessions, name="vsnap-sessions", daemon=True).start()
