@@ -74,3 +74,54 @@ stop:
 stop-test:
 	VSNAP_STATE=$(TEST_STATE_B) lab/lab.sh down
 	VSNAP_STATE=$(TEST_STATE) lab/lab.sh down
+
+# Production install (README "Running it in production"): a copy of the source in
+# $(PREFIX)/src, installed with its pinned dependencies into the venv $(PREFIX)/venv (editable,
+# from that copy: the bootstrap reads alembic.ini and migrations/ beside the package); the
+# systemd unit and the nginx site (enabled), with $(PREFIX) and $(VSNAP_STATE) written into
+# them; then the bootstrap (state, certificate, PAM, admin account, migrations). Safe to run
+# again, e.g. to upgrade. It starts, stops and reloads nothing: it prints what to run.
+PREFIX ?= /opt/vsnap
+SYSTEMD_DIR ?= /etc/systemd/system
+NGINX_DIR ?= /etc/nginx
+INSTALL_SRC := $(PREFIX)/src
+INSTALL_VENV := $(PREFIX)/venv
+INSTALL_FILES := pyproject.toml alembic.ini README.md vsnap migrations
+INSTALL_RENDER := sed -e 's|/opt/vsnap|$(PREFIX)|g' -e 's|/var/lib/vsnap|$(VSNAP_STATE)|g'
+
+install:
+	@test "$$(id -u)" = 0 || { echo "make install: run it as root" >&2; exit 1; }
+	@test -d $(NGINX_DIR)/sites-available || \
+		{ echo "make install: no $(NGINX_DIR)/sites-available: install nginx first (apt-get install nginx)" >&2; exit 1; }
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || \
+		{ echo "make install: $(PYTHON) cannot make a venv: apt-get install python3-venv" >&2; exit 1; }
+	@# A fresh copy of the source, swapped in whole: nothing of an older release is left.
+	install -d -m 0755 $(PREFIX)
+	rm -rf $(INSTALL_SRC).new $(INSTALL_SRC).old
+	install -d -m 0755 $(INSTALL_SRC).new
+	tar -cf - --exclude=__pycache__ --exclude='*.pyc' $(INSTALL_FILES) | \
+		tar -xf - --no-same-owner --no-same-permissions -C $(INSTALL_SRC).new
+	if [ -d $(INSTALL_SRC) ]; then mv $(INSTALL_SRC) $(INSTALL_SRC).old; fi
+	mv $(INSTALL_SRC).new $(INSTALL_SRC)
+	rm -rf $(INSTALL_SRC).old
+	test -x $(INSTALL_VENV)/bin/python || $(PYTHON) -m venv $(INSTALL_VENV)
+	$(INSTALL_VENV)/bin/python -m pip install -q --disable-pip-version-check -e $(INSTALL_SRC)
+	mkdir -p $(SYSTEMD_DIR) $(NGINX_DIR)/sites-enabled
+	$(INSTALL_RENDER) systemd/vsnap-api.service > $(SYSTEMD_DIR)/.vsnap-api.service.tmp
+	install -m 0644 $(SYSTEMD_DIR)/.vsnap-api.service.tmp $(SYSTEMD_DIR)/vsnap-api.service
+	rm -f $(SYSTEMD_DIR)/.vsnap-api.service.tmp
+	$(INSTALL_RENDER) nginx/vsnap.conf > $(NGINX_DIR)/sites-available/.vsnap.conf.tmp
+	install -m 0644 $(NGINX_DIR)/sites-available/.vsnap.conf.tmp $(NGINX_DIR)/sites-available/vsnap.conf
+	rm -f $(NGINX_DIR)/sites-available/.vsnap.conf.tmp
+	ln -sfn $(NGINX_DIR)/sites-available/vsnap.conf $(NGINX_DIR)/sites-enabled/vsnap.conf
+	cd $(INSTALL_SRC) && VSNAP_STATE=$(VSNAP_STATE) $(INSTALL_VENV)/bin/python -m vsnap.bootstrap
+	@if [ "$(NGINX_DIR)" = /etc/nginx ] && command -v nginx >/dev/null; then \
+		nginx -t -q || { echo "make install: nginx -t refused the configuration (above)" >&2; exit 1; }; fi
+	@echo
+	@echo "vsnap is installed: $(INSTALL_VENV) (from $(INSTALL_SRC)), $(SYSTEMD_DIR)/vsnap-api.service,"
+	@echo "$(NGINX_DIR)/sites-enabled/vsnap.conf; state in $(VSNAP_STATE). Next steps:"
+	@echo "  systemctl daemon-reload && systemctl enable --now vsnap-api nginx"
+	@echo "  systemctl reload nginx         # if nginx was running already"
+	@echo "  systemctl restart vsnap-api    # if this was an upgrade: the new code runs from then on"
+	@echo "  curl --cacert $(VSNAP_STATE)/tls/vsnap.crt -u vsnapadmin https://localhost:8900/api/system"
+	@echo "  journalctl -u vsnap-api -f     # the API's log"
