@@ -340,16 +340,19 @@ def test_kill_9_of_the_primary_during_a_transfer(pair, volume):
     frozen = _freeze_receive("killed")
     try:
         wait_session(a, s["id"], ("ACTIVE",))
+        queued = a.ok("POST", f"/api/relationship/{rel['id']}/session", json={"remote_snap_name": "queued"})
+        assert a.ok("GET", f"/api/session/{queued['id']}")["status"] == "PENDING"  # one at a time
         a.stop(signal.SIGKILL)  # the server and everything it started
     finally:
         _thaw(frozen)
         a.start()
     ended = wait_session(a, s["id"], timeout=60)
     assert ended["status"] == "FAILED" and "stopped during the transfer" in ended["message"], ended
-    time.sleep(2)
-    assert not any("@killed" in n for n in zfs_names(pair["pool_b"]["name"], "snapshot"))
-    again = replicate(pair, rel["id"])
+    # The queue is in the database: the session queued behind it still runs, and succeeds.
+    again = wait_session(a, queued["id"], timeout=120)
     assert again["status"] == "COMPLETED", again
+    snaps = zfs_names(pair["pool_b"]["name"], "snapshot")
+    assert not any("@killed" in n for n in snaps) and f"{pair['pool_b']['name']}/repl7_replica@queued" in snaps
     assert checksums(f"/vsnap/{pair['pool_b']['name']}/repl7_replica") == checksums(src)
 
 
