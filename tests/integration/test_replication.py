@@ -309,17 +309,27 @@ def test_cancel_stops_a_running_transfer_and_the_replica_stays_complete(pair, vo
     assert zfs_names(pair["pool_b"]["name"], "snapshot") == before  # nothing half-received
     again = replicate(pair, rel["id"])
     assert again["status"] == "COMPLETED", again
-    assert checksums(f"/vsnap/{pair['pool_b']['name']}/repl5_replica") == checksums(src)
+    assert_replica_matches(pair, "repl5", src)
+
+
+def start_frozen_transfer(pair, volume, name: str, snap_name: str):
+    """A volume with 40 MiB of data, its relationship, and a first session whose stream is
+    frozen on the partner's side: (relationship, source directory, session, frozen pids)."""
+    vol = volume(name)
+    src = f"/vsnap/{pair['pool_a']['name']}/{name}"
+    write(f"{src}/f", 40 * MIB)
+    rel = relate(pair, vol)
+    s = pair["a"].ok("POST", f"/api/relationship/{rel['id']}/session", json={"remote_snap_name": snap_name})
+    return rel, src, s, _freeze_receive(snap_name)
+
+
+def assert_replica_matches(pair, name: str, src: str) -> None:
+    assert checksums(f"/vsnap/{pair['pool_b']['name']}/{name}_replica") == checksums(src)
 
 
 def test_stalled_stream_fails_and_the_next_session_succeeds(pair, volume):
     a = pair["a"]
-    vol = volume("repl6")
-    src = f"/vsnap/{pair['pool_a']['name']}/repl6"
-    write(f"{src}/f", 40 * MIB)
-    rel = relate(pair, vol)
-    s = a.ok("POST", f"/api/relationship/{rel['id']}/session", json={"remote_snap_name": "stalls"})
-    frozen = _freeze_receive("stalls")
+    rel, src, s, frozen = start_frozen_transfer(pair, volume, "repl6", "stalls")
     try:
         ended = wait_session(a, s["id"], timeout=90)
     finally:
@@ -327,17 +337,12 @@ def test_stalled_stream_fails_and_the_next_session_succeeds(pair, volume):
     assert ended["status"] == "FAILED" and "stalled" in ended["message"], ended
     again = replicate(pair, rel["id"])
     assert again["status"] == "COMPLETED", again
-    assert checksums(f"/vsnap/{pair['pool_b']['name']}/repl6_replica") == checksums(src)
+    assert_replica_matches(pair, "repl6", src)
 
 
 def test_kill_9_of_the_primary_during_a_transfer(pair, volume):
     a = pair["a"]
-    vol = volume("repl7")
-    src = f"/vsnap/{pair['pool_a']['name']}/repl7"
-    write(f"{src}/f", 40 * MIB)
-    rel = relate(pair, vol)
-    s = a.ok("POST", f"/api/relationship/{rel['id']}/session", json={"remote_snap_name": "killed"})
-    frozen = _freeze_receive("killed")
+    rel, src, s, frozen = start_frozen_transfer(pair, volume, "repl7", "killed")
     try:
         wait_session(a, s["id"], ("ACTIVE",))
         queued = a.ok("POST", f"/api/relationship/{rel['id']}/session", json={"remote_snap_name": "queued"})
@@ -353,7 +358,7 @@ def test_kill_9_of_the_primary_during_a_transfer(pair, volume):
     assert again["status"] == "COMPLETED", again
     snaps = zfs_names(pair["pool_b"]["name"], "snapshot")
     assert not any("@killed" in n for n in snaps) and f"{pair['pool_b']['name']}/repl7_replica@queued" in snaps
-    assert checksums(f"/vsnap/{pair['pool_b']['name']}/repl7_replica") == checksums(src)
+    assert_replica_matches(pair, "repl7", src)
 
 
 def test_failures_name_their_cause(pair, volume):

@@ -252,12 +252,23 @@ class FakeLink:
         self.calls.append(SimpleNamespace(partner_id=partner.id, address=partner.address, port=partner.ssh_port,
                                           op=op, args=list(args), body=body, via=address,
                                           pinned=self.ssh.pinned.get(partner.id)))
-        answer = self.answers.get(op, {})
-        if callable(answer):
-            answer = answer(partner, list(args), body)
+        if op == "prepare" and "prepare" not in self.answers:
+            # The partner's `prepare` answers what `info` and `snapshots` would, in one request.
+            merged = {}
+            for part in ("info", "snapshots"):
+                answer = self._answer(part, partner, args, body)
+                if isinstance(answer, BaseException):
+                    raise answer
+                merged.update(answer)
+            return json.loads(json.dumps(merged))
+        answer = self._answer(op, partner, args, body)
         if isinstance(answer, BaseException):
             raise answer
         return json.loads(json.dumps(answer))
+
+    def _answer(self, op, partner, args, body):
+        answer = self.answers.get(op, {})
+        return answer(partner, list(args), body) if callable(answer) else answer
 
     def ops(self) -> list[str]:
         return [c.op for c in self.calls]
@@ -1314,7 +1325,7 @@ def test_run_session_full_send(env, rel, sending):
     assert call["producer"] == ["zfs", "send", "p/fs@s1"]
     assert call["consumer"] == ["ssh-fake", P1, "10.0.0.2", "8922", "--", "recv", rel, "s1", "full"]
     assert call["stall_seconds"] == 7.0 and call["stop"] is None
-    assert [(c.op, c.args, c.via) for c in env.link.calls] == [("info", [], None), ("snapshots", [rel], "10.0.0.2")]
+    assert [(c.op, c.args, c.via) for c in env.link.calls] == [("prepare", [rel], None)]
     assert env.rels()[rel].last_success_snap_id == snap
 
 
@@ -1361,7 +1372,6 @@ def test_run_session_uses_a_replication_address(env, rel, sending):
     sid = _claimed(env, rel, env.snapshot(env.fs, "s1"))
     env.svc.run_session(sid)
     assert env.sess(sid).repl_address == "10.5.0.2"
-    assert env.link.calls[1].via == "10.5.0.2"
     assert sending.calls[0]["consumer"][2] == "10.5.0.2"
 
 

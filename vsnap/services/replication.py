@@ -619,13 +619,14 @@ class ReplicationService:
         snap = view.snapshots.get(row.local_snap_id)
         if snap is None or snap.volume.row.id != rel.local_vol_id:
             raise ValueError(f"Snapshot {row.local_snap_name} of the primary volume no longer exists")
-        info = self.link.call(partner, "info")
-        addresses = [a for a in info.get("repl_addresses", []) if isinstance(a, str)]
+        # One round trip before the stream: the partner's replication addresses and the
+        # replica's snapshots (each SSH request starts a process there).
+        remote = self.link.call(partner, "prepare", rel.id)
+        addresses = [a for a in remote.get("repl_addresses", []) if isinstance(a, str)]
         address = partner.address if partner.address in addresses or not addresses else addresses[0]
         address = validate_address(address, "the partner's replication address")
         with self.store.session() as s:
             s.get(ReplicationSession, session_id).repl_address = address
-        remote = self.link.call(partner, "snapshots", rel.id, address=address)
         remote_by_guid = {str(r.get("guid")): r for r in remote.get("snapshots", [])}
         if snap.props.get("guid") in remote_by_guid:  # sent before (e.g. a retried session)
             return {"remote_snap_id": str(remote_by_guid[snap.props["guid"]].get("id")), "size_sent": 0}
@@ -686,6 +687,8 @@ class ReplicationService:
             return self._serve_create_replica(partner, json.load(stdin))
         if op == "snapshots" and len(args) == 1:
             return self._serve_snapshots(partner, args[0])
+        if op == "prepare" and len(args) == 1:
+            return {"repl_addresses": self._repl_addresses(), **self._serve_snapshots(partner, args[0])}
         if op == "recv" and len(args) == 3 and args[2] in ("full", "incremental"):
             return self._serve_receive(partner, args[0], validate_name(args[1], "Snapshot"), args[2] == "full",
                                        stdin.fileno())
