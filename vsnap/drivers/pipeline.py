@@ -66,14 +66,16 @@ def run_pipeline(producer: list[str], consumer: list[str], *,
     try:
         while True:
             now = time.monotonic()
-            if should_stop is not None and (reason := should_stop()):
-                break
             if now - last_move > stall_seconds:
                 reason = f"stalled: no data moved for {stall_seconds:g} s"
                 break
-            if progress is not None and now - last_report >= tick:
-                progress(moved)
+            # Both may cost a database round trip: once a tick, not once a chunk.
+            if now - last_report >= tick:
                 last_report = now
+                if should_stop is not None and (reason := should_stop()):
+                    break
+                if progress is not None:
+                    progress(moved)
             # Wait for data, then for room: never blocked in splice, so a stall or a cancel is
             # seen within a tick whichever side is stuck.
             if not select.select([src], [], [], tick)[0] or not select.select([], [dst], [], tick)[1]:
