@@ -64,6 +64,9 @@ test: setup-test
 
 # Benchmarks against the raw commands, on the test lab's two appliances (see bench/).
 bench: setup-test
+	@command -v wrk >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk
+	VSNAP_STATE=$(TEST_STATE) VSNAP_PORT=$(TEST_PORT) VSNAP_SSH_PORT=$(TEST_SSH_PORT) \
+		$(PY) bench/bench_api.py
 	VSNAP_STATE=$(TEST_STATE) VSNAP_PORT=$(TEST_PORT) VSNAP_SSH_PORT=$(TEST_SSH_PORT) \
 	VSNAP_STATE_B=$(TEST_STATE_B) VSNAP_PORT_B=$(TEST_PORT_B) VSNAP_SSH_PORT_B=$(TEST_SSH_PORT_B) \
 		$(PY) bench/bench_replication.py

@@ -93,6 +93,18 @@ def _from_http_exception(exc: HTTPException) -> ApiError:
     return InternalError("Internal error")
 
 
+def _body_for_audit():
+    """The request's JSON body, if it has one it is allowed to have: a refused oversized body
+    is never read (reading it would raise 413 again, now inside the response's hook)."""
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    if request.content_length is not None and limit is not None and request.content_length > limit:
+        return None
+    try:
+        return request.get_json(silent=True)
+    except HTTPException:
+        return None
+
+
 def _claimed_user() -> str | None:
     """The user name a request claimed (for a refused one, which has no authenticated user)."""
     try:
@@ -178,7 +190,7 @@ def init_api(app: Flask) -> None:
                 message = ((response.get_json(silent=True) or {}).get("error") or {}).get("message")
             current_app.extensions["vsnap"].audit.record(
                 time=time.time(), user=user, address=request.remote_addr, method=request.method,
-                path=request.path, detail=request.get_json(silent=True), status=response.status_code,
+                path=request.path, detail=_body_for_audit(), status=response.status_code,
                 message=message, request_id=g.get("request_id"))
         return response
 

@@ -1,0 +1,185 @@
+"""API against the raw commands, side by side in one run on the test appliance (issue 9):
+
+1. snapshot create through the API vs `zfs snapshot` on the same volume (median of 50);
+2. GET /api/snapshot with 1,000 and 10,000 snapshots on 100 volumes vs `zfs list -t snapshot`;
+3. authenticated GET /api/volume (100 volumes) under 32 concurrent clients for 30 s (wrk) vs
+   the same gunicorn serving a trivial endpoint without auth (the ceiling);
+4. the server's resident memory after the listing and the load run.
+
+Run with `make bench` (or BENCH_ONLY=snapshot,list,load to pick). Figures go to stdout; the
+latest are kept in bench/RESULTS.md.
+"""
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.integration.appliance import Appliance  # noqa: E402
+from tests.integration.conftest import OsAccount  # noqa: E402
+
+STATE = Path(os.environ.get("VSNAP_STATE", "/var/lib/vsnap-test"))
+PORT = int(os.environ.get("VSNAP_PORT", 8910))
+CEILING_PORT = PORT + 50
+POOL = "vbenchapi"
+ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "snapshot,list,load").split(",")))
+SNAP_ROUNDS = int(os.environ.get("BENCH_SNAP_ROUNDS", 50))
+LOAD_SECONDS = int(os.environ.get("BENCH_LOAD_SECONDS", 30))
+
+
+def zfs(*args: str) -> str:
+    return subprocess.run(["zfs", *args], check=True, capture_output=True, text=True).stdout
+
+
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def median_ms(values: list[float]) -> float:
+    return statistics.median(values) * 1000
+
+
+def bench_snapshot_create(a: Appliance, vol: dict) -> list[str]:
+    dataset = f"{POOL}/{vol['name']}"
+    api, raw = [], []
+    for i in range(SNAP_ROUNDS):  # interleaved, so both see the same machine
+        raw.append(timed(lambda: zfs("snapshot", f"{dataset}@raw{i}")))
+        api.append(timed(lambda: a.ok("POST", f"/api/volume/{vol['id']}/snapshot", json={"name": f"api{i}"})))
+    ratio = statistics.median(api) / statistics.median(raw)
+    return [f"| snapshot create, median of {SNAP_ROUNDS} | {median_ms(raw):.1f} ms | {median_ms(api):.1f} ms "
+            f"| {ratio:.2f} | <= 1.25 |"]
+
+
+def make_snapshots(volumes: list[str], per_volume: int, start: int) -> None:
+    for name in volumes:
+        for i in range(start, start + per_volume):
+            zfs("snapshot", f"{POOL}/{name}@s{i}")
+
+
+def bench_listing(a: Appliance, volumes: list[str]) -> list[str]:
+    rows = []
+    api_by_count = {}
+    made = 0
+    for total in (1000, 10000):
+        per_volume = total // len(volumes) - made
+        make_snapshots(volumes, per_volume, made)
+        made += per_volume
+        a.ok("GET", "/api/snapshot")  # the first read adopts the new snapshots: not measured
+        raw = [timed(lambda: zfs("list", "-H", "-t", "snapshot", "-r", POOL)) for _ in range(5)]
+        api = [timed(lambda: a.ok("GET", "/api/snapshot", timeout=600)) for _ in range(5)]
+        count = a.ok("GET", "/api/snapshot")["total"]
+        api_by_count[total] = statistics.median(api)
+        rows.append(f"| GET /api/snapshot, {count} snapshots, median of 5 | {median_ms(raw):.0f} ms "
+                    f"| {median_ms(api):.0f} ms | {statistics.median(api) / statistics.median(raw):.2f} | <= 0.5 |")
+    growth = api_by_count[10000] / api_by_count[1000]
+    rows.append(f"| GET /api/snapshot, time for 10,000 / time for 1,000 | | | {growth:.1f}x | <= 12x |")
+    return rows
+
+
+def wrk(url: str, headers: list[str]) -> dict:
+    argv = ["wrk", "-t2", "-c32", f"-d{LOAD_SECONDS}s", "--latency"]
+    for h in headers:
+        argv += ["-H", h]
+    out = subprocess.run(argv + [url], check=True, capture_output=True, text=True).stdout
+
+    def latency(p: str) -> float:
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)$", out, re.M)
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "p50": latency("50"),
+            "p99": latency("99"), "errors": int(errors.group(1)) if errors else 0,
+            "socket_errors": socket_errors.group(1) if socket_errors else "none"}
+
+
+def ceiling_server(tmp: Path) -> subprocess.Popen:
+    """The same gunicorn settings serving a trivial WSGI app with no auth."""
+    (tmp / "trivial.py").write_text(
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'application/json')])\n"
+        "    return [b'{}']\n")
+    env = {**os.environ, "VSNAP_STATE": str(STATE), "VSNAP_PORT": str(CEILING_PORT), "PYTHONPATH": str(tmp),
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics")}
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("gunicorn")), "-c",
+                             str(ROOT / "vsnap" / "gunicorn_conf.py"), "trivial:app"], env=env, cwd=tmp,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    time.sleep(3)
+    return proc
+
+
+def bench_load(a: Appliance, admin: OsAccount) -> list[str]:
+    if not shutil.which("wrk"):
+        return ["| load | wrk is not installed (apt-get install wrk) | | | |"]
+    token = base64.b64encode(f"{admin.name}:{admin.password}".encode()).decode()
+    tmp = Path(tempfile.mkdtemp(prefix="vsnap-bench-"))
+    ceiling = ceiling_server(tmp)
+    try:
+        top = wrk(f"https://127.0.0.1:{CEILING_PORT}/", [])
+        api = wrk(f"https://127.0.0.1:{PORT}/api/volume", [f"Authorization: Basic {token}"])
+    finally:
+        os.killpg(ceiling.pid, 15)
+        ceiling.wait(30)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return [f"| GET /api/volume (100 volumes), 32 clients, {LOAD_SECONDS} s | ceiling {top['rps']:.0f} req/s "
+            f"| {api['rps']:.0f} req/s | {api['rps'] / top['rps']:.2f} | >= 0.5 |",
+            f"| ... latency p50 / p99 | {top['p50']:.1f} / {top['p99']:.1f} ms | {api['p50']:.1f} / "
+            f"{api['p99']:.1f} ms | | p99 <= 100 ms |",
+            f"| ... errors (non-2xx, socket) | {top['errors']}, {top['socket_errors']} | {api['errors']}, "
+            f"{api['socket_errors']} | | 0 |"]
+
+
+def server_rss_mib(a: Appliance) -> float:
+    """Resident memory of the server: its gunicorn master and workers."""
+    pids = [a.proc.pid] + [int(p) for p in subprocess.run(["pgrep", "-P", str(a.proc.pid)], capture_output=True,
+                                                          text=True).stdout.split()]
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total / 1024
+
+
+def main() -> None:
+    admin = OsAccount("vsnapbench-admin", ["vsnap"])
+    a = Appliance(STATE, PORT, log_name="bench-api", env={"VSNAP_AUTH_FAIL_LIMIT": "100000"})
+    a.account = admin
+    a.start()
+    rows = ["| measure | raw / ceiling | API | ratio | target |", "| --- | --- | --- | --- | --- |"]
+    pool = None
+    try:
+        a.ok("POST", "/api/system", json={"action": "init", "skip_pool": True, "multipool": True})
+        disks = [d["uuid"] for d in a.ok("GET", "/api/disk")["disks"]][:2]
+        pool = a.ok("POST", "/api/pool", json={"name": POOL, "pool_type": "raid0", "disk_list": disks})
+        volumes = [a.ok("POST", "/api/volume", json={"name": f"v{i:03d}", "volume_type": "filesystem",
+                                                      "pool_id": pool["id"]}) for i in range(100)]
+        if "snapshot" in ONLY:
+            rows += bench_snapshot_create(a, volumes[0])
+        if "list" in ONLY:
+            rows += bench_listing(a, [v["name"] for v in volumes])
+        if "load" in ONLY:
+            rows += bench_load(a, admin)
+        rows.append(f"| server resident memory after the above | | {server_rss_mib(a):.0f} MiB | | < 300 MiB |")
+        print("\n".join(rows))
+    finally:
+        if pool is not None:
+            a.delete(f"/api/pool/{pool['id']}", timeout=900)
+        a.stop()
+        admin.remove()
+
+
+if __name__ == "__main__":
+    main()
