@@ -18,7 +18,7 @@ from ..logs import request_id_var
 from ..services import system_error
 from . import (audit, disk, host, metrics, network, partner, pool, relationship, session, share, snapshot,
                system, target, user, volume)
-from .auth import install_auth
+from .auth import credentials, install_auth
 from .common import ErrorSchema, validation_error_from
 
 log = logging.getLogger(__name__)
@@ -107,10 +107,7 @@ def _body_for_audit():
 
 def _claimed_user() -> str | None:
     """The user name a request claimed (for a refused one, which has no authenticated user)."""
-    try:
-        auth = request.authorization
-    except Exception:
-        return None
+    auth = credentials()
     return auth.username[:256] if auth is not None and auth.username else None
 
 

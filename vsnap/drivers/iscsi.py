@@ -52,6 +52,13 @@ class TargetPort:
     host_id: int | None = None
 
 
+def numbered(name: str, prefix: str) -> int | None:
+    """N of a name `<prefix>N` (N in canonical decimal); None for any other name, which is
+    then not ours."""
+    rest = name[len(prefix):] if name.startswith(prefix) else ""
+    return int(rest) if rest.isascii() and rest.isdigit() and rest == str(int(rest)) else None
+
+
 class TargetError(Exception):
     """The target service refused a change or is not there."""
 
@@ -196,9 +203,7 @@ class TgtDriver(TargetDriver):
         return f"{self.base_iqn}:host{host_id}"
 
     def _host_id(self, name: str) -> int | None:
-        prefix = f"{self.base_iqn}:host"
-        rest = name[len(prefix):] if name.startswith(prefix) else ""
-        return int(rest) if rest.isascii() and rest.isdigit() and rest == str(int(rest)) else None
+        return numbered(name, f"{self.base_iqn}:host")
 
     # -- reading ------------------------------------------------------------------------------
     def _tgtadm(self, *args: str) -> str:

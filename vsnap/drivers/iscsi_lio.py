@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .iscsi import HostExport, LunExport, TargetDriver, TargetError, TargetPort
+from .iscsi import HostExport, LunExport, TargetDriver, TargetError, TargetPort, numbered
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +119,7 @@ class LioDriver(TargetDriver):
         return f"{self.so_prefix}{volume_id}"
 
     def _volume_id(self, so_name: str) -> int | None:
-        rest = so_name[len(self.so_prefix):] if so_name.startswith(self.so_prefix) else None
-        return int(rest) if rest and rest.isascii() and rest.isdigit() and rest == str(int(rest)) else None
+        return numbered(so_name, self.so_prefix)
 
     # -- errors -------------------------------------------------------------------------------
     @contextlib.contextmanager

@@ -11,7 +11,7 @@ import re
 
 from ..errors import ConflictError, NotFoundError, ValidationError
 from ..store.db import Store
-from ..store.models import Host, HostInitiator, LunMapping, Volume, now
+from ..store.models import Host, HostInitiator, LunMapping, Volume, now, row_fields
 from .catalog import FILEBACKED, READY, Catalog, parse_id
 from .locking import StorageLock
 from .targets import TargetService
@@ -195,11 +195,9 @@ class HostService:
 
     @staticmethod
     def _save_host(s, host: Host) -> dict:
-        def fields(row):
-            return {c.name: getattr(row, c.name) for c in row.__table__.columns}
-        return {"host": fields(host),
-                "initiators": [fields(r) for r in s.query(HostInitiator).filter(HostInitiator.host_id == host.id)],
-                "mappings": [fields(r) for r in s.query(LunMapping).filter(LunMapping.host_id == host.id)]}
+        return {"host": row_fields(host),
+                "initiators": [row_fields(r) for r in s.query(HostInitiator).filter(HostInitiator.host_id == host.id)],
+                "mappings": [row_fields(r) for r in s.query(LunMapping).filter(LunMapping.host_id == host.id)]}
 
     def _restore_host(self, saved: dict) -> None:
         with self.store.session() as s:
@@ -263,7 +261,7 @@ class HostService:
     def _drop_mappings(self, which) -> list[dict]:
         with self.store.session() as s:
             rows = s.query(LunMapping).filter(which).all()
-            saved = [{c.name: getattr(r, c.name) for c in LunMapping.__table__.columns} for r in rows]
+            saved = [row_fields(r) for r in rows]
             for row in rows:
                 s.delete(row)
         return saved

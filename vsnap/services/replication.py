@@ -52,6 +52,18 @@ class RemoteError(Exception):
         self.unreachable = unreachable
 
 
+def _text(value) -> str | None:
+    """Numbers in responses are strings, as in the spec; absent ones stay null."""
+    return str(value) if value is not None else None
+
+
+def _fail_open_sessions(s, which, message: str) -> None:
+    """PENDING or ACTIVE sessions matching `which` end FAILED; a running transfer sees it
+    within a tick and stops."""
+    s.execute(update(ReplicationSession).where(which, ReplicationSession.status.in_((PENDING, ACTIVE)))
+              .values(status=FAILED, message=message, time_ended=now()))
+
+
 def validate_port(value, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
         raise ValidationError(f"{what} must be a port number (1-65535)")
@@ -252,14 +264,17 @@ class ReplicationService:
                                 "and relationships use it")
         s.delete(old)
         s.flush()
-        self.ssh.deauthorize(old.id)
-        self.ssh.unpin_host_key(old.id)
+        self._drop_trust(old.id)
 
     def _forget_partner(self, partner_id: str) -> None:
         with self.store.session() as s:
             row = s.get(Partner, partner_id)
             if row is not None:
                 s.delete(row)
+        self._drop_trust(partner_id)
+
+    def _drop_trust(self, partner_id: str) -> None:
+        """The partner's key no longer gets in here, and its host key is no longer pinned."""
         self.ssh.deauthorize(partner_id)
         self.ssh.unpin_host_key(partner_id)
 
@@ -329,16 +344,13 @@ class ReplicationService:
     # == relationships ============================================================================
     def render_relationship(self, s, rel: Relationship) -> dict:
         volume = s.get(Volume, rel.local_vol_id)
-
-        def sid(value):
-            return str(value) if value is not None else None
         return {
             "id": rel.id, "local_pool_id": str(volume.pool_id), "local_role": rel.local_role,
             "local_vol_id": str(rel.local_vol_id), "local_vol_name": volume.name, "partner_id": rel.partner_id,
             "remote_pool_id": rel.remote_pool_id, "remote_vol_id": rel.remote_vol_id,
             "remote_vol_name": rel.remote_vol_name, "last_sync_status": rel.last_sync_status,
-            "last_attempt_snap_id": sid(rel.last_attempt_snap_id),
-            "last_success_snap_id": sid(rel.last_success_snap_id),
+            "last_attempt_snap_id": _text(rel.last_attempt_snap_id),
+            "last_success_snap_id": _text(rel.last_success_snap_id),
             "time_created": str(rel.time_created), "time_updated": str(rel.time_updated),
         }
 
@@ -482,13 +494,11 @@ class ReplicationService:
     # == sessions ================================================================================
     @staticmethod
     def render_session(row: ReplicationSession) -> dict:
-        def sid(value):
-            return str(value) if value is not None else None
-        return {"id": str(row.id), "rel_id": row.rel_id, "local_snap_id": sid(row.local_snap_id),
+        return {"id": str(row.id), "rel_id": row.rel_id, "local_snap_id": _text(row.local_snap_id),
                 "remote_snap_id": row.remote_snap_id, "local_snap_name": row.local_snap_name,
                 "remote_snap_name": row.remote_snap_name, "repl_address": row.repl_address,
-                "size_sent": sid(row.size_sent), "status": row.status, "time_queued": str(row.time_queued),
-                "time_started": sid(row.time_started), "time_ended": sid(row.time_ended),
+                "size_sent": _text(row.size_sent), "status": row.status, "time_queued": str(row.time_queued),
+                "time_started": _text(row.time_started), "time_ended": _text(row.time_ended),
                 "message": row.message}
 
     def _session(self, s, session_id) -> ReplicationSession:
@@ -535,16 +545,12 @@ class ReplicationService:
             row = self._session(s, session_id)
             if row.status not in (PENDING, ACTIVE):
                 raise ConflictError(f"Session {row.id} has ended ({row.status})")
-            s.execute(update(ReplicationSession).where(ReplicationSession.id == row.id,
-                                                       ReplicationSession.status.in_((PENDING, ACTIVE)))
-                      .values(status=FAILED, message=CANCELED, time_ended=now()))
+            _fail_open_sessions(s, ReplicationSession.id == row.id, CANCELED)
         return self.get_session(session_id)
 
     def _stop_sessions(self, rel_id: str, message: str) -> None:
         with self.store.session() as s:
-            s.execute(update(ReplicationSession).where(ReplicationSession.rel_id == rel_id,
-                                                       ReplicationSession.status.in_((PENDING, ACTIVE)))
-                      .values(status=FAILED, message=message, time_ended=now()))
+            _fail_open_sessions(s, ReplicationSession.rel_id == rel_id, message)
 
     # -- the queue (run by the worker) ----------------------------------------------------------
     def fail_interrupted(self) -> None:

@@ -20,7 +20,7 @@ from ..drivers.nfs import NfsExport
 from ..drivers.smb import SambaDriver, SmbShare
 from ..errors import ConflictError, NotFoundError, ServiceUnavailableError, ValidationError
 from ..store.db import Store
-from ..store.models import Share, SmbPassword, Volume, now
+from ..store.models import Share, SmbPassword, Volume, now, row_fields
 from .catalog import Catalog, CatalogView, VolumeView
 from .locking import StorageLock
 
@@ -258,7 +258,7 @@ class ShareService:
     def _drop_and_apply(self, which):
         with self.store.session() as s:
             rows = s.query(Share).filter(which).all()
-            saved = [{c.name: getattr(r, c.name) for c in Share.__table__.columns} for r in rows]
+            saved = [row_fields(r) for r in rows]
             for row in rows:
                 s.delete(row)
         if not saved:

@@ -12,6 +12,11 @@ def now() -> int:
     return int(time.time())
 
 
+def row_fields(row) -> dict:
+    """A row's column values: what an undo needs to put the row back as it was."""
+    return {c.name: getattr(row, c.name) for c in row.__table__.columns}
+
+
 class Base(DeclarativeBase):
     pass
 
