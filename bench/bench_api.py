@@ -15,12 +15,15 @@ import base64
 import os
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -30,11 +33,34 @@ from tests.integration.conftest import OsAccount  # noqa: E402
 
 STATE = Path(os.environ.get("VSNAP_STATE", "/var/lib/vsnap-test"))
 PORT = int(os.environ.get("VSNAP_PORT", 8910))
-CEILING_PORT = PORT + 50
 POOL = "vbenchapi"
 ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "snapshot,list,load").split(",")))
 SNAP_ROUNDS = int(os.environ.get("BENCH_SNAP_ROUNDS", 50))
 LOAD_SECONDS = int(os.environ.get("BENCH_LOAD_SECONDS", 30))
+WARMUP_SECONDS = 3
+PROFILE_DIR = os.environ.get("BENCH_PROFILE_DIR")  # py-spy profiles of the server's workers
+PROFILE_FORMAT = os.environ.get("BENCH_PROFILE_FORMAT", "flamegraph")  # or raw, speedscope
+
+
+def server_pids(a: Appliance) -> list[int]:
+    """The gunicorn master and its workers."""
+    children = subprocess.run(["pgrep", "-P", str(a.proc.pid)], capture_output=True, text=True).stdout.split()
+    return [a.proc.pid] + [int(p) for p in children]
+
+
+def profile_workers(a: Appliance, label: str) -> subprocess.Popen | None:
+    """With BENCH_PROFILE_DIR set, py-spy records every server worker for the next
+    measurement (LOAD_SECONDS): where the time goes, to fix the cause."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not PROFILE_DIR or not Path(py_spy).exists():
+        return None
+    Path(PROFILE_DIR).mkdir(parents=True, exist_ok=True)
+    procs = [subprocess.Popen([py_spy, "record", "--pid", str(pid), "--duration", str(LOAD_SECONDS),
+                               "--format", PROFILE_FORMAT, "--nonblocking",
+                               "--output", f"{PROFILE_DIR}/{label}-{pid}.{PROFILE_FORMAT}"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for pid in server_pids(a)[1:]]
+    return procs[0] if procs else None
 
 
 def zfs(*args: str) -> str:
@@ -88,8 +114,8 @@ def bench_listing(a: Appliance, volumes: list[str]) -> list[str]:
     return rows
 
 
-def wrk(url: str, headers: list[str]) -> dict:
-    argv = ["wrk", "-t2", "-c32", f"-d{LOAD_SECONDS}s", "--latency"]
+def wrk(url: str, headers: list[str], seconds: int = LOAD_SECONDS) -> dict:
+    argv = ["wrk", "-t2", "-c32", f"-d{seconds}s", "--latency"]
     for h in headers:
         argv += ["-H", h]
     out = subprocess.run(argv + [url], check=True, capture_output=True, text=True).stdout
@@ -105,13 +131,19 @@ def wrk(url: str, headers: list[str]) -> dict:
             "socket_errors": socket_errors.group(1) if socket_errors else "none"}
 
 
-def ceiling_server(tmp: Path) -> subprocess.Popen:
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ceiling_server(tmp: Path, port: int) -> subprocess.Popen:
     """The same gunicorn settings serving a trivial WSGI app with no auth."""
     (tmp / "trivial.py").write_text(
         "def app(environ, start_response):\n"
         "    start_response('200 OK', [('Content-Type', 'application/json')])\n"
         "    return [b'{}']\n")
-    env = {**os.environ, "VSNAP_STATE": str(STATE), "VSNAP_PORT": str(CEILING_PORT), "PYTHONPATH": str(tmp),
+    env = {**os.environ, "VSNAP_STATE": str(STATE), "VSNAP_PORT": str(port), "PYTHONPATH": str(tmp),
            "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics")}
     proc = subprocess.Popen([str(Path(sys.executable).with_name("gunicorn")), "-c",
                              str(ROOT / "vsnap" / "gunicorn_conf.py"), "trivial:app"], env=env, cwd=tmp,
@@ -125,10 +157,19 @@ def bench_load(a: Appliance, admin: OsAccount) -> list[str]:
         return ["| load | wrk is not installed (apt-get install wrk) | | | |"]
     token = base64.b64encode(f"{admin.name}:{admin.password}".encode()).decode()
     tmp = Path(tempfile.mkdtemp(prefix="vsnap-bench-"))
-    ceiling = ceiling_server(tmp)
+    ceiling_port = free_port()
+    ceiling = ceiling_server(tmp, ceiling_port)
+    auth = [f"Authorization: Basic {token}"]
     try:
-        top = wrk(f"https://127.0.0.1:{CEILING_PORT}/", [])
-        api = wrk(f"https://127.0.0.1:{PORT}/api/volume", [f"Authorization: Basic {token}"])
+        # A short run first, not counted: every worker process reads the catalog once and
+        # the connections are set up, as on an appliance that has been serving for a while.
+        wrk(f"https://127.0.0.1:{ceiling_port}/", [], WARMUP_SECONDS)
+        top = wrk(f"https://127.0.0.1:{ceiling_port}/", [])
+        wrk(f"https://127.0.0.1:{PORT}/api/volume", auth, WARMUP_SECONDS)
+        profiler = profile_workers(a, "load")
+        api = wrk(f"https://127.0.0.1:{PORT}/api/volume", auth)
+        if profiler is not None:
+            profiler.wait()
     finally:
         os.killpg(ceiling.pid, 15)
         ceiling.wait(30)
@@ -143,10 +184,8 @@ def bench_load(a: Appliance, admin: OsAccount) -> list[str]:
 
 def server_rss_mib(a: Appliance) -> float:
     """Resident memory of the server: its gunicorn master and workers."""
-    pids = [a.proc.pid] + [int(p) for p in subprocess.run(["pgrep", "-P", str(a.proc.pid)], capture_output=True,
-                                                          text=True).stdout.split()]
     total = 0
-    for pid in pids:
+    for pid in server_pids(a):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 total += int(line.split()[1])
@@ -157,6 +196,7 @@ def main() -> None:
     admin = OsAccount("vsnapbench-admin", ["vsnap"])
     a = Appliance(STATE, PORT, log_name="bench-api", env={"VSNAP_AUTH_FAIL_LIMIT": "100000"})
     a.account = admin
+    a.http = requests.Session()  # keep-alive, as a backup client's connection pool does
     a.start()
     rows = ["| measure | raw / ceiling | API | ratio | target |", "| --- | --- | --- | --- | --- |"]
     print("\n".join(rows), flush=True)

@@ -60,6 +60,9 @@ class Settings:
     repl_parallel: int = 2
     repl_stall_seconds: float = 60.0
     ssh_user: str = "root"
+    # Reads of ZFS are kept while nothing changed through the appliance (any process), and at
+    # most this long (or ten times what the last full read took) for changes made outside it.
+    catalog_max_age: float = 2.0
     ssh_host_key: Path | None = None  # the public host key partners pin; see ssh_host_key_files
 
     @property
@@ -107,6 +110,10 @@ class Settings:
         return [self.ssh_dir / "ssh_host_ed25519_key.pub", Path("/etc/ssh/ssh_host_ed25519_key.pub")]
 
     @property
+    def catalog_generation_file(self) -> Path:
+        return self.state_dir / "catalog.generation"
+
+    @property
     def worker_lock_file(self) -> Path:
         return self.state_dir / "worker.lock"
 
@@ -143,5 +150,6 @@ class Settings:
             repl_parallel=max(1, int(merged.get("VSNAP_REPL_PARALLEL", 2))),
             repl_stall_seconds=float(merged.get("VSNAP_REPL_STALL_SECONDS", 60.0)),
             ssh_user=merged.get("VSNAP_SSH_USER", "root"),
+            catalog_max_age=float(merged.get("VSNAP_CATALOG_MAX_AGE", 2.0)),
             ssh_host_key=Path(merged["VSNAP_SSH_HOST_KEY"]) if merged.get("VSNAP_SSH_HOST_KEY") else None,
         )

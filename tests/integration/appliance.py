@@ -23,6 +23,7 @@ class Appliance:
         self.extra_env = env or {}
         self.log_path = self.state / "log" / f"{log_name}-{port}.log"
         self.proc: subprocess.Popen | None = None
+        self.http: requests.Session | None = None  # set for keep-alive (benchmarks); else a connection per request
         self.account = None  # an OS account with .auth; its current password is used
 
     @property
@@ -84,7 +85,7 @@ class Appliance:
         kwargs.setdefault("timeout", 120)
         if auth is ...:
             auth = self.account.auth if self.account else None
-        return requests.request(method, self.base + path, verify=self.cert, auth=auth, **kwargs)
+        return (self.http or requests).request(method, self.base + path, verify=self.cert, auth=auth, **kwargs)
 
     def get(self, path, **kw):
         return self.request("GET", path, **kw)

@@ -33,7 +33,7 @@ class FakeRunner:
     def argvs(self) -> list[list[str]]:
         return [c["argv"] for c in self.calls]
 
-    def run(self, argv, *, check=True, input=None, timeout=None, env=None):
+    def run(self, argv, *, check=True, input=None, timeout=None, env=None, changes=None):
         assert isinstance(argv, list) and all(isinstance(a, str) for a in argv), argv
         self.calls.append({"argv": list(argv), "check": check, "input": input, "timeout": timeout})
         matches = [p for p in self.responses if tuple(argv[:len(p)]) == p]

@@ -183,7 +183,7 @@ class TgtSim:
         return "".join(line + "\n" for line in out)
 
     # -- the runner -----------------------------------------------------------------------
-    def run(self, argv, *, check=True, input=None, timeout=None, env=None):
+    def run(self, argv, *, check=True, input=None, timeout=None, env=None, changes=None):
         if argv[:3] != TGTADM:
             return self.base.run(argv, check=check, input=input, timeout=timeout, env=env)
         assert isinstance(argv, list) and all(isinstance(a, str) for a in argv), argv

@@ -30,7 +30,7 @@ class ScriptedRunner:
         self.scripts[tuple(argv)] = list(answers)
         return self
 
-    def run(self, argv, *, check=True, input=None, timeout=None, env=None):
+    def run(self, argv, *, check=True, input=None, timeout=None, env=None, changes=None):
         script = self.scripts.get(tuple(argv))
         if script is None:
             return self.base.run(argv, check=check, input=input, timeout=timeout, env=env)

@@ -317,7 +317,7 @@ class _Sequence:
         self.results = list(results)
         self.calls = []
 
-    def run(self, argv, *, check=True, input=None, timeout=None, env=None):
+    def run(self, argv, *, check=True, input=None, timeout=None, env=None, changes=None):
         from vsnap.drivers.runner import Result
         self.calls.append(list(argv))
         returncode, stderr = self.results.pop(0) if self.results else self.last

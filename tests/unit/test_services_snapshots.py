@@ -98,11 +98,15 @@ class FakeDatasets:
             raise CommandError(["zfs", "get"], 1, "", f"cannot open '{name}': dataset does not exist\n")
         return {p: self.data[name].get(p, "-") for p in props}
 
-    def snapshot(self, name):
+    def snapshot(self, name, props=None):
         self._do("snapshot", name)
         if name in self.data:
             raise CommandError(["zfs", "snapshot"], 1, "", f"cannot create snapshot '{name}': dataset already exists\n")
-        self.add(name, "snapshot")
+        dataset = name.split("@", 1)[0]
+        if dataset not in self.data:
+            raise CommandError(["zfs", "snapshot"], 1, "", f"cannot open '{dataset}': dataset does not exist\n")
+        inherited = {k: v for k, v in self.data[dataset].items() if k.startswith("com.vsnap:")}  # as ZFS does
+        self.add(name, "snapshot", **{**inherited, **(props or {})})
 
     def set(self, name, prop, value):
         self._do("set", name, prop, value)
@@ -202,13 +206,58 @@ def test_create_named(env):
     vol = add_volume(env, "v")
     body = env.svc.create(str(vol), "daily")
     [r] = snaps(env.store)
-    assert env.ds.mutations() == [("snapshot", "tank/v@daily"), ("set", "tank/v@daily", PROP_SNAP_ID, str(r.id))]
+    assert env.ds.mutations() == [("snapshot", "tank/v@daily")]  # stamped by the same command
+    assert env.ds.data["tank/v@daily"][PROP_SNAP_ID] == str(r.id)
     assert (r.name, r.volume_id, r.state, r.owner, r.guid) == \
         ("daily", vol, "ready", None, env.ds.data["tank/v@daily"]["guid"])
     assert list(body) == DETAIL_FIELDS
     assert body["id"] == str(r.id) and body["name"] == "daily" and body["parent_id"] == str(vol)
     assert body["version_id"] == r.guid and body["has_clones"] is False
     assert env.lock.taken >= 1
+
+
+def test_create_answers_from_zfs_after_the_snapshot(env):
+    vol = add_volume(env, "v")
+    env.ds.data["tank/v"][PROP_VOL_ID] = str(vol)
+    body = env.svc.create(str(vol), "s")
+    made = env.ds.data["tank/v@s"]
+    assert (body["version_id"], body["size_used"], body["time_created"]) == \
+        (made["guid"], made["used"], made["creation"])
+    assert (body["pool_name"], body["pool_id"], body["parent_name"]) == ("tank", str(env.pool_id), "v")
+
+
+def test_create_refuses_a_dataset_that_took_the_volumes_name_outside_the_api(env):
+    vol = add_volume(env, "v")
+    env.ds.data["tank/v"][PROP_VOL_ID] = str(vol + 100)  # another volume's dataset now
+    with pytest.raises(NotFoundError):
+        env.svc.create(str(vol), "s")
+    assert "tank/v@s" not in env.ds.data and snaps(env.store) == []
+    assert env.ds.mutations("destroy") == [("destroy", "tank/v@s", False)]
+
+
+def test_create_on_a_volume_destroyed_outside_the_api_is_not_found(env):
+    vol = add_volume(env, "v")
+    del env.ds.data["tank/v"]
+    with pytest.raises(NotFoundError):
+        env.svc.create(str(vol), "s")
+    assert snaps(env.store) == []
+
+
+def test_create_of_a_name_only_zfs_has_conflicts(env):
+    vol = add_volume(env, "v")
+    env.ds.add("tank/v@s", "snapshot", **{PROP_SNAP_ID: "-"})
+    env.svc.catalog = None  # no catalog read needed to find this out
+    with pytest.raises(ConflictError, match="already has a snapshot named s"):
+        env.svc.create(str(vol), "s")
+    assert [r.name for r in snaps(env.store)] == []
+
+
+def test_create_on_unknown_volume_is_not_found(env):
+    with pytest.raises(NotFoundError):
+        env.svc.create("999", "s")
+    with pytest.raises(NotFoundError):
+        env.svc.create("abc", "s")
+    assert env.ds.mutations() == []
 
 
 def test_create_generated_name(env):

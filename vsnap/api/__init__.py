@@ -16,6 +16,7 @@ from ..errors import (ApiError, AuthenticationError, InternalError, MethodNotAll
                       UnsupportedMediaTypeError, ValidationError)
 from ..logs import request_id_var
 from ..services import system_error
+from ..services.catalog import fresh_reads
 from . import (audit, disk, host, metrics, network, partner, pool, relationship, session, share, snapshot,
                system, target, user, volume)
 from .auth import credentials, install_auth
@@ -169,6 +170,10 @@ def init_api(app: Flask) -> None:
         g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
         g.request_token = request_id_var.set(g.request_id)
         g.started = time.monotonic()
+        # Reads are kept between requests (services/catalog.py); a client that just changed
+        # ZFS by hand asks for a fresh one.
+        cache_control = request.headers.get("Cache-Control", "") + request.headers.get("Pragma", "")
+        g.fresh_token = fresh_reads.set("no-cache" in cache_control.lower())
 
     @app.after_request
     def account_for_request(response):
@@ -196,6 +201,9 @@ def init_api(app: Flask) -> None:
         token = g.pop("request_token", None)
         if token is not None:
             request_id_var.reset(token)
+        fresh_token = g.pop("fresh_token", None)
+        if fresh_token is not None:
+            fresh_reads.reset(fresh_token)
 
     install_auth(app)
     install_error_handlers(app)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import functools
 
 import marshmallow as ma
-from flask import jsonify
+from flask import current_app, jsonify
 from flask_smorest import Blueprint as SmorestBlueprint
 from webargs import core
 from webargs.flaskparser import FlaskParser
@@ -103,16 +103,44 @@ def validation_error_from(messages) -> ValidationError:
 
 
 
+class DumpMemo:
+    """The JSON text of the last few list bodies. Services hand out the same list object
+    while nothing changed (CatalogView.memo), so a body whose lists are those same objects
+    (and whose other values are equal) has the same text: served without dumping again."""
+
+    SIZE = 8
+
+    def __init__(self):
+        self._kept: list[tuple[dict, bytes]] = []  # strong references: ids are never reused
+
+    @staticmethod
+    def _same(a: dict, b: dict) -> bool:
+        return a.keys() == b.keys() and all(
+            a[k] is b[k] if isinstance(a[k], list) else a[k] == b[k] for k in a)
+
+    def get(self, body: dict, dump) -> bytes:
+        for kept_body, text in list(self._kept):
+            if self._same(kept_body, body):
+                return text
+        text = dump()
+        self._kept = [(body, text)] + self._kept[:self.SIZE - 1]
+        return text
+
+
 def list_or_detail(blp: Blueprint, list_schema: type[ma.Schema], detail_schema: type[ma.Schema]):
     """For the spec's `GET /api/<resource>[?id=|?name=]`: the view returns ("list", body) or
     ("detail", body); each is dumped through its own schema, and the document says oneOf."""
+
+    dumped = DumpMemo()
 
     def decorator(view):
         @functools.wraps(view)
         def wrapper(*args, **kwargs):
             kind, body = view(*args, **kwargs)
-            schema = detail_schema if kind == "detail" else list_schema
-            return jsonify(schema().dump(body))
+            if kind == "detail":
+                return jsonify(detail_schema().dump(body))
+            text = dumped.get(body, lambda: jsonify(list_schema().dump(body)).get_data())
+            return current_app.response_class(text, mimetype="application/json")
 
         return blp.doc(responses={"200": {
             "description": "The list; one object's details when ?id= or ?name= is given",

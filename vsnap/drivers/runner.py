@@ -63,14 +63,33 @@ def summary(argv: list[str], limit: int = 240) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+# zfs/zpool subcommands that only read; any other one (even a failed one) may have changed
+# storage, and readers that cache what they read must hear of it.
+READ_ONLY_SUBCOMMANDS = {"zfs": {"get", "list", "send", "holds", "userspace", "groupspace", "diff", "help"},
+                         "zpool": {"list", "status", "get", "iostat", "history", "help"}}
+
+
+def changes_storage(argv: list[str]) -> bool:
+    reads = READ_ONLY_SUBCOMMANDS.get(argv[0].rsplit("/", 1)[-1]) if argv else None
+    return reads is not None and (len(argv) < 2 or argv[1] not in reads)
+
+
 class Runner:
     """The one way drivers run commands. Tests replace it with a fake to cover parsing and errors."""
 
-    def __init__(self, timeout: float = 120.0):
+    def __init__(self, timeout: float = 120.0, on_storage_change=None):
         self.timeout = timeout
+        self.on_storage_change = on_storage_change  # called after each zfs/zpool command that may change
+
+    def storage_changed(self, argv: list[str]) -> None:
+        if self.on_storage_change is not None and changes_storage(argv):
+            self.on_storage_change()
 
     def run(self, argv: list[str], *, check: bool = True, input: str | None = None,
-            timeout: float | None = None, env: dict[str, str] | None = None) -> Result:
+            timeout: float | None = None, env: dict[str, str] | None = None,
+            changes: bool | None = None) -> Result:
+        """`changes=False` for a command that changes nothing readers keep (default: judged
+        from the command)."""
         if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
             raise TypeError("commands are argument lists of strings")
         limit = self.timeout if timeout is None else timeout
@@ -79,12 +98,16 @@ class Runner:
             proc = subprocess.run(argv, input=input, capture_output=True, text=True,
                                   timeout=limit, env=env, errors="replace")
         except subprocess.TimeoutExpired as exc:
+            if changes is not False:
+                self.storage_changed(argv)
             log.error("command timed out after %gs: %s", limit, summary(argv),
                       extra={"command": argv[0], "rc": None, "duration": round(limit, 3)})
             raise CommandTimeout(argv, limit) from exc
         except FileNotFoundError as exc:
             raise CommandNotFound(argv) from exc
         duration = time.monotonic() - started
+        if changes is not False:
+            self.storage_changed(argv)
         # Every command, with its exit status and duration; never its input (which may hold
         # a password), and argument lists carry none.
         log.info("ran %s: rc=%s in %.3fs", summary(argv), proc.returncode, duration,

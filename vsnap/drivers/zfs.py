@@ -444,8 +444,8 @@ class ZfsDatasetOps:
         self.runner.run(["zfs", "create", "-V", str(size), "-b", str(block_size),
                          *self._options(props), name])
 
-    def snapshot(self, name: str) -> None:
-        self.runner.run(["zfs", "snapshot", name])
+    def snapshot(self, name: str, props: dict[str, str] | None = None) -> None:
+        self.runner.run(["zfs", "snapshot", *self._options(props or {}), name])
 
     def clone(self, snapshot: str, name: str, props: dict[str, str]) -> None:
         self.runner.run(["zfs", "clone", *self._options(props), snapshot, name])
@@ -483,6 +483,11 @@ class ZfsDatasetOps:
     def set(self, name: str, prop: str, value: str) -> None:
         self.runner.run(["zfs", "set", f"{prop}={value}", name])
 
+    def stamp(self, name: str, prop: str, value: str) -> None:
+        """Sets one of the appliance's own bookkeeping properties: a change no reader sees, so
+        readers are not told of it (the caller tells them once for a batch)."""
+        self.runner.run(["zfs", "set", f"{prop}={value}", name], changes=False)
+
     def destroy(self, name: str, *, recursive: bool = False) -> None:
         run_retrying_busy(self.runner, ["zfs", "destroy", *(["-r"] if recursive else []), name],
                           gone=("could not find", "does not exist"))
@@ -515,6 +520,7 @@ class ZfsDatasetOps:
         argv = self.receive_argv(snapshot, full=full)
         started = time.monotonic()
         proc = subprocess.run(argv, stdin=stdin, capture_output=True, text=True, errors="replace")
+        self.runner.storage_changed(argv)
         duration = time.monotonic() - started
         log.info("ran %s: rc=%s in %.3fs", " ".join(argv), proc.returncode, duration,
                  extra={"command": "zfs", "rc": proc.returncode, "duration": round(duration, 3)})

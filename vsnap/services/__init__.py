@@ -17,6 +17,7 @@ from ..drivers.smb import SambaDriver
 from ..drivers.ssh import SshDriver
 from ..drivers.zfs import ZfsDatasetOps, ZfsDriver, ZfsPoolOps
 from ..store.db import Store
+from ..store.generation import Generation
 from .audit import AuditService
 from .auth import AuthService, StoredFailures
 from .disks import DiskService
@@ -55,8 +56,9 @@ class Services:
 
     @classmethod
     def build(cls, settings: Settings, runner: Runner | None = None) -> "Services":
-        runner = runner or Runner(timeout=settings.command_timeout)
-        store = Store(settings.database_url)
+        generation = Generation(settings.catalog_generation_file)
+        runner = runner or Runner(timeout=settings.command_timeout, on_storage_change=generation.bump)
+        store = Store(settings.database_url, on_catalog_change=generation.bump)
         accounts = AccountDriver(runner, settings.pam_service)
         zfs = ZfsDriver(runner)
         disk_driver = DiskDriver(runner)
@@ -66,7 +68,7 @@ class Services:
         pools = PoolService(settings, store, zfs, ZfsPoolOps(runner), disks, disk_driver, system, lock)
         system.pool_initializer = pools.create_default
         datasets = ZfsDatasetOps(runner, zfs)
-        catalog = Catalog(store, datasets, pools, lock)
+        catalog = Catalog(store, datasets, pools, lock, generation=generation, max_age=settings.catalog_max_age)
         volumes = VolumeService(store, datasets, LunFileDriver(), catalog, pools, lock)
         snapshots = SnapshotService(store, datasets, catalog, volumes, lock)
         shares = ShareService(
@@ -81,7 +83,8 @@ class Services:
         ssh = SshDriver(runner, settings.ssh_dir, settings.ssh_host_key_files, settings.ssh_user)
         replication = ReplicationService(settings, store, catalog, volumes, snapshots, pools, network, system,
                                          datasets, ssh, runner, lock)
-        auth = AuthService(settings, accounts, failures=StoredFailures(store))
+        auth = AuthService(settings, accounts, failures=StoredFailures(
+            store, Generation(settings.state_dir / "auth-failures.generation")))
         auth.on_login.append(shares.sync_smb_password)
         return cls(
             settings=settings,
@@ -108,7 +111,7 @@ class Services:
         if self.pools.zfs.available():
             self.volumes.recover()
             self.snapshots.recover()
-            self.catalog.load()  # picks up what was made or destroyed outside the API
+            self.catalog.load(fresh=True)  # picks up what was made or destroyed outside the API
             self.shares.recover({u["name"] for u in self.users.list()})
             self.targets.recover()
 

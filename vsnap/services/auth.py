@@ -12,10 +12,12 @@ import os
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 
 from ..config import Settings
 from ..drivers.accounts import AccountDriver
 from ..errors import AuthenticationError, PermissionDeniedError, TooManyRequestsError
+from ..store.generation import Generation
 from ..store.models import AuthFailure
 
 MAX_CREDENTIAL_LENGTH = 1024
@@ -43,20 +45,35 @@ class MemoryFailures:
 
 
 class StoredFailures:
-    """Failed logins per address in the database, shared by every server process."""
+    """Failed logins per address in the database, shared by every server process. With a
+    generation token (changed at each failure, by any process) a process reads the database
+    only when a failure was added since it last looked: a request costs one file read."""
 
-    def __init__(self, store):
+    def __init__(self, store, generation: Generation | None = None):
         self.store = store
+        self.generation = generation
+        self._seen: dict[str, tuple[bytes, list[float]]] = {}
 
     def recent(self, address: str, since: float) -> list[float]:
+        token = self.generation.read() if self.generation is not None else None
+        seen = self._seen.get(address)
+        if seen is not None and seen[0] == token:
+            return [at for at in seen[1] if at > since]
         with self.store.session() as s:
-            return [row.at for row in s.query(AuthFailure).filter(
+            found = [row.at for row in s.query(AuthFailure).filter(
                 AuthFailure.address == address, AuthFailure.at > since).order_by(AuthFailure.at)]
+        if token is not None:
+            if len(self._seen) > 10000:  # bound memory under a spray of addresses
+                self._seen.clear()
+            self._seen[address] = (token, found)
+        return found
 
     def add(self, address: str, at: float, since: float) -> None:
         with self.store.session() as s:
             s.add(AuthFailure(address=address[:64], at=at))
             s.query(AuthFailure).filter(AuthFailure.at <= since).delete()
+        if self.generation is not None:
+            self.generation.bump()
 
 
 class AuthService:
@@ -68,6 +85,7 @@ class AuthService:
         self._salt = os.urandom(16)
         self._cache: dict[tuple[str, bytes], float] = {}
         self._lock = threading.Lock()
+        self._checks: dict[tuple[str, bytes], tuple[threading.Lock, int]] = {}  # checks running, and waiters
         self.on_login: list = []  # called with (user, password) after a fresh password check
 
     def _digest(self, password: str) -> bytes:
@@ -86,6 +104,28 @@ class AuthService:
         now = self.clock()
         self.failures.add(address, now, now - self.settings.auth_fail_window)
 
+    def _cached(self, key) -> bool:
+        with self._lock:
+            expiry = self._cache.get(key)
+        return expiry is not None and expiry >= self.clock()
+
+    @contextmanager
+    def _checking(self, key):
+        with self._lock:
+            lock, users = self._checks.get(key, (None, 0))
+            lock = lock or threading.Lock()
+            self._checks[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._lock:
+                lock, users = self._checks[key]
+                if users == 1:
+                    del self._checks[key]
+                else:
+                    self._checks[key] = (lock, users - 1)
+
     def authenticate(self, user: str | None, password: str | None, address: str) -> str:
         """Returns the user name, or raises 401/403/429 errors."""
         self._check_throttle(address)
@@ -96,23 +136,27 @@ class AuthService:
             self._record_failure(address)
             raise AuthenticationError("Invalid username or password")
         key = (user, self._digest(password))
-        now = self.clock()
-        with self._lock:
-            expiry = self._cache.get(key)
-        if expiry is None or expiry < now:
-            if not self.accounts.authenticate(user, password):
-                self._record_failure(address)
-                with self._lock:
-                    self._cache.pop(key, None)
-                raise AuthenticationError("Invalid username or password")
-            with self._lock:
-                if len(self._cache) > 10000:
-                    self._cache.clear()
-                self._cache[key] = now + self.settings.auth_cache_seconds
+        fresh = False
+        if not self._cached(key):
+            # One password check per credentials at a time: when the cached entry expires
+            # under load, the other requests with them wait for that check, not each run PAM.
+            with self._checking(key):
+                if not self._cached(key):
+                    if not self.accounts.authenticate(user, password):
+                        self._record_failure(address)
+                        with self._lock:
+                            self._cache.pop(key, None)
+                        raise AuthenticationError("Invalid username or password")
+                    with self._lock:
+                        if len(self._cache) > 10000:
+                            self._cache.clear()
+                        self._cache[key] = self.clock() + self.settings.auth_cache_seconds
+                    fresh = True
+        # The role on every request: a removal from the group takes effect at once.
         if not self.accounts.is_member(user, self.settings.admin_group):
             raise PermissionDeniedError(
                 f"User {user} does not have the vsnap_admin role (group {self.settings.admin_group})")
-        if expiry is None or expiry < now:
+        if fresh:
             for hook in self.on_login:
                 hook(user, password)
         return user

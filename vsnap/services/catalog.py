@@ -1,21 +1,36 @@
-"""The index of volumes and snapshots, reconciled with ZFS on every read.
+"""The index of volumes and snapshots, reconciled with ZFS when it is read.
 
 ZFS is the truth: one `zfs get -r` per pool gives every dataset and snapshot with its
 properties. Datasets and snapshots made outside the API (by hand, or by a replication
 receive) get rows and new IDs; rows whose dataset was destroyed outside the API go away.
 Rows are matched by ZFS guid, which survives renames. Changes to the index happen under the
 storage lock, so a reconcile never races a create in flight.
+
+A read is kept and shared by the threads of a process while the storage generation (see
+store/generation.py) stays the one it was read at: every change made through the appliance,
+in any process, is seen at the next read. Changes made outside the appliance (zfs by hand,
+data written by clients changing sizes) are seen within `max_age` seconds, or ten times what
+the last full read took, so keeping up costs at most a tenth of a core; a reader that needs
+them now asks for a fresh read (the API: `Cache-Control: no-cache`). An expired read is still
+served while one thread reads anew in the background, so no request waits for it.
 """
 from __future__ import annotations
 
+import contextvars
 import logging
+import threading
+import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from ..drivers.runner import CommandError
 from ..drivers.zfs import ZfsDatasetOps
 from ..errors import ConflictError, NotFoundError
+from ..logs import request_id_var
 from ..store.db import Store
+from ..store.generation import Generation
 from ..store.models import Pool, Snapshot, Volume, now
 from .locking import StorageLock
 
@@ -59,13 +74,54 @@ class SnapshotView:
 class CatalogView:
     volumes: dict[int, VolumeView]
     snapshots: dict[int, SnapshotView]
+    _memo: OrderedDict = field(default_factory=OrderedDict, repr=False, compare=False)
+
+    MEMO_SIZE = 16
+
+    def memo(self, key, build):
+        """What `build()` derives from this view (which never changes), computed once per key:
+        a listing asked for many times between two changes is rendered once. The same object
+        is handed out each time, so callers must not change it."""
+        try:
+            return self._memo[key]
+        except KeyError:
+            pass
+        value = build()
+        self._memo[key] = value
+        while len(self._memo) > self.MEMO_SIZE:
+            try:
+                self._memo.popitem(last=False)
+            except KeyError:  # another thread emptied it meanwhile
+                break
+        return value
+
+    @cached_property
+    def _snapshot_ids_by_name(self) -> dict[str, int]:
+        return {snap.zfs_name: snap.row.id for snap in self.snapshots.values()}
 
     def origin_snapshot_id(self, volume: VolumeView) -> int | None:
-        origin = (volume.props or {}).get("origin", "-")
-        for snap in self.snapshots.values():
-            if snap.zfs_name == origin:
-                return snap.row.id
-        return None
+        return self._snapshot_ids_by_name.get((volume.props or {}).get("origin", "-"))
+
+    def unstamped(self) -> list[tuple[str, int]]:
+        """Snapshots not (yet) carrying their id as a ZFS property: (zfs name, id)."""
+        return [(snap.zfs_name, snap.row.id) for snap in self.snapshots.values()
+                if snap.props.get(PROP_SNAP_ID) != str(snap.row.id)]
+
+    def of_pool(self, pool_id: int) -> "CatalogView":
+        return CatalogView({i: v for i, v in self.volumes.items() if v.row.pool_id == pool_id},
+                           {i: s for i, s in self.snapshots.items() if s.volume.row.pool_id == pool_id})
+
+
+# Set by the API for a request that asked for a fresh read (Cache-Control: no-cache).
+fresh_reads: contextvars.ContextVar[bool] = contextvars.ContextVar("vsnap_fresh_reads", default=False)
+
+
+@dataclass
+class _Kept:
+    token: bytes  # the storage generation before the read began
+    view: CatalogView
+    started: float
+    cost: float  # seconds the read took
 
 
 def parse_id(value) -> int | None:
@@ -109,17 +165,70 @@ def _stamped_id(value: str | None) -> int | None:
 
 
 class Catalog:
-    def __init__(self, store: Store, ds: ZfsDatasetOps, pools, lock: StorageLock):
+    STAMP_BATCH = 500
+
+    def __init__(self, store: Store, ds: ZfsDatasetOps, pools, lock: StorageLock, *,
+                 generation: Generation | None = None, max_age: float = 2.0, clock=time.monotonic):
         self.store = store
         self.ds = ds
         self.pools = pools
         self.lock = lock
+        self.generation = generation  # None: no keeping, every load reads ZFS
+        self.max_age = max_age
+        self.clock = clock
+        self._kept: _Kept | None = None
+        self._reading = threading.Lock()  # one full read at a time per process
+        self._refreshing = threading.Lock()  # held by the background refresh while it runs
 
-    def load(self, pool_id: int | None = None) -> CatalogView:
+    def load(self, pool_id: int | None = None, *, fresh: bool = False) -> CatalogView:
+        """Every volume and snapshot that exists, with its row and ZFS properties. The view is
+        shared: callers must not change it."""
+        view = self._current(fresh or fresh_reads.get())
+        return view if pool_id is None else view.of_pool(pool_id)
+
+    def _current(self, fresh: bool) -> CatalogView:
+        if self.generation is None or self.max_age <= 0:
+            return self._read()
+        kept = self._kept
+        if not fresh and kept is not None and kept.token == self.generation.read():
+            if self.clock() - kept.started > max(self.max_age, 10 * kept.cost):
+                self._refresh_in_background()
+            return kept.view
+        asked = self.clock()
+        with self._reading:  # a read another thread finished meanwhile may do
+            kept = self._kept
+            if kept is not None and kept.token == self.generation.read() and (not fresh or kept.started >= asked):
+                return kept.view
+            return self._read_and_keep().view
+
+    def _read_and_keep(self) -> _Kept:
+        started = self.clock()
+        token = self.generation.read()
+        view = self._read()
+        kept = _Kept(token, view, started, self.clock() - started)
+        self._kept = kept
+        return kept
+
+    def _refresh_in_background(self) -> None:
+        if not self._refreshing.acquire(blocking=False):
+            return  # one is running
+
+        def refresh():
+            request_id_var.set("catalog")
+            try:
+                with self._reading:
+                    kept = self._kept
+                    if kept is None or self.clock() - kept.started > self.max_age:
+                        self._read_and_keep()
+            except Exception:  # the next request reads for itself
+                log.exception("catalog: background read failed")
+            finally:
+                self._refreshing.release()
+        threading.Thread(target=refresh, name="vsnap-catalog", daemon=True).start()
+
+    def _read(self) -> CatalogView:
         view = CatalogView({}, {})
         for pool_row, summary in self.pools._live():
-            if pool_id is not None and pool_row.id != pool_id:
-                continue
             tree = self.ds.tree(summary.name, USER_PROPS)
             if self._reconcile(pool_row, summary.name, tree, apply=False):
                 with self.lock.held():
@@ -127,6 +236,29 @@ class Catalog:
                     self._reconcile(pool_row, summary.name, tree, apply=True)
             self._build(view, pool_row, summary.name, tree)
         return view
+
+    def stamp_missing(self) -> int:
+        """Stamps snapshots picked up from outside the API with their ids (one `zfs set`
+        each, so in the background, not in the read that found them). A stamp changes
+        nothing a client sees: readers hear of each batch, not of each stamp. Returns how
+        many were stamped."""
+        todo = self.load().unstamped()
+        done = 0
+        for start in range(0, len(todo), self.STAMP_BATCH):
+            try:
+                for name, snap_id in todo[start:start + self.STAMP_BATCH]:
+                    with self.lock.held():
+                        try:
+                            self.ds.stamp(name, PROP_SNAP_ID, str(snap_id))
+                            done += 1
+                        except CommandError as exc:  # destroyed or renamed meanwhile
+                            log.warning("could not stamp %s: %s", name, exc)
+            finally:
+                if self.generation is not None:
+                    self.generation.bump()
+        if done:
+            log.info("stamped %s snapshots picked up from outside the API", done)
+        return done
 
     # -- reconciling ------------------------------------------------------------------------
     def _reconcile(self, pool_row: Pool, pool: str, tree, *, apply: bool) -> bool:
@@ -238,13 +370,7 @@ class Catalog:
                 snap_id = stamped if stamped is not None and s.get(Snapshot, stamped) is None else None
                 row = Snapshot(id=snap_id, volume_id=volume.id, name=name.split("@", 1)[1], guid=guid,
                                state=READY, time_created=int(props.get("creation") or 0) or now())
-                s.add(row)
-                s.flush()
-                if str(row.id) != props.get(PROP_SNAP_ID):
-                    try:
-                        self.ds.set(name, PROP_SNAP_ID, str(row.id))
-                    except CommandError as exc:
-                        log.warning("could not stamp %s: %s", name, exc)
+                s.add(row)  # stamped later, in the background: see stamp_missing
         return changed
 
     # -- building views ---------------------------------------------------------------------

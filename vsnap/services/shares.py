@@ -8,6 +8,7 @@ updates Samba's entry.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import ipaddress
 import logging
 import os
@@ -99,6 +100,8 @@ class ShareService:
         self.lock = lock
         self.group = group
         self._smb_sync = threading.Lock()
+        self._memo_key = os.urandom(32)
+        self._matched: dict[str, tuple[str, bytes]] = {}  # user -> (salt, keyed hash) known to match
         volumes.before_volume_delete.append(self._volume_going)
         volumes.before_volume_rename.append(self._volume_renaming)
         volumes.after_volume_rename.append(lambda *_: self.apply())
@@ -288,10 +291,15 @@ class ShareService:
     # -- Samba's passwords ------------------------------------------------------------------
     def sync_smb_password(self, user: str, password: str) -> None:
         """Called after a successful API login: makes Samba hold the same password."""
+        # scrypt is slow on purpose: a password already found to match the stored digest is
+        # remembered in this process (as a keyed hash), so later logins skip it.
+        known = hmac.new(self._memo_key, f"{user}\0{password}".encode("utf-8", "surrogatepass"),
+                         hashlib.sha256).digest()
         with self._smb_sync:
             with self.store.session() as s:
                 row = s.get(SmbPassword, user)
-                if row and _digest(password, row.salt) == row.digest:
+                if row and (self._matched.get(user) == (row.salt, known) or _digest(password, row.salt) == row.digest):
+                    self._matched[user] = (row.salt, known)
                     return
             try:
                 self.smb.set_password(user, password)
@@ -303,6 +311,7 @@ class ShareService:
                 row = s.get(SmbPassword, user) or SmbPassword(user=user)
                 row.salt, row.digest = salt, _digest(password, salt)
                 s.merge(row)
+            self._matched[user] = (salt, known)
 
     def prune_smb_users(self, members: set[str]) -> None:
         """Accounts that left the vsnap group lose their Samba entry."""

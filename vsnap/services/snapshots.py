@@ -7,11 +7,11 @@ import time
 
 from ..drivers.runner import CommandError, describe
 from ..drivers.zfs import ZfsDatasetOps
-from ..errors import ConflictError, ValidationError
+from ..errors import ConflictError, NotFoundError, ValidationError
 from ..store.db import Store
-from ..store.models import Snapshot, Volume
-from .catalog import (CREATING, DELETING, FILEBACKED, PROP_SNAP_ID, READY, Catalog, CatalogView,
-                      SnapshotView, find_one)
+from ..store.models import Pool, Snapshot, Volume
+from .catalog import (CREATING, DELETING, FILEBACKED, PROP_SNAP_ID, PROP_VOL_ID, READY, Catalog,
+                      CatalogView, SnapshotView, VolumeView, find_one, parse_id)
 from .locking import StorageLock
 from .owner import current_owner, is_current, owner_alive
 from .volumes import validate_name
@@ -54,50 +54,77 @@ class SnapshotService:
         view = self.catalog.load()
         if parent_id is not None:
             self.volumes._find(view, parent_id)  # 404 for an unknown volume
-        snaps = sorted(view.snapshots.values(), key=lambda s: s.row.id)
-        return [self.render(s, False) for s in snaps
-                if parent_id is None or str(s.volume.row.id) == str(parent_id)]
+
+        def render_list():
+            snaps = sorted(view.snapshots.values(), key=lambda s: s.row.id)
+            return [self.render(s, False) for s in snaps
+                    if parent_id is None or str(s.volume.row.id) == str(parent_id)]
+        return view.memo(("snapshots", parent_id), render_list)
 
     def get(self, snap_id=None, name=None) -> dict:
         return self.render(self._find(self.catalog.load(), snap_id, name), True)
 
     def create(self, vol_id, name: str | None = None) -> dict:
+        """Takes a snapshot with two ZFS commands: `zfs snapshot` stamping the id in the same
+        step, and one read of what the answer needs (guid, size, time), which also proves the
+        dataset is still the volume's (its inherited volume id). No full catalog read: backup
+        software takes snapshots of one volume after another."""
         if name is not None:
             validate_name(name, "Snapshot")
         with self.lock.held():
-            volume, view = self.volumes.view(vol_id)
-            if volume.row.volume_type == FILEBACKED:
-                raise ValidationError("A filebackedlun has no dataset of its own: snapshot its "
-                                      "parent filesystem")
+            volume, pool = self._volume_rows(vol_id)
             with self.store.session() as s:  # in-flight rows too: their snapshots are theirs
-                taken = {r.name for r in s.query(Snapshot).filter(Snapshot.volume_id == volume.row.id)}
+                taken = {n for (n,) in s.query(Snapshot.name).filter(Snapshot.volume_id == volume.id)}
             if name is None:
                 name = generated_name()
                 while name in taken:
                     name = generated_name()
-            elif name in taken or self.volumes._exists(f"{volume.dataset}@{name}"):
-                raise ConflictError(f"Volume {volume.row.name} already has a snapshot named {name}")
+            elif name in taken:
+                raise ConflictError(f"Volume {volume.name} already has a snapshot named {name}")
             with self.store.session() as s:
-                row = Snapshot(volume_id=volume.row.id, name=name, state=CREATING, owner=current_owner())
+                row = Snapshot(volume_id=volume.id, name=name, state=CREATING, owner=current_owner())
                 s.add(row)
                 s.flush()
                 snap_id = row.id
-            zfs_name = f"{volume.dataset}@{name}"
+            dataset = f"{pool.name}/{volume.name}"
+            zfs_name = f"{dataset}@{name}"
             try:
-                self.ds.snapshot(zfs_name)
+                self.ds.snapshot(zfs_name, {PROP_SNAP_ID: str(snap_id)})
+                props = self.ds.get(zfs_name, ["guid", "used", "creation", PROP_VOL_ID])
             except CommandError as exc:
-                with self.store.session() as s:
-                    s.delete(s.get(Snapshot, snap_id))
-                raise ConflictError(f"ZFS refused to snapshot {volume.dataset}: {describe(exc)}") from exc
-            self._finish(snap_id, zfs_name)
-        return self.get(snap_id=snap_id)
+                self._drop_row(snap_id)
+                if "already exists" in exc.reason:
+                    raise ConflictError(f"Volume {volume.name} already has a snapshot named {name}") from exc
+                self.volumes.view(vol_id)  # 404 when the volume is gone from ZFS (read afresh)
+                raise ConflictError(f"ZFS refused to snapshot {dataset}: {describe(exc)}") from exc
+            if props.get(PROP_VOL_ID, "-") not in ("-", str(volume.id)):
+                # Another dataset took the volume's name outside the API: not ours to snapshot.
+                self.ds.destroy(zfs_name)
+                self._drop_row(snap_id)
+                raise NotFoundError(f"Volume {vol_id} not found")
+            row = self._finish(snap_id, props["guid"])
+        return self.render(SnapshotView(row, VolumeView(volume, pool, pool.name, None), props), True)
 
-    def _finish(self, snap_id: int, zfs_name: str) -> None:
-        self.ds.set(zfs_name, PROP_SNAP_ID, str(snap_id))
-        guid = self.ds.get(zfs_name, ["guid"])["guid"]
+    def _volume_rows(self, vol_id) -> tuple[Volume, Pool]:
+        with self.store.session() as s:
+            volume = s.get(Volume, parse_id(vol_id) or 0)
+            pool = s.get(Pool, volume.pool_id) if volume is not None else None
+            if volume is None or volume.state != READY or pool is None or pool.state != READY:
+                raise NotFoundError(f"Volume {vol_id} not found")
+        if volume.volume_type == FILEBACKED:
+            raise ValidationError("A filebackedlun has no dataset of its own: snapshot its "
+                                  "parent filesystem")
+        return volume, pool
+
+    def _drop_row(self, snap_id: int) -> None:
+        with self.store.session() as s:
+            s.delete(s.get(Snapshot, snap_id))
+
+    def _finish(self, snap_id: int, guid: str) -> Snapshot:
         with self.store.session() as s:
             row = s.get(Snapshot, snap_id)
             row.guid, row.state, row.owner = guid, READY, None
+        return row
 
     def delete(self, snap_id) -> None:
         with self.lock.held():
@@ -140,7 +167,9 @@ class SnapshotService:
             claimed = s.query(Snapshot).filter(Snapshot.guid == found.get("guid"), Snapshot.volume_id == row.volume_id,
                                                Snapshot.id != row.id).first()
         if row.state == CREATING and exists and stamp in ("-", str(row.id)) and not claimed:
-            self._finish(row.id, zfs_name)  # taken under this row, before it could be stamped
+            if stamp == "-":
+                self.ds.set(zfs_name, PROP_SNAP_ID, str(row.id))
+            self._finish(row.id, found["guid"])  # taken under this row
             log.info("snapshot %s: creation had finished in ZFS; kept", zfs_name)
             return
         if row.state == DELETING and exists and found.get("guid") == row.guid:

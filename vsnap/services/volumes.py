@@ -136,10 +136,13 @@ class VolumeService:
 
     def list(self, *, volume_type: str | None = None, pool_id: str | None = None) -> list[dict]:
         view = self.catalog.load()
-        vols = sorted(view.volumes.values(), key=lambda v: v.row.id)
-        return [self.render(v, view, False) for v in vols
-                if (volume_type is None or v.row.volume_type == volume_type)
-                and (pool_id is None or str(v.row.pool_id) == str(pool_id))]
+
+        def render_list():
+            vols = sorted(view.volumes.values(), key=lambda v: v.row.id)
+            return [self.render(v, view, False) for v in vols
+                    if (volume_type is None or v.row.volume_type == volume_type)
+                    and (pool_id is None or str(v.row.pool_id) == str(pool_id))]
+        return view.memo(("volumes", volume_type, pool_id), render_list)
 
     def get(self, vol_id=None, name=None) -> dict:
         view = self.catalog.load()
