@@ -8,7 +8,7 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .runner import Runner
+from .runner import Runner, fault_point
 
 
 @dataclass
@@ -28,6 +28,7 @@ def write_atomically(path: Path, text: str, mode: int = 0o644) -> None:
         os.fsync(f.fileno())
     os.chmod(tmp, mode)
     os.replace(tmp, path)
+    fault_point(f"wrote {path}")  # test-only, inert unless armed (runner.py)
 
 
 def ganesha_exports(exports: list[NfsExport]) -> str:

@@ -2,10 +2,15 @@
 from __future__ import annotations
 
 import logging
+import os
 import shlex
+import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
+
+from ..logs import request_id_var
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +70,56 @@ def summary(argv: list[str], limit: int = 240) -> str:
 
 # zfs/zpool subcommands that only read; any other one (even a failed one) may have changed
 # storage, and readers that cache what they read must hear of it.
-READ_ONLY_SUBCOMMANDS = {"zfs": {"get", "list", "send", "holds", "userspace", "groupspace", "diff", "help"},
-                         "zpool": {"list", "status", "get", "iostat", "history", "help"}}
+READ_ONLY_SUBCOMMANDS = {"zfs": {"get", "list", "send", "holds", "userspace", "groupspace", "diff", "help",
+                                 "version"},
+                         "zpool": {"list", "status", "get", "iostat", "history", "help", "version"}}
 
 
 def changes_storage(argv: list[str]) -> bool:
     reads = READ_ONLY_SUBCOMMANDS.get(argv[0].rsplit("/", 1)[-1]) if argv else None
     return reads is not None and (len(argv) < 2 or argv[1] not in reads)
+
+
+# -- a test-only fault point ------------------------------------------------------------------
+# VSNAP_FAULT_KILL_AFTER_COMMANDS=N, read once when this module is first imported, makes the
+# process SIGKILL its whole process group (the gunicorn master and all its workers, as a crash
+# or `kill -9` of the service would) right after the N-th step that changed the system which it
+# took for an API request or a replication session: a storage-changing zfs/zpool command, a
+# tgtadm change, a Samba reload, or a configuration file written (`fault_point`). Steps taken
+# by start-up recovery and the background threads are not counted. The crash tests
+# (tests/integration/test_crash.py) sweep N to land a crash after every step of an operation.
+# Unset (always, outside those tests) it is inert: nothing is counted and nothing is killed.
+def _fault_limit() -> int:
+    value = os.environ.get("VSNAP_FAULT_KILL_AFTER_COMMANDS", "")
+    return int(value) if value.isdigit() else 0
+
+
+_FAULT_KILL_AFTER = _fault_limit()
+_fault_count = 0
+_fault_lock = threading.Lock()
+_UNCOUNTED_CONTEXTS = ("-", "worker", "catalog")  # start-up and background threads
+
+
+def changes_system(argv: list[str]) -> bool:
+    """A command that changes storage or a service's configuration (for the fault point)."""
+    name = argv[0].rsplit("/", 1)[-1] if argv else ""
+    if name == "tgtadm":
+        return "--op" in argv[:-1] and argv[argv.index("--op") + 1] != "show"
+    return changes_storage(argv) or name in ("smbcontrol", "exportfs", "smbpasswd")
+
+
+def fault_point(what: str) -> None:
+    """One system-changing step done (see above); inert unless the fault point is armed."""
+    global _fault_count
+    if not _FAULT_KILL_AFTER or request_id_var.get() in _UNCOUNTED_CONTEXTS:
+        return
+    with _fault_lock:
+        _fault_count += 1
+        if _fault_count < _FAULT_KILL_AFTER:
+            return
+        os.write(2, f"vsnap fault point: SIGKILL of the process group after step {_fault_count}: "
+                    f"{what[:200]}\n".encode("utf-8", "replace"))
+        os.killpg(os.getpgrp(), signal.SIGKILL)
 
 
 class Runner:
@@ -108,6 +156,8 @@ class Runner:
         duration = time.monotonic() - started
         if changes is not False:
             self.storage_changed(argv)
+        if _FAULT_KILL_AFTER and changes_system(argv):
+            fault_point(summary(argv))
         # Every command, with its exit status and duration; never its input (which may hold
         # a password), and argument lists carry none.
         log.info("ran %s: rc=%s in %.3fs", summary(argv), proc.returncode, duration,
