@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 
 import pytest
 from sqlalchemy import event
@@ -682,6 +683,105 @@ def test_prune_smb_users(env, cheap_digest):
     # bob comes back: his password is set again at his next login
     env.svc.sync_smb_password("bob", "b")
     assert env.smb.passwords[-1] == ("bob", "b")
+
+
+# -- the matched-password memo: scrypt once per password per process -------------------------
+
+@pytest.fixture
+def counted_digest(cheap_digest, monkeypatch):
+    """The cheap digest, with each call recorded: a call is one scrypt in production."""
+    calls = []
+
+    def digest(password, salt):
+        calls.append(password)
+        return cheap_digest(password, salt)
+
+    monkeypatch.setattr(shares_mod, "_digest", digest)
+    digest.calls = calls
+    return digest
+
+
+def _other_process(env) -> ShareService:
+    """Another server process: its own ShareService (and memo) over the same database."""
+    return ShareService(env.store, env.catalog, env.volumes, env.pools, FakeDriver(), env.smb, env.lock,
+                        "vsnap-admins")
+
+
+def _store_row(env, user, password, digest) -> str:
+    """What another process writes after it set Samba's password: a new salt and its digest."""
+    salt = os.urandom(16).hex()
+    with env.store.session() as s:
+        s.merge(SmbPassword(user=user, salt=salt, digest=digest(password, salt)))
+    return salt
+
+
+def test_sync_smb_password_remembers_a_matched_password(env, counted_digest):
+    env.svc.sync_smb_password("alice", "s3cret")
+    assert env.smb.passwords == [("alice", "s3cret")] and counted_digest.calls == ["s3cret"]  # stored
+    counted_digest.calls.clear()
+    for _ in range(3):
+        env.svc.sync_smb_password("alice", "s3cret")
+    assert counted_digest.calls == []  # no scrypt
+    assert env.smb.passwords == [("alice", "s3cret")]  # nor Samba
+
+
+def test_sync_smb_password_another_process_verifies_once(env, counted_digest):
+    env.svc.sync_smb_password("alice", "s3cret")
+    other = _other_process(env)
+    counted_digest.calls.clear()
+    other.sync_smb_password("alice", "s3cret")
+    assert counted_digest.calls == ["s3cret"]  # its memo is empty: one check against the row
+    other.sync_smb_password("alice", "s3cret")
+    assert counted_digest.calls == ["s3cret"]
+    assert env.smb.passwords == [("alice", "s3cret")]
+
+
+def test_sync_smb_password_verifies_again_when_the_row_changed(env, counted_digest):
+    env.svc.sync_smb_password("alice", "s3cret")
+    salt = _store_row(env, "alice", "s3cret", counted_digest)  # same password, set anew elsewhere
+    counted_digest.calls.clear()
+    env.svc.sync_smb_password("alice", "s3cret")
+    assert counted_digest.calls == ["s3cret"]  # the remembered salt is not the row's: checked
+    assert env.smb.passwords == [("alice", "s3cret")]  # it matched: Samba untouched
+    assert _pw_rows(env)["alice"].salt == salt
+    env.svc.sync_smb_password("alice", "s3cret")
+    assert counted_digest.calls == ["s3cret"]  # remembered again
+
+
+def test_sync_smb_password_sets_it_when_another_process_stored_another(env, counted_digest):
+    env.svc.sync_smb_password("alice", "s3cret")
+    _store_row(env, "alice", "n3w", counted_digest)  # the password was changed and used elsewhere
+    env.svc.sync_smb_password("alice", "s3cret")  # then changed back, and used here
+    assert env.smb.passwords == [("alice", "s3cret"), ("alice", "s3cret")]
+    row = _pw_rows(env)["alice"]
+    assert row.digest == counted_digest("s3cret", row.salt)
+
+
+def test_sync_smb_password_a_different_password_is_set(env, counted_digest):
+    env.svc.sync_smb_password("alice", "s3cret")
+    env.svc.sync_smb_password("alice", "n3w")
+    env.svc.sync_smb_password("alice", "s3cret")  # the memo follows the last one set
+    assert env.smb.passwords == [("alice", "s3cret"), ("alice", "n3w"), ("alice", "s3cret")]
+
+
+def test_sync_smb_password_memo_is_per_user(env, counted_digest):
+    env.svc.sync_smb_password("alice", "same")
+    env.svc.sync_smb_password("bob", "same")
+    assert env.smb.passwords == [("alice", "same"), ("bob", "same")]
+
+
+def test_sync_smb_password_sets_it_again_when_the_row_is_gone(env, counted_digest):
+    env.svc.sync_smb_password("alice", "s3cret")
+    with env.store.session() as s:  # pruned (by this or another process)
+        s.delete(s.get(SmbPassword, "alice"))
+    env.svc.sync_smb_password("alice", "s3cret")
+    assert env.smb.passwords == [("alice", "s3cret")] * 2
+
+
+def test_sync_smb_password_memo_holds_no_password(env, counted_digest):
+    env.svc.sync_smb_password("alice", "s3cret")
+    [(salt, keyed)] = env.svc._matched.values()  # a salt and a keyed hash, not the password
+    assert salt == _pw_rows(env)["alice"].salt and len(keyed) == 32 and b"s3cret" not in keyed
 
 
 def test_prune_keeps_everyone_in_the_group(env):

@@ -11,8 +11,9 @@ store/generation.py) stays the one it was read at: every change made through the
 in any process, is seen at the next read. Changes made outside the appliance (zfs by hand,
 data written by clients changing sizes) are seen within `max_age` seconds, or ten times what
 the last full read took, so keeping up costs at most a tenth of a core; a reader that needs
-them now asks for a fresh read (the API: `Cache-Control: no-cache`). An expired read is still
-served while one thread reads anew in the background, so no request waits for it.
+them now asks for a fresh read (the API: `Cache-Control: no-cache`). A read that expired a
+moment ago (up to three lifetimes) is still served while one thread reads anew in the
+background, so no request of a busy server waits for it; an older one is read anew at once.
 """
 from __future__ import annotations
 
@@ -191,9 +192,13 @@ class Catalog:
             return self._read()
         kept = self._kept
         if not fresh and kept is not None and kept.token == self.generation.read():
-            if self.clock() - kept.started > max(self.max_age, 10 * kept.cost):
+            age, lifetime = self.clock() - kept.started, max(self.max_age, 10 * kept.cost)
+            if age <= lifetime:
+                return kept.view
+            if age <= 3 * lifetime:  # expired a moment ago: served while a thread reads anew
                 self._refresh_in_background()
-            return kept.view
+                return kept.view
+            # Long expired (an idle server, or reads failing): this request reads for itself.
         asked = self.clock()
         with self._reading:  # a read another thread finished meanwhile may do
             kept = self._kept
@@ -224,7 +229,11 @@ class Catalog:
                 log.exception("catalog: background read failed")
             finally:
                 self._refreshing.release()
-        threading.Thread(target=refresh, name="vsnap-catalog", daemon=True).start()
+        try:
+            threading.Thread(target=refresh, name="vsnap-catalog", daemon=True).start()
+        except RuntimeError:  # no thread to be had: the next request tries again
+            self._refreshing.release()
+            log.exception("catalog: could not start a background read")
 
     def _read(self) -> CatalogView:
         view = CatalogView({}, {})

@@ -57,9 +57,9 @@ class SnapshotService:
 
         def render_list():
             snaps = sorted(view.snapshots.values(), key=lambda s: s.row.id)
-            return [self.render(s, False) for s in snaps
-                    if parent_id is None or str(s.volume.row.id) == str(parent_id)]
-        return view.memo(("snapshots", parent_id), render_list)
+            return [self.render(s, False) for s in snaps if parent is None or s.volume.row.id == parent]
+        parent = parse_id(parent_id) if parent_id is not None else None  # "01" is volume 1
+        return view.memo(("snapshots", parent), render_list)
 
     def get(self, snap_id=None, name=None) -> dict:
         return self.render(self._find(self.catalog.load(), snap_id, name), True)

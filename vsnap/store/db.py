@@ -36,8 +36,8 @@ def _watch_commits(factory, tables: set[str], callback) -> None:
             session.info["catalog_changed"] = True
 
     @event.listens_for(factory, "do_orm_execute")
-    def _bulk(state):  # query(...).delete() / update() bypass the flush
-        if (state.is_delete or state.is_update) and any(
+    def _bulk(state):  # insert()/update()/delete() statements bypass the flush
+        if (state.is_delete or state.is_update or state.is_insert) and any(
                 m.local_table.name in tables for m in state.all_mappers):
             state.session.info["catalog_changed"] = True
 
