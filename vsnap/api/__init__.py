@@ -206,4 +206,13 @@ def init_api(app: Flask) -> None:
             fresh_reads.reset(fresh_token)
 
     install_auth(app)
+
+    @app.before_request
+    def refuse_oversized_body():
+        # On every route, after the login: also on those that never read a body (DELETE),
+        # which would otherwise leave gunicorn to drain whatever a client sends.
+        limit = app.config.get("MAX_CONTENT_LENGTH")
+        if limit is not None and request.content_length is not None and request.content_length > limit:
+            raise PayloadTooLargeError("Request body is too large")
+
     install_error_handlers(app)
