@@ -16,6 +16,8 @@ from .zfs_tools import PREFIX, destroy_pool, pool_names
 STATE = Path(os.environ.get("VSNAP_STATE", "/var/lib/vsnap-test"))
 PORT = int(os.environ.get("VSNAP_PORT", "8910"))
 SSH_PORT = int(os.environ.get("VSNAP_SSH_PORT", "8932"))
+# The suite's OS accounts (another prefix lets two runs share the machine).
+ACCOUNT_PREFIX = os.environ.get("VSNAP_TEST_ACCOUNT_PREFIX", "vsnaptest")
 GROUP = "vsnap"
 
 
@@ -68,14 +70,14 @@ class OsAccount:
 @pytest.fixture(scope="session")
 def admin():
     grp.getgrnam(GROUP)  # made by bootstrap
-    account = OsAccount("vsnaptest-admin", [GROUP])
+    account = OsAccount(f"{ACCOUNT_PREFIX}-admin", [GROUP])
     yield account
     account.remove()
 
 
 @pytest.fixture(scope="session")
 def outsider():
-    account = OsAccount("vsnaptest-outsider", [])
+    account = OsAccount(f"{ACCOUNT_PREFIX}-outsider", [])
     yield account
     account.remove()
 
@@ -85,6 +87,7 @@ def appliance(admin):
     # The 401/403 matrix fails logins on purpose: throttling is tested on a server of its own.
     server = Appliance(STATE, PORT, ssh_port=SSH_PORT, env={"VSNAP_AUTH_FAIL_LIMIT": "100000",
                                                                 "VSNAP_TARGET_CHECK_INTERVAL": "1",
+                                                                "VSNAP_TARGET_RESYNC_INTERVAL": "5",
                                                                 "VSNAP_REPL_STALL_SECONDS": "5"}).start()
     server.account = admin
     sweep_test_pools(server)  # an interrupted earlier run may have left some

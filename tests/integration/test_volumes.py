@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import threading
+import time
 import uuid
 
 import pytest
@@ -224,18 +225,43 @@ def test_rename_and_resize(appliance, pool, vol):
     assert r["size_total"] == str(32 << 20)
 
 
+FRESH = {"Cache-Control": "no-cache"}
+
+
 def test_changes_made_outside_the_api_are_picked_up(appliance, pool, vol):
     zfs("create", f"{pool['name']}/outside")
     zfs("snapshot", f"{pool['name']}/outside@manual")
-    listed = {v["name"]: v for v in appliance.ok("GET", "/api/volume")["volumes"]}
+    listed = {v["name"]: v for v in appliance.ok("GET", "/api/volume", headers=FRESH)["volumes"]}
     assert "outside" in listed and listed["outside"]["volume_type"] == "filesystem"
-    snaps = {s["name"]: s for s in appliance.ok("GET", "/api/snapshot")["snapshots"]}
+    snaps = {s["name"]: s for s in appliance.ok("GET", "/api/snapshot", headers=FRESH)["snapshots"]}
     assert snaps["manual"]["parent_id"] == listed["outside"]["id"]
     assert zfs_get(f"{pool['name']}/outside", "com.vsnap:vol_id") == listed["outside"]["id"]
     destroy_dataset(f"{pool['name']}/outside", "-r")
-    assert "outside" not in {v["name"] for v in appliance.ok("GET", "/api/volume")["volumes"]}
-    assert "manual" not in {s["name"] for s in appliance.ok("GET", "/api/snapshot")["snapshots"]}
-    assert appliance.get(f"/api/volume/{listed['outside']['id']}").status_code == 404
+    assert "outside" not in {v["name"] for v in appliance.ok("GET", "/api/volume", headers=FRESH)["volumes"]}
+    assert "manual" not in {s["name"] for s in appliance.ok("GET", "/api/snapshot", headers=FRESH)["snapshots"]}
+    assert appliance.get(f"/api/volume/{listed['outside']['id']}", headers=FRESH).status_code == 404
+
+
+def test_outside_changes_show_without_asking_within_the_catalogs_max_age(appliance, pool, vol):
+    """Reads are kept while nothing changes through the appliance; a change made outside it
+    shows by itself once the kept read expires (VSNAP_CATALOG_MAX_AGE, 2 s), without
+    Cache-Control. The snapshot's id is stamped in ZFS later, by the worker."""
+    vol("keeper")
+    appliance.ok("GET", "/api/volume")  # read and kept
+    zfs("create", f"{pool['name']}/later")
+    zfs("snapshot", f"{pool['name']}/later@outside")
+    deadline = time.monotonic() + 30
+    while True:
+        names = {v["name"] for v in appliance.ok("GET", "/api/volume")["volumes"]}
+        snaps = {s["name"]: s["id"] for s in appliance.ok("GET", "/api/snapshot")["snapshots"]}
+        if "later" in names and "outside" in snaps:
+            break
+        assert time.monotonic() < deadline, "an outside change never showed"
+        time.sleep(0.2)
+    deadline = time.monotonic() + 120  # the worker stamps every VSNAP_TARGET_RESYNC_INTERVAL
+    while zfs_get(f"{pool['name']}/later@outside", "com.vsnap:snap_id") != snaps["outside"]:
+        assert time.monotonic() < deadline, "the worker never stamped the snapshot picked up"
+        time.sleep(0.5)
 
 
 def test_snapshot_listings(appliance, pool, vol):

@@ -1,12 +1,14 @@
 """Reading ZFS with its own tools, independently of the server under test."""
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 
 import pytest
 
-PREFIX = "vtp"  # every pool these tests make starts with this
+# Every pool these tests make starts with this (another prefix lets two runs share zfs-fuse).
+PREFIX = os.environ.get("VSNAP_TEST_POOL_PREFIX", "vtp")
 
 
 def zpool(*args, check=True) -> str:

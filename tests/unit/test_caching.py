@@ -1175,3 +1175,35 @@ def test_volume_listing_is_the_schema_dump_and_kept_for_the_same_list(api):
         assert api.client.get("/api/volume").get_json()["volumes"][0]["name"] == "renamed in place"
     finally:
         api.services.volumes.listing = listing
+
+
+# =============================================================================================
+# lock order: a kept read never waits for the storage lock
+# =============================================================================================
+
+def test_a_read_needing_to_settle_never_waits_for_the_storage_lock_holder(cat):
+    """The worker's target check holds the storage lock and loads the catalog while another
+    thread's read (holding the read lock) finds an outside change to settle, which takes the
+    storage lock: each waited for the other, for ever (seen in the suite). The reading thread
+    now builds its view without settling, and the lock holder settles in its own read."""
+    cat.ds.trees["tank"]["tank/outside"] = fs("300")  # made outside: needs settling (adoption)
+    cat.ds.gate = threading.Event()
+    reader_view = {}
+    reader = threading.Thread(target=lambda: reader_view.update(v=cat.catalog.load()))
+    reader.start()
+    assert cat.ds.entered.wait(WAIT)  # the reader holds the read lock, inside its first tree call
+    holder_view = {}
+
+    def hold_and_load():
+        with cat.lock.held():
+            cat.ds.gate.set()  # let the reader go on, while this thread holds the storage lock
+            holder_view["v"] = cat.catalog.load()
+
+    holder = threading.Thread(target=hold_and_load)
+    holder.start()
+    reader.join(WAIT)
+    holder.join(WAIT)
+    assert not reader.is_alive() and not holder.is_alive(), "deadlock: storage lock against read lock"
+    assert "outside" not in {v.row.name for v in reader_view["v"].volumes.values()}  # not settled yet
+    assert "outside" in {v.row.name for v in holder_view["v"].volumes.values()}  # settled under the lock
+    assert cat.catalog.load() is holder_view["v"]  # and that settled view is the one kept

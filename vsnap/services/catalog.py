@@ -189,7 +189,7 @@ class Catalog:
 
     def _current(self, fresh: bool) -> CatalogView:
         if self.generation is None or self.max_age <= 0:
-            return self._read()
+            return self._read()[0]
         kept = self._kept
         if not fresh and kept is not None and kept.token == self.generation.read():
             age, lifetime = self.clock() - kept.started, max(self.max_age, 10 * kept.cost)
@@ -209,9 +209,10 @@ class Catalog:
     def _read_and_keep(self) -> _Kept:
         started = self.clock()
         token = self.generation.read()
-        view = self._read()
+        view, settled = self._read(wait_for_lock=False)
         kept = _Kept(token, view, started, self.clock() - started)
-        self._kept = kept
+        if settled:  # else not kept: the next load reads (and settles) again
+            self._kept = kept
         return kept
 
     def _refresh_in_background(self) -> None:
@@ -235,16 +236,23 @@ class Catalog:
             self._refreshing.release()
             log.exception("catalog: could not start a background read")
 
-    def _read(self) -> CatalogView:
-        view = CatalogView({}, {})
+    def _read(self, wait_for_lock: bool = True) -> tuple[CatalogView, bool]:
+        """The view, and whether the rows were settled with ZFS. Settling takes the storage
+        lock; a kept read (which holds `_reading`) must not wait for it, since the lock's
+        holder may be waiting for `_reading` in its own load: it builds the view from what
+        it read (objects made outside are picked up on a later read) instead."""
+        view, settled = CatalogView({}, {}), True
         for pool_row, summary in self.pools._live():
             tree = self.ds.tree(summary.name, USER_PROPS)
             if self._reconcile(pool_row, summary.name, tree, apply=False):
-                with self.lock.held():
-                    tree = self.ds.tree(summary.name, USER_PROPS)
-                    self._reconcile(pool_row, summary.name, tree, apply=True)
+                with (self.lock.held() if wait_for_lock else self.lock.held_if_free()) as got:
+                    if got is False:
+                        settled = False
+                    else:
+                        tree = self.ds.tree(summary.name, USER_PROPS)
+                        self._reconcile(pool_row, summary.name, tree, apply=True)
             self._build(view, pool_row, summary.name, tree)
-        return view
+        return view, settled
 
     def stamp_missing(self) -> int:
         """Stamps snapshots picked up from outside the API with their ids (one `zfs set`

@@ -18,6 +18,35 @@ class StorageLock:
         self._fd: int | None = None
 
     @contextmanager
+    def held_if_free(self):
+        """The lock if it can be had without waiting: yields True holding it, else False."""
+        if not self._thread_lock.acquire(blocking=False):
+            yield False
+            return
+        try:
+            if self._depth == 0:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    yield False
+                    return
+                self._fd = fd
+            self._depth += 1
+            try:
+                yield True
+            finally:
+                self._depth -= 1
+                if self._depth == 0:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+                    os.close(self._fd)
+                    self._fd = None
+        finally:
+            self._thread_lock.release()
+
+    @contextmanager
     def held(self):
         with self._thread_lock:
             if self._depth == 0:

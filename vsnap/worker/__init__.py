@@ -48,6 +48,7 @@ class Worker:
         if not self._lead():
             return
         threading.Thread(target=self._run_sessions, name="vsnap-sessions", daemon=True).start()
+        threading.Thread(target=self._run_stamping, name="vsnap-stamping", daemon=True).start()
         targets = self.services.targets
         last_resync = time.monotonic()
         while not self._stop.wait(self.settings.target_check_interval):
@@ -59,6 +60,17 @@ class Worker:
                     targets.check()
             except Exception:  # the worker must outlive any one failure
                 log.exception("worker: target check failed")
+
+    def _run_stamping(self) -> None:
+        """Snapshots picked up from outside the API get their ids stamped in ZFS (one
+        `zfs set` each: thousands take minutes, so here and not in the read that found them)."""
+        request_id_var.set("worker")
+        while not self._stop.wait(self.settings.target_check_interval):
+            try:
+                self.services.catalog.stamp_missing()
+            except Exception:
+                log.exception("worker: stamping snapshots failed")
+            self._stop.wait(self.settings.target_resync_interval)
 
     def _run_sessions(self) -> None:
         """The replication queue: PENDING sessions start in order, one at a time per
