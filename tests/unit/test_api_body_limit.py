@@ -41,3 +41,25 @@ def test_credentials_are_checked_before_the_length():
     response = app.test_client().open("/api/host/1", method="DELETE",
                                       environ_overrides={"CONTENT_LENGTH": str(MAX_BODY_BYTES + 1)})
     assert response.status_code == 401
+
+
+def _chunked(client, path, payload: bytes):
+    import io
+    return client.open(path, method="POST", headers={"Authorization": "Basic dTpw", "Transfer-Encoding": "chunked"},
+                       input_stream=io.BytesIO(payload),
+                       environ_overrides={"wsgi.input_terminated": True})
+
+
+def test_streamed_body_over_the_limit_is_413_not_parsed_cut_short():
+    app, _ = _app()
+    # Valid JSON in its first 1 MiB (whitespace after it): cut at the limit it would parse.
+    payload = b'{"action": "rescan"}' + b" " * MAX_BODY_BYTES
+    response = _chunked(app.test_client(), "/api/disk", payload)
+    assert response.status_code == 413
+    assert response.get_json()["error"]["type"] == "PayloadTooLargeError"
+
+
+def test_streamed_body_under_the_limit_is_read():
+    app, _ = _app()
+    response = _chunked(app.test_client(), "/api/disk", b'{"action": "bogus"}')
+    assert response.status_code == 400 and "action" in response.get_json()["error"]["message"]

@@ -212,7 +212,14 @@ def init_api(app: Flask) -> None:
         # On every route, after the login: also on those that never read a body (DELETE),
         # which would otherwise leave gunicorn to drain whatever a client sends.
         limit = app.config.get("MAX_CONTENT_LENGTH")
-        if limit is not None and request.content_length is not None and request.content_length > limit:
+        if limit is None:
+            return
+        if request.content_length is not None and request.content_length > limit:
             raise PayloadTooLargeError("Request body is too large")
+        if request.content_length is None and "chunked" in request.headers.get("Transfer-Encoding", "").lower():
+            # werkzeug ends a streamed body at the limit without an error, and the first
+            # 1 MiB of a longer one was parsed: a body that reaches the limit is refused.
+            if len(request.get_data(cache=True)) >= limit:
+                raise PayloadTooLargeError("Request body is too large")
 
     install_error_handlers(app)
