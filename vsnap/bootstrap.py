@@ -37,6 +37,9 @@ def say(message: str) -> None:
 def ensure_state_dir(settings: Settings) -> None:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(settings.state_dir, 0o700)  # keys, database and certificates live here
+    for private in (settings.ssh_dir, settings.tls_cert.parent):  # and the directories of keys
+        if private.is_dir():
+            os.chmod(private, 0o700)
 
 
 def ensure_tls(settings: Settings) -> None:

@@ -591,3 +591,18 @@ def test_command_default_user_is_root(drv):
     argv = drv.command(P2, "partner.example.com", 22, ["info"])
     assert argv[-2:] == ["root@partner.example.com", "info"]
     assert _option(argv, "HostKeyAlias") == f"vsnap-partner-{P2}"
+
+
+def test_a_key_directory_made_open_by_others_is_closed(tmp_path, fake_runner):
+    # The lab (or an older release) made the directory with the default 0755.
+    ssh_dir = tmp_path / "ssh"
+    ssh_dir.mkdir(mode=0o755)
+    os.chmod(ssh_dir, 0o755)
+    (ssh_dir / "repl_ed25519").write_text("private\n")
+    (ssh_dir / "repl_ed25519.pub").write_text(ED25519 + " vsnap-replication\n")
+    drv = SshDriver(fake_runner, ssh_dir, [])
+    drv.public_key()
+    assert mode(ssh_dir) == 0o700
+    os.chmod(ssh_dir, 0o755)
+    drv.pin_host_key("0123456789abcdef0123456789abcdef", ED25519)
+    assert mode(ssh_dir) == 0o700 and mode(drv.known_hosts) == 0o600

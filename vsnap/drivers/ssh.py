@@ -42,8 +42,15 @@ def _check_partner_id(partner_id: str) -> str:
     return partner_id
 
 
+def _private_dir(path: Path) -> None:
+    """The directory of our keys: root's alone, even when something else (the lab, an older
+    release) made it with the default 0755."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
+
+
 def _write_atomically(path: Path, text: str, mode: int = 0o600) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _private_dir(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w") as f:
@@ -82,8 +89,8 @@ class SshDriver:
     # -- our keys -----------------------------------------------------------------------------
     def public_key(self) -> str:
         """The replication key's public half, made on first use."""
+        _private_dir(self.ssh_dir)
         if not self.key_path.exists():
-            self.ssh_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             self.runner.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vsnap-replication",
                              "-f", str(self.key_path)])
         return normalize_public_key(Path(f"{self.key_path}.pub").read_text())
