@@ -72,16 +72,16 @@ class SnapshotService:
         if name is not None:
             validate_name(name, "Snapshot")
         with self.lock.held():
-            volume, pool = self._volume_rows(vol_id)
-            with self.store.session() as s:  # in-flight rows too: their snapshots are theirs
+            with self.store.session() as s:  # one transaction: the volume, the names, the new row
+                volume, pool = self._volume_rows(s, vol_id)
+                # In-flight rows count too: their snapshots are theirs.
                 taken = {n for (n,) in s.query(Snapshot.name).filter(Snapshot.volume_id == volume.id)}
-            if name is None:
-                name = generated_name()
-                while name in taken:
+                if name is None:
                     name = generated_name()
-            elif name in taken:
-                raise ConflictError(f"Volume {volume.name} already has a snapshot named {name}")
-            with self.store.session() as s:
+                    while name in taken:
+                        name = generated_name()
+                elif name in taken:
+                    raise ConflictError(f"Volume {volume.name} already has a snapshot named {name}")
                 row = Snapshot(volume_id=volume.id, name=name, state=CREATING, owner=current_owner())
                 s.add(row)
                 s.flush()
@@ -105,12 +105,12 @@ class SnapshotService:
             row = self._finish(snap_id, props["guid"])
         return self.render(SnapshotView(row, VolumeView(volume, pool, pool.name, None), props), True)
 
-    def _volume_rows(self, vol_id) -> tuple[Volume, Pool]:
-        with self.store.session() as s:
-            volume = s.get(Volume, parse_id(vol_id) or 0)
-            pool = s.get(Pool, volume.pool_id) if volume is not None else None
-            if volume is None or volume.state != READY or pool is None or pool.state != READY:
-                raise NotFoundError(f"Volume {vol_id} not found")
+    @staticmethod
+    def _volume_rows(s, vol_id) -> tuple[Volume, Pool]:
+        volume = s.get(Volume, parse_id(vol_id) or 0)
+        pool = s.get(Pool, volume.pool_id) if volume is not None else None
+        if volume is None or volume.state != READY or pool is None or pool.state != READY:
+            raise NotFoundError(f"Volume {vol_id} not found")
         if volume.volume_type == FILEBACKED:
             raise ValidationError("A filebackedlun has no dataset of its own: snapshot its "
                                   "parent filesystem")
