@@ -938,13 +938,12 @@ def test_snapshot_list_of_a_volume_id_with_a_leading_zero(listing):
 
 
 # =============================================================================================
-# 6. stamp_missing: snapshots picked up from outside get their ids, in batches
+# 6. stamp_missing: snapshots picked up from outside get their ids, quietly
 # =============================================================================================
 
 @pytest.fixture
-def unstamped(cat, monkeypatch):
+def unstamped(cat):
     """Five snapshots with rows but no id stamped in ZFS (as after an outside `zfs snapshot`)."""
-    monkeypatch.setattr(cat.catalog, "STAMP_BATCH", 2)
     names = []
     for i in range(5):
         name = f"hand{i}"
@@ -958,15 +957,19 @@ def unstamped(cat, monkeypatch):
     return cat
 
 
-def test_stamp_missing_stamps_in_batches_with_one_bump_each(unstamped):
+def test_stamp_missing_stamps_each_once_without_telling_readers(unstamped):
     cat = unstamped
+    kept = cat.catalog.load()
     assert cat.catalog.stamp_missing() == 5
     assert sorted(cat.ds.stamps) == sorted((n, PROP_SNAP_ID, str(i)) for n, i in cat.ids.items())
-    assert cat.ds.sets == []  # the quiet set: readers hear of the batch, not of each stamp
-    assert cat.gen.bumps == [2, 4, 5]  # after each batch of 2
+    assert cat.ds.sets == []  # the quiet set
+    assert cat.gen.bumps == []  # kept reads stay good: a stamp changes nothing a client sees
+    assert cat.catalog.load() is kept
     assert cat.ds.stamp_under_lock == [True] * 5 and cat.lock.taken == 5  # the lock per stamp
-    assert cat.catalog.load().unstamped() == []  # the bump made the next load read them
-    assert cat.catalog.stamp_missing() == 0 and len(cat.gen.bumps) == 3
+    assert cat.catalog.stamp_missing() == 0 and len(cat.ds.stamps) == 5  # the kept view is stale: remembered
+    cat.gen.bump()  # any later change: the next read shows the stamps, and the memory lets go
+    assert cat.catalog.load().unstamped() == []
+    assert cat.catalog.stamp_missing() == 0 and cat.catalog._stamped == set()
 
 
 def test_stamp_missing_goes_on_past_a_snapshot_it_cannot_stamp(unstamped, caplog):
@@ -975,18 +978,21 @@ def test_stamp_missing_goes_on_past_a_snapshot_it_cannot_stamp(unstamped, caplog
     cat.ds.stamp_fails[gone] = CommandError(["zfs", "set"], 1, "", "dataset does not exist")
     with caplog.at_level(logging.WARNING, logger="vsnap.services.catalog"):
         assert cat.catalog.stamp_missing() == 4
-    assert len(cat.ds.stamps) == 5 and len(cat.gen.bumps) == 3
+    assert len(cat.ds.stamps) == 5
     assert any(gone in r.getMessage() for r in caplog.records)
+    del cat.ds.stamp_fails[gone]
+    assert cat.catalog.stamp_missing() == 1  # tried again on the next pass, and only that one
 
 
-def test_stamp_missing_tells_readers_of_a_batch_cut_short(unstamped):
-    """A stuck ZFS ends the run, but what the batch stamped before it is announced."""
+def test_stamp_missing_stopped_by_a_stuck_zfs_keeps_what_it_did(unstamped):
     cat = unstamped
     third = cat.order[2]
     cat.ds.stamp_fails[third] = CommandTimeout(["zfs", "set"], 120)
     with pytest.raises(CommandTimeout):
         cat.catalog.stamp_missing()
-    assert len(cat.ds.stamps) == 3 and cat.gen.bumps == [2, 3]
+    assert len(cat.ds.stamps) == 3
+    del cat.ds.stamp_fails[third]
+    assert cat.catalog.stamp_missing() == 3 and len(cat.ds.stamps) == 6  # the rest, not the first two again
 
 
 def test_stamp_missing_with_nothing_to_do(cat):

@@ -166,8 +166,6 @@ def _stamped_id(value: str | None) -> int | None:
 
 
 class Catalog:
-    STAMP_BATCH = 500
-
     def __init__(self, store: Store, ds: ZfsDatasetOps, pools, lock: StorageLock, *,
                  generation: Generation | None = None, max_age: float = 2.0, clock=time.monotonic):
         self.store = store
@@ -180,6 +178,7 @@ class Catalog:
         self._kept: _Kept | None = None
         self._reading = threading.Lock()  # one full read at a time per process
         self._refreshing = threading.Lock()  # held by the background refresh while it runs
+        self._stamped: set[tuple[str, int]] = set()  # see stamp_missing
 
     def load(self, pool_id: int | None = None, *, fresh: bool = False) -> CatalogView:
         """Every volume and snapshot that exists, with its row and ZFS properties. The view is
@@ -256,23 +255,24 @@ class Catalog:
 
     def stamp_missing(self) -> int:
         """Stamps snapshots picked up from outside the API with their ids (one `zfs set`
-        each, so in the background, not in the read that found them). A stamp changes
-        nothing a client sees: readers hear of each batch, not of each stamp. Returns how
-        many were stamped."""
+        each, so in the background, not in the read that found them). A stamp changes nothing
+        a client sees, so readers are not told (their kept reads stay good); what this process
+        stamped is remembered until its reads show the stamps, so a later pass over a view
+        read before them does not stamp again. Returns how many were stamped."""
         todo = self.load().unstamped()
+        self._stamped &= set(todo)  # what the view shows stamped is forgotten
         done = 0
-        for start in range(0, len(todo), self.STAMP_BATCH):
-            try:
-                for name, snap_id in todo[start:start + self.STAMP_BATCH]:
-                    with self.lock.held():
-                        try:
-                            self.ds.stamp(name, PROP_SNAP_ID, str(snap_id))
-                            done += 1
-                        except CommandError as exc:  # destroyed or renamed meanwhile
-                            log.warning("could not stamp %s: %s", name, exc)
-            finally:
-                if self.generation is not None:
-                    self.generation.bump()
+        for name, snap_id in todo:
+            if (name, snap_id) in self._stamped:
+                continue
+            with self.lock.held():
+                try:
+                    self.ds.stamp(name, PROP_SNAP_ID, str(snap_id))
+                except CommandError as exc:  # destroyed or renamed meanwhile
+                    log.warning("could not stamp %s: %s", name, exc)
+                    continue
+            self._stamped.add((name, snap_id))
+            done += 1
         if done:
             log.info("stamped %s snapshots picked up from outside the API", done)
         return done
