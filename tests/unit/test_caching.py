@@ -1191,7 +1191,7 @@ def test_a_read_needing_to_settle_never_waits_for_the_storage_lock_holder(cat):
     """The worker's target check holds the storage lock and loads the catalog while another
     thread's read (holding the read lock) finds an outside change to settle, which takes the
     storage lock: each waited for the other, for ever (seen in the suite). The reading thread
-    now builds its view without settling, and the lock holder settles in its own read."""
+    now lets go of the read lock and reads again taking the storage lock first."""
     cat.ds.trees["tank"]["tank/outside"] = fs("300")  # made outside: needs settling (adoption)
     cat.ds.gate = threading.Event()
     reader_view = {}
@@ -1210,6 +1210,8 @@ def test_a_read_needing_to_settle_never_waits_for_the_storage_lock_holder(cat):
     reader.join(WAIT)
     holder.join(WAIT)
     assert not reader.is_alive() and not holder.is_alive(), "deadlock: storage lock against read lock"
-    assert "outside" not in {v.row.name for v in reader_view["v"].volumes.values()}  # not settled yet
-    assert "outside" in {v.row.name for v in holder_view["v"].volumes.values()}  # settled under the lock
-    assert cat.catalog.load() is holder_view["v"]  # and that settled view is the one kept
+    # Both settled: the holder under its lock; the reader let go of the read lock, then took
+    # the storage lock first and read again.
+    assert "outside" in {v.row.name for v in reader_view["v"].volumes.values()}
+    assert "outside" in {v.row.name for v in holder_view["v"].volumes.values()}
+    assert cat.catalog.load() in (reader_view["v"], holder_view["v"])  # a settled view is kept

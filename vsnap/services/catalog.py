@@ -123,6 +123,7 @@ class _Kept:
     view: CatalogView
     started: float
     cost: float  # seconds the read took
+    settled: bool = True  # rows brought in line with what was read (see _read)
 
 
 def parse_id(value) -> int | None:
@@ -203,16 +204,24 @@ class Catalog:
             kept = self._kept
             if kept is not None and kept.token == self.generation.read() and (not fresh or kept.started >= asked):
                 return kept.view
-            return self._read_and_keep().view
+            kept = self._read_and_keep()
+        return kept.view if kept.settled else self._read_settling().view
 
     def _read_and_keep(self) -> _Kept:
         started = self.clock()
         token = self.generation.read()
         view, settled = self._read(wait_for_lock=False)
-        kept = _Kept(token, view, started, self.clock() - started)
-        if settled:  # else not kept: the next load reads (and settles) again
+        kept = _Kept(token, view, started, self.clock() - started, settled)
+        if settled:  # else not kept: it lacks what is still to be settled
             self._kept = kept
         return kept
+
+    def _read_settling(self) -> _Kept:
+        """A read that found outside changes to settle while the storage lock was taken: again,
+        holding the storage lock first, then the read lock (the order every writer takes them
+        in, so this wait cannot close a circle)."""
+        with self.lock.held(), self._reading:
+            return self._read_and_keep()
 
     def _refresh_in_background(self) -> None:
         if not self._refreshing.acquire(blocking=False):
@@ -224,7 +233,9 @@ class Catalog:
                 with self._reading:
                     kept = self._kept
                     if kept is None or self.clock() - kept.started > self.max_age:
-                        self._read_and_keep()
+                        kept = self._read_and_keep()
+                if not kept.settled:
+                    self._read_settling()
             except Exception:  # the next request reads for itself
                 log.exception("catalog: background read failed")
             finally:
@@ -239,7 +250,8 @@ class Catalog:
         """The view, and whether the rows were settled with ZFS. Settling takes the storage
         lock; a kept read (which holds `_reading`) must not wait for it, since the lock's
         holder may be waiting for `_reading` in its own load: it builds the view from what
-        it read (objects made outside are picked up on a later read) instead."""
+        it read and says it is unsettled, and the caller reads again taking the storage lock
+        first (_read_settling)."""
         view, settled = CatalogView({}, {}), True
         for pool_row, summary in self.pools._live():
             tree = self.ds.tree(summary.name, USER_PROPS)
