@@ -513,7 +513,7 @@ class CountingDs:
         self.lock = None
         self._count = threading.Lock()
 
-    def tree(self, root, user_props):
+    def tree(self, root, user_props, snapshot_props=None):
         assert user_props == USER_PROPS
         with self._count:
             self.reads += 1
@@ -1215,3 +1215,19 @@ def test_a_read_needing_to_settle_never_waits_for_the_storage_lock_holder(cat):
     assert "outside" in {v.row.name for v in reader_view["v"].volumes.values()}
     assert "outside" in {v.row.name for v in holder_view["v"].volumes.values()}
     assert cat.catalog.load() in (reader_view["v"], holder_view["v"])  # a settled view is kept
+
+
+def test_a_read_keeps_only_what_a_snapshot_needs():
+    """10,000 snapshots times every property asked for: a snapshot keeps only the properties
+    the catalog uses, only those it has, and property names are shared strings."""
+    from vsnap.drivers.zfs import parse_zfs_get
+    text = ("tank/v\tused\t1024\ntank/v\tmountpoint\t/vsnap/tank/v\n"
+            "tank/v@s\tused\t0\ntank/v@s\tmountpoint\t-\ntank/v@s\tguid\t7\n"
+            "tank/v@s\tcom.vsnap:snap_id\t-\ntank/v@t\tused\t512\n")
+    tree = parse_zfs_get(text, {"used", "guid", "com.vsnap:snap_id"})
+    assert tree == {"tank/v": {"used": "1024", "mountpoint": "/vsnap/tank/v"},
+                    "tank/v@s": {"used": "0", "guid": "7"}, "tank/v@t": {"used": "512"}}
+    keys = [k for props in tree.values() for k in props if k == "used"]
+    assert all(k is keys[0] for k in keys)
+    assert parse_zfs_get(text)["tank/v@s"] == {"used": "0", "mountpoint": "-", "guid": "7",
+                                               "com.vsnap:snap_id": "-"}  # all, without the filter

@@ -71,7 +71,7 @@ class CannedDs:
         self.fail_set: Exception | None = None
         self.lock: StorageLock | None = None
 
-    def tree(self, root, user_props):
+    def tree(self, root, user_props, snapshot_props=None):
         assert user_props == USER_PROPS
         self.tree_calls.append(root)
         tree = copy.deepcopy(self.trees.get(root, {}))

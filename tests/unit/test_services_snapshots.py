@@ -89,7 +89,7 @@ class FakeDatasets:
     def mutations(self, *methods):
         return [c for c in self.calls if not methods or c[0] in methods]
 
-    def tree(self, root, user_props):
+    def tree(self, root, user_props, snapshot_props=None):
         return {name: {**{p: "-" for p in user_props}, **props} for name, props in self.data.items()
                 if name == root or name.startswith(root + "/") or name.startswith(root + "@")}
 

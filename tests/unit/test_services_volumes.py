@@ -190,7 +190,7 @@ class FakeDatasets:
         return [c for c in self.calls if not methods or c[0] in methods]
 
     # reading
-    def tree(self, root, user_props):
+    def tree(self, root, user_props, snapshot_props=None):
         found = {}
         for name, props in self.data.items():
             if name == root or name.startswith(root + "/") or name.startswith(root + "@"):

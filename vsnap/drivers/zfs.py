@@ -5,6 +5,7 @@ callers never branch on the implementation.
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -395,13 +396,25 @@ DATASET_PROPS = ["type", "guid", "origin", "used", "referenced", "available", "q
                  "mountpoint", "volsize", "volblocksize", "recordsize"]
 
 
-def parse_zfs_get(text: str) -> dict[str, dict[str, str]]:
-    """`zfs get -Hp -o name,property,value` -> {dataset: {property: value}}, in ZFS's order."""
+def parse_zfs_get(text: str, snapshot_props: set[str] | None = None) -> dict[str, dict[str, str]]:
+    """`zfs get -Hp -o name,property,value` -> {dataset: {property: value}}, in ZFS's order.
+
+    A pool's read can hold 10,000 snapshots times every property asked for: lines are taken one
+    at a time, each property name is one shared string, and with `snapshot_props` a snapshot
+    keeps only those properties, and only the ones it has (not "-")."""
     found: dict[str, dict[str, str]] = {}
-    for line in text.splitlines():
-        parts = line.split("\t")
-        if len(parts) == 3:
-            found.setdefault(parts[0], {})[parts[1]] = parts[2]
+    names: dict[str, str] = {}
+    for line in io.StringIO(text):
+        parts = line.rstrip("\n").split("\t")
+        if len(parts) != 3:
+            continue
+        name, prop, value = parts
+        if snapshot_props is not None and "@" in name and (prop not in snapshot_props or value == "-"):
+            continue
+        props = found.get(name)
+        if props is None:
+            props = found[name] = {}
+        props[names.setdefault(prop, prop)] = value
     return found
 
 
@@ -423,11 +436,13 @@ class ZfsDatasetOps:
             self._has_zvols = bool(version) and not version.startswith("zfs-fuse")
         return self._has_zvols
 
-    def tree(self, root: str, user_props: list[str]) -> dict[str, dict[str, str]]:
-        """Every dataset and snapshot under `root` with the listed properties, in one command."""
+    def tree(self, root: str, user_props: list[str],
+             snapshot_props: set[str] | None = None) -> dict[str, dict[str, str]]:
+        """Every dataset and snapshot under `root` with the listed properties, in one command
+        (snapshots with only `snapshot_props`, when given: see parse_zfs_get)."""
         out = self.runner.run(["zfs", "get", "-Hp", "-r", "-o", "name,property,value",
                                ",".join(DATASET_PROPS + user_props), root])
-        return parse_zfs_get(out.stdout)
+        return parse_zfs_get(out.stdout, snapshot_props)
 
     def get(self, name: str, props: list[str]) -> dict[str, str]:
         out = self.runner.run(["zfs", "get", "-Hp", "-o", "name,property,value", ",".join(props), name])

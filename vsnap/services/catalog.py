@@ -18,6 +18,7 @@ background, so no request of a busy server waits for it; an older one is read an
 from __future__ import annotations
 
 import contextvars
+import ctypes
 import logging
 import threading
 import time
@@ -43,6 +44,8 @@ PROP_TYPE = "com.vsnap:type"
 PROP_SERIAL = "com.vsnap:serial"
 PROP_VOLSIZE = "com.vsnap:volsize"
 USER_PROPS = [PROP_VOL_ID, PROP_SNAP_ID, PROP_TYPE, PROP_SERIAL, PROP_VOLSIZE]
+# What a snapshot's view needs (a read of 10,000 snapshots keeps only these).
+SNAPSHOT_PROPS = {"type", "guid", "used", "referenced", "creation", PROP_SNAP_ID}
 READY, CREATING, DELETING = "ready", "creating", "deleting"
 FILEBACKED = "filebackedlun"
 
@@ -111,6 +114,24 @@ class CatalogView:
     def of_pool(self, pool_id: int) -> "CatalogView":
         return CatalogView({i: v for i, v in self.volumes.items() if v.row.pool_id == pool_id},
                            {i: s for i, s in self.snapshots.items() if s.volume.row.pool_id == pool_id})
+
+
+def _load_malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_malloc_trim = _load_malloc_trim()
+
+
+def _give_back_freed_memory() -> None:
+    """A full read of a large pool briefly holds the command's output, its lines and two
+    views; glibc keeps what Python freed for reuse, so the server's resident memory stays at
+    that peak. Handing it back after each read keeps it at what the kept view needs."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 # Set by the API for a request that asked for a fresh read (Cache-Control: no-cache).
@@ -214,6 +235,7 @@ class Catalog:
         kept = _Kept(token, view, started, self.clock() - started, settled)
         if settled:  # else not kept: it lacks what is still to be settled
             self._kept = kept
+            _give_back_freed_memory()
         return kept
 
     def _read_settling(self) -> _Kept:
@@ -254,13 +276,13 @@ class Catalog:
         first (_read_settling)."""
         view, settled = CatalogView({}, {}), True
         for pool_row, summary in self.pools._live():
-            tree = self.ds.tree(summary.name, USER_PROPS)
+            tree = self.ds.tree(summary.name, USER_PROPS, SNAPSHOT_PROPS)
             if self._reconcile(pool_row, summary.name, tree, apply=False):
                 with (self.lock.held() if wait_for_lock else self.lock.held_if_free()) as got:
                     if got is False:
                         settled = False
                     else:
-                        tree = self.ds.tree(summary.name, USER_PROPS)
+                        tree = self.ds.tree(summary.name, USER_PROPS, SNAPSHOT_PROPS)
                         self._reconcile(pool_row, summary.name, tree, apply=True)
             self._build(view, pool_row, summary.name, tree)
         return view, settled
