@@ -27,6 +27,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from sqlalchemy import select
+
 from ..drivers.runner import CommandError
 from ..drivers.zfs import ZfsDatasetOps
 from ..errors import ConflictError, NotFoundError
@@ -440,8 +442,10 @@ class Catalog:
                     view.volumes[vol.id] = VolumeView(vol, pool_row, pool, by_guid[vol.guid][1])
             snaps_by_key = {(name.split("@", 1)[0], props.get("guid")): (name, props)
                             for name, props in snapshots.items()}
-            for snap in s.query(Snapshot).join(Volume).filter(
-                    Volume.pool_id == pool_row.id, Snapshot.state == READY).all():
+            # Plain rows (attribute access like the model's, a tenth of the memory): a view
+            # of 10,000 snapshots is kept in every server process.
+            for snap in s.execute(select(*Snapshot.__table__.columns).join(Volume).where(
+                    Volume.pool_id == pool_row.id, Snapshot.state == READY)):
                 volume = view.volumes.get(snap.volume_id)
                 found = snaps_by_key.get((volume.dataset, snap.guid)) if volume is not None else None
                 if found is None:
