@@ -3,9 +3,16 @@ import os
 import shutil
 import ssl
 
+from gunicorn import util as _gunicorn_util
+
 from vsnap.config import Settings
+from vsnap.http_errors import write_error as _json_write_error
 
 _settings = Settings.from_env()
+
+# What gunicorn refuses itself (a URL over limit_request_line: 414, headers too large: 431, a
+# malformed request: 400) is answered with the API's error object, not gunicorn's HTML page.
+_gunicorn_util.write_error = _json_write_error
 
 # Request metrics are counted in every worker and summed at scrape time (prometheus_client's
 # multiprocess mode): the workers of this server write them to a directory of its own (other

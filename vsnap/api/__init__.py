@@ -37,7 +37,10 @@ COMMON_ERRORS = {
     "404": "No such object (NotFoundError)",
     "405": "Method not allowed (MethodNotAllowedError)",
     "409": "Conflicts with the current state (ConflictError)",
+    "413": "The request body is over the 1 MiB limit (PayloadTooLargeError)",
+    "414": "The request line (URL) is too long (ValidationError, from the HTTP server)",
     "429": "Too many failed logins from this address (TooManyRequestsError)",
+    "431": "A request header or the headers together are too large (ValidationError, from the HTTP server)",
     "500": "Unexpected failure, logged with a request id (InternalError)",
     "503": "A storage command timed out or a service is down (ServiceUnavailableError)",
 }
