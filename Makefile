@@ -62,6 +62,14 @@ test: setup-test
 	VSNAP_STATE_B=$(TEST_STATE_B) VSNAP_PORT_B=$(TEST_PORT_B) VSNAP_SSH_PORT_B=$(TEST_SSH_PORT_B) \
 		$(PY) -m pytest -ra $(PYTEST_ARGS)
 
+# The suite's long mode: only the long variants (pytest marker `long`: at least 5,000 fuzzed
+# requests, ...), on the same test appliances as `make test`.
+.PHONY: test-long
+test-long: setup-test
+	VSNAP_STATE=$(TEST_STATE) VSNAP_PORT=$(TEST_PORT) VSNAP_SSH_PORT=$(TEST_SSH_PORT) \
+	VSNAP_STATE_B=$(TEST_STATE_B) VSNAP_PORT_B=$(TEST_PORT_B) VSNAP_SSH_PORT_B=$(TEST_SSH_PORT_B) \
+		$(PY) -m pytest -ra -m long $(PYTEST_ARGS)
+
 # Benchmarks against the raw commands, on the test lab's two appliances (see bench/).
 bench: setup-test
 	@command -v wrk >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk
