@@ -95,12 +95,14 @@ def appliance(admin):
     server.stop()
 
 
-def sweep_test_pools(server) -> None:
-    """Removes pools named with PREFIX (this suite's only): through the API, then whatever ZFS
-    still has."""
+def sweep_test_pools(server, machine_wide: bool = True) -> None:
+    """Removes pools named with PREFIX (this suite's only): through the API, then (unless told
+    not to: another appliance of this run may be using its own) whatever ZFS still has."""
     for pool in server.ok("GET", "/api/pool")["pools"]:
         if pool["name"].startswith(PREFIX):
             server.delete(f"/api/pool/{pool['id']}")
+    if not machine_wide:
+        return
     for name in pool_names():
         if name.startswith(PREFIX):
             destroy_pool(name)

@@ -29,9 +29,11 @@ def partner_b(appliance, admin):
     server = Appliance(STATE_B, PORT_B, ssh_port=SSH_PORT_B, log_name="server-b",
                        env={"VSNAP_AUTH_FAIL_LIMIT": "100000", "VSNAP_REPL_STALL_SECONDS": "5"}).start()
     server.account = admin
-    sweep_test_pools(server)
-    yield server
-    server.stop()
+    try:
+        sweep_test_pools(server, machine_wide=False)  # A's pools are A's (the session start swept)
+        yield server
+    finally:
+        server.stop()
 
 
 def _forget_everything(server) -> None:
