@@ -424,6 +424,11 @@ def load_schema(appliance):
 def _fuzz(appliance, mode: str, target: int, time_limit: float, capsys) -> None:
     schema = load_schema(appliance)
     base_seed = int(os.environ.get("VSNAP_FUZZ_SEED", random.randrange(1 << 30)))
+    # Init and pool creates may use every disk the appliance sees: that must be lab disks only.
+    lab_env = dict(line.split("=", 1) for line in (STATE / "lab" / "lab.env").read_text().split() if "=" in line)
+    lab_disks = set(lab_env.get("VSNAP_DISKS", "").replace(",", " ").split())
+    seen = {d["name"] for d in appliance.ok("GET", "/api/disk")["disks"]}
+    assert lab_disks and seen <= lab_disks, f"the appliance sees disks outside the lab: {seen - lab_disks}"
     world = World(appliance)
     accounts_before = accounts()
     system_id = appliance.ok("GET", "/api/system")["id"]
@@ -453,7 +458,7 @@ def _fuzz(appliance, mode: str, target: int, time_limit: float, capsys) -> None:
 
 
 def test_fuzz_every_operation(appliance, capsys):
-    _fuzz(appliance, "short", SHORT_REQUESTS, time_limit=float(os.environ.get("VSNAP_FUZZ_SECONDS", "300")),
+    _fuzz(appliance, "short", SHORT_REQUESTS, time_limit=float(os.environ.get("VSNAP_FUZZ_SECONDS", "600")),
           capsys=capsys)
 
 
