@@ -10,6 +10,7 @@ import time
 
 from ..config import Settings
 from ..logs import request_id_var
+from .partner_server import PartnerRequestServer, socket_path
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,7 @@ class Worker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._fd: int | None = None
+        self._partner_requests: PartnerRequestServer | None = None
 
     def start(self) -> None:
         if self._thread is None:
@@ -29,6 +31,8 @@ class Worker:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._partner_requests is not None:
+            self._partner_requests.stop()
 
     def _lead(self) -> bool:
         """Waits until this process holds the worker lock (or is told to stop)."""
@@ -47,6 +51,7 @@ class Worker:
         request_id_var.set("worker")
         if not self._lead():
             return
+        self._serve_partner_requests()
         threading.Thread(target=self._run_sessions, name="vsnap-sessions", daemon=True).start()
         targets = self.services.targets
         last_resync = time.monotonic()
@@ -59,6 +64,18 @@ class Worker:
                     targets.check()
             except Exception:  # the worker must outlive any one failure
                 log.exception("worker: target check failed")
+
+    def _serve_partner_requests(self) -> None:
+        """Partners' requests (the forced SSH command) are answered in this process, whose
+        service layer is built already; without it each request builds one of its own."""
+        server = PartnerRequestServer(socket_path(self.settings.state_dir), self.services.replication.serve)
+        try:
+            server.start()
+        except OSError as exc:
+            log.warning("worker: partner requests will be answered in-process: cannot listen at %s: %s",
+                        server.path, exc)
+            return
+        self._partner_requests = server
 
     def _run_sessions(self) -> None:
         """The replication queue: PENDING sessions start in order, one at a time per
