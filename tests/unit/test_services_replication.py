@@ -101,9 +101,11 @@ class FakeCatalog:
         self.volumes: dict[int, VolumeView] = {}
         self.snapshots: dict[int, SnapshotView] = {}
         self.loads = 0
+        self.load_args: list = []
 
     def load(self, pool_id=None) -> CatalogView:
         self.loads += 1
+        self.load_args.append(pool_id)
         return CatalogView({k: v for k, v in self.volumes.items() if pool_id is None or v.row.pool_id == pool_id},
                            {k: s for k, s in self.snapshots.items()
                             if pool_id is None or s.volume.row.pool_id == pool_id})
@@ -1288,6 +1290,7 @@ class FakePipeline:
         self.error = error
         self.moves = moves
         self.calls: list[dict] = []
+        self.results: list = []  # one per call, first to last (a result or an exception), then `result`
 
     def __call__(self, producer, consumer, *, progress=None, should_stop=None, stall_seconds=60.0, tick=0.5):
         self.calls.append({"producer": producer, "consumer": consumer, "stall_seconds": stall_seconds,
@@ -1296,6 +1299,11 @@ class FakePipeline:
             progress(moved)
         if self.error:
             raise self.error
+        if self.results:
+            result = self.results.pop(0)
+            if isinstance(result, BaseException):
+                raise result
+            return result
         return self.result
 
 
@@ -1463,6 +1471,141 @@ def test_progress_is_recorded(env, rel, sending, monkeypatch):
     assert env.sess(sid).size_sent == 3000
 
 
+# -- after a completed session: the stream goes at once, the partner asked only if it refuses ----
+
+def _completed(env, rel, snap, address="10.5.0.2", remote_id="31"):
+    """A session of `snap` that completed through `address`, as _end leaves it."""
+    sid = env.session(rel, snap, status=ACTIVE, owner=current_owner())
+    with env.store.session() as s:
+        s.get(ReplicationSession, sid).repl_address = address
+    env.svc._end(sid, COMPLETED, None, remote_snap_id=remote_id, size_sent=100)
+    return sid
+
+
+def _refused(message):
+    return PipelineResult(10, -9, "", 1, json.dumps({"error": message}), "", producer_killed=True)
+
+
+@pytest.fixture
+def replicated(env, rel, sending):
+    """s1 on the replica, sent by a completed session through 10.5.0.2; s2 newer, to send."""
+    s1 = env.snapshot(env.fs, "s1", guid="111", creation=100)
+    _completed(env, rel, s1)
+    s2 = env.snapshot(env.fs, "s2", guid="222", creation=200)
+    env.link.answers["info"] = {"system_id": REMOTE_SYS, "repl_addresses": ["10.5.0.2"]}
+    env.link.answers["snapshots"] = {"snapshots": [{"id": "31", "name": "s1", "guid": "111"}]}
+    return SimpleNamespace(s1=s1, s2=s2)
+
+
+def test_incremental_after_a_completed_session_asks_the_partner_nothing(env, rel, sending, replicated):
+    sid = _claimed(env, rel, replicated.s2)
+    env.svc.run_session(sid)
+    row = env.sess(sid)
+    assert (row.status, row.remote_snap_id, row.repl_address) == (COMPLETED, "55", "10.5.0.2")
+    assert env.link.calls == []
+    (call,) = sending.calls
+    assert call["producer"] == ["zfs", "send", "-i", "p/fs@s1", "p/fs@s2"]
+    assert call["consumer"] == ["ssh-fake", P1, "10.5.0.2", "8922", "--", "recv", rel, "s2", "incremental"]
+
+
+def test_a_refused_stream_asks_the_partner_and_sends_from_the_base_it_has(env, rel, sending, replicated):
+    # The replica lost s1 (destroyed by hand there) but has s0: the receive refuses the
+    # difference from s1; the partner's answer gives the base.
+    s0 = env.snapshot(env.fs, "s0", guid="100", creation=50)
+    env.link.answers["snapshots"] = {"snapshots": [{"id": "30", "name": "s0", "guid": "100"}]}
+    sending.results = [_refused("cannot receive incremental stream: most recent snapshot does not match")]
+    sid = _claimed(env, rel, replicated.s2)
+    env.svc.run_session(sid)
+    assert env.sess(sid).status == COMPLETED, env.sess(sid).message
+    assert [c.op for c in env.link.calls] == ["prepare"]
+    assert [c["producer"] for c in sending.calls] == [["zfs", "send", "-i", "p/fs@s1", "p/fs@s2"],
+                                                      ["zfs", "send", "-i", "p/fs@s0", "p/fs@s2"]]
+    assert env.rels()[rel].last_success_snap_id == replicated.s2 and s0
+
+
+def test_a_refusal_that_asking_cannot_change_is_not_sent_twice(env, rel, sending, replicated):
+    # The partner confirms s1 and the address: the same stream would be refused the same way.
+    sending.results = [_refused("destination vbenchrb/fs_replica has been modified since most recent snapshot")]
+    sid = _claimed(env, rel, replicated.s2)
+    env.svc.run_session(sid)
+    row = env.sess(sid)
+    assert row.status == FAILED and "modified" in row.message
+    assert [c.op for c in env.link.calls] == ["prepare"] and len(sending.calls) == 1
+
+
+def test_an_address_gone_since_the_last_session_asks_the_partner(env, rel, sending, replicated):
+    env.link.answers["info"] = {"system_id": REMOTE_SYS, "repl_addresses": ["10.6.0.2"]}
+    sending.results = [PipelineResult(0, -9, "", 255, "", "ssh: connect to host 10.5.0.2 port 8922: No route\n",
+                                      producer_killed=True)]
+    sid = _claimed(env, rel, replicated.s2)
+    env.svc.run_session(sid)
+    row = env.sess(sid)
+    assert (row.status, row.repl_address) == (COMPLETED, "10.6.0.2")
+    assert [c["consumer"][2] for c in sending.calls] == ["10.5.0.2", "10.6.0.2"]
+
+
+def test_an_unreachable_partner_is_still_unreachable(env, rel, sending, replicated):
+    sending.results = [PipelineResult(0, -9, "", 255, "", "ssh: connect to host 10.5.0.2: Connection refused\n",
+                                      producer_killed=True)]
+    env.link.answers["info"] = RemoteError("partner 10.0.0.2:8922 unreachable over SSH: refused", unreachable=True)
+    sid = _claimed(env, rel, replicated.s2)
+    env.svc.run_session(sid)
+    row = env.sess(sid)
+    assert row.status == FAILED and "unreachable" in row.message and len(sending.calls) == 1
+
+
+def test_a_snapshot_the_replica_has_already_completes_after_asking(env, rel, sending, replicated):
+    # A retried session: the partner refuses the name, its answer shows the snapshot is there.
+    env.link.answers["snapshots"] = {"snapshots": [{"id": "31", "name": "s1", "guid": "111"},
+                                                   {"id": "32", "name": "s2", "guid": "222"}]}
+    sending.results = [_refused("The replica already has a snapshot named s2")]
+    sid = _claimed(env, rel, replicated.s2)
+    env.svc.run_session(sid)
+    row = env.sess(sid)
+    assert (row.status, row.remote_snap_id, row.size_sent) == (COMPLETED, "32", 0)
+    assert len(sending.calls) == 1
+
+
+def test_a_cancel_during_the_stream_asks_nothing_more(env, rel, sending, replicated):
+    sending.results = [PipelineStopped(CANCELED)]
+    sid = _claimed(env, rel, replicated.s2)
+    env.svc.run_session(sid)
+    assert (env.sess(sid).status, env.sess(sid).message) == (FAILED, CANCELED)
+    assert env.link.calls == [] and len(sending.calls) == 1
+
+
+def test_the_partner_is_asked_when_the_last_sent_snapshot_is_gone_here(env, rel, sending, replicated):
+    del env.catalog.snapshots[replicated.s1]  # destroyed on the primary since
+    env.snapshot(env.fs, "s0", guid="100", creation=50)
+    env.link.answers["snapshots"] = {"snapshots": [{"id": "30", "name": "s0", "guid": "100"},
+                                                   {"id": "31", "name": "s1", "guid": "111"}]}
+    sid = _claimed(env, rel, replicated.s2)
+    env.svc.run_session(sid)
+    assert env.sess(sid).status == COMPLETED
+    assert [c.op for c in env.link.calls] == ["prepare"]
+    assert [c["producer"] for c in sending.calls] == [["zfs", "send", "-i", "p/fs@s0", "p/fs@s2"]]
+
+
+def test_the_partner_is_asked_when_sending_an_older_snapshot_than_the_last(env, rel, sending, replicated):
+    s05 = env.snapshot(env.fs, "s05", guid="105", creation=60)  # older than s1, the last sent
+    env.link.answers["snapshots"] = {"snapshots": [{"id": "31", "name": "s1", "guid": "111"}]}
+    sid = _claimed(env, rel, s05)
+    env.svc.run_session(sid)
+    row = env.sess(sid)
+    assert row.status == FAILED and "none in common" in row.message
+    assert [c.op for c in env.link.calls] == ["prepare"] and sending.calls == []
+
+
+def test_only_a_completed_session_tells_where_the_replica_stands(env, rel, sending):
+    s1 = env.snapshot(env.fs, "s1", guid="111", creation=100)
+    env.session(rel, s1, status=FAILED, message="stalled")
+    s2 = env.snapshot(env.fs, "s2", guid="222", creation=200)
+    sid = _claimed(env, rel, s2)
+    env.svc.run_session(sid)
+    assert [c.op for c in env.link.calls] == ["prepare"]
+    assert sending.calls[0]["producer"] == ["zfs", "send", "p/fs@s2"]
+
+
 # =============================================================================================
 # serve(): the requests a partner makes over SSH
 # =============================================================================================
@@ -1540,6 +1683,24 @@ def test_serve_full_receive(env, replica, stream):
     assert answer == {"snap_id": str(snap.row.id)}
     assert env.ds.calls == [("unmount", "p/fs_replica"), ("receive", "p/fs_replica@s1", True, stream.fileno()),
                             ("mount", "p/fs_replica")]
+
+
+def test_serve_reads_only_the_replicas_pool(env, replica, stream):
+    other = env.pool("q")
+    env.volume(other, "elsewhere")
+    env.snapshot(env.replica_vol, "s1", guid="111")
+    env.catalog.load_args.clear()
+    env.svc.serve(P1, ["prepare", R1], stream)
+    env.svc.serve(P1, ["recv", R1, "s2", "incremental"], stream)
+    assert env.catalog.load_args and set(env.catalog.load_args) == {env.p.id}
+
+
+def test_session_reads_only_the_primarys_pool(env, rel, sending):
+    env.volume(env.pool("q"), "elsewhere")
+    sid = _claimed(env, rel, env.snapshot(env.fs, "s1"))
+    env.catalog.load_args.clear()
+    env.svc.run_session(sid)
+    assert env.sess(sid).status == COMPLETED and env.catalog.load_args == [env.p.id]
 
 
 def test_serve_incremental_receive(env, replica, stream):

@@ -620,33 +620,75 @@ class ReplicationService:
             row = s.get(ReplicationSession, session_id)
             rel = s.get(Relationship, row.rel_id)
             partner = s.get(Partner, rel.partner_id)
+            volume = s.get(Volume, rel.local_vol_id)
+            last = s.query(ReplicationSession).filter(
+                ReplicationSession.rel_id == rel.id, ReplicationSession.status == COMPLETED,
+                ReplicationSession.id != session_id).order_by(ReplicationSession.id.desc()).first()
             s.expunge_all()
-        view = self.catalog.load()
+        view = self.catalog.load(volume.pool_id if volume is not None else None)
         snap = view.snapshots.get(row.local_snap_id)
         if snap is None or snap.volume.row.id != rel.local_vol_id:
             raise ValueError(f"Snapshot {row.local_snap_name} of the primary volume no longer exists")
+        ours = sorted((v for v in view.snapshots.values() if v.volume.row.id == rel.local_vol_id),
+                      key=lambda v: (int(v.props.get("createtxg") or v.props.get("creation") or 0), v.row.id))
+        older = ours[:[v.row.id for v in ours].index(snap.row.id)]
+        # The last completed session says where the replica stands: the snapshot it sent is
+        # the replica's newest, and the address it used carries data. Then the stream can go
+        # at once, without asking the partner first (a round trip, and a process started
+        # there): if the replica moved on since, the receive refuses the stream, and the
+        # partner is asked after all.
+        tried = None
+        known = self._known_base(rel, last, older)
+        if known is not None:
+            base, address = known
+            tried = (base.row.id, address)
+            try:
+                return self._send(session_id, row, rel, partner, snap, base, address)
+            except RemoteError as exc:
+                first_error = exc
+                log.info("session %s: sending the difference from %s failed (%s); asking the partner for "
+                         "its snapshots", session_id, base.row.name, exc)
         # One round trip before the stream: the partner's replication addresses and the
-        # replica's snapshots (each SSH request starts a process there).
+        # replica's snapshots (each SSH request is a request to the partner's server).
         remote = self.link.call(partner, "prepare", rel.id)
         addresses = [a for a in remote.get("repl_addresses", []) if isinstance(a, str)]
         address = partner.address if partner.address in addresses or not addresses else addresses[0]
         address = validate_address(address, "the partner's replication address")
-        with self.store.session() as s:
-            s.get(ReplicationSession, session_id).repl_address = address
         remote_by_guid = {str(r.get("guid")): r for r in remote.get("snapshots", [])}
         if snap.props.get("guid") in remote_by_guid:  # sent before (e.g. a retried session)
+            with self.store.session() as s:
+                s.get(ReplicationSession, session_id).repl_address = address
             return {"remote_snap_id": str(remote_by_guid[snap.props["guid"]].get("id")), "size_sent": 0}
-        ours = sorted((v for v in view.snapshots.values() if v.volume.row.id == rel.local_vol_id),
-                      key=lambda v: (int(v.props.get("createtxg") or v.props.get("creation") or 0), v.row.id))
         base = None
-        for candidate in ours:
-            if candidate.row.id == snap.row.id:
-                break
+        for candidate in older:
             if candidate.props.get("guid") in remote_by_guid:
                 base = candidate
         if base is None and remote_by_guid:
             raise ValueError("The replica has snapshots, but none in common with the primary's snapshots "
                              f"older than {snap.row.name}: an incremental send has no base")
+        if tried is not None and tried == (base.row.id if base else None, address):
+            raise first_error  # the same stream to the same place: it would fail the same way
+        return self._send(session_id, row, rel, partner, snap, base, address)
+
+    @staticmethod
+    def _known_base(rel: Relationship, last: ReplicationSession | None, older: list):
+        """The replica's newest snapshot and the address that reached it, from the last
+        completed session: (base, address), or None when that is not known."""
+        if last is None or last.local_snap_id != rel.last_success_snap_id or not last.repl_address:
+            return None
+        base = next((v for v in older if v.row.id == last.local_snap_id), None)
+        if base is None:  # gone, or not older than the snapshot to send
+            return None
+        try:
+            return base, validate_address(last.repl_address, "the partner's replication address")
+        except ValidationError:
+            return None
+
+    def _send(self, session_id: int, row: ReplicationSession, rel: Relationship, partner: Partner, snap,
+              base, address: str) -> dict:
+        """Streams `snap` (its difference from `base`, or in full) to the replica at `address`."""
+        with self.store.session() as s:
+            s.get(ReplicationSession, session_id).repl_address = address
         producer = self.ds.send_argv(snap.zfs_name, base.zfs_name if base else None)
         consumer = self.ssh.command(partner.id, address, partner.ssh_port,
                                     ["recv", rel.id, row.remote_snap_name, "incremental" if base else "full"])
@@ -773,7 +815,12 @@ class ReplicationService:
         return {"vol_id": str(vol_id), "vol_name": name, "pool_id": str(pool_row.id)}
 
     def _replica_snapshots(self, rel: Relationship):
-        view = self.catalog.load()
+        with self.store.session() as s:
+            row = s.get(Volume, rel.local_vol_id)
+            pool_id = row.pool_id if row is not None else None
+        if pool_id is None:
+            raise NotFoundError("The replica volume no longer exists")
+        view = self.catalog.load(pool_id)  # the replica's pool only: not every pool's datasets
         volume = view.volumes.get(rel.local_vol_id)
         if volume is None:
             raise NotFoundError("The replica volume no longer exists")
