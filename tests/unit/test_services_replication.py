@@ -24,6 +24,7 @@ from vsnap.drivers.ssh import normalize_public_key
 from vsnap.drivers.zfs import ZfsDatasetOps
 from vsnap.errors import ConflictError, NotFoundError, ServiceUnavailableError, ValidationError
 from vsnap.services.catalog import CatalogView, SnapshotView, VolumeView, find_one
+from vsnap.services.doorbell import Doorbell
 from vsnap.services.hooks import Hooks
 from vsnap.services.owner import current_owner
 from vsnap.services.replication import (ACTIVE, CANCELED, COMPLETED, FAILED, PENDING, PRIMARY, REPLICA,
@@ -1110,6 +1111,19 @@ def test_start_session_takes_a_snapshot(env, rel):
     assert body["time_started"] is None and body["time_ended"] is None and body["message"] is None
     assert env.svc.get_session(body["id"]) == body
     assert env.svc.list_sessions(rel) == [body]
+
+
+def test_start_session_rings_the_queues_doorbell(env, rel):
+    listener = Doorbell(env.settings.state_dir / "sessions.bell")
+    try:
+        assert listener.wait(0) is False  # listening, nothing rung yet
+        env.svc.start_session(rel)
+        assert listener.wait(0) is True
+        with pytest.raises(ValidationError):
+            env.svc.start_session(rel, remote_snap_name="a/b")
+        assert listener.wait(0) is False  # nothing queued, nothing rung
+    finally:
+        listener.close()
 
 
 def test_start_session_with_a_snapshot_and_remote_name(env, rel):

@@ -29,6 +29,7 @@ from ..errors import (ApiError, ConflictError, NotFoundError, ServiceUnavailable
 from ..store.db import Store
 from ..store.models import Partner, Relationship, ReplicationSession, Snapshot, Volume, now
 from .catalog import FILEBACKED, READY, Catalog, parse_id
+from .doorbell import Doorbell
 from .locking import StorageLock
 from .owner import current_owner, owner_alive
 from .shares import normalize_host
@@ -131,6 +132,7 @@ class ReplicationService:
         self.ssh = ssh
         self.link = PartnerLink(ssh, runner)
         self.lock = lock
+        self.doorbell = Doorbell(settings.state_dir / "sessions.bell")  # wakes the queue's worker
         volumes.before_volume_delete.append(self._refuse_if_replicated)
         volumes.before_volume_rename.append(self._refuse_replica_rename)
         pools.before_pool_delete.append(self._refuse_pool_with_relationships)
@@ -538,7 +540,9 @@ class ReplicationService:
                                      remote_snap_name=remote_snap_name or snap["name"], status=PENDING)
             s.add(row)
             s.flush()
-            return self.render_session(row)
+            body = self.render_session(row)
+        self.doorbell.ring()  # committed: the worker starts it now, not at its next look
+        return body
 
     def cancel_session(self, session_id) -> dict:
         with self.store.session() as s:

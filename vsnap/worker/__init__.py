@@ -23,6 +23,7 @@ class Worker:
         self._thread: threading.Thread | None = None
         self._fd: int | None = None
         self._partner_requests: PartnerRequestServer | None = None
+        self.queue_interval = 0.5  # seconds between looks at the replication queue, unless rung
 
     def start(self) -> None:
         if self._thread is None:
@@ -85,19 +86,29 @@ class Worker:
             replication.fail_interrupted()
         except Exception:
             log.exception("worker: could not settle interrupted sessions")
-        running: dict[str, threading.Thread] = {}  # relationship id -> its transfer
-        while not self._stop.wait(0.5):
+        running: dict[str, threading.Event] = {}  # relationship id -> set when its transfer ended
+        while not self._stop.is_set():
+            replication.doorbell.wait(self.queue_interval)  # rung when a session is queued or one ends
+            if self._stop.is_set():
+                break
             try:
-                for rel_id in [r for r, t in running.items() if not t.is_alive()]:
+                for rel_id in [r for r, ended in running.items() if ended.is_set()]:
                     del running[rel_id]
                 while len(running) < self.settings.repl_parallel:
                     session_id = replication.claim_next(set(running))
                     if session_id is None:
                         break
                     rel_id = replication.get_session(session_id)["rel_id"]
-                    thread = threading.Thread(target=replication.run_session, args=(session_id,),
-                                              name=f"vsnap-session-{session_id}", daemon=True)
-                    running[rel_id] = thread
-                    thread.start()
+                    running[rel_id] = ended = threading.Event()
+                    threading.Thread(target=self._run_session, args=(session_id, ended),
+                                     name=f"vsnap-session-{session_id}", daemon=True).start()
             except Exception:
                 log.exception("worker: session dispatch failed")
+
+    def _run_session(self, session_id: int, ended: threading.Event) -> None:
+        replication = self.services.replication
+        try:
+            replication.run_session(session_id)
+        finally:
+            ended.set()
+            replication.doorbell.ring()  # a session queued behind this one starts now
