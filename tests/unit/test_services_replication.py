@@ -30,7 +30,7 @@ from vsnap.services.owner import current_owner
 from vsnap.services.replication import (ACTIVE, CANCELED, COMPLETED, FAILED, PENDING, PRIMARY, REPLICA,
                                         PartnerLink, RemoteError, ReplicationService, validate_address,
                                         validate_port)
-from vsnap.store.models import Partner, Pool, Relationship, ReplicationSession, Snapshot, Volume
+from vsnap.store.models import Partner, Pool, Relationship, ReplicationSession, Setting, Snapshot, Volume
 
 from support import SpyLock, empty_tables
 
@@ -1620,6 +1620,92 @@ def test_only_a_completed_session_tells_where_the_replica_stands(env, rel, sendi
     assert sending.calls[0]["producer"] == ["zfs", "send", "p/fs@s2"]
 
 
+# -- a first session: the replica's addresses, as the partner gave them, spare the round trip -----
+
+def _new_relationship(env, addresses):
+    """A relationship of the filesystem volume with P1 (partnered by the `rel` fixture of
+    `sending`), made through the service, the partner's answer giving `addresses`."""
+    env.svc.delete_relationship(R1)  # the fixture's own, of the same volume
+    answer = replica_answer()
+    if addresses is not None:
+        answer = lambda partner, args, body, plain=answer(None, [], None): {**plain, "repl_addresses": addresses}
+    env.link.answers["create-replica"] = answer
+    rel_id = env.svc.create_relationship(str(env.fs), P1)["id"]
+    env.link.calls.clear()
+    return rel_id
+
+
+def test_a_first_session_streams_at_once_to_the_address_given_with_the_replica(env, sending):
+    rel = _new_relationship(env, ["10.7.0.2", "10.7.0.3"])
+    sid = _claimed(env, rel, env.snapshot(env.fs, "s1", guid="111"))
+    env.svc.run_session(sid)
+    row = env.sess(sid)
+    assert (row.status, row.repl_address) == (COMPLETED, "10.7.0.2")
+    assert env.link.calls == []
+    (call,) = sending.calls
+    assert call["producer"] == ["zfs", "send", "p/fs@s1"]
+    assert call["consumer"][2] == "10.7.0.2" and call["consumer"][-1] == "full"
+
+
+def test_a_first_session_uses_the_partners_address_when_it_carries_replication(env, sending):
+    rel = _new_relationship(env, ["10.0.0.2", "10.7.0.2"])
+    sid = _claimed(env, rel, env.snapshot(env.fs, "s1"))
+    env.svc.run_session(sid)
+    assert env.sess(sid).repl_address == "10.0.0.2" and env.link.calls == []
+
+
+def test_a_first_session_without_known_addresses_asks(env, sending):
+    rel = _new_relationship(env, None)  # a partner that does not give them
+    sid = _claimed(env, rel, env.snapshot(env.fs, "s1"))
+    env.svc.run_session(sid)
+    assert env.sess(sid).status == COMPLETED and [c.op for c in env.link.calls] == ["prepare"]
+
+
+def test_an_adopted_replica_refuses_the_full_stream_and_gets_the_incremental(env, sending):
+    rel = _new_relationship(env, ["10.7.0.2"])
+    s1 = env.snapshot(env.fs, "s1", guid="111", creation=100)
+    s2 = env.snapshot(env.fs, "s2", guid="222", creation=200)
+    env.link.answers["info"] = {"system_id": REMOTE_SYS, "repl_addresses": ["10.7.0.2"]}
+    env.link.answers["snapshots"] = {"snapshots": [{"id": "31", "name": "s1", "guid": "111"}]}
+    sending.results = [_refused("The replica already has snapshots: only an incremental stream can follow")]
+    sid = _claimed(env, rel, s2)
+    env.svc.run_session(sid)
+    assert env.sess(sid).status == COMPLETED
+    assert [c["producer"] for c in sending.calls] == [["zfs", "send", "p/fs@s2"],
+                                                      ["zfs", "send", "-i", "p/fs@s1", "p/fs@s2"]]
+    assert s1
+
+
+def test_asking_refreshes_the_addresses_for_the_next_first_session(env, sending):
+    rel = _new_relationship(env, None)
+    env.link.answers["info"] = {"system_id": REMOTE_SYS, "repl_addresses": ["10.8.0.2"]}
+    env.svc.run_session(_claimed(env, rel, env.snapshot(env.fs, "s1")))
+    assert env.svc._remembered_addresses(P1) == ["10.8.0.2"]
+    env.link.answers["create-replica"] = replica_answer()  # (no addresses: an older partner)
+    other = env.svc.create_relationship(str(env.lun), P1)["id"]
+    env.link.calls.clear()
+    sid = _claimed(env, other, env.snapshot(env.lun, "l1"))
+    env.svc.run_session(sid)
+    assert env.sess(sid).repl_address == "10.8.0.2" and env.link.calls == []
+
+
+def test_the_addresses_go_with_the_partner(env, sending):
+    rel = _new_relationship(env, ["10.7.0.2"])
+    env.svc.delete_relationship(rel)
+    assert env.svc._remembered_addresses(P1) == ["10.7.0.2"]
+    env.svc.delete_partner(P1)
+    assert env.svc._remembered_addresses(P1) is None
+    with env.store.session() as s:
+        assert s.get(Setting, f"partner-repl-addresses:{P1}") is None
+
+
+def test_partnering_again_forgets_the_old_partnerships_addresses(env):
+    env.partner(P2, system_id=REMOTE_SYS)
+    env.svc._remember_addresses(P2, ["10.9.0.2"])
+    create(env)  # the same appliance again, as P1: the old partnership is replaced
+    assert env.svc._remembered_addresses(P2) is None
+
+
 # =============================================================================================
 # serve(): the requests a partner makes over SSH
 # =============================================================================================
@@ -1819,6 +1905,7 @@ def test_serve_create_replica(env, replica, stream):
     assert ("set", "p/data_replica", "readonly", "on") in env.ds.calls
     assert ("set", "p/data_replica", "atime", "off") in env.ds.calls
     assert answer["vol_name"] == "data_replica" and answer["pool_id"] == str(env.p.id)
+    assert answer["repl_addresses"] == ["10.0.0.1", "10.2.0.1", "10.2.0.9"]  # its first stream goes there
     r = env.rels()[R2]
     assert (r.partner_id, r.local_role, str(r.local_vol_id), r.remote_vol_id, r.remote_pool_id,
             r.remote_vol_name) == (P1, REPLICA, answer["vol_id"], "7", "3", "data")

@@ -27,7 +27,7 @@ from ..drivers.zfs import ZfsDatasetOps
 from ..logs import request_id_var
 from ..errors import (ApiError, ConflictError, NotFoundError, ServiceUnavailableError, ValidationError)
 from ..store.db import Store
-from ..store.models import Partner, Relationship, ReplicationSession, Snapshot, Volume, now
+from ..store.models import Partner, Relationship, ReplicationSession, Setting, Snapshot, Volume, now
 from .catalog import FILEBACKED, READY, Catalog, parse_id
 from .doorbell import Doorbell
 from .locking import StorageLock
@@ -265,6 +265,7 @@ class ReplicationService:
             raise ConflictError(f"This appliance is already partnered with {old.address} (partner {old.id}) "
                                 "and relationships use it")
         s.delete(old)
+        self._forget_addresses(s, old.id)
         s.flush()
         self._drop_trust(old.id)
 
@@ -273,7 +274,46 @@ class ReplicationService:
             row = s.get(Partner, partner_id)
             if row is not None:
                 s.delete(row)
+            self._forget_addresses(s, partner_id)
         self._drop_trust(partner_id)
+
+    # The partner's replication addresses, as it last gave them (creating a replica, or before a
+    # stream): a first session can then stream at once, to the right address. Kept in the
+    # settings table (no schema change); a stale list only costs the round trip it saves.
+    @staticmethod
+    def _addresses_key(partner_id: str) -> str:
+        return f"partner-repl-addresses:{partner_id}"
+
+    def _remember_addresses(self, partner_id: str, addresses) -> None:
+        if not isinstance(addresses, list):
+            return
+        value = json.dumps([a for a in addresses if isinstance(a, str)][:64])
+        with self.store.session() as s:
+            row = s.get(Setting, self._addresses_key(partner_id))
+            if row is None:
+                s.add(Setting(key=self._addresses_key(partner_id), value=value))
+            elif row.value != value:
+                row.value = value
+
+    def _remembered_addresses(self, partner_id: str) -> list[str] | None:
+        with self.store.session() as s:
+            row = s.get(Setting, self._addresses_key(partner_id))
+            try:
+                return json.loads(row.value) if row is not None and row.value else None
+            except ValueError:
+                return None
+
+    def _forget_addresses(self, s, partner_id: str) -> None:
+        row = s.get(Setting, self._addresses_key(partner_id))
+        if row is not None:
+            s.delete(row)
+
+    @staticmethod
+    def _data_address(partner: Partner, addresses: list[str]) -> str:
+        """Where a stream goes: the partner's address if it carries replication, else its
+        first replication address."""
+        address = partner.address if partner.address in addresses or not addresses else addresses[0]
+        return validate_address(address, "the partner's replication address")
 
     def _drop_trust(self, partner_id: str) -> None:
         """The partner's key no longer gets in here, and its host key is no longer pinned."""
@@ -417,6 +457,7 @@ class ReplicationService:
         except Exception:
             self._remote_forget(partner, rel_id, preserve=bool(reuse))
             raise
+        self._remember_addresses(partner.id, answer.get("repl_addresses"))
         return self.get_relationship(rel_id)
 
     def delete_relationship(self, rel_id, preserve_replica: bool = False) -> None:
@@ -641,23 +682,31 @@ class ReplicationService:
         # at once, without asking the partner first (a round trip, and a process started
         # there): if the replica moved on since, the receive refuses the stream, and the
         # partner is asked after all.
+        # Before a first session, the replica is empty unless it was adopted (reuse): a full
+        # stream goes at once if the partner's replication addresses are known, and a
+        # replica with snapshots refuses it.
         tried = None
         known = self._known_base(rel, last, older)
+        if known is None and last is None and (addresses := self._remembered_addresses(partner.id)) is not None:
+            try:
+                known = None, self._data_address(partner, addresses)
+            except ValidationError:
+                known = None
         if known is not None:
             base, address = known
-            tried = (base.row.id, address)
+            tried = (base.row.id if base else None, address)
             try:
                 return self._send(session_id, row, rel, partner, snap, base, address)
             except RemoteError as exc:
                 first_error = exc
-                log.info("session %s: sending the difference from %s failed (%s); asking the partner for "
-                         "its snapshots", session_id, base.row.name, exc)
+                log.info("session %s: sending %s failed (%s); asking the partner for its snapshots", session_id,
+                         f"the difference from {base.row.name}" if base else "a full stream", exc)
         # One round trip before the stream: the partner's replication addresses and the
         # replica's snapshots (each SSH request is a request to the partner's server).
         remote = self.link.call(partner, "prepare", rel.id)
         addresses = [a for a in remote.get("repl_addresses", []) if isinstance(a, str)]
-        address = partner.address if partner.address in addresses or not addresses else addresses[0]
-        address = validate_address(address, "the partner's replication address")
+        self._remember_addresses(partner.id, addresses)
+        address = self._data_address(partner, addresses)
         remote_by_guid = {str(r.get("guid")): r for r in remote.get("snapshots", [])}
         if snap.props.get("guid") in remote_by_guid:  # sent before (e.g. a retried session)
             with self.store.session() as s:
@@ -816,7 +865,8 @@ class ReplicationService:
             s.add(Relationship(id=rel_id, partner_id=partner.id, local_role=REPLICA, local_vol_id=vol_id,
                                remote_pool_id=str(req.get("primary_pool_id")),
                                remote_vol_id=str(req.get("primary_vol_id")), remote_vol_name=primary_name))
-        return {"vol_id": str(vol_id), "vol_name": name, "pool_id": str(pool_row.id)}
+        return {"vol_id": str(vol_id), "vol_name": name, "pool_id": str(pool_row.id),
+                "repl_addresses": self._repl_addresses()}
 
     def _replica_snapshots(self, rel: Relationship):
         with self.store.session() as s:
