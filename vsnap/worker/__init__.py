@@ -7,10 +7,13 @@ import logging
 import os
 import threading
 import time
+from typing import TYPE_CHECKING
 
-from ..config import Settings
 from ..logs import request_id_var
 from .partner_server import PartnerRequestServer, socket_path
+
+if TYPE_CHECKING:  # the forced SSH command imports this package: no more than it needs
+    from ..config import Settings
 
 log = logging.getLogger(__name__)
 
