@@ -1911,6 +1911,16 @@ def test_serve_create_replica(env, replica, stream):
             r.remote_vol_name) == (P1, REPLICA, answer["vol_id"], "7", "3", "data")
 
 
+def test_serve_create_replica_without_its_addresses(env, replica, stream, caplog):
+    def broken():
+        raise CommandError(["ip", "-j", "addr", "show"], 1, "", "ip: cannot open netlink socket")
+    env.network.list = broken
+    with caplog.at_level(logging.WARNING):
+        answer = _create_replica(env, stream)
+    assert "repl_addresses" not in answer and answer["vol_name"] == "data_replica"
+    assert R2 in env.rels() and "netlink" in caplog.text
+
+
 def test_serve_create_replica_lun(env, replica, stream):
     _create_replica(env, stream, volume_type="lun", size_total=GIB, size_block=4096, name="copy")
     vol = env.volumes.created[-1]

@@ -865,8 +865,12 @@ class ReplicationService:
             s.add(Relationship(id=rel_id, partner_id=partner.id, local_role=REPLICA, local_vol_id=vol_id,
                                remote_pool_id=str(req.get("primary_pool_id")),
                                remote_vol_id=str(req.get("primary_vol_id")), remote_vol_name=primary_name))
-        return {"vol_id": str(vol_id), "vol_name": name, "pool_id": str(pool_row.id),
-                "repl_addresses": self._repl_addresses()}
+        answer = {"vol_id": str(vol_id), "vol_name": name, "pool_id": str(pool_row.id)}
+        try:  # where its first stream should go; without them the primary asks before it
+            answer["repl_addresses"] = self._repl_addresses()
+        except (CommandError, OSError) as exc:
+            log.warning("replica %s made; its replication addresses are unknown: %s", name, describe(exc))
+        return answer
 
     def _replica_snapshots(self, rel: Relationship):
         with self.store.session() as s:
