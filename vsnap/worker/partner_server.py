@@ -151,6 +151,8 @@ class PartnerRequestServer:
                 if request is None:
                     return
                 partner_id, words = request
+                from ..logs import request_id_var
+                request_id_var.set(f"partner-{words[0][:24] if words else '-'}")  # this thread's log lines
                 with os.fdopen(fds.pop(), "rb") as stdin:
                     status, text = answer(self.serve, partner_id, words, stdin)
                 conn.sendall(f"{status}\n{text}\n".encode())
