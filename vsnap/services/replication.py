@@ -677,21 +677,8 @@ class ReplicationService:
         ours = sorted((v for v in view.snapshots.values() if v.volume.row.id == rel.local_vol_id),
                       key=lambda v: (int(v.props.get("createtxg") or v.props.get("creation") or 0), v.row.id))
         older = ours[:[v.row.id for v in ours].index(snap.row.id)]
-        # The last completed session says where the replica stands: the snapshot it sent is
-        # the replica's newest, and the address it used carries data. Then the stream can go
-        # at once, without asking the partner first (a round trip, and a process started
-        # there): if the replica moved on since, the receive refuses the stream, and the
-        # partner is asked after all.
-        # Before a first session, the replica is empty unless it was adopted (reuse): a full
-        # stream goes at once if the partner's replication addresses are known, and a
-        # replica with snapshots refuses it.
         tried = None
-        known = self._known_base(rel, last, older)
-        if known is None and last is None and (addresses := self._remembered_addresses(partner.id)) is not None:
-            try:
-                known = None, self._data_address(partner, addresses)
-            except ValidationError:
-                known = None
+        known = self._without_asking(partner, rel, last, older)
         if known is not None:
             base, address = known
             tried = (base.row.id if base else None, address)
@@ -723,16 +710,25 @@ class ReplicationService:
             raise first_error  # the same stream to the same place: it would fail the same way
         return self._send(session_id, row, rel, partner, snap, base, address)
 
-    @staticmethod
-    def _known_base(rel: Relationship, last: ReplicationSession | None, older: list):
-        """The replica's newest snapshot and the address that reached it, from the last
-        completed session: (base, address), or None when that is not known."""
-        if last is None or last.local_snap_id != rel.last_success_snap_id or not last.repl_address:
-            return None
-        base = next((v for v in older if v.row.id == last.local_snap_id), None)
-        if base is None:  # gone, or not older than the snapshot to send
-            return None
+    def _without_asking(self, partner: Partner, rel: Relationship, last: ReplicationSession | None,
+                        older: list):
+        """Where the replica stands, when that is known without asking the partner (a round
+        trip before the stream): (base snapshot or None for a full stream, address), or None.
+
+        After a completed session, the snapshot it sent is the replica's newest and its address
+        carried data. Before the first one, the replica is empty (unless it was adopted with
+        reuse) and the partner's addresses are known if it gave them. A wrong guess costs
+        little: ZFS refuses an incremental whose base is not the replica's newest snapshot,
+        the partner refuses a full stream onto a replica with snapshots, and then it is asked."""
         try:
+            if last is None:
+                addresses = self._remembered_addresses(partner.id)
+                return None if addresses is None else (None, self._data_address(partner, addresses))
+            if last.local_snap_id != rel.last_success_snap_id or not last.repl_address:
+                return None
+            base = next((v for v in older if v.row.id == last.local_snap_id), None)
+            if base is None:  # gone, or not older than the snapshot to send
+                return None
             return base, validate_address(last.repl_address, "the partner's replication address")
         except ValidationError:
             return None
