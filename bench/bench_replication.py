@@ -21,6 +21,10 @@ target before an incremental). syncoid 2.1.0 (Debian 12) lists a remote host's s
 command line; the bench runs a copy of syncoid with that one line removed (OpenZFS needs no
 fallback).
 
+B holds three full copies at once (raw, syncoid, replica): at 1 GiB its 2-disk pool needs
+disks larger than the lab's default 1G, e.g. a lab made with VSNAP_LAB_DISK_SIZE=3G (the
+bench says so before it starts, when they are too small).
+
     BENCH_SIZE_MIB (1024)  size of the volume's data
     BENCH_CHANGE_PCT (5)   share rewritten before the incremental
     BENCH_ROUNDS (3)       repetitions of each measurement
@@ -142,6 +146,15 @@ def destroy(dataset: str) -> None:
     raise SystemExit(f"cannot destroy {dataset}: {out.stderr}")
 
 
+def check_space(pool: str, needed: float, state: Path) -> None:
+    free = int(sh("zfs", "get", "-Hp", "-o", "value", "available", pool).stdout)
+    if free < needed:
+        raise SystemExit(
+            f"{pool} has {free / 2**30:.1f} GiB free; {needed / 2**30:.1f} GiB are needed for BENCH_SIZE_MIB="
+            f"{SIZE >> 20}. Make the lab of {state} with larger disks (lab/lab.sh: VSNAP_LAB_DISK_SIZE, e.g. 3G, "
+            "applies to disk images it creates) or set BENCH_SIZE_MIB lower.")
+
+
 def change_data(path: str) -> None:
     """Rewrites CHANGE% of the file, spread through it."""
     with open(path, "r+b") as f:
@@ -183,6 +196,8 @@ def main():
         made.append((a, pa))
         pb = b.ok("POST", "/api/pool", json={"name": POOL_B, "pool_type": "raid0", "disk_list": disks_b})
         made.append((b, pb))
+        check_space(POOL_A, 1.2 * SIZE, STATE_A)  # the data, and what each round's change keeps
+        check_space(POOL_B, 3.3 * SIZE, STATE_B)  # three full copies at once (raw, syncoid, replica)
         vol = a.ok("POST", "/api/volume", json={"name": "bench", "volume_type": "filesystem", "pool_id": pa["id"]})
         sh("zfs", "create", SCRATCH)
         b.ok("GET", "/api/volume")  # B adopts the scratch dataset now, not during a measurement
