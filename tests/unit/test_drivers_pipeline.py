@@ -121,6 +121,27 @@ def test_progress_called_with_the_total_even_for_a_quick_stream():
     assert seen and seen[-1] == 1000 == result.bytes_moved
 
 
+def test_the_stream_does_not_wait_for_a_slow_progress_report(tmp_path):
+    # progress() blocks (as a database round trip can) until the consumer has taken the whole
+    # stream: a relay that reported in its own loop would move nothing meanwhile.
+    done = tmp_path / "consumer-done"
+    size = 8 << 20  # more than both pipes hold
+    seen: list[tuple[int, bool]] = []
+
+    def progress(moved):
+        if not seen:
+            end = time.monotonic() + LOOSE
+            while not done.exists() and time.monotonic() < end:
+                time.sleep(0.01)
+        seen.append((moved, done.exists()))
+
+    result = run_pipeline(["head", "-c", str(size), "/dev/zero"], ["sh", "-c", f"md5sum; touch '{done}'"],
+                          progress=progress, stall_seconds=LOOSE, tick=0.05)
+    assert result.bytes_moved == size and result.consumer_rc == 0
+    assert seen[0][1], "the consumer had not got the stream while the first progress report was blocked"
+    assert seen[-1] == (size, True)
+
+
 # =============================================================================================
 # cancel (should_stop)
 # =============================================================================================

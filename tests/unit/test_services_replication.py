@@ -24,12 +24,13 @@ from vsnap.drivers.ssh import normalize_public_key
 from vsnap.drivers.zfs import ZfsDatasetOps
 from vsnap.errors import ConflictError, NotFoundError, ServiceUnavailableError, ValidationError
 from vsnap.services.catalog import CatalogView, SnapshotView, VolumeView, find_one
+from vsnap.services.doorbell import Doorbell
 from vsnap.services.hooks import Hooks
 from vsnap.services.owner import current_owner
 from vsnap.services.replication import (ACTIVE, CANCELED, COMPLETED, FAILED, PENDING, PRIMARY, REPLICA,
                                         PartnerLink, RemoteError, ReplicationService, validate_address,
                                         validate_port)
-from vsnap.store.models import Partner, Pool, Relationship, ReplicationSession, Snapshot, Volume
+from vsnap.store.models import Partner, Pool, Relationship, ReplicationSession, Setting, Snapshot, Volume
 
 from support import SpyLock, empty_tables
 
@@ -101,9 +102,11 @@ class FakeCatalog:
         self.volumes: dict[int, VolumeView] = {}
         self.snapshots: dict[int, SnapshotView] = {}
         self.loads = 0
+        self.load_args: list = []
 
     def load(self, pool_id=None) -> CatalogView:
         self.loads += 1
+        self.load_args.append(pool_id)
         return CatalogView({k: v for k, v in self.volumes.items() if pool_id is None or v.row.pool_id == pool_id},
                            {k: s for k, s in self.snapshots.items()
                             if pool_id is None or s.volume.row.pool_id == pool_id})
@@ -1110,6 +1113,19 @@ def test_start_session_takes_a_snapshot(env, rel):
     assert env.svc.list_sessions(rel) == [body]
 
 
+def test_start_session_rings_the_queues_doorbell(env, rel):
+    listener = Doorbell(env.settings.state_dir / "sessions.bell")
+    try:
+        assert listener.wait(0) is False  # listening, nothing rung yet
+        env.svc.start_session(rel)
+        assert listener.wait(0) is True
+        with pytest.raises(ValidationError):
+            env.svc.start_session(rel, remote_snap_name="a/b")
+        assert listener.wait(0) is False  # nothing queued, nothing rung
+    finally:
+        listener.close()
+
+
 def test_start_session_with_a_snapshot_and_remote_name(env, rel):
     snap = env.snapshot(env.fs, "daily")
     body = env.svc.start_session(rel, snap_id=str(snap), remote_snap_name="daily-copy")
@@ -1288,6 +1304,7 @@ class FakePipeline:
         self.error = error
         self.moves = moves
         self.calls: list[dict] = []
+        self.results: list = []  # one per call, first to last (a result or an exception), then `result`
 
     def __call__(self, producer, consumer, *, progress=None, should_stop=None, stall_seconds=60.0, tick=0.5):
         self.calls.append({"producer": producer, "consumer": consumer, "stall_seconds": stall_seconds,
@@ -1296,6 +1313,11 @@ class FakePipeline:
             progress(moved)
         if self.error:
             raise self.error
+        if self.results:
+            result = self.results.pop(0)
+            if isinstance(result, BaseException):
+                raise result
+            return result
         return self.result
 
 
@@ -1463,6 +1485,227 @@ def test_progress_is_recorded(env, rel, sending, monkeypatch):
     assert env.sess(sid).size_sent == 3000
 
 
+# -- after a completed session: the stream goes at once, the partner asked only if it refuses ----
+
+def _completed(env, rel, snap, address="10.5.0.2", remote_id="31"):
+    """A session of `snap` that completed through `address`, as _end leaves it."""
+    sid = env.session(rel, snap, status=ACTIVE, owner=current_owner())
+    with env.store.session() as s:
+        s.get(ReplicationSession, sid).repl_address = address
+    env.svc._end(sid, COMPLETED, None, remote_snap_id=remote_id, size_sent=100)
+    return sid
+
+
+def _refused(message):
+    return PipelineResult(10, -9, "", 1, json.dumps({"error": message}), "", producer_killed=True)
+
+
+@pytest.fixture
+def replicated(env, rel, sending):
+    """s1 on the replica, sent by a completed session through 10.5.0.2; s2 newer, to send."""
+    s1 = env.snapshot(env.fs, "s1", guid="111", creation=100)
+    _completed(env, rel, s1)
+    s2 = env.snapshot(env.fs, "s2", guid="222", creation=200)
+    env.link.answers["info"] = {"system_id": REMOTE_SYS, "repl_addresses": ["10.5.0.2"]}
+    env.link.answers["snapshots"] = {"snapshots": [{"id": "31", "name": "s1", "guid": "111"}]}
+    return SimpleNamespace(s1=s1, s2=s2)
+
+
+def test_incremental_after_a_completed_session_asks_the_partner_nothing(env, rel, sending, replicated):
+    sid = _claimed(env, rel, replicated.s2)
+    env.svc.run_session(sid)
+    row = env.sess(sid)
+    assert (row.status, row.remote_snap_id, row.repl_address) == (COMPLETED, "55", "10.5.0.2")
+    assert env.link.calls == []
+    (call,) = sending.calls
+    assert call["producer"] == ["zfs", "send", "-i", "p/fs@s1", "p/fs@s2"]
+    assert call["consumer"] == ["ssh-fake", P1, "10.5.0.2", "8922", "--", "recv", rel, "s2", "incremental"]
+
+
+def test_a_refused_stream_asks_the_partner_and_sends_from_the_base_it_has(env, rel, sending, replicated):
+    # The replica lost s1 (destroyed by hand there) but has s0: the receive refuses the
+    # difference from s1; the partner's answer gives the base.
+    s0 = env.snapshot(env.fs, "s0", guid="100", creation=50)
+    env.link.answers["snapshots"] = {"snapshots": [{"id": "30", "name": "s0", "guid": "100"}]}
+    sending.results = [_refused("cannot receive incremental stream: most recent snapshot does not match")]
+    sid = _claimed(env, rel, replicated.s2)
+    env.svc.run_session(sid)
+    assert env.sess(sid).status == COMPLETED, env.sess(sid).message
+    assert [c.op for c in env.link.calls] == ["prepare"]
+    assert [c["producer"] for c in sending.calls] == [["zfs", "send", "-i", "p/fs@s1", "p/fs@s2"],
+                                                      ["zfs", "send", "-i", "p/fs@s0", "p/fs@s2"]]
+    assert env.rels()[rel].last_success_snap_id == replicated.s2 and s0
+
+
+def test_a_refusal_that_asking_cannot_change_is_not_sent_twice(env, rel, sending, replicated):
+    # The partner confirms s1 and the address: the same stream would be refused the same way.
+    sending.results = [_refused("destination vbenchrb/fs_replica has been modified since most recent snapshot")]
+    sid = _claimed(env, rel, replicated.s2)
+    env.svc.run_session(sid)
+    row = env.sess(sid)
+    assert row.status == FAILED and "modified" in row.message
+    assert [c.op for c in env.link.calls] == ["prepare"] and len(sending.calls) == 1
+
+
+def test_an_address_gone_since_the_last_session_asks_the_partner(env, rel, sending, replicated):
+    env.link.answers["info"] = {"system_id": REMOTE_SYS, "repl_addresses": ["10.6.0.2"]}
+    sending.results = [PipelineResult(0, -9, "", 255, "", "ssh: connect to host 10.5.0.2 port 8922: No route\n",
+                                      producer_killed=True)]
+    sid = _claimed(env, rel, replicated.s2)
+    env.svc.run_session(sid)
+    row = env.sess(sid)
+    assert (row.status, row.repl_address) == (COMPLETED, "10.6.0.2")
+    assert [c["consumer"][2] for c in sending.calls] == ["10.5.0.2", "10.6.0.2"]
+
+
+def test_an_unreachable_partner_is_still_unreachable(env, rel, sending, replicated):
+    sending.results = [PipelineResult(0, -9, "", 255, "", "ssh: connect to host 10.5.0.2: Connection refused\n",
+                                      producer_killed=True)]
+    env.link.answers["info"] = RemoteError("partner 10.0.0.2:8922 unreachable over SSH: refused", unreachable=True)
+    sid = _claimed(env, rel, replicated.s2)
+    env.svc.run_session(sid)
+    row = env.sess(sid)
+    assert row.status == FAILED and "unreachable" in row.message and len(sending.calls) == 1
+
+
+def test_a_snapshot_the_replica_has_already_completes_after_asking(env, rel, sending, replicated):
+    # A retried session: the partner refuses the name, its answer shows the snapshot is there.
+    env.link.answers["snapshots"] = {"snapshots": [{"id": "31", "name": "s1", "guid": "111"},
+                                                   {"id": "32", "name": "s2", "guid": "222"}]}
+    sending.results = [_refused("The replica already has a snapshot named s2")]
+    sid = _claimed(env, rel, replicated.s2)
+    env.svc.run_session(sid)
+    row = env.sess(sid)
+    assert (row.status, row.remote_snap_id, row.size_sent) == (COMPLETED, "32", 0)
+    assert len(sending.calls) == 1
+
+
+def test_a_cancel_during_the_stream_asks_nothing_more(env, rel, sending, replicated):
+    sending.results = [PipelineStopped(CANCELED)]
+    sid = _claimed(env, rel, replicated.s2)
+    env.svc.run_session(sid)
+    assert (env.sess(sid).status, env.sess(sid).message) == (FAILED, CANCELED)
+    assert env.link.calls == [] and len(sending.calls) == 1
+
+
+def test_the_partner_is_asked_when_the_last_sent_snapshot_is_gone_here(env, rel, sending, replicated):
+    del env.catalog.snapshots[replicated.s1]  # destroyed on the primary since
+    env.snapshot(env.fs, "s0", guid="100", creation=50)
+    env.link.answers["snapshots"] = {"snapshots": [{"id": "30", "name": "s0", "guid": "100"},
+                                                   {"id": "31", "name": "s1", "guid": "111"}]}
+    sid = _claimed(env, rel, replicated.s2)
+    env.svc.run_session(sid)
+    assert env.sess(sid).status == COMPLETED
+    assert [c.op for c in env.link.calls] == ["prepare"]
+    assert [c["producer"] for c in sending.calls] == [["zfs", "send", "-i", "p/fs@s0", "p/fs@s2"]]
+
+
+def test_the_partner_is_asked_when_sending_an_older_snapshot_than_the_last(env, rel, sending, replicated):
+    s05 = env.snapshot(env.fs, "s05", guid="105", creation=60)  # older than s1, the last sent
+    env.link.answers["snapshots"] = {"snapshots": [{"id": "31", "name": "s1", "guid": "111"}]}
+    sid = _claimed(env, rel, s05)
+    env.svc.run_session(sid)
+    row = env.sess(sid)
+    assert row.status == FAILED and "none in common" in row.message
+    assert [c.op for c in env.link.calls] == ["prepare"] and sending.calls == []
+
+
+def test_only_a_completed_session_tells_where_the_replica_stands(env, rel, sending):
+    s1 = env.snapshot(env.fs, "s1", guid="111", creation=100)
+    env.session(rel, s1, status=FAILED, message="stalled")
+    s2 = env.snapshot(env.fs, "s2", guid="222", creation=200)
+    sid = _claimed(env, rel, s2)
+    env.svc.run_session(sid)
+    assert [c.op for c in env.link.calls] == ["prepare"]
+    assert sending.calls[0]["producer"] == ["zfs", "send", "p/fs@s2"]
+
+
+# -- a first session: the replica's addresses, as the partner gave them, spare the round trip -----
+
+def _new_relationship(env, addresses):
+    """A relationship of the filesystem volume with P1 (partnered by the `rel` fixture of
+    `sending`), made through the service, the partner's answer giving `addresses`."""
+    env.svc.delete_relationship(R1)  # the fixture's own, of the same volume
+    answer = replica_answer()
+    if addresses is not None:
+        answer = lambda partner, args, body, plain=answer(None, [], None): {**plain, "repl_addresses": addresses}
+    env.link.answers["create-replica"] = answer
+    rel_id = env.svc.create_relationship(str(env.fs), P1)["id"]
+    env.link.calls.clear()
+    return rel_id
+
+
+def test_a_first_session_streams_at_once_to_the_address_given_with_the_replica(env, sending):
+    rel = _new_relationship(env, ["10.7.0.2", "10.7.0.3"])
+    sid = _claimed(env, rel, env.snapshot(env.fs, "s1", guid="111"))
+    env.svc.run_session(sid)
+    row = env.sess(sid)
+    assert (row.status, row.repl_address) == (COMPLETED, "10.7.0.2")
+    assert env.link.calls == []
+    (call,) = sending.calls
+    assert call["producer"] == ["zfs", "send", "p/fs@s1"]
+    assert call["consumer"][2] == "10.7.0.2" and call["consumer"][-1] == "full"
+
+
+def test_a_first_session_uses_the_partners_address_when_it_carries_replication(env, sending):
+    rel = _new_relationship(env, ["10.0.0.2", "10.7.0.2"])
+    sid = _claimed(env, rel, env.snapshot(env.fs, "s1"))
+    env.svc.run_session(sid)
+    assert env.sess(sid).repl_address == "10.0.0.2" and env.link.calls == []
+
+
+def test_a_first_session_without_known_addresses_asks(env, sending):
+    rel = _new_relationship(env, None)  # a partner that does not give them
+    sid = _claimed(env, rel, env.snapshot(env.fs, "s1"))
+    env.svc.run_session(sid)
+    assert env.sess(sid).status == COMPLETED and [c.op for c in env.link.calls] == ["prepare"]
+
+
+def test_an_adopted_replica_refuses_the_full_stream_and_gets_the_incremental(env, sending):
+    rel = _new_relationship(env, ["10.7.0.2"])
+    s1 = env.snapshot(env.fs, "s1", guid="111", creation=100)
+    s2 = env.snapshot(env.fs, "s2", guid="222", creation=200)
+    env.link.answers["info"] = {"system_id": REMOTE_SYS, "repl_addresses": ["10.7.0.2"]}
+    env.link.answers["snapshots"] = {"snapshots": [{"id": "31", "name": "s1", "guid": "111"}]}
+    sending.results = [_refused("The replica already has snapshots: only an incremental stream can follow")]
+    sid = _claimed(env, rel, s2)
+    env.svc.run_session(sid)
+    assert env.sess(sid).status == COMPLETED
+    assert [c["producer"] for c in sending.calls] == [["zfs", "send", "p/fs@s2"],
+                                                      ["zfs", "send", "-i", "p/fs@s1", "p/fs@s2"]]
+    assert s1
+
+
+def test_asking_refreshes_the_addresses_for_the_next_first_session(env, sending):
+    rel = _new_relationship(env, None)
+    env.link.answers["info"] = {"system_id": REMOTE_SYS, "repl_addresses": ["10.8.0.2"]}
+    env.svc.run_session(_claimed(env, rel, env.snapshot(env.fs, "s1")))
+    assert env.svc._remembered_addresses(P1) == ["10.8.0.2"]
+    env.link.answers["create-replica"] = replica_answer()  # (no addresses: an older partner)
+    other = env.svc.create_relationship(str(env.lun), P1)["id"]
+    env.link.calls.clear()
+    sid = _claimed(env, other, env.snapshot(env.lun, "l1"))
+    env.svc.run_session(sid)
+    assert env.sess(sid).repl_address == "10.8.0.2" and env.link.calls == []
+
+
+def test_the_addresses_go_with_the_partner(env, sending):
+    rel = _new_relationship(env, ["10.7.0.2"])
+    env.svc.delete_relationship(rel)
+    assert env.svc._remembered_addresses(P1) == ["10.7.0.2"]
+    env.svc.delete_partner(P1)
+    assert env.svc._remembered_addresses(P1) is None
+    with env.store.session() as s:
+        assert s.get(Setting, f"partner-repl-addresses:{P1}") is None
+
+
+def test_partnering_again_forgets_the_old_partnerships_addresses(env):
+    env.partner(P2, system_id=REMOTE_SYS)
+    env.svc._remember_addresses(P2, ["10.9.0.2"])
+    create(env)  # the same appliance again, as P1: the old partnership is replaced
+    assert env.svc._remembered_addresses(P2) is None
+
+
 # =============================================================================================
 # serve(): the requests a partner makes over SSH
 # =============================================================================================
@@ -1540,6 +1783,24 @@ def test_serve_full_receive(env, replica, stream):
     assert answer == {"snap_id": str(snap.row.id)}
     assert env.ds.calls == [("unmount", "p/fs_replica"), ("receive", "p/fs_replica@s1", True, stream.fileno()),
                             ("mount", "p/fs_replica")]
+
+
+def test_serve_reads_only_the_replicas_pool(env, replica, stream):
+    other = env.pool("q")
+    env.volume(other, "elsewhere")
+    env.snapshot(env.replica_vol, "s1", guid="111")
+    env.catalog.load_args.clear()
+    env.svc.serve(P1, ["prepare", R1], stream)
+    env.svc.serve(P1, ["recv", R1, "s2", "incremental"], stream)
+    assert env.catalog.load_args and set(env.catalog.load_args) == {env.p.id}
+
+
+def test_session_reads_only_the_primarys_pool(env, rel, sending):
+    env.volume(env.pool("q"), "elsewhere")
+    sid = _claimed(env, rel, env.snapshot(env.fs, "s1"))
+    env.catalog.load_args.clear()
+    env.svc.run_session(sid)
+    assert env.sess(sid).status == COMPLETED and env.catalog.load_args == [env.p.id]
 
 
 def test_serve_incremental_receive(env, replica, stream):
@@ -1644,9 +1905,20 @@ def test_serve_create_replica(env, replica, stream):
     assert ("set", "p/data_replica", "readonly", "on") in env.ds.calls
     assert ("set", "p/data_replica", "atime", "off") in env.ds.calls
     assert answer["vol_name"] == "data_replica" and answer["pool_id"] == str(env.p.id)
+    assert answer["repl_addresses"] == ["10.0.0.1", "10.2.0.1", "10.2.0.9"]  # its first stream goes there
     r = env.rels()[R2]
     assert (r.partner_id, r.local_role, str(r.local_vol_id), r.remote_vol_id, r.remote_pool_id,
             r.remote_vol_name) == (P1, REPLICA, answer["vol_id"], "7", "3", "data")
+
+
+def test_serve_create_replica_without_its_addresses(env, replica, stream, caplog):
+    def broken():
+        raise CommandError(["ip", "-j", "addr", "show"], 1, "", "ip: cannot open netlink socket")
+    env.network.list = broken
+    with caplog.at_level(logging.WARNING):
+        answer = _create_replica(env, stream)
+    assert "repl_addresses" not in answer and answer["vol_name"] == "data_replica"
+    assert R2 in env.rels() and "netlink" in caplog.text
 
 
 def test_serve_create_replica_lun(env, replica, stream):

@@ -3,9 +3,16 @@
 The relay moves data with splice(2) between the two pipes (no copy through user space), so it
 costs next to nothing, and it is where progress is measured, stalls are noticed and a cancel
 takes effect. Both commands are argument lists, never a shell.
+
+The data never waits for the bookkeeping: one thread only relays (a pipe's worth, 1 MiB, at
+a time), and a watcher thread reports progress, asks whether to stop and notices stalls once
+a tick; when the transfer must end it kills both commands and the relay stops within a tick.
+(Done in the relay's own loop, each progress report and cancel check held the data up for a
+database round trip: about a tenth of the time on a busy machine.)
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import select
 import signal
@@ -16,6 +23,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 CHUNK = 1 << 20
+PIPE_SIZE = 1 << 20  # Linux's default limit for an unprivileged process (fs.pipe-max-size)
 
 
 class PipelineStopped(Exception):
@@ -39,13 +47,55 @@ def _read_all(stream, sink: list[bytes]) -> None:
         sink.append(chunk)
 
 
+def _enlarge(fd: int) -> None:
+    """A pipe holds 64 KiB by default: larger, each splice moves more and the relay wakes less."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:
+        pass  # a smaller pipe still works
+
+
+class _Watch:
+    """What the watcher thread shares with the relay: the bytes moved and when they last moved
+    (written by the relay), and why the transfer must end (written by the watcher)."""
+
+    def __init__(self):
+        self.moved = 0
+        self.last_move = time.monotonic()
+        self.reason: str | None = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+
+def _watch(watch: _Watch, procs, progress, should_stop, stall_seconds: float, tick: float) -> None:
+    """Once a tick: the stall limit, a cancel, progress. Ending the transfer kills both commands
+    at once (a command stuck in a write or a read ends with them); the relay sees why within a
+    tick."""
+    try:
+        while not watch.done.wait(tick):
+            if time.monotonic() - watch.last_move > stall_seconds:
+                watch.reason = f"stalled: no data moved for {stall_seconds:g} s"
+            elif should_stop is not None and (reason := should_stop()):
+                watch.reason = reason
+            elif progress is not None:
+                progress(watch.moved)
+            if watch.reason is not None:
+                break
+    except BaseException as exc:  # e.g. the database failed: the relay re-raises it
+        watch.error = exc
+    if watch.reason is not None or watch.error is not None:
+        for proc in procs:
+            _kill(proc)
+
+
 def run_pipeline(producer: list[str], consumer: list[str], *,
                  progress: Callable[[int], None] | None = None,
                  should_stop: Callable[[], str | None] | None = None,
                  stall_seconds: float = 60.0, tick: float = 0.5) -> PipelineResult:
     """Runs producer | consumer. `progress(bytes)` is called about every `tick` seconds while
     data moves; `should_stop()` returning a reason ends both commands and raises
-    PipelineStopped(reason), as does no data moving for `stall_seconds`."""
+    PipelineStopped(reason), as does no data moving for `stall_seconds`. While the stream flows
+    both are called from a thread of the relay's own, so they must be thread-safe."""
     prod = subprocess.Popen(producer, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         cons = subprocess.Popen(consumer, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -57,55 +107,55 @@ def run_pipeline(producer: list[str], consumer: list[str], *,
                for s, k in ((prod.stderr, "perr"), (cons.stdout, "cout"), (cons.stderr, "cerr"))]
     for r in readers:
         r.start()
-    moved = 0
     src, dst = prod.stdout.fileno(), cons.stdin.fileno()
-    last_move = last_report = time.monotonic()
-    reason = None
+    _enlarge(src)
+    _enlarge(dst)
+    watch = _Watch()
+    watcher = threading.Thread(target=_watch, args=(watch, (prod, cons), progress, should_stop, stall_seconds, tick),
+                               name="pipeline-watch", daemon=True)
+    watcher.start()
     consumer_gone = False
     flags = os.SPLICE_F_NONBLOCK | os.SPLICE_F_MOVE
     try:
-        while True:
-            now = time.monotonic()
-            if now - last_move > stall_seconds:
-                reason = f"stalled: no data moved for {stall_seconds:g} s"
-                break
-            # Both may cost a database round trip: once a tick, not once a chunk.
-            if now - last_report >= tick:
-                last_report = now
-                if should_stop is not None and (reason := should_stop()):
-                    break
-                if progress is not None:
-                    progress(moved)
-            # Wait for data, then for room: never blocked in splice, so a stall or a cancel is
-            # seen within a tick whichever side is stuck.
+        while watch.reason is None and watch.error is None:
+            # Wait for data, then for room, a tick at most: never blocked in splice, so the
+            # relay ends within a tick of the watcher's decision even if a killed command
+            # left its end of a pipe open (in a child of its own, say).
             if not select.select([src], [], [], tick)[0] or not select.select([], [dst], [], tick)[1]:
                 continue
             try:
                 n = os.splice(src, dst, CHUNK, flags=flags)
             except BlockingIOError:
                 continue
-            except BrokenPipeError:  # the consumer gave up; its exit status says why
+            except BrokenPipeError:  # the consumer gave up (or was killed); its exit status says why
                 consumer_gone = True
                 break
             if n == 0:
-                break  # end of the stream
-            moved += n
-            last_move = time.monotonic()
+                break  # end of the stream (or the producer was killed)
+            watch.moved += n
+            watch.last_move = time.monotonic()
     except BaseException:
         # Whatever went wrong here, a half-relayed stream must not end as a clean one.
+        watch.done.set()
         for proc in (prod, cons):
             _kill(proc)
             proc.wait()
         raise
     finally:
-        if reason is not None:
-            _kill(prod)
-            _kill(cons)
+        watch.done.set()
+        watcher.join()
         try:
             cons.stdin.close()
         except BrokenPipeError:
             pass
         prod.stdout.close()
+    moved = watch.moved
+    if watch.error is not None:
+        for proc in (prod, cons):
+            _kill(proc)
+            proc.wait()
+        raise watch.error
+    reason = watch.reason
     producer_killed = consumer_killed = False
     if reason is None:
         if consumer_gone:

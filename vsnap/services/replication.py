@@ -27,8 +27,9 @@ from ..drivers.zfs import ZfsDatasetOps
 from ..logs import request_id_var
 from ..errors import (ApiError, ConflictError, NotFoundError, ServiceUnavailableError, ValidationError)
 from ..store.db import Store
-from ..store.models import Partner, Relationship, ReplicationSession, Snapshot, Volume, now
+from ..store.models import Partner, Relationship, ReplicationSession, Setting, Snapshot, Volume, now
 from .catalog import FILEBACKED, READY, Catalog, parse_id
+from .doorbell import Doorbell
 from .locking import StorageLock
 from .owner import current_owner, owner_alive
 from .shares import normalize_host
@@ -131,6 +132,7 @@ class ReplicationService:
         self.ssh = ssh
         self.link = PartnerLink(ssh, runner)
         self.lock = lock
+        self.doorbell = Doorbell(settings.state_dir / "sessions.bell")  # wakes the queue's worker
         volumes.before_volume_delete.append(self._refuse_if_replicated)
         volumes.before_volume_rename.append(self._refuse_replica_rename)
         pools.before_pool_delete.append(self._refuse_pool_with_relationships)
@@ -263,6 +265,7 @@ class ReplicationService:
             raise ConflictError(f"This appliance is already partnered with {old.address} (partner {old.id}) "
                                 "and relationships use it")
         s.delete(old)
+        self._forget_addresses(s, old.id)
         s.flush()
         self._drop_trust(old.id)
 
@@ -271,7 +274,46 @@ class ReplicationService:
             row = s.get(Partner, partner_id)
             if row is not None:
                 s.delete(row)
+            self._forget_addresses(s, partner_id)
         self._drop_trust(partner_id)
+
+    # The partner's replication addresses, as it last gave them (creating a replica, or before a
+    # stream): a first session can then stream at once, to the right address. Kept in the
+    # settings table (no schema change); a stale list only costs the round trip it saves.
+    @staticmethod
+    def _addresses_key(partner_id: str) -> str:
+        return f"partner-repl-addresses:{partner_id}"
+
+    def _remember_addresses(self, partner_id: str, addresses) -> None:
+        if not isinstance(addresses, list):
+            return
+        value = json.dumps([a for a in addresses if isinstance(a, str)][:64])
+        with self.store.session() as s:
+            row = s.get(Setting, self._addresses_key(partner_id))
+            if row is None:
+                s.add(Setting(key=self._addresses_key(partner_id), value=value))
+            elif row.value != value:
+                row.value = value
+
+    def _remembered_addresses(self, partner_id: str) -> list[str] | None:
+        with self.store.session() as s:
+            row = s.get(Setting, self._addresses_key(partner_id))
+            try:
+                return json.loads(row.value) if row is not None and row.value else None
+            except ValueError:
+                return None
+
+    def _forget_addresses(self, s, partner_id: str) -> None:
+        row = s.get(Setting, self._addresses_key(partner_id))
+        if row is not None:
+            s.delete(row)
+
+    @staticmethod
+    def _data_address(partner: Partner, addresses: list[str]) -> str:
+        """Where a stream goes: the partner's address if it carries replication, else its
+        first replication address."""
+        address = partner.address if partner.address in addresses or not addresses else addresses[0]
+        return validate_address(address, "the partner's replication address")
 
     def _drop_trust(self, partner_id: str) -> None:
         """The partner's key no longer gets in here, and its host key is no longer pinned."""
@@ -415,6 +457,7 @@ class ReplicationService:
         except Exception:
             self._remote_forget(partner, rel_id, preserve=bool(reuse))
             raise
+        self._remember_addresses(partner.id, answer.get("repl_addresses"))
         return self.get_relationship(rel_id)
 
     def delete_relationship(self, rel_id, preserve_replica: bool = False) -> None:
@@ -538,7 +581,9 @@ class ReplicationService:
                                      remote_snap_name=remote_snap_name or snap["name"], status=PENDING)
             s.add(row)
             s.flush()
-            return self.render_session(row)
+            body = self.render_session(row)
+        self.doorbell.ring()  # committed: the worker starts it now, not at its next look
+        return body
 
     def cancel_session(self, session_id) -> dict:
         with self.store.session() as s:
@@ -620,33 +665,79 @@ class ReplicationService:
             row = s.get(ReplicationSession, session_id)
             rel = s.get(Relationship, row.rel_id)
             partner = s.get(Partner, rel.partner_id)
+            volume = s.get(Volume, rel.local_vol_id)
+            last = s.query(ReplicationSession).filter(
+                ReplicationSession.rel_id == rel.id, ReplicationSession.status == COMPLETED,
+                ReplicationSession.id != session_id).order_by(ReplicationSession.id.desc()).first()
             s.expunge_all()
-        view = self.catalog.load()
+        view = self.catalog.load(volume.pool_id if volume is not None else None)
         snap = view.snapshots.get(row.local_snap_id)
         if snap is None or snap.volume.row.id != rel.local_vol_id:
             raise ValueError(f"Snapshot {row.local_snap_name} of the primary volume no longer exists")
-        # One round trip before the stream: the partner's replication addresses and the
-        # replica's snapshots (each SSH request starts a process there).
-        remote = self.link.call(partner, "prepare", rel.id)
-        addresses = [a for a in remote.get("repl_addresses", []) if isinstance(a, str)]
-        address = partner.address if partner.address in addresses or not addresses else addresses[0]
-        address = validate_address(address, "the partner's replication address")
-        with self.store.session() as s:
-            s.get(ReplicationSession, session_id).repl_address = address
-        remote_by_guid = {str(r.get("guid")): r for r in remote.get("snapshots", [])}
-        if snap.props.get("guid") in remote_by_guid:  # sent before (e.g. a retried session)
-            return {"remote_snap_id": str(remote_by_guid[snap.props["guid"]].get("id")), "size_sent": 0}
         ours = sorted((v for v in view.snapshots.values() if v.volume.row.id == rel.local_vol_id),
                       key=lambda v: (int(v.props.get("createtxg") or v.props.get("creation") or 0), v.row.id))
+        older = ours[:[v.row.id for v in ours].index(snap.row.id)]
+        tried = None
+        known = self._without_asking(partner, rel, last, older)
+        if known is not None:
+            base, address = known
+            tried = (base.row.id if base else None, address)
+            try:
+                return self._send(session_id, row, rel, partner, snap, base, address)
+            except RemoteError as exc:
+                first_error = exc
+                log.info("session %s: sending %s failed (%s); asking the partner for its snapshots", session_id,
+                         f"the difference from {base.row.name}" if base else "a full stream", exc)
+        # One round trip before the stream: the partner's replication addresses and the
+        # replica's snapshots (each SSH request is a request to the partner's server).
+        remote = self.link.call(partner, "prepare", rel.id)
+        addresses = [a for a in remote.get("repl_addresses", []) if isinstance(a, str)]
+        self._remember_addresses(partner.id, addresses)
+        address = self._data_address(partner, addresses)
+        remote_by_guid = {str(r.get("guid")): r for r in remote.get("snapshots", [])}
+        if snap.props.get("guid") in remote_by_guid:  # sent before (e.g. a retried session)
+            with self.store.session() as s:
+                s.get(ReplicationSession, session_id).repl_address = address
+            return {"remote_snap_id": str(remote_by_guid[snap.props["guid"]].get("id")), "size_sent": 0}
         base = None
-        for candidate in ours:
-            if candidate.row.id == snap.row.id:
-                break
+        for candidate in older:
             if candidate.props.get("guid") in remote_by_guid:
                 base = candidate
         if base is None and remote_by_guid:
             raise ValueError("The replica has snapshots, but none in common with the primary's snapshots "
                              f"older than {snap.row.name}: an incremental send has no base")
+        if tried is not None and tried == (base.row.id if base else None, address):
+            raise first_error  # the same stream to the same place: it would fail the same way
+        return self._send(session_id, row, rel, partner, snap, base, address)
+
+    def _without_asking(self, partner: Partner, rel: Relationship, last: ReplicationSession | None,
+                        older: list):
+        """Where the replica stands, when that is known without asking the partner (a round
+        trip before the stream): (base snapshot or None for a full stream, address), or None.
+
+        After a completed session, the snapshot it sent is the replica's newest and its address
+        carried data. Before the first one, the replica is empty (unless it was adopted with
+        reuse) and the partner's addresses are known if it gave them. A wrong guess costs
+        little: ZFS refuses an incremental whose base is not the replica's newest snapshot,
+        the partner refuses a full stream onto a replica with snapshots, and then it is asked."""
+        try:
+            if last is None:
+                addresses = self._remembered_addresses(partner.id)
+                return None if addresses is None else (None, self._data_address(partner, addresses))
+            if last.local_snap_id != rel.last_success_snap_id or not last.repl_address:
+                return None
+            base = next((v for v in older if v.row.id == last.local_snap_id), None)
+            if base is None:  # gone, or not older than the snapshot to send
+                return None
+            return base, validate_address(last.repl_address, "the partner's replication address")
+        except ValidationError:
+            return None
+
+    def _send(self, session_id: int, row: ReplicationSession, rel: Relationship, partner: Partner, snap,
+              base, address: str) -> dict:
+        """Streams `snap` (its difference from `base`, or in full) to the replica at `address`."""
+        with self.store.session() as s:
+            s.get(ReplicationSession, session_id).repl_address = address
         producer = self.ds.send_argv(snap.zfs_name, base.zfs_name if base else None)
         consumer = self.ssh.command(partner.id, address, partner.ssh_port,
                                     ["recv", rel.id, row.remote_snap_name, "incremental" if base else "full"])
@@ -770,10 +861,20 @@ class ReplicationService:
             s.add(Relationship(id=rel_id, partner_id=partner.id, local_role=REPLICA, local_vol_id=vol_id,
                                remote_pool_id=str(req.get("primary_pool_id")),
                                remote_vol_id=str(req.get("primary_vol_id")), remote_vol_name=primary_name))
-        return {"vol_id": str(vol_id), "vol_name": name, "pool_id": str(pool_row.id)}
+        answer = {"vol_id": str(vol_id), "vol_name": name, "pool_id": str(pool_row.id)}
+        try:  # where its first stream should go; without them the primary asks before it
+            answer["repl_addresses"] = self._repl_addresses()
+        except (CommandError, OSError) as exc:
+            log.warning("replica %s made; its replication addresses are unknown: %s", name, describe(exc))
+        return answer
 
     def _replica_snapshots(self, rel: Relationship):
-        view = self.catalog.load()
+        with self.store.session() as s:
+            row = s.get(Volume, rel.local_vol_id)
+            pool_id = row.pool_id if row is not None else None
+        if pool_id is None:
+            raise NotFoundError("The replica volume no longer exists")
+        view = self.catalog.load(pool_id)  # the replica's pool only: not every pool's datasets
         volume = view.volumes.get(rel.local_vol_id)
         if volume is None:
             raise NotFoundError("The replica volume no longer exists")

@@ -7,9 +7,13 @@ import logging
 import os
 import threading
 import time
+from typing import TYPE_CHECKING
 
-from ..config import Settings
 from ..logs import request_id_var
+from .partner_server import PartnerRequestServer, socket_path
+
+if TYPE_CHECKING:  # the forced SSH command imports this package: no more than it needs
+    from ..config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +25,8 @@ class Worker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._fd: int | None = None
+        self._partner_requests: PartnerRequestServer | None = None
+        self.queue_interval = 0.5  # seconds between looks at the replication queue, unless rung
 
     def start(self) -> None:
         if self._thread is None:
@@ -29,6 +35,8 @@ class Worker:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._partner_requests is not None:
+            self._partner_requests.stop()
 
     def _lead(self) -> bool:
         """Waits until this process holds the worker lock (or is told to stop)."""
@@ -47,6 +55,7 @@ class Worker:
         request_id_var.set("worker")
         if not self._lead():
             return
+        self._serve_partner_requests()
         threading.Thread(target=self._run_sessions, name="vsnap-sessions", daemon=True).start()
         threading.Thread(target=self._run_stamping, name="vsnap-stamping", daemon=True).start()
         targets = self.services.targets
@@ -72,6 +81,18 @@ class Worker:
                 log.exception("worker: stamping snapshots failed")
             self._stop.wait(self.settings.target_resync_interval)
 
+    def _serve_partner_requests(self) -> None:
+        """Partners' requests (the forced SSH command) are answered in this process, whose
+        service layer is built already; without it each request builds one of its own."""
+        server = PartnerRequestServer(socket_path(self.settings.state_dir), self.services.replication.serve)
+        try:
+            server.start()
+        except OSError as exc:
+            log.warning("worker: partner requests will be answered in-process: cannot listen at %s: %s",
+                        server.path, exc)
+            return
+        self._partner_requests = server
+
     def _run_sessions(self) -> None:
         """The replication queue: PENDING sessions start in order, one at a time per
         relationship, up to `repl_parallel` at once."""
@@ -80,19 +101,29 @@ class Worker:
             replication.fail_interrupted()
         except Exception:
             log.exception("worker: could not settle interrupted sessions")
-        running: dict[str, threading.Thread] = {}  # relationship id -> its transfer
-        while not self._stop.wait(0.5):
+        running: dict[str, threading.Event] = {}  # relationship id -> set when its transfer ended
+        while not self._stop.is_set():
+            replication.doorbell.wait(self.queue_interval)  # rung when a session is queued or one ends
+            if self._stop.is_set():
+                break
             try:
-                for rel_id in [r for r, t in running.items() if not t.is_alive()]:
+                for rel_id in [r for r, ended in running.items() if ended.is_set()]:
                     del running[rel_id]
                 while len(running) < self.settings.repl_parallel:
                     session_id = replication.claim_next(set(running))
                     if session_id is None:
                         break
                     rel_id = replication.get_session(session_id)["rel_id"]
-                    thread = threading.Thread(target=replication.run_session, args=(session_id,),
-                                              name=f"vsnap-session-{session_id}", daemon=True)
-                    running[rel_id] = thread
-                    thread.start()
+                    running[rel_id] = ended = threading.Event()
+                    threading.Thread(target=self._run_session, args=(session_id, ended),
+                                     name=f"vsnap-session-{session_id}", daemon=True).start()
             except Exception:
                 log.exception("worker: session dispatch failed")
+
+    def _run_session(self, session_id: int, ended: threading.Event) -> None:
+        replication = self.services.replication
+        try:
+            replication.run_session(session_id)
+        finally:
+            ended.set()
+            replication.doorbell.ring()  # a session queued behind this one starts now
