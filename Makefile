@@ -24,7 +24,7 @@ APT_PACKAGES := zfs-fuse tgt libiscsi-bin nfs-ganesha nfs-ganesha-vfs rpcbind li
 	samba smbclient openssh-server openssh-client iproute2 openssl util-linux procps \
 	passwd nginx
 
-.PHONY: run test bench stop stop-test setup setup-test deps lab bootstrap install clean-venv
+.PHONY: run test bench stop stop-test stop-bench setup setup-test deps lab bootstrap install clean-venv
 
 deps: $(STAMPS)/venv
 
@@ -70,14 +70,26 @@ test-long: setup-test
 	VSNAP_STATE_B=$(TEST_STATE_B) VSNAP_PORT_B=$(TEST_PORT_B) VSNAP_SSH_PORT_B=$(TEST_SSH_PORT_B) \
 		$(PY) -m pytest -ra -m long $(PYTEST_ARGS)
 
-# Benchmarks against the raw commands, on the test lab's two appliances (see bench/).
-bench: setup-test
+# Benchmarks against the raw commands (see bench/), on two appliances of their own: lab disks
+# of 3 GiB, since the partner holds three copies of the 1 GiB replication data at once.
+BENCH_STATE ?= /var/lib/vsnap-bench
+BENCH_PORT ?= 8950
+BENCH_SSH_PORT ?= 8952
+BENCH_STATE_B ?= /var/lib/vsnap-bench-b
+BENCH_PORT_B ?= 8960
+BENCH_SSH_PORT_B ?= 8962
+
+bench: deps
 	@command -v wrk >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk
 	@command -v syncoid >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends sanoid
-	VSNAP_STATE=$(TEST_STATE) VSNAP_PORT=$(TEST_PORT) VSNAP_SSH_PORT=$(TEST_SSH_PORT) \
+	VSNAP_STATE=$(BENCH_STATE) VSNAP_SSH_PORT=$(BENCH_SSH_PORT) VSNAP_LAB_DISK_SIZE=3G lab/lab.sh up
+	VSNAP_STATE=$(BENCH_STATE) $(PY) -m vsnap.bootstrap --no-account
+	VSNAP_STATE=$(BENCH_STATE_B) VSNAP_SSH_PORT=$(BENCH_SSH_PORT_B) VSNAP_LAB_DISKS=3 VSNAP_LAB_DISK_SIZE=3G lab/lab.sh up
+	VSNAP_STATE=$(BENCH_STATE_B) $(PY) -m vsnap.bootstrap --no-account
+	VSNAP_STATE=$(BENCH_STATE) VSNAP_PORT=$(BENCH_PORT) VSNAP_SSH_PORT=$(BENCH_SSH_PORT) \
 		$(PY) bench/bench_api.py
-	VSNAP_STATE=$(TEST_STATE) VSNAP_PORT=$(TEST_PORT) VSNAP_SSH_PORT=$(TEST_SSH_PORT) \
-	VSNAP_STATE_B=$(TEST_STATE_B) VSNAP_PORT_B=$(TEST_PORT_B) VSNAP_SSH_PORT_B=$(TEST_SSH_PORT_B) \
+	VSNAP_STATE=$(BENCH_STATE) VSNAP_PORT=$(BENCH_PORT) VSNAP_SSH_PORT=$(BENCH_SSH_PORT) \
+	VSNAP_STATE_B=$(BENCH_STATE_B) VSNAP_PORT_B=$(BENCH_PORT_B) VSNAP_SSH_PORT_B=$(BENCH_SSH_PORT_B) \
 		$(PY) bench/bench_replication.py
 
 stop:
@@ -86,6 +98,10 @@ stop:
 stop-test:
 	VSNAP_STATE=$(TEST_STATE_B) lab/lab.sh down
 	VSNAP_STATE=$(TEST_STATE) lab/lab.sh down
+
+stop-bench:
+	VSNAP_STATE=$(BENCH_STATE_B) lab/lab.sh down
+	VSNAP_STATE=$(BENCH_STATE) lab/lab.sh down
 
 # Production install (README "Running it in production"): a copy of the source in
 # $(PREFIX)/src, installed with its pinned dependencies into the venv $(PREFIX)/venv (editable,

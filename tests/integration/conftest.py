@@ -90,7 +90,11 @@ def appliance(admin):
                                                                 "VSNAP_TARGET_RESYNC_INTERVAL": "5",
                                                                 "VSNAP_REPL_STALL_SECONDS": "5"}).start()
     server.account = admin
-    sweep_test_pools(server)  # an interrupted earlier run may have left some
+    try:
+        sweep_test_pools(server)  # an interrupted earlier run may have left some
+    except BaseException:
+        server.stop()  # else it keeps the port, and every later run talks to it
+        raise
     yield server
     server.stop()
 
