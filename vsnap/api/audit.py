@@ -3,7 +3,7 @@ from __future__ import annotations
 import marshmallow as ma
 from flask import current_app
 
-from .common import Blueprint, StrictSchema
+from .common import Blueprint, Size, StrictSchema
 
 blp = Blueprint("audit", __name__, url_prefix="/api/audit", description="Audit trail of changes")
 
@@ -27,7 +27,7 @@ class AuditListSchema(ma.Schema):
 
 
 class AuditQuerySchema(StrictSchema):
-    limit = ma.fields.Integer(load_default=100, validate=ma.validate.Range(min=1, max=10000))
+    limit = Size(load_default=100, validate=ma.validate.Range(min=1, max=10000))
     user = ma.fields.String(validate=ma.validate.Length(min=1, max=256))
 
 

@@ -157,7 +157,9 @@ class Size(ma.fields.Integer):
         super().__init__(strict=False, **kwargs)
 
     def _deserialize(self, value, attr, data, **kwargs):
-        if isinstance(value, bool) or (isinstance(value, str) and not value.strip().isdigit()) \
+        # isascii: int() also reads other scripts' digits ("١٢" is 12), which no client means
+        if isinstance(value, bool) or (isinstance(value, str) and not (value.strip().isascii()
+                                                                       and value.strip().isdigit())) \
                 or isinstance(value, float):
             raise ma.ValidationError("Not a valid size: expected a whole number of bytes.")
         return super()._deserialize(value, attr, data, **kwargs)
