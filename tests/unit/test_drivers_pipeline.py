@@ -139,7 +139,7 @@ def test_the_stream_does_not_wait_for_a_slow_progress_report(tmp_path):
                           progress=progress, stall_seconds=LOOSE, tick=0.05)
     assert result.bytes_moved == size and result.consumer_rc == 0
     assert seen[0][1], "the consumer had not got the stream while the first progress report was blocked"
-    assert seen[-1] == (size, True)
+    assert seen[-1][0] == size  # (whether the consumer has touched its file by then is a race)
 
 
 # =============================================================================================
