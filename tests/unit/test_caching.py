@@ -1231,3 +1231,14 @@ def test_a_read_keeps_only_what_a_snapshot_needs():
     assert all(k is keys[0] for k in keys)
     assert parse_zfs_get(text)["tank/v@s"] == {"used": "0", "mountpoint": "-", "guid": "7",
                                                "com.vsnap:snap_id": "-"}  # all, without the filter
+
+
+def test_a_long_expired_view_is_read_anew_by_the_request(cat):
+    """An idle server's kept view (older than three lifetimes) is not served: the request reads,
+    and sees what changed outside meanwhile (the bench listed 100 snapshots of 1,000 before)."""
+    first = cat.catalog.load()
+    cat.ds.trees["tank"]["tank/v"]["used"] = "999"  # changed outside: no bump
+    cat.clock.advance(60)
+    second = cat.catalog.load()
+    assert second is not first and second.volumes[cat.vol].props["used"] == "999"
+    assert cat.ds.reads == 2

@@ -213,7 +213,7 @@ class Catalog:
     def _current(self, fresh: bool) -> CatalogView:
         if self.generation is None or self.max_age <= 0:
             return self._read()[0]
-        kept = self._kept
+        kept = rejected = self._kept
         if not fresh and kept is not None and kept.token == self.generation.read():
             age, lifetime = self.clock() - kept.started, max(self.max_age, 10 * kept.cost)
             if age <= lifetime:
@@ -223,9 +223,10 @@ class Catalog:
                 return kept.view
             # Long expired (an idle server, or reads failing): this request reads for itself.
         asked = self.clock()
-        with self._reading:  # a read another thread finished meanwhile may do
+        with self._reading:  # a read another thread finished meanwhile may do (not the one refused)
             kept = self._kept
-            if kept is not None and kept.token == self.generation.read() and (not fresh or kept.started >= asked):
+            if kept is not None and kept is not rejected and kept.token == self.generation.read() \
+                    and (not fresh or kept.started >= asked):
                 return kept.view
             kept = self._read_and_keep()
         return kept.view if kept.settled else self._read_settling().view
