@@ -179,6 +179,7 @@ class Proxied:
         if self.with_server:
             env = {**os.environ, "VSNAP_STATE": str(STATE), "VSNAP_SSH_PORT": str(SSH_PORT),
                    "VSNAP_BIND": f"unix:{self.socket}", "VSNAP_PLAIN_HTTP": "1",
+                   "VSNAP_ACCESS_LOG": "-",  # gunicorn's access line shows the client address
                    "VSNAP_TRUSTED_PROXY": "1",
                    # The suite's server runs the worker. Failed logins are counted per address
                    # in the shared database, and the suite's 401 tests leave many from
