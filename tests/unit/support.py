@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+from vsnap.drivers.zfs import PoolSummary
 from vsnap.services.locking import StorageLock
-from vsnap.store.models import Base
+from vsnap.store.models import Base, Pool
 
 
 def empty_tables(store) -> None:
@@ -27,3 +28,28 @@ class SpyLock(StorageLock):
         self.taken += 1
         with super().held():
             yield
+
+
+class FakePools:
+    """The pool service as the catalog sees it: pool rows, and which of them ZFS has now."""
+
+    def __init__(self, store):
+        self.store = store
+        self.live: list[tuple[Pool, PoolSummary]] = []
+
+    def add(self, name, guid) -> int:
+        with self.store.session() as s:
+            row = Pool(name=name, guid=guid, pool_type="raid0", state="ready")
+            s.add(row)
+            s.flush()
+        self.live.append((row, PoolSummary(name, guid, "ONLINE")))
+        return row.id
+
+    def _live(self):
+        return list(self.live)
+
+    def _find(self, pool_id=None, name=None):
+        for row, summary in self._live():
+            if str(row.id) == str(pool_id) or summary.name == name:
+                return row, summary
+        raise AssertionError("unknown pool")

@@ -35,7 +35,7 @@ import vsnap.drivers.runner as runner_mod
 import vsnap.drivers.zfs as zfs_mod
 from vsnap.api.common import Blueprint, DumpMemo, list_or_detail
 from vsnap.drivers.runner import CommandError, CommandNotFound, CommandTimeout, Runner, changes_storage
-from vsnap.drivers.zfs import PoolSummary, ZfsDatasetOps, ZfsDriver
+from vsnap.drivers.zfs import ZfsDatasetOps, ZfsDriver
 from vsnap.errors import AuthenticationError
 from vsnap.services.catalog import (PROP_SNAP_ID, PROP_VOL_ID, USER_PROPS, Catalog, CatalogView,
                                     SnapshotView, VolumeView, fresh_reads)
@@ -46,7 +46,7 @@ from vsnap.store.db import Store
 from vsnap.store.generation import Generation
 from vsnap.store.models import AuditEvent, AuthFailure, Base, Pool, Setting, Snapshot, Volume
 
-from support import SpyLock, empty_tables
+from support import FakePools, SpyLock, empty_tables
 
 WAIT = 10.0  # seconds any wait for another thread may take before the test fails
 
@@ -541,29 +541,6 @@ class CountingDs:
         if name in self.stamp_fails:
             raise self.stamp_fails[name]
         self.trees[name.split("/")[0]][name][prop] = value
-
-
-class FakePools:
-    def __init__(self, store):
-        self.store = store
-        self.live: list[tuple[Pool, PoolSummary]] = []
-
-    def add(self, name, guid) -> int:
-        with self.store.session() as s:
-            row = Pool(name=name, guid=guid, pool_type="raid0", state="ready")
-            s.add(row)
-            s.flush()
-        self.live.append((row, PoolSummary(name, guid, "ONLINE")))
-        return row.id
-
-    def _live(self):
-        return list(self.live)
-
-    def _find(self, pool_id=None, name=None):
-        for row, summary in self._live():
-            if str(row.id) == str(pool_id) or summary.name == name:
-                return row, summary
-        raise AssertionError("unknown pool")
 
 
 class CountingGeneration(Generation):

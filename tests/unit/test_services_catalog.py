@@ -12,13 +12,12 @@ import pytest
 from sqlalchemy import event
 
 from vsnap.drivers.runner import CommandError
-from vsnap.drivers.zfs import PoolSummary
 from vsnap.services.catalog import (PROP_SERIAL, PROP_SNAP_ID, PROP_TYPE, PROP_VOL_ID, USER_PROPS,
                                     Catalog, CatalogView, SnapshotView, VolumeView, _split)
 from vsnap.services.locking import StorageLock
 from vsnap.store.models import Pool, Snapshot, Volume
 
-from support import SpyLock, empty_tables
+from support import FakePools, SpyLock, empty_tables
 
 DEAD_OWNER = f"{2 ** 22 + 12345}:12345"
 
@@ -96,23 +95,6 @@ class CannedDs:
             raise self.fail_set
         pool = name.split("/", 1)[0].split("@", 1)[0]
         self.trees[pool][name][prop] = value
-
-
-class FakePools:
-    def __init__(self, store):
-        self.store = store
-        self.live: list[tuple[Pool, PoolSummary]] = []
-
-    def add(self, name, guid) -> int:
-        with self.store.session() as s:
-            row = Pool(name=name, guid=guid, pool_type="raid0", state="ready")
-            s.add(row)
-            s.flush()
-        self.live.append((row, PoolSummary(name, guid, "ONLINE")))
-        return row.id
-
-    def _live(self):
-        return list(self.live)
 
 
 @pytest.fixture
