@@ -479,6 +479,10 @@ StrictModes no
 AllowTcpForwarding no
 X11Forwarding no
 PrintMotd no
+# sshd runs the forced command through root's shell, and bash sources ~/.bashrc for a
+# command over SSH unless SHLVL says it is nested. A slow or wedged .bashrc (a stale pyenv
+# rehash lock made every login wait 60 s on the lab machine) must not stall replication.
+SetEnv SHLVL=1
 EOF
 )
     write_file "$SSHD_CONF" "$conf"
