@@ -775,8 +775,10 @@ class DeleteShared(Op):
     def check(self, w, st, done):
         v = _volume_named(w, self.vol)
         assert not (v and done)
-        if v:  # not deleted: whole, with its data (its share or mapping may have gone first)
+        if v:  # not deleted: whole, with its data and still shared or mapped (those go only
+            # once the volume is marked for deletion, and a restart then finishes the delete)
             assert v["id"] == st["vol"]["id"] and sha256(st["path"]) == st["sha"]
+            assert (v["share_id"] is not None) if self.kind == "filesystem" else v["host_ids"] == [w.host["id"]], v
 
     def cleanup(self, w, st):
         if v := _volume_named(w, self.vol):

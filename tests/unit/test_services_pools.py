@@ -1207,4 +1207,30 @@ def test_delete_refused_by_a_hook_keeps_the_pool(env):
     with pytest.raises(ConflictError):
         env.svc.delete(str(pool_id))
     [row] = rows(env.store)
-    assert row.state == "ready"
+    assert (row.state, row.owner) == ("ready", None)
+    assert env.ops.mutations() == []
+
+
+def test_delete_guard_runs_before_anything_changes(env):
+    pool_id, _ = make_pool(env, "tank")
+    seen, hooked = [], []
+
+    def guard(pool_id, name):
+        seen.append(rows(env.store)[0].state)
+        raise ConflictError("Pool tank holds volumes in replication relationships")
+
+    env.svc.refuse_pool_delete.append(guard)
+    env.svc.before_pool_delete.append(lambda pool_id, name: hooked.append(name))
+    with pytest.raises(ConflictError, match="relationships"):
+        env.svc.delete(str(pool_id))
+    assert seen == ["ready"] and hooked == [] and env.ops.mutations() == []
+    [row] = rows(env.store)
+    assert (row.state, row.owner) == ("ready", None)
+
+
+def test_delete_lets_shares_go_once_the_pool_is_marked_deleting(env):
+    pool_id, _ = make_pool(env, "tank")
+    seen = []
+    env.svc.before_pool_delete.append(lambda pool_id, name: seen.append(rows(env.store)[0].state))
+    env.svc.delete(str(pool_id))
+    assert seen == ["deleting"]  # a crash from here on finishes the delete at the next start

@@ -115,6 +115,7 @@ class FakeCatalog:
 class FakeVolumes:
     def __init__(self, env):
         self.env = env
+        self.refuse_volume_delete = Hooks()
         self.before_volume_delete = Hooks()
         self.before_volume_rename = Hooks()
         self.backings: dict[int, tuple[str, int]] = {}
@@ -136,7 +137,8 @@ class FakeVolumes:
 
     def delete(self, vol_id) -> None:
         v = self._find(self.env.catalog.load(), vol_id)
-        self.before_volume_delete.run(v.row.id)  # like the real one: the guards may refuse
+        self.refuse_volume_delete.run(v.row.id)  # like the real one: the guards may refuse
+        self.before_volume_delete.run(v.row.id)
         self.deleted.append(v.row.id)
         del self.env.catalog.volumes[v.row.id]
         with self.env.store.session() as s:
@@ -161,6 +163,7 @@ class FakeSnapshots:
 class FakePools:
     def __init__(self, env):
         self.env = env
+        self.refuse_pool_delete = Hooks()
         self.before_pool_delete = Hooks()
 
     def _live(self):
@@ -1058,8 +1061,8 @@ def test_volume_delete_guard(env):
     env.relationship(replica, P1, REPLICA)
     for vol_id in (env.fs, replica):
         with pytest.raises(ConflictError, match="delete the relationship first"):
-            env.volumes.before_volume_delete.run(vol_id)
-    env.volumes.before_volume_delete.run(env.lun)  # not replicated: fine
+            env.volumes.refuse_volume_delete.run(vol_id)
+    env.volumes.refuse_volume_delete.run(env.lun)  # not replicated: fine
 
 
 def test_rename_guard_only_for_replicas(env):
@@ -1080,11 +1083,11 @@ def test_pool_delete_guard(env):
     other = env.volume(q, "other")
     env.relationship(env.fs, P1)
     with pytest.raises(ConflictError, match="relationships"):
-        env.pools.before_pool_delete.run(env.p.id, "p")
-    env.pools.before_pool_delete.run(q.id, "q")
+        env.pools.refuse_pool_delete.run(env.p.id, "p")
+    env.pools.refuse_pool_delete.run(q.id, "q")
     env.relationship(other, P1, REPLICA)
     with pytest.raises(ConflictError):
-        env.pools.before_pool_delete.run(q.id, "q")
+        env.pools.refuse_pool_delete.run(q.id, "q")
 
 
 # =============================================================================================

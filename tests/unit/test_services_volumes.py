@@ -578,7 +578,9 @@ def test_delete_destroys_dataset_and_row_after_hooks(env):
 
     env.svc.before_volume_delete.append(hook)
     env.svc.delete("1")
-    assert seen == [(1, [], "ready")]  # called before anything is destroyed
+    # called before anything is destroyed, once the row says DELETING: a crash from here on
+    # finishes the delete instead of leaving the volume without its shares
+    assert seen == [(1, [], "deleting")]
     assert env.ds.mutations("destroy") == [("destroy", "tank/fs1", True)]
     assert rows(env.store) == []
     with env.store.session() as s:
@@ -611,6 +613,36 @@ def test_delete_refused_when_filebacked_luns_use_it(env):
         env.svc.delete("1")
     assert hooked == [] and env.ds.mutations("destroy") == []
     assert len(rows(env.store)) == 3
+
+
+def test_delete_refused_by_a_guard_changes_nothing(env):
+    make_fs(env)
+    seen, hooked = [], []
+
+    def guard(vol_id):
+        seen.append(row(env.store, vol_id).state)
+        raise ConflictError("Volume 1 is the primary of relationship r; delete the relationship first")
+
+    env.svc.refuse_volume_delete.append(guard)
+    env.svc.before_volume_delete.append(hooked.append)
+    with pytest.raises(ConflictError, match="relationship"):
+        env.svc.delete("1")
+    assert seen == ["ready"] and hooked == [] and env.ds.mutations("destroy") == []
+    r = row(env.store, 1)
+    assert (r.state, r.owner) == ("ready", None)
+
+
+def test_delete_hook_failure_puts_the_row_back_to_ready(env):
+    make_fs(env)
+
+    def hook(vol_id):
+        raise CommandError(["exportfs", "-ra"], 1, "", "exportfs: failed\n")
+
+    env.svc.before_volume_delete.append(hook)
+    with pytest.raises(CommandError):
+        env.svc.delete("1")
+    r = row(env.store, 1)
+    assert (r.state, r.owner) == ("ready", None) and env.ds.mutations("destroy") == []
 
 
 def test_delete_filebacked_lun_destroys_nothing(env):
@@ -827,6 +859,16 @@ def test_recover_deleting_finishes_the_delete(env):
     env.svc.recover()
     assert env.ds.mutations() == [("destroy", "tank/v", True)]
     assert rows(env.store) == [] and "tank/v" not in env.ds.data
+
+
+def test_recover_deleting_lets_shares_and_mappings_go_before_the_destroy(env):
+    vid = add_row(env.store, pool_id=env.pool_id, name="v", state="deleting", owner=DEAD_OWNER, guid="1")
+    env.ds.add("tank/v", **{PROP_VOL_ID: str(vid)})
+    seen = []
+    env.svc.before_volume_delete.append(lambda vol_id: seen.append((vol_id, list(env.ds.mutations()))))
+    env.svc.recover()
+    assert seen == [(vid, [])]
+    assert env.ds.mutations() == [("destroy", "tank/v", True)] and rows(env.store) == []
 
 
 def test_recover_deleting_already_gone(env):

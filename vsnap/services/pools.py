@@ -96,8 +96,11 @@ class PoolService:
         self.disk_driver = disk_driver
         self.system = system
         self.lock = lock
-        # Shares and LUN mappings register here to let go of a pool's datasets before it is
-        # renamed (export/import) or destroyed, and to follow the new name after a rename.
+        # Replication may refuse a delete; these hooks only check, before anything changes.
+        # Shares and LUN mappings register to let go of a pool's datasets before it is renamed
+        # (export/import) or destroyed (once it is marked DELETING, so a crash finishes the
+        # delete), and to follow the new name after a rename.
+        self.refuse_pool_delete = Hooks()  # (pool_id, name) -> None, or raises
         self.before_pool_delete = Hooks()  # (pool_id, name) -> undo
         self.before_pool_rename = Hooks()  # (name) -> undo
         self.after_pool_rename: list = []  # (old name, new name)
@@ -425,10 +428,15 @@ class PoolService:
     def delete(self, pool_id: str) -> None:
         with self.lock.held():
             row, summary = self._find(pool_id)
-            undo = self.before_pool_delete.run(row.id, summary.name)  # may refuse: then nothing has changed
+            self.refuse_pool_delete.run(row.id, summary.name)
             with self.store.session() as s:
                 r = s.get(Pool, row.id)
                 r.state, r.owner = DELETING, current_owner()
+            try:
+                undo = self.before_pool_delete.run(row.id, summary.name)
+            except Exception:
+                self._set_ready(row.id, summary.name)
+                raise
             try:
                 self._destroy(row.id, summary.name)
             except CommandError as exc:

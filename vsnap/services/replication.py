@@ -133,9 +133,9 @@ class ReplicationService:
         self.link = PartnerLink(ssh, runner)
         self.lock = lock
         self.doorbell = Doorbell(settings.state_dir / "sessions.bell")  # wakes the queue's worker
-        volumes.before_volume_delete.append(self._refuse_if_replicated)
+        volumes.refuse_volume_delete.append(self._refuse_if_replicated)
         volumes.before_volume_rename.append(self._refuse_replica_rename)
-        pools.before_pool_delete.append(self._refuse_pool_with_relationships)
+        pools.refuse_pool_delete.append(self._refuse_pool_with_relationships)
 
     def serve_command(self, partner_id: str) -> list[str]:
         """What a partner's key may run here: the replication command, for that partner only."""

@@ -77,8 +77,11 @@ class VolumeService:
         self.catalog = catalog
         self.pools = pools
         self.lock = lock
-        # Shares and LUN mappings register here: they are removed before a volume goes away,
-        # and told when its dataset is renamed.
+        # Replication may refuse a delete; these hooks only check, and run before anything
+        # changes. Shares and LUN mappings then register to be removed before a volume goes
+        # away (once it is marked DELETING, so a crash finishes the delete and never leaves the
+        # volume without them), and are told when its dataset is renamed.
+        self.refuse_volume_delete = Hooks()  # (vol_id) -> None, or raises
         self.before_volume_delete = Hooks()  # (vol_id) -> undo
         self.before_volume_rename = Hooks()  # (vol_id) -> undo
         self.after_volume_rename: list = []  # (vol_id, old dataset, new dataset)
@@ -391,21 +394,27 @@ class VolumeService:
             if dependents:
                 raise ConflictError(f"Volume {v.row.name} holds the files of file-backed LUNs: "
                                     f"{', '.join(dependents)}; delete them first")
-            undo = self.before_volume_delete.run(v.row.id)  # may refuse: then nothing has changed
-            with self.store.session() as s:
-                row = s.get(Volume, v.row.id)
-                row.state, row.owner = DELETING, current_owner()
+            self.refuse_volume_delete.run(v.row.id)
+            self._set_state(v.row.id, DELETING, current_owner())
+            try:
+                undo = self.before_volume_delete.run(v.row.id)
+            except Exception:
+                self._set_state(v.row.id, READY, None)
+                raise
             try:
                 if v.props is not None:
                     self.ds.destroy(v.dataset, recursive=True)
             except CommandError as exc:
-                with self.store.session() as s:
-                    row = s.get(Volume, v.row.id)
-                    row.state, row.owner = READY, None
+                self._set_state(v.row.id, READY, None)
                 undo()
                 raise ConflictError(f"Volume {v.row.name} could not be destroyed: {describe(exc)}") from exc
             with self.store.session() as s:
                 s.delete(s.get(Volume, v.row.id))
+
+    def _set_state(self, vol_id: int, state: str, owner) -> None:
+        with self.store.session() as s:
+            row = s.get(Volume, vol_id)
+            row.state, row.owner = state, owner
 
     # -- recovery ---------------------------------------------------------------------------
     def recover(self) -> None:
@@ -440,6 +449,7 @@ class VolumeService:
         stamped = self.ds.get(dataset, [PROP_VOL_ID, "guid", "mountpoint", "type", PROP_VOLSIZE]) \
             if self._exists(dataset) else {}
         if row.state == DELETING:
+            self.before_volume_delete.run(row.id)  # shares and mappings the crash left behind
             if stamped.get(PROP_VOL_ID) == str(row.id):
                 self.ds.destroy(dataset, recursive=True)
             with self.store.session() as s:
