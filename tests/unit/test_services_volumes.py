@@ -871,6 +871,16 @@ def test_recover_deleting_lets_shares_and_mappings_go_before_the_destroy(env):
     assert env.ds.mutations() == [("destroy", "tank/v", True)] and rows(env.store) == []
 
 
+def test_recover_waits_for_a_pool_that_is_not_imported(env, caplog):
+    gone = env.pools.add("away")
+    env.pools.live = [(r, summary) for r, summary in env.pools.live if r.id != gone]
+    vid = add_row(env.store, pool_id=gone, name="v", state="deleting", owner=DEAD_OWNER, guid="1")
+    env.svc.recover()
+    assert [(r.id, r.state) for r in rows(env.store)] == [(vid, "deleting")]  # kept for later
+    assert env.ds.mutations() == []
+    assert [r.levelname for r in caplog.records if "not imported" in r.getMessage()] == ["WARNING"]
+
+
 def test_recover_deleting_already_gone(env):
     add_row(env.store, pool_id=env.pool_id, name="v", state="deleting", owner=DEAD_OWNER, guid="1")
     env.svc.recover()

@@ -427,7 +427,10 @@ class VolumeService:
             for row in rows:
                 try:
                     self._recover_row(row)
-                except (CommandError, NotFoundError, OSError) as exc:
+                except NotFoundError:
+                    log.warning("volume %s (%s): its pool is not imported; the interrupted change is "
+                                "finished at a start that finds the pool", row.id, row.name)
+                except (CommandError, OSError) as exc:
                     log.error("volume %s (%s): recovery failed: %s", row.id, row.name, exc)
 
     def _remount_volumes(self) -> None:
