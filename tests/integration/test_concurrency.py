@@ -17,14 +17,13 @@ import collections
 import os
 import random
 import re
-import subprocess
 import threading
 import time
 
 import pytest
 import requests
 
-from .conftest import STATE
+from .system_state import nfs_exports, smb_shares, tgt_targets_by_name, zfs_tree
 from .zfs_tools import PREFIX, unused
 
 CLIENTS = int(os.environ.get("VSNAP_CONCURRENCY_CLIENTS", "50"))
@@ -41,41 +40,6 @@ IQN = "iqn.2026-11.test.vsnap:conc-{}"
 DOCUMENTED = {400, 404, 409}
 BAD_WORDS = ("database is locked", "OperationalError", "Traceback", "sqlite3.")
 FRESH = {"Cache-Control": "no-cache"}
-
-
-# -- the real system, read with its own tools -----------------------------------------------------
-def zfs_tree(pool: str) -> dict[str, dict[str, str]]:
-    out = subprocess.run(["zfs", "get", "-Hp", "-r", "-o", "name,property,value",
-                          "type,com.vsnap:vol_id,com.vsnap:snap_id", pool],
-                         capture_output=True, text=True, check=True, timeout=120).stdout
-    tree: dict[str, dict[str, str]] = {}
-    for line in out.splitlines():
-        name, prop, value = line.split("\t")
-        tree.setdefault(name, {})[prop] = value
-    return tree
-
-
-def nfs_exports() -> set[str]:
-    return set(re.findall(r'Path = "([^"]*)";', (STATE / "nfs" / "exports.conf").read_text()))
-
-
-def smb_shares() -> dict[str, str]:
-    text = (STATE / "samba" / "shares.conf").read_text()
-    return dict(re.findall(r"^\[([^\]]+)\]\s*\n\s*path = (.*)$", text, re.M))
-
-
-def tgt_luns() -> dict[str, set[str]]:
-    """{target name: {backing file}} of every tgt target (tgt's LUN 0 controller left out)."""
-    out = subprocess.run(["tgtadm", "--lld", "iscsi", "--op", "show", "--mode", "target"],
-                         capture_output=True, text=True, check=True, timeout=60).stdout
-    targets: dict[str, set[str]] = {}
-    current = None
-    for line in out.splitlines():
-        if m := re.match(r"^Target \d+: (\S+)$", line):
-            current = targets.setdefault(m.group(1), set())
-        elif current is not None and (m := re.match(r"^\s+Backing store path: (/\S+)$", line)):
-            current.add(m.group(1))
-    return targets
 
 
 # -- the shared world -------------------------------------------------------------------------------
@@ -301,7 +265,7 @@ def assert_consistent(app, pool: dict) -> None:
     nfs = {s["name"] for s in shares.values() if s["share_type"] == "nfs"}
     smb = {s["name"]: f"/vsnap/{name}/{details[s['vol_id']]['name']}" for s in shares.values()
            if s["share_type"] == "smb"}
-    assert {p for p in nfs_exports() if p.startswith(f"/vsnap/{name}/")} == nfs
+    assert {p for p in nfs_exports().values() if p.startswith(f"/vsnap/{name}/")} == nfs
     assert {k: v for k, v in smb_shares().items() if v.strip().startswith(f"/vsnap/{name}/")} == smb
     for v in details.values():
         assert (v["share_id"] is not None) == any(s["vol_id"] == v["id"] for s in shares.values()), v
@@ -310,7 +274,7 @@ def assert_consistent(app, pool: dict) -> None:
     hosts = {h["id"]: app.ok("GET", f"/api/host/{h['id']}", headers=FRESH)
              for h in app.ok("GET", "/api/host", headers=FRESH)["hosts"] if h["name"] in HOST_NAMES}
     targets = {t["host_id"]: t["wwn"] for t in app.ok("GET", "/api/target", headers=FRESH)["targets"]}
-    seen = tgt_luns()
+    seen = {name: set(luns.values()) for name, (_, luns) in tgt_targets_by_name().items()}
     for hid, h in hosts.items():
         want = {f"/vsnap/{name}/{details[m['vol_id']]['name']}/vsnap-lun.img" for m in h["mapped_luns"]}
         got = {p for p in seen.get(targets.get(hid, "-"), set()) if p.startswith(f"/vsnap/{name}/")}

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import signal
 import subprocess
 import threading
@@ -37,9 +36,9 @@ from typing import Callable
 import pytest
 import requests
 
-from .conftest import STATE
 from .test_replication import (_pids, _thaw, checksums, pair, partner_b, relate,  # noqa: F401 (fixtures)
                                wait_session)
+from .system_state import nfs_exports, smb_shares, tgt_targets, zfs_tree
 from .zfs_tools import PREFIX, unused
 
 FAULT = "VSNAP_FAULT_KILL_AFTER_COMMANDS"
@@ -69,63 +68,6 @@ def write_random(path: str, size: int, offset: int = 0) -> None:
         f.write(os.urandom(size))
         f.flush()
         os.fsync(f.fileno())
-
-
-# -- the real system, read with its own tools -----------------------------------------------------
-def zfs_tree(pool: str) -> dict[str, dict[str, str]]:
-    out = subprocess.run(["zfs", "get", "-Hp", "-r", "-o", "name,property,value",
-                          "type,com.vsnap:vol_id,com.vsnap:snap_id", pool],
-                         capture_output=True, text=True, check=True, timeout=60).stdout
-    tree: dict[str, dict[str, str]] = {}
-    for line in out.splitlines():
-        name, prop, value = line.split("\t")
-        tree.setdefault(name, {})[prop] = value
-    return tree
-
-
-def nfs_exports() -> dict[int, str]:
-    text = (STATE / "nfs" / "exports.conf").read_text()
-    return {int(i): p for i, p in re.findall(r'Export_Id = (\d+);\s*Path = "([^"]*)";', text)}
-
-
-def smb_shares() -> dict[str, str]:
-    text = (STATE / "samba" / "shares.conf").read_text()
-    return dict(re.findall(r"^\[([^\]]+)\]\s*\n\s*path = (.*)$", text, re.M))
-
-
-def base_iqn() -> str:
-    return "iqn.2026-11.local.vsnap:" + (STATE / "system-id").read_text().strip()
-
-
-def tgt_targets() -> dict[int, tuple[set[str], dict[int, str]]]:
-    """This appliance's tgt targets: {host id: ({ACL}, {lun: backing file})}; LUN 0 (tgt's
-    controller) left out."""
-    out = subprocess.run(["tgtadm", "--lld", "iscsi", "--op", "show", "--mode", "target"],
-                         capture_output=True, text=True, check=True, timeout=60).stdout
-    prefix = base_iqn() + ":host"
-    targets: dict[int, tuple[set[str], dict[int, str]]] = {}
-    current, section, lun = None, None, None
-    for raw in out.splitlines():
-        if m := re.match(r"^Target \d+: (\S+)$", raw):
-            name = m.group(1)
-            current = None
-            if name.startswith(prefix) and name[len(prefix):].isdigit():
-                current = targets.setdefault(int(name[len(prefix):]), (set(), {}))
-            section = None
-            continue
-        line = raw.strip()
-        if current is None or not line:
-            continue
-        if line.endswith("information:"):
-            section = line
-        elif section == "LUN information:":
-            if m := re.match(r"^LUN: (\d+)$", line):
-                lun = int(m.group(1))
-            elif line.startswith("Backing store path:") and lun:
-                current[1][lun] = line.split(":", 1)[1].strip()
-        elif section == "ACL information:":
-            current[0].add(line)
-    return targets
 
 
 def nfs_ls(path: str) -> subprocess.CompletedProcess:

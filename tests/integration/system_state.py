@@ -1,0 +1,70 @@
+"""The real system this appliance drives, read with its own tools and files, independently of
+the server under test: ZFS, the NFS exports, Samba's shares and tgt's targets."""
+from __future__ import annotations
+
+import re
+import subprocess
+
+from .conftest import STATE
+
+
+def zfs_tree(pool: str) -> dict[str, dict[str, str]]:
+    """{dataset: {property: value}} of every dataset and snapshot of the pool, with vsnap's
+    stamps."""
+    out = subprocess.run(["zfs", "get", "-Hp", "-r", "-o", "name,property,value",
+                          "type,com.vsnap:vol_id,com.vsnap:snap_id", pool],
+                         capture_output=True, text=True, check=True, timeout=120).stdout
+    tree: dict[str, dict[str, str]] = {}
+    for line in out.splitlines():
+        name, prop, value = line.split("\t")
+        tree.setdefault(name, {})[prop] = value
+    return tree
+
+
+def nfs_exports() -> dict[int, str]:
+    """{export id: path} of the NFS server's exports file."""
+    text = (STATE / "nfs" / "exports.conf").read_text()
+    return {int(i): p for i, p in re.findall(r'Export_Id = (\d+);\s*Path = "([^"]*)";', text)}
+
+
+def smb_shares() -> dict[str, str]:
+    """{share name: path} of Samba's shares file."""
+    text = (STATE / "samba" / "shares.conf").read_text()
+    return dict(re.findall(r"^\[([^\]]+)\]\s*\n\s*path = (.*)$", text, re.M))
+
+
+def base_iqn() -> str:
+    return "iqn.2026-11.local.vsnap:" + (STATE / "system-id").read_text().strip()
+
+
+def tgt_targets_by_name() -> dict[str, tuple[set[str], dict[int, str]]]:
+    """Every tgt target: {target name: ({ACL}, {lun: backing file})}; LUN 0 (tgt's controller)
+    left out."""
+    out = subprocess.run(["tgtadm", "--lld", "iscsi", "--op", "show", "--mode", "target"],
+                         capture_output=True, text=True, check=True, timeout=60).stdout
+    targets: dict[str, tuple[set[str], dict[int, str]]] = {}
+    current, section, lun = None, None, None
+    for raw in out.splitlines():
+        if m := re.match(r"^Target \d+: (\S+)$", raw):
+            current, section = targets.setdefault(m.group(1), (set(), {})), None
+            continue
+        line = raw.strip()
+        if current is None or not line:
+            continue
+        if line.endswith("information:"):
+            section = line
+        elif section == "LUN information:":
+            if m := re.match(r"^LUN: (\d+)$", line):
+                lun = int(m.group(1))
+            elif line.startswith("Backing store path:") and lun:
+                current[1][lun] = line.split(":", 1)[1].strip()
+        elif section == "ACL information:":
+            current[0].add(line)
+    return targets
+
+
+def tgt_targets() -> dict[int, tuple[set[str], dict[int, str]]]:
+    """This appliance's targets, one per host: {host id: ({ACL}, {lun: backing file})}."""
+    prefix = base_iqn() + ":host"
+    return {int(name[len(prefix):]): target for name, target in tgt_targets_by_name().items()
+            if name.startswith(prefix) and name[len(prefix):].isdigit()}
