@@ -336,16 +336,65 @@ def test_client_address_is_the_one_nginx_saw(proxied, admin):
     assert "203.0.113.9" not in lines[-1]
 
 
-def test_api_down_is_503_json():
-    # Nothing listens on this front's socket: nginx's own answer must still be the API's
-    # error object.
+@pytest.fixture(scope="module")
+def bare_front():
+    """nginx alone: nothing listens on its socket, so every answer is nginx's own."""
     front = Proxied(with_server=False)
     try:
         front.start(timeout=30)
-        r = requests.get(front.base + "/api/system", verify=front.cert, timeout=30)
-        assert r.status_code == 503
-        assert r.headers["Content-Type"].startswith("application/json")
-        assert r.json()["error"]["type"] == "ServiceUnavailableError"
-        assert r.headers["Retry-After"]
+        yield front
     finally:
         front.remove()
+
+
+def _assert_error_object(r: requests.Response, status: int, kind: str = "ValidationError") -> dict:
+    assert r.status_code == status, r.text
+    assert r.headers["Content-Type"].startswith("application/json"), r.text
+    error = r.json()["error"]
+    assert error["type"] == kind and error["message"], error
+    return error
+
+
+def test_api_down_is_503_json(bare_front):
+    r = requests.get(bare_front.base + "/api/system", verify=bare_front.cert, timeout=30)
+    _assert_error_object(r, 503, "ServiceUnavailableError")
+    assert r.headers["Retry-After"]
+
+
+def test_url_over_nginx_buffer_is_414_json(bare_front):
+    r = requests.get(bare_front.base + "/api/volume?name=" + "a" * 9000, verify=bare_front.cert, timeout=30)
+    _assert_error_object(r, 414)
+
+
+def test_header_over_nginx_buffer_is_431_json(bare_front):
+    r = requests.get(bare_front.base + "/api/system", headers={"X-Big": "b" * 9000},
+                     verify=bare_front.cert, timeout=30)
+    _assert_error_object(r, 431)
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GET /api/system HTTP/1.1\r\nHost: 127.0.0.1\r\nBroken header line\r\n\r\n",
+    b"NOT AN HTTP REQUEST LINE\r\n\r\n",  # nginx has no URI for it
+], ids=["header", "request-line"])
+def test_malformed_request_is_400_json(bare_front, request_bytes):
+    context = ssl.create_default_context(cafile=bare_front.cert)
+    with socket.create_connection(("127.0.0.1", bare_front.port), timeout=30) as raw, \
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        tls.sendall(request_bytes)
+        answer = _read_all(tls)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), head
+    assert b"application/json" in head and json.loads(body)["error"]["type"] == "ValidationError"
+
+
+def test_plain_http_to_the_tls_port_is_400_json(bare_front):
+    r = requests.get(f"http://127.0.0.1:{bare_front.port}/api/system", timeout=30)
+    error = _assert_error_object(r, 400)
+    assert "https" in error["message"]
+
+
+def _read_all(sock) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
