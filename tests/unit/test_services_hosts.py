@@ -157,6 +157,7 @@ class FakeVolumes:
         self.catalog = catalog
         self.before_volume_delete = Hooks()
         self.before_volume_rename = Hooks()
+        self.release_volume = Hooks()
         self.after_volume_rename: list = []
         self.after_volume_resize: list = []
         self.decorators: list = []
@@ -176,6 +177,7 @@ class FakePools:
     def __init__(self):
         self.before_pool_delete = Hooks()
         self.before_pool_rename = Hooks()
+        self.release_pool = Hooks()
         self.after_pool_rename: list = []
 
 

@@ -716,10 +716,11 @@ def test_recover_deleting_pool_exists(env):
     pool = env.ops.add_pool("tank")
     add_row(env.store, name="tank", guid=pool.guid, state="deleting", owner=DEAD_OWNER)
     hooked = []
-    env.svc.before_pool_delete.append(lambda pool_id, name: hooked.append(name))
+    env.svc.before_pool_delete.append(lambda pool_id, name: hooked.append(("rows", name)))
+    env.svc.release_pool.append(lambda name: hooked.append(("servers", name, list(env.ops.mutations()))))
     env.svc.recover()
     assert env.ops.mutations() == [("destroy", "tank")]
-    assert hooked == ["tank"]
+    assert hooked == [("rows", "tank"), ("servers", "tank", [])]  # all before the destroy
     assert rows(env.store) == [] and env.ops.pools == []
 
 

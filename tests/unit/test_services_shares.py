@@ -160,6 +160,7 @@ class FakeVolumes:
         self.catalog = catalog
         self.before_volume_delete: list = []
         self.before_volume_rename: list = []
+        self.release_volume: list = []
         self.after_volume_rename: list = []
         self.decorators: list = []
 
@@ -176,6 +177,7 @@ class FakePools:
         self.rows: dict[str, Pool] = {}
         self.before_pool_delete: list = []
         self.before_pool_rename: list = []
+        self.release_pool: list = []
         self.after_pool_rename: list = []
 
     def _find(self, pool_id=None, name=None):
@@ -501,6 +503,21 @@ def test_hooks_are_registered(env):
     assert len(env.pools.before_pool_delete) == 1
     assert len(env.pools.before_pool_rename) == 1
     assert len(env.pools.after_pool_rename) == 1
+    assert len(env.volumes.release_volume) == 1 and len(env.pools.release_pool) == 1
+
+
+def test_release_hooks_make_the_servers_let_go_whatever_the_rows_say(env):
+    # A crash between the share row's delete and the servers' reload: the row still there here
+    # stands for the servers' stale configuration; the release leaves the volume (or pool) out.
+    env.svc.create(env.v, "nfs", {"allowed_hosts": ["h1"]})
+    env.svc.create(env.w, "smb")
+    env.svc.create(env.x, "nfs", {"allowed_hosts": ["h3"]})
+    env.reset()
+    env.volumes.release_volume[0](env.v)
+    assert [e.path for e in env.nfs.applied[-1]] == ["/vsnap/q/x"]
+    assert env.smb.applied[-1] == [SmbShare("p_w", "/vsnap/p/w")]
+    env.pools.release_pool[0]("p")
+    assert [e.path for e in env.nfs.applied[-1]] == ["/vsnap/q/x"] and env.smb.applied[-1] == []
 
 
 def test_volume_delete_hook_removes_the_share(env):

@@ -865,9 +865,10 @@ def test_recover_deleting_lets_shares_and_mappings_go_before_the_destroy(env):
     vid = add_row(env.store, pool_id=env.pool_id, name="v", state="deleting", owner=DEAD_OWNER, guid="1")
     env.ds.add("tank/v", **{PROP_VOL_ID: str(vid)})
     seen = []
-    env.svc.before_volume_delete.append(lambda vol_id: seen.append((vol_id, list(env.ds.mutations()))))
+    env.svc.before_volume_delete.append(lambda vol_id: seen.append(("rows", vol_id, list(env.ds.mutations()))))
+    env.svc.release_volume.append(lambda vol_id: seen.append(("servers", vol_id, list(env.ds.mutations()))))
     env.svc.recover()
-    assert seen == [(vid, [])]
+    assert seen == [("rows", vid, []), ("servers", vid, [])]
     assert env.ds.mutations() == [("destroy", "tank/v", True)] and rows(env.store) == []
 
 

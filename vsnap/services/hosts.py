@@ -87,10 +87,12 @@ class HostService:
         volumes.decorators.append(self._decorate)
         volumes.before_volume_delete.append(self._volume_going)
         volumes.before_volume_rename.append(self._volume_renaming)
+        volumes.release_volume.append(lambda vol_id: self.targets.apply(exclude_volume=vol_id))
         volumes.after_volume_rename.append(lambda *_: self.targets.apply())
         volumes.after_volume_resize.append(lambda vol_id: self.targets.apply(refresh=frozenset({vol_id})))
         pools.before_pool_delete.append(self._pool_going)
         pools.before_pool_rename.append(self._pool_renaming)
+        pools.release_pool.append(lambda name: self.targets.apply(exclude_pool=name))
         pools.after_pool_rename.append(lambda *_: self.targets.apply())
 
     # -- reading ----------------------------------------------------------------------------

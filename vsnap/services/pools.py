@@ -102,6 +102,7 @@ class PoolService:
         # delete), and to follow the new name after a rename.
         self.refuse_pool_delete = Hooks()  # (pool_id, name) -> None, or raises
         self.before_pool_delete = Hooks()  # (pool_id, name) -> undo
+        self.release_pool = Hooks()  # (name): at a start that finishes a delete, servers let go
         self.before_pool_rename = Hooks()  # (name) -> undo
         self.after_pool_rename: list = []  # (old name, new name)
 
@@ -504,6 +505,7 @@ class PoolService:
         elif row.state == DELETING:
             if row.guid in imported:
                 self.before_pool_delete.run(row.id, imported[row.guid].name)
+                self.release_pool.run(imported[row.guid].name)
                 self._destroy(row.id, imported[row.guid].name)
             else:
                 self._drop_row(row.id)

@@ -104,10 +104,12 @@ class ShareService:
         self._matched: dict[str, tuple[str, bytes]] = {}  # user -> (salt, keyed hash) known to match
         volumes.before_volume_delete.append(self._volume_going)
         volumes.before_volume_rename.append(self._volume_renaming)
+        volumes.release_volume.append(lambda vol_id: self.apply(exclude_volume=vol_id))
         volumes.after_volume_rename.append(lambda *_: self.apply())
         volumes.decorators.append(self._decorate)
         pools.before_pool_delete.append(self._pool_going)
         pools.before_pool_rename.append(self._pool_renaming)
+        pools.release_pool.append(lambda name: self.apply(exclude_pool=name))
         pools.after_pool_rename.append(lambda *_: self.apply())
 
     # -- rendering --------------------------------------------------------------------------

@@ -83,6 +83,9 @@ class VolumeService:
         # volume without them), and are told when its dataset is renamed.
         self.refuse_volume_delete = Hooks()  # (vol_id) -> None, or raises
         self.before_volume_delete = Hooks()  # (vol_id) -> undo
+        # At a start that finishes a delete: the NFS, SMB and iSCSI servers let go of the volume
+        # whatever the rows say (the crash may have come between dropping rows and applying).
+        self.release_volume = Hooks()  # (vol_id)
         self.before_volume_rename = Hooks()  # (vol_id) -> undo
         self.after_volume_rename: list = []  # (vol_id, old dataset, new dataset)
         self.after_volume_resize: list = []  # (vol_id)
@@ -453,6 +456,7 @@ class VolumeService:
             if self._exists(dataset) else {}
         if row.state == DELETING:
             self.before_volume_delete.run(row.id)  # shares and mappings the crash left behind
+            self.release_volume.run(row.id)
             if stamped.get(PROP_VOL_ID) == str(row.id):
                 self.ds.destroy(dataset, recursive=True)
             with self.store.session() as s:
