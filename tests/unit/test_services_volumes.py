@@ -632,15 +632,20 @@ def test_delete_refused_by_a_guard_changes_nothing(env):
     assert (r.state, r.owner) == ("ready", None)
 
 
-def test_delete_hook_failure_puts_the_row_back_to_ready(env):
+def test_delete_hook_failure_puts_the_row_back_to_ready_before_the_undo(env):
     make_fs(env)
+    undone = []
 
-    def hook(vol_id):
-        raise CommandError(["exportfs", "-ra"], 1, "", "exportfs: failed\n")
+    def shares_go(vol_id):
+        return lambda: undone.append(row(env.store, vol_id).state)  # the undo re-applies
 
-    env.svc.before_volume_delete.append(hook)
+    def mappings_fail(vol_id):
+        raise CommandError(["tgtadm"], 1, "", "tgtadm: failed\n")
+
+    env.svc.before_volume_delete.extend([shares_go, mappings_fail])
     with pytest.raises(CommandError):
         env.svc.delete("1")
+    assert undone == ["ready"]  # so a re-apply serves the volume again
     r = row(env.store, 1)
     assert (r.state, r.owner) == ("ready", None) and env.ds.mutations("destroy") == []
 

@@ -13,9 +13,10 @@ Undo = Callable[[], None]
 
 
 class Hooks(list):
-    def run(self, *args) -> Undo:
-        """Calls every hook; returns the undo of them all. If a hook raises, the ones before
-        it are undone and the error goes on."""
+    def run(self, *args, before_undo: Callable[[], None] | None = None) -> Undo:
+        """Calls every hook; returns the undo of them all. If a hook raises, `before_undo`
+        runs (e.g. the object is marked as before, so the undos restore it in full), the hooks
+        before it are undone, and the error goes on."""
         undos: list[Undo] = []
         try:
             for hook in self:
@@ -23,6 +24,8 @@ class Hooks(list):
                 if undo is not None:
                     undos.append(undo)
         except Exception:
+            if before_undo is not None:
+                before_undo()
             _undo_all(undos)
             raise
         return lambda: _undo_all(undos)

@@ -433,11 +433,8 @@ class PoolService:
             with self.store.session() as s:
                 r = s.get(Pool, row.id)
                 r.state, r.owner = DELETING, current_owner()
-            try:
-                undo = self.before_pool_delete.run(row.id, summary.name)
-            except Exception:
-                self._set_ready(row.id, summary.name)
-                raise
+            undo = self.before_pool_delete.run(row.id, summary.name,
+                                               before_undo=lambda: self._set_ready(row.id, summary.name))
             try:
                 self._destroy(row.id, summary.name)
             except CommandError as exc:

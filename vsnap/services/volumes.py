@@ -399,11 +399,10 @@ class VolumeService:
                                     f"{', '.join(dependents)}; delete them first")
             self.refuse_volume_delete.run(v.row.id)
             self._set_state(v.row.id, DELETING, current_owner())
-            try:
-                undo = self.before_volume_delete.run(v.row.id)
-            except Exception:
-                self._set_state(v.row.id, READY, None)
-                raise
+            # If a hook fails, the volume is READY again before the others are undone: the
+            # target service serves only READY volumes.
+            undo = self.before_volume_delete.run(
+                v.row.id, before_undo=lambda: self._set_state(v.row.id, READY, None))
             try:
                 if v.props is not None:
                     self.ds.destroy(v.dataset, recursive=True)
