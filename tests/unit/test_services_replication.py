@@ -538,7 +538,7 @@ def test_create_partner_needs_credentials(env, user, password):
 
 def test_create_partner_unreachable_certificate(env):
     env.certs[("10.0.0.2", 8900)] = PartnerApiError("cannot reach 10.0.0.2:8900: refused")
-    with pytest.raises(ServiceUnavailableError):
+    with pytest.raises(ValidationError, match="cannot be reached.*check remote_addr and remote_api_port"):
         create(env)
     assert env.api.posts == [] and env.partners() == {} and env.link.calls == []
 

@@ -195,7 +195,10 @@ class ReplicationService:
         try:
             fingerprint = certificate_fingerprint(remote_addr, remote_api_port)
         except PartnerApiError as exc:
-            raise ServiceUnavailableError(f"Partner {remote_addr}:{remote_api_port} is unreachable: {exc}") from exc
+            # The address and port are the client's: nothing answers there, and this appliance
+            # is fine, so the client is told to check them (a 5xx would read as our failure).
+            raise ValidationError(f"Partner {remote_addr}:{remote_api_port} cannot be reached: {exc}; "
+                                  "check remote_addr and remote_api_port") from exc
         partner_id = uuid.uuid4().hex
         offer = {"id": partner_id, **self._own_identity(local_addr, local_api_port, local_ssh_port)}
         try:
