@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -74,6 +75,25 @@ class Appliance:
     def restart(self) -> "Appliance":
         self.stop()
         return self.start()
+
+    def kill_during(self, method: str, path: str, body, delay: float) -> requests.Response | None:
+        """Sends the request, SIGKILLs the server's process group `delay` seconds later and
+        starts it again. Returns the answer, if one came before the kill."""
+        result: list = []
+
+        def call():
+            try:
+                result.append(self.request(method, path, json=body, timeout=120))
+            except requests.RequestException:
+                pass  # the server died under the request, as intended
+
+        thread = threading.Thread(target=call)
+        thread.start()
+        time.sleep(delay)
+        self.stop(signal.SIGKILL)
+        thread.join(60)
+        self.start()
+        return result[0] if result else None
 
     def log_tail(self, lines: int = 40) -> str:
         try:

@@ -28,7 +28,6 @@ import hashlib
 import os
 import signal
 import subprocess
-import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -297,21 +296,7 @@ def run_with_fault(app, n: int, method: str, path: str, body) -> Outcome:
 
 def run_with_delay(app, delay: float, method: str, path: str, body) -> Outcome:
     """Sends the request and SIGKILLs the server's process group after `delay` seconds."""
-    result: list = []
-
-    def call():
-        try:
-            result.append(app.request(method, path, json=body, timeout=120))
-        except requests.RequestException:
-            pass
-
-    thread = threading.Thread(target=call)
-    thread.start()
-    time.sleep(delay)
-    app.stop(signal.SIGKILL)
-    thread.join(60)
-    app.start()
-    response = result[0] if result else None
+    response = app.kill_during(method, path, body, delay)
     done = response is not None and response.status_code == 200
     if response is not None and not done:
         raise AssertionError(f"{method} {path}: {response.status_code} {response.text}")

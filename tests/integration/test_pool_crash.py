@@ -4,30 +4,12 @@ agree, the pool is whole or absent, and disks of an absent pool are unused again
 The kill lands at several delays; whichever step it hits, the invariants must hold."""
 from __future__ import annotations
 
-import signal
-import threading
-import time
 
 import pytest
 
 from .zfs_tools import PREFIX, pool_names, unused, zfs_get
 
 DELAYS = [0.0, 0.05, 0.15, 0.3, 0.6, 1.2]
-
-
-def _kill_during(appliance, method, path, body, delay):
-    def call():
-        try:
-            appliance.request(method, path, json=body, timeout=60)
-        except Exception:
-            pass  # the server died under the request, as intended
-
-    thread = threading.Thread(target=call)
-    thread.start()
-    time.sleep(delay)
-    appliance.stop(signal.SIGKILL)
-    thread.join(60)
-    appliance.start()
 
 
 def _api_pools(appliance) -> dict[str, dict]:
@@ -42,7 +24,7 @@ def _disk_use(appliance) -> dict[str, str]:
 def test_kill_during_create(appliance, pools, delay):
     disks = unused(appliance, 3)
     name = f"{PREFIX}kc"
-    _kill_during(appliance, "POST", "/api/pool",
+    appliance.kill_during("POST", "/api/pool",
                  {"name": name, "pool_type": "raid5", "disk_list": [d["uuid"] for d in disks]}, delay)
     listed, exists = name in _api_pools(appliance), name in pool_names()
     assert listed == exists, f"API lists it: {listed}, ZFS has it: {exists}"
@@ -58,7 +40,7 @@ def test_kill_during_create(appliance, pools, delay):
 def test_kill_during_expand(appliance, pools, delay):
     disks = unused(appliance, 6)
     pool = pools(f"{PREFIX}ke", "raid5", disks[:3])
-    _kill_during(appliance, "POST", f"/api/pool/{pool['id']}",
+    appliance.kill_during("POST", f"/api/pool/{pool['id']}",
                  {"action": "expand", "disk_list": [d["uuid"] for d in disks[3:]]}, delay)
     details = appliance.ok("GET", f"/api/pool/{pool['id']}")
     members = sorted(p for group in details["disks"].values() for p in group)
@@ -77,7 +59,7 @@ def test_kill_during_rename(appliance, pools, delay):
     pool = pools(f"{PREFIX}kr1", "raid0", disks)
     with open(f"/vsnap/{PREFIX}kr1/data", "w") as f:
         f.write("precious")
-    _kill_during(appliance, "PUT", f"/api/pool/{pool['id']}", {"name": f"{PREFIX}kr2"}, delay)
+    appliance.kill_during("PUT", f"/api/pool/{pool['id']}", {"name": f"{PREFIX}kr2"}, delay)
     details = appliance.ok("GET", f"/api/pool/{pool['id']}")
     assert details["name"] in (f"{PREFIX}kr1", f"{PREFIX}kr2")
     assert details["name"] in pool_names()
@@ -90,7 +72,7 @@ def test_kill_during_rename(appliance, pools, delay):
 def test_kill_during_delete(appliance, pools, delay):
     disks = unused(appliance, 2)
     pool = pools(f"{PREFIX}kd", "raid0", disks)
-    _kill_during(appliance, "DELETE", f"/api/pool/{pool['id']}", None, delay)
+    appliance.kill_during("DELETE", f"/api/pool/{pool['id']}", None, delay)
     listed, exists = pool["name"] in _api_pools(appliance), pool["name"] in pool_names()
     assert listed == exists
     if not exists:
@@ -113,7 +95,7 @@ def _datasets(pool: str) -> set[str]:
 @pytest.mark.parametrize("delay", DELAYS)
 def test_kill_during_volume_create(appliance, crash_pool, delay):
     body = {"name": "kvol", "volume_type": "lun", "pool_id": crash_pool["id"], "size_total": 8 << 20}
-    _kill_during(appliance, "POST", "/api/volume", body, delay)
+    appliance.kill_during("POST", "/api/volume", body, delay)
     listed = {v["name"]: v for v in appliance.ok("GET", "/api/volume")["volumes"]}
     exists = f"{crash_pool['name']}/kvol" in _datasets(crash_pool["name"])
     assert ("kvol" in listed) == exists
@@ -127,14 +109,14 @@ def test_kill_during_volume_create(appliance, crash_pool, delay):
 def test_kill_during_snapshot_and_clone(appliance, crash_pool, delay):
     fs = appliance.ok("POST", "/api/volume", json={"name": "kfs", "volume_type": "filesystem",
                                                    "pool_id": crash_pool["id"]})
-    _kill_during(appliance, "POST", f"/api/volume/{fs['id']}/snapshot", {"name": "ks"}, delay)
+    appliance.kill_during("POST", f"/api/volume/{fs['id']}/snapshot", {"name": "ks"}, delay)
     zname = f"{crash_pool['name']}/kfs@ks"
     listed = {s["name"]: s for s in appliance.ok("GET", f"/api/volume/{fs['id']}/snapshot")["snapshots"]}
     assert ("ks" in listed) == (zname in _datasets(crash_pool["name"]))
     if "ks" not in listed:
         appliance.ok("POST", f"/api/volume/{fs['id']}/snapshot", json={"name": "ks"})
         listed = {s["name"]: s for s in appliance.ok("GET", f"/api/volume/{fs['id']}/snapshot")["snapshots"]}
-    _kill_during(appliance, "POST", "/api/volume", {"name": "kclone", "snapshot_id": listed["ks"]["id"]}, delay)
+    appliance.kill_during("POST", "/api/volume", {"name": "kclone", "snapshot_id": listed["ks"]["id"]}, delay)
     names = {v["name"] for v in appliance.ok("GET", "/api/volume")["volumes"]}
     assert ("kclone" in names) == (f"{crash_pool['name']}/kclone" in _datasets(crash_pool["name"]))
     snap = appliance.ok("GET", f"/api/snapshot/{listed['ks']['id']}")
