@@ -4,6 +4,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 from vsnap.drivers.zfs import PoolSummary
+from vsnap.errors import NotFoundError
 from vsnap.services.locking import StorageLock
 from vsnap.store.models import Base, Pool
 
@@ -50,6 +51,7 @@ class FakePools:
 
     def _find(self, pool_id=None, name=None):
         for row, summary in self._live():
-            if str(row.id) == str(pool_id) or summary.name == name:
+            if (pool_id is not None and str(row.id) == str(pool_id)) or \
+                    (name is not None and summary.name == name):
                 return row, summary
-        raise AssertionError("unknown pool")
+        raise NotFoundError(f"Pool {pool_id if pool_id is not None else name} not found")

@@ -15,14 +15,14 @@ import pytest
 import vsnap.services.owner as owner_mod
 import vsnap.services.snapshots as snapshots_mod
 from vsnap.drivers.runner import CommandError
-from vsnap.drivers.zfs import PoolSummary
 from vsnap.errors import ConflictError, NotFoundError, ValidationError
 from vsnap.services.catalog import PROP_SNAP_ID, PROP_VOL_ID, Catalog
 from vsnap.services.locking import StorageLock
 from vsnap.services.snapshots import SnapshotService, generated_name
 from vsnap.services.volumes import VolumeService
-from vsnap.store.models import Pool, Snapshot, Volume
+from vsnap.store.models import Snapshot, Volume
 
+import support
 from support import SpyLock, empty_tables
 
 DEAD_OWNER = f"{2 ** 22 + 12345}:12345"  # above any Linux pid_max: never a live process
@@ -120,31 +120,17 @@ class FakeDatasets:
         self.data.pop(name, None)
 
 
-class FakePools:
+class FakePools(support.FakePools):
+    """The pool service, with each pool's root dataset in the fake ZFS."""
+
     def __init__(self, store, ds):
-        self.store = store
+        super().__init__(store)
         self.ds = ds
-        self.live: list[tuple[Pool, PoolSummary]] = []
 
     def add(self, name) -> int:
         guid = self.ds.guid()
         self.ds.add(name, guid=guid)
-        with self.store.session() as s:
-            row = Pool(name=name, guid=guid, pool_type="raid0", state="ready")
-            s.add(row)
-            s.flush()
-        self.live.append((row, PoolSummary(name, guid, "ONLINE")))
-        return row.id
-
-    def _live(self):
-        return list(self.live)
-
-    def _find(self, pool_id=None, name=None):
-        for row, summary in self._live():
-            if (pool_id is not None and str(row.id) == str(pool_id)) or \
-                    (name is not None and summary.name == name):
-                return row, summary
-        raise NotFoundError(f"Pool {pool_id if pool_id is not None else name} not found")
+        return super().add(name, guid)
 
 
 class NoLunFiles:
