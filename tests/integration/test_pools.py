@@ -184,6 +184,41 @@ def test_update_properties_and_rename(appliance, pools):
     assert f"{PREFIX}new" in pool_names()
 
 
+def test_update_whose_rename_is_refused_changes_nothing(appliance, pools):
+    """A pool in use cannot be exported, so it cannot be renamed: the properties asked for in
+    the same update stay as they were."""
+    pool = pools(f"{PREFIX}busy", "raid0", unused(appliance, 1))
+    holder = subprocess.Popen(["sleep", "120"], cwd=f"/vsnap/{PREFIX}busy")  # keeps the mount busy
+    try:
+        r = appliance.put(f"/api/pool/{pool['id']}", json={"name": f"{PREFIX}busy2", "compression": False,
+                                                           "deduplication": True})
+    finally:
+        holder.kill()
+        holder.wait()
+    assert r.status_code == 409 and r.json()["error"]["type"] == "ConflictError", r.text
+    assert (zfs_get(f"{PREFIX}busy", "compression"), zfs_get(f"{PREFIX}busy", "dedup")) == ("on", "off")
+    assert f"{PREFIX}busy2" not in pool_names()
+    details = appliance.ok("GET", f"/api/pool/{pool['id']}")
+    assert (details["name"], details["compression"], details["deduplication"]) == (f"{PREFIX}busy", True, False)
+
+
+def test_update_to_a_name_whose_mount_point_is_taken_changes_nothing(appliance, pools):
+    pool = pools(f"{PREFIX}mp", "raid0", unused(appliance, 1))
+    taken = f"/vsnap/{PREFIX}mp2"
+    os.makedirs(taken)
+    try:
+        with open(f"{taken}/someone-elses", "w") as f:
+            f.write("x")
+        r = appliance.put(f"/api/pool/{pool['id']}", json={"name": f"{PREFIX}mp2", "compression": False})
+        assert r.status_code == 409 and "mount point" in r.json()["error"]["message"], r.text
+        assert zfs_get(f"{PREFIX}mp", "compression") == "on" and f"{PREFIX}mp2" not in pool_names()
+        assert zfs_get(f"{PREFIX}mp", "mounted") == "yes"
+        assert appliance.ok("GET", f"/api/pool/{pool['id']}")["name"] == f"{PREFIX}mp"
+    finally:
+        os.remove(f"{taken}/someone-elses")
+        os.rmdir(taken)
+
+
 def test_delete_destroys_the_pool_and_frees_its_disks(appliance, pools):
     disks = unused(appliance, 3)
     pool = pools(f"{PREFIX}del", "raid5", disks)

@@ -225,6 +225,28 @@ def test_rename_and_resize(appliance, pool, vol):
     assert r["size_total"] == str(32 << 20)
 
 
+def test_update_blocked_by_a_clone_changes_nothing(appliance, pool, vol):
+    """A rename ZFS would refuse (a snapshot has a clone) is refused before the quota moves,
+    with the clone named; without the clone the same update applies whole."""
+    fs = vol("cloned", size_total=64 << 20)
+    dataset = f"{pool['name']}/cloned"
+    snap = appliance.ok("POST", f"/api/volume/{fs['id']}/snapshot", json={"name": "s1"})
+    clone = appliance.ok("POST", "/api/volume", json={"name": "cloned-restore", "snapshot_id": snap["id"]})
+    msg = _error(appliance.put(f"/api/volume/{fs['id']}", json={"name": "renamed", "size_total": 128 << 20}),
+                 409, "ConflictError")
+    assert "cloned-restore" in msg, msg
+    assert zfs_get(dataset, "quota") == str(64 << 20)
+    assert f"{pool['name']}/renamed" not in datasets(pool["name"])
+    details = appliance.ok("GET", f"/api/volume/{fs['id']}", headers=FRESH)
+    assert (details["name"], details["size_total"]) == ("cloned", str(64 << 20))
+    # A resize alone is not blocked by the clone.
+    assert appliance.ok("PUT", f"/api/volume/{fs['id']}", json={"size_total": 96 << 20})["size_total"] == str(96 << 20)
+    appliance.ok("DELETE", f"/api/volume/{clone['id']}")
+    r = appliance.ok("PUT", f"/api/volume/{fs['id']}", json={"name": "renamed", "size_total": 128 << 20})
+    assert (r["name"], r["size_total"]) == ("renamed", str(128 << 20))
+    assert zfs_get(f"{pool['name']}/renamed", "quota") == str(128 << 20)
+
+
 FRESH = {"Cache-Control": "no-cache"}
 
 

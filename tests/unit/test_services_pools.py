@@ -916,7 +916,7 @@ def test_recover_is_idempotent(env):
 # =============================================================================================
 
 def test_update_compression_dedup_sync(env):
-    pool_id, pool = make_pool(env, "tank")
+    pool_id, pool = make_pool(env, "tank", props={"compression": "on", "dedup": "off", "sync": "standard"})
     result = env.svc.update(str(pool_id), compression=False, deduplication=True, syncwrite=False)
     assert env.ops.mutations() == [("set", "tank", "compression", "off"),
                                    ("set", "tank", "dedup", "on"),
@@ -1011,6 +1011,117 @@ def test_update_conflicting_rename_changes_nothing(env):
     with pytest.raises(ConflictError):
         env.svc.update(str(pool_id), name="other", compression=False)
     assert env.ops.mutations() == []
+
+
+def test_update_renames_first_then_sets_what_differs_recording_the_update(env):
+    pool_id, pool = make_pool(env, "old", props={"compression": "on", "dedup": "off"})
+    seen = []
+    env.svc.before_pool_rename.append(lambda name: seen.append(rows(env.store)[0].pending))
+    env.svc.update(str(pool_id), name="new", compression=False, deduplication=False, syncwrite=True)
+    assert env.ops.mutations() == [("export", "old"), ("import_by_guid", pool.guid, "new"),
+                                   ("set", "new", "mountpoint", "/vsnap/new"),
+                                   ("set", "new", "compression", "off")]  # dedup, sync: as asked already
+    assert seen == [{"name": ["old", "new"], "props": {"compression": ["on", "off"]}}]
+    [row] = rows(env.store)
+    assert (row.name, row.state, row.pending, row.pending_name, row.owner) == ("new", "ready", None, None, None)
+    env.ops.calls.clear()
+    env.svc.recover()  # nothing left in flight
+    assert [c for c in env.ops.mutations() if c[0] != "set" or c[2] != "mountpoint"] == []
+
+
+def test_update_whose_rename_is_refused_sets_no_property(env):
+    pool_id, pool = make_pool(env, "tank")
+    env.ops.fail["export"] = CommandError(["zpool", "export", "tank"], 1, "",
+                                          "cannot export 'tank': pool is busy\n")
+    with pytest.raises(ConflictError, match="busy"):
+        env.svc.update(str(pool_id), name="new", compression=False, deduplication=True)
+    assert env.ops.mutations() == [("export", "tank")]
+    assert (pool.props["compression"], pool.props["dedup"]) == ("on", "off")
+    [row] = rows(env.store)
+    assert (row.name, row.state, row.pending, row.owner) == ("tank", "ready", None, None)
+
+
+def test_update_whose_property_is_refused_puts_back_what_it_changed(env):
+    pool_id, pool = make_pool(env, "old", props={"compression": "on", "dedup": "off"})
+    real_set = env.ops.set
+
+    def set_(dataset, prop, value):
+        if prop == "dedup" and value == "on":
+            env.ops.calls.append(("set", dataset, prop, value))
+            raise CommandError(["zfs", "set"], 1, "", "cannot set property for 'new': pool I/O is suspended\n")
+        real_set(dataset, prop, value)
+    env.ops.set = set_
+    renames = []
+    env.svc.after_pool_rename.append(lambda old, new: renames.append((old, new)))
+    with pytest.raises(ConflictError, match="suspended"):
+        env.svc.update(str(pool_id), name="new", compression=False, deduplication=True)
+    assert env.ops.mutations() == [
+        ("export", "old"), ("import_by_guid", pool.guid, "new"), ("set", "new", "mountpoint", "/vsnap/new"),
+        ("set", "new", "compression", "off"), ("set", "new", "dedup", "on"),
+        ("set", "new", "compression", "on"),
+        ("export", "new"), ("import_by_guid", pool.guid, "old"), ("set", "old", "mountpoint", "/vsnap/old")]
+    assert renames == [("old", "new"), ("new", "old")]
+    assert (pool.name, pool.props["compression"], pool.props["dedup"]) == ("old", "on", "off")
+    [row] = rows(env.store)
+    assert (row.name, row.state, row.pending, row.owner) == ("old", "ready", None, None)
+
+
+def test_update_to_a_name_whose_mount_point_is_taken_changes_nothing(env, tmp_path):
+    import dataclasses
+    env.svc.settings = dataclasses.replace(env.svc.settings, mount_root=str(tmp_path))
+    pool_id, _ = make_pool(env, "tank")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "file").write_text("x")
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "empty").mkdir()
+    for name in ("full", "afile"):
+        with pytest.raises(ConflictError, match="mount point"):
+            env.svc.update(str(pool_id), name=name, compression=False)
+    assert env.ops.mutations() == []
+    env.svc.update(str(pool_id), name="empty")  # an empty directory is fine to mount on
+    assert rows(env.store)[0].name == "empty"
+
+
+def test_recover_update_past_the_export_finishes_it(env):
+    pool = env.ops.add_pool("old", imported=False, props={"compression": "on"})
+    add_row(env.store, name="old", guid=pool.guid, state="renaming", pending_name="new", owner=DEAD_OWNER,
+            pending={"name": ["old", "new"], "props": {"compression": ["on", "off"]}})
+    env.svc.recover()
+    assert env.ops.mutations() == [("import_by_guid", pool.guid, "new"),
+                                   ("set", "new", "mountpoint", "/vsnap/new"),
+                                   ("set", "new", "compression", "off")]
+    [row] = rows(env.store)
+    assert (row.name, row.state, row.pending, row.pending_name, row.owner) == ("new", "ready", None, None, None)
+
+
+def test_recover_update_before_the_export_rolls_it_back(env):
+    pool = env.ops.add_pool("old", props={"compression": "on"})
+    add_row(env.store, name="old", guid=pool.guid, owner=DEAD_OWNER,
+            pending={"name": ["old", "new"], "props": {"compression": ["on", "off"]}})
+    env.svc.recover()
+    assert env.ops.mutations() == [("set", "old", "compression", "on")]
+    [row] = rows(env.store)
+    assert (row.name, row.state, row.pending, row.owner) == ("old", "ready", None, None)
+
+
+def test_recover_update_without_rename_finishes_it(env):
+    pool = env.ops.add_pool("tank", props={"compression": "off", "dedup": "off"})
+    add_row(env.store, name="tank", guid=pool.guid, owner=DEAD_OWNER,
+            pending={"name": None, "props": {"compression": ["on", "off"], "dedup": ["off", "on"]}})
+    env.svc.recover()
+    assert env.ops.mutations() == [("set", "tank", "compression", "off"), ("set", "tank", "dedup", "on")]
+    assert rows(env.store)[0].pending is None
+
+
+def test_recover_leaves_a_live_processs_update_alone(env):
+    owner = live_other_owner()
+    pool = env.ops.add_pool("tank")
+    add_row(env.store, name="tank", guid=pool.guid, owner=owner,
+            pending={"name": None, "props": {"compression": ["on", "off"]}})
+    env.svc.recover()
+    assert env.ops.mutations() == []
+    assert (rows(env.store)[0].pending, rows(env.store)[0].owner) == \
+        ({"name": None, "props": {"compression": ["on", "off"]}}, owner)
 
 
 # =============================================================================================

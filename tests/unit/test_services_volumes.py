@@ -779,6 +779,107 @@ def test_rename_filebacked_lun_is_a_row_change(env):
         env.svc.update(str(flun), name="fs1")
 
 
+def test_update_blocked_by_a_clone_is_refused_before_any_change(env):
+    make_fs(env, name="src", size_total=GIB)
+    sid = snap_of(env, "tank/src")
+    env.svc.create(name="restore_1", snapshot_id=str(sid))
+    env.ds.calls.clear()
+    with pytest.raises(ConflictError, match="restore_1"):
+        env.svc.update("1", name="moved", size_total=2 * GIB)
+    assert env.ds.mutations() == []
+    r = row(env.store, 1)
+    assert (r.name, r.pending, r.owner) == ("src", None, None)
+    env.svc.update("1", size_total=2 * GIB)  # a resize alone is not blocked by clones
+    assert env.ds.mutations() == [("set", "tank/src", "quota", str(2 * GIB))]
+    env.svc.update("2", name="restore_2")  # nor is the rename of the clone itself
+    assert env.ds.mutations("rename") == [("rename", "tank/restore_1", "tank/restore_2")]
+
+
+def test_zvol_with_clones_can_be_renamed(env):
+    make_lun(env, name="zv")  # a zvol's clones are not mounted: nothing blocks its rename
+    sid = snap_of(env, "tank/zv")
+    env.svc.create(name="zvc", snapshot_id=str(sid))
+    env.svc.update("1", name="zv2")
+    assert env.ds.mutations("rename") == [("rename", "tank/zv", "tank/zv2")]
+
+
+def test_update_renames_first_and_records_the_update_while_it_runs(env):
+    make_fs(env, name="a", size_total=GIB)
+    seen = []
+    env.svc.before_volume_rename.append(
+        lambda vol_id: seen.append((row(env.store, vol_id).pending, row(env.store, vol_id).owner)))
+    env.ds.calls.clear()
+    body = env.svc.update("1", name="b", size_total=2 * GIB)
+    assert env.ds.mutations() == [("rename", "tank/a", "tank/b"), ("set", "tank/b", "quota", str(2 * GIB))]
+    assert seen == [({"name": ["a", "b"], "size_total": [GIB, 2 * GIB]}, owner_mod.current_owner())]
+    r = row(env.store, 1)
+    assert (r.name, r.pending, r.owner, r.state) == ("b", None, None, "ready")
+    assert (body["name"], body["size_total"]) == ("b", str(2 * GIB))
+    with env.store.session() as s:  # SQL NULL, not JSON null: a later start has nothing to recover
+        assert s.query(Volume).filter(Volume.pending.isnot(None)).count() == 0
+
+
+def test_update_whose_rename_is_refused_changes_no_size(env):
+    make_fs(env, name="a", size_total=GIB)
+    env.ds.fail["rename"] = CommandError(["zfs", "rename"], 1, "", "cannot rename: dataset is busy\n")
+    env.ds.calls.clear()
+    with pytest.raises(ConflictError, match="busy"):
+        env.svc.update("1", name="b", size_total=2 * GIB)
+    assert env.ds.mutations("set") == [] and env.ds.data["tank/a"]["quota"] == str(GIB)
+    r = row(env.store, 1)
+    assert (r.name, r.pending, r.owner) == ("a", None, None)
+
+
+def test_update_whose_resize_fails_renames_back(env):
+    make_fs(env, name="a", size_total=GIB)
+    moves = []
+    env.svc.after_volume_rename.append(lambda *args: moves.append(args))
+    env.ds.fail["set"] = CommandError(["zfs", "set"], 1, "", "cannot set property: pool I/O is suspended\n")
+    env.ds.calls.clear()
+    with pytest.raises(ValidationError, match="suspended"):
+        env.svc.update("1", name="b", size_total=2 * GIB)
+    assert env.ds.mutations("rename") == [("rename", "tank/a", "tank/b"), ("rename", "tank/b", "tank/a")]
+    assert moves == [(1, "tank/a", "tank/b"), (1, "tank/b", "tank/a")]
+    assert "tank/a" in env.ds.data and env.ds.data["tank/a"]["quota"] == str(GIB)
+    r = row(env.store, 1)
+    assert (r.name, r.pending, r.owner) == ("a", None, None)
+
+
+def test_update_whose_resize_and_rename_back_fail_says_where_the_volume_is(env):
+    make_fs(env, name="a", size_total=GIB)
+    env.ds.fail["set"] = CommandError(["zfs", "set"], 1, "", "cannot set property: pool I/O is suspended\n")
+    calls = []
+
+    def rename_once(old, new):
+        calls.append((old, new))
+        if len(calls) > 1:
+            raise CommandError(["zfs", "rename"], 1, "", "cannot rename: dataset is busy\n")
+        FakeDatasets.rename(env.ds, old, new)
+    env.ds.rename = rename_once
+    with pytest.raises(ValidationError, match="stays renamed to b"):
+        env.svc.update("1", name="b", size_total=2 * GIB)
+    assert (row(env.store, 1).name, row(env.store, 1).pending) == ("b", None)
+
+
+def test_image_lun_resize_puts_the_file_back_if_its_size_cannot_be_recorded(env):
+    env.ds.has_zvols = False
+    make_lun(env, name="img", size=GIB)
+    mountpoint = env.ds.data["tank/img"]["mountpoint"]
+    env.ds.fail["set"] = CommandError(["zfs", "set"], 1, "", "cannot set property: out of space\n")
+    with pytest.raises(ValidationError):
+        env.svc.update("1", size_total=2 * GIB)
+    assert env.lunfiles.images[mountpoint] == GIB
+    assert env.lunfiles.calls[-2:] == [("resize", mountpoint, 2 * GIB), ("resize", mountpoint, GIB)]
+
+
+def test_zvol_size_must_be_a_multiple_of_its_block_size(env):
+    make_lun(env, name="zv", size_block=8192)
+    env.ds.calls.clear()
+    with pytest.raises(ValidationError, match="multiple"):
+        env.svc.update("1", name="zv2", size_total=GIB + 512)
+    assert env.ds.mutations() == []
+
+
 # =============================================================================================
 # recover
 # =============================================================================================
@@ -895,6 +996,57 @@ def test_recover_failure_of_one_row_does_not_stop_the_others(env):
     other = add_row(env.store, pool_id=50, name="w", state="creating", owner=DEAD_OWNER)
     env.svc.recover()
     assert [r.id for r in rows(env.store)] == [other]
+
+
+def _pending_fs(env, name, quota, pending, owner=DEAD_OWNER):
+    vid = add_row(env.store, pool_id=env.pool_id, name=name, guid="1", pending=pending, owner=owner)
+    env.ds.add(f"tank/{name}", quota=str(quota), **{PROP_VOL_ID: str(vid)})
+    return vid
+
+
+def test_recover_update_after_its_rename_finishes_it(env):
+    vid = add_row(env.store, pool_id=env.pool_id, name="a", guid="1", owner=DEAD_OWNER,
+                  pending={"name": ["a", "b"], "size_total": [GIB, 2 * GIB]})
+    env.ds.add("tank/b", quota=str(GIB), **{PROP_VOL_ID: str(vid)})  # renamed, not resized
+    env.svc.recover()
+    assert env.ds.mutations() == [("set", "tank/b", "quota", str(2 * GIB))]
+    r = row(env.store, vid)
+    assert (r.name, r.pending, r.owner, r.state) == ("b", None, None, "ready")
+
+
+def test_recover_update_before_its_rename_rolls_it_back(env):
+    vid = _pending_fs(env, "a", GIB, {"name": ["a", "b"], "size_total": [None, 2 * GIB]})
+    env.svc.recover()
+    assert env.ds.mutations() == [("set", "tank/a", "quota", "none")]
+    r = row(env.store, vid)
+    assert (r.name, r.pending, r.owner) == ("a", None, None)
+
+
+def test_recover_resize_only_update_finishes_it(env):
+    env.ds.has_zvols = False
+    vid = add_row(env.store, pool_id=env.pool_id, name="img", volume_type="lun", guid="1", owner=DEAD_OWNER,
+                  pending={"name": None, "size_total": [GIB, 2 * GIB]})
+    env.ds.add("tank/img", **{PROP_VOL_ID: str(vid), PROP_VOLSIZE: str(GIB)})
+    mountpoint = env.ds.data["tank/img"]["mountpoint"]
+    env.lunfiles.images[mountpoint] = 2 * GIB  # the file grew; its recorded size did not
+    env.svc.recover()
+    assert env.ds.mutations() == [("set", "tank/img", PROP_VOLSIZE, str(2 * GIB))]
+    assert env.lunfiles.images[mountpoint] == 2 * GIB and row(env.store, vid).pending is None
+
+
+def test_recover_leaves_a_live_processs_update_alone(env):
+    owner = live_other_owner()
+    vid = _pending_fs(env, "a", GIB, {"name": ["a", "b"], "size_total": None}, owner=owner)
+    env.svc.recover()
+    assert env.ds.mutations() == [] and (row(env.store, vid).pending, row(env.store, vid).owner) == \
+        ({"name": ["a", "b"], "size_total": None}, owner)
+
+
+def test_recover_update_of_a_dataset_gone_drops_it(env):
+    vid = add_row(env.store, pool_id=env.pool_id, name="a", guid="1", owner=DEAD_OWNER,
+                  pending={"name": ["a", "b"], "size_total": [GIB, 2 * GIB]})
+    env.svc.recover()
+    assert env.ds.mutations() == [] and row(env.store, vid).pending is None
 
 
 def test_recover_remounts_volume_datasets_left_at_mountpoint_none(env):

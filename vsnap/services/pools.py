@@ -312,24 +312,87 @@ class PoolService:
     # -- update -----------------------------------------------------------------------------
     def update(self, pool_id: str, *, name: str | None = None, compression: bool | None = None,
                deduplication: bool | None = None, syncwrite: bool | None = None) -> dict:
+        """All or nothing. Every check runs before the first change. The rename (export and
+        import, which ZFS refuses while the pool is busy) runs first, the properties after it;
+        a property ZFS refuses puts back those already set and renames the pool back. The row
+        records the update while it runs (`pending`, and state renaming during the rename), so
+        a start after a crash finishes it (the pool was exported for the rename, or no rename
+        was asked) or rolls it back (see _recover_update)."""
         if name is not None:
             validate_pool_name(name)
         self._check_syncwrite(syncwrite)
         with self.lock.held():
             row, summary = self._find(pool_id)
             renaming = name is not None and name != summary.name
-            if renaming and any(p.name == name for p in self.ops.list()):
-                raise ConflictError(f"A pool named {name} already exists")  # before any change
-            if compression is not None:
-                self.ops.set(summary.name, "compression", "on" if compression else "off")
-            if deduplication is not None:
-                self.ops.set(summary.name, "dedup", "on" if deduplication else "off")
-            if syncwrite is not None and self.ops.has_sync:
-                self.ops.set(summary.name, "sync", "standard" if syncwrite else "disabled")
             if renaming:
-                self._rename(row, summary, name)
+                self._check_rename(name)
+            wanted = {}
+            if compression is not None:
+                wanted["compression"] = "on" if compression else "off"
+            if deduplication is not None:
+                wanted["dedup"] = "on" if deduplication else "off"
+            if syncwrite is not None and self.ops.has_sync:
+                wanted["sync"] = "standard" if syncwrite else "disabled"
+            current = self.ops.dataset_props(summary.name, list(wanted)) if wanted else {}
+            changes = {prop: [current.get(prop), value] for prop, value in wanted.items()
+                       if current.get(prop) != value}
+            if renaming or changes:
+                self._update(row, summary, name if renaming else None, changes)
             self._touch(row.id)
         return self.get(pool_id=pool_id)
+
+    def _check_rename(self, name: str) -> None:
+        if any(p.name == name for p in self.ops.list()):
+            raise ConflictError(f"A pool named {name} already exists")
+        # The pool mounts there after the import; ZFS cannot mount over files.
+        path = Path(self.mountpoint(name))
+        if path.is_symlink() or (path.exists() and not (path.is_dir() and not any(path.iterdir()))):
+            raise ConflictError(f"A pool cannot be named {name}: its mount point {path} is taken "
+                                "(it exists and is not an empty directory)")
+
+    def _update(self, row: Pool, summary: PoolSummary, name: str | None, changes: dict) -> None:
+        with self.store.session() as s:
+            r = s.get(Pool, row.id)
+            r.pending = {"name": [summary.name, name] if name else None, "props": changes}
+            r.owner = current_owner()
+        try:
+            current = summary.name
+            if name:
+                self._rename(row, summary, name)
+                current = name
+            done = []
+            try:
+                for prop, (_, value) in changes.items():
+                    self.ops.set(current, prop, value)
+                    done.append(prop)
+            except CommandError as exc:
+                message = f"ZFS refused to set {prop} on pool {current}: {describe(exc)}"
+                message += self._undo_update(row.id, current, summary.name if name else None,
+                                             {p: changes[p][0] for p in reversed(done)})
+                raise ConflictError(message) from exc
+        finally:
+            with self.store.session() as s:
+                r = s.get(Pool, row.id)
+                r.pending, r.owner = None, (r.owner if r.state != READY else None)
+
+    def _undo_update(self, pool_id: int, current: str, old_name: str | None, before: dict) -> str:
+        """Puts back the properties set and the name; says in the error what could not be."""
+        left = []
+        for prop, value in before.items():
+            try:
+                if value is not None:
+                    self.ops.set(current, prop, value)
+            except CommandError as exc:
+                log.error("pool %s: could not set %s back to %s: %s", current, prop, value, describe(exc))
+                left.append(f"{prop} stays changed")
+        if old_name:
+            try:
+                row, summary = self._find(str(pool_id))
+                self._rename(row, summary, old_name)
+            except Exception as exc:  # the update's own error is the one to report
+                log.error("pool %s: could not rename it back to %s: %s", current, old_name, exc)
+                left.append(f"it stays named {current}")
+        return f"; {', '.join(left)} (putting it back failed)" if left else ""
 
     def _rename(self, row: Pool, summary: PoolSummary, new_name: str) -> None:
         """ZFS renames a pool by export and import under the new name."""
@@ -360,7 +423,9 @@ class PoolService:
     def _set_ready(self, pool_id: int, name: str) -> None:
         with self.store.session() as s:
             r = s.get(Pool, pool_id)
-            r.name, r.state, r.pending_name, r.owner, r.time_updated = name, READY, None, None, now()
+            r.name, r.state, r.pending_name, r.time_updated = name, READY, None, now()
+            if r.pending is None:  # else an update is still in flight: its owner stays
+                r.owner = None
 
     def _touch(self, pool_id: int) -> None:
         with self.store.session() as s:
@@ -466,10 +531,13 @@ class PoolService:
             with self.store.session() as s:
                 rows = s.query(Pool).order_by(Pool.id).all()
             for row in rows:
-                if row.state != READY and not is_current(row.owner) and owner_alive(row.owner):
+                if (row.state != READY or row.pending is not None) and not is_current(row.owner) \
+                        and owner_alive(row.owner):
                     continue  # another live server process is doing this change now
                 try:
                     self._recover_row(row, imported)
+                    if row.pending is not None:
+                        self._recover_update(row)
                 except CommandError as exc:
                     log.error("pool %s (%s): recovery failed: %s", row.id, row.name, describe(exc))
                 except Exception:  # one pool's trouble must not stop the others' recovery
@@ -496,9 +564,12 @@ class PoolService:
                 log.info("pool %s: creation never reached ZFS; rolled back", row.name)
         elif row.state == RENAMING:
             self._finish_rename(row.id, row.guid, row.pending_name or row.name)
-            if row.pending_name and row.pending_name != row.name:
+            with self.store.session() as s:
+                name = s.get(Pool, row.id).name
+            if name != row.name:
                 self._remove_mountpoint(row.name)
-            log.info("pool %s: interrupted rename finished", row.pending_name)
+            log.info("pool %s: interrupted rename %s", name,
+                     "finished" if name != row.name else "rolled back (it was not exported yet)")
         elif row.state == DELETING:
             if row.guid in imported:
                 self.before_pool_delete.run(row.id, imported[row.guid].name)
@@ -513,6 +584,25 @@ class PoolService:
                 log.info("pool %s: imported again", row.name)
         elif imported[row.guid].name != row.name:
             self._set_ready(row.id, imported[row.guid].name)
+
+    def _recover_update(self, row: Pool) -> None:
+        """An update a crash interrupted (after _recover_row settled any rename in flight). The
+        rename's export is its point of no return: past it (the pool has its new name now), or
+        with no rename asked, the properties are set as asked; before it, put back."""
+        names, changes = row.pending.get("name"), row.pending.get("props") or {}
+        current = next((p.name for p in self.ops.list() if p.guid == row.guid), None)
+        if current is None:
+            log.warning("pool %s: not imported; its interrupted update is finished at a later start", row.name)
+            return
+        finished = names is None or current == names[1]
+        for prop, (before, after) in changes.items():
+            value = after if finished else before
+            if value is not None:
+                self.ops.set(current, prop, value)
+        with self.store.session() as s:
+            r = s.get(Pool, row.id)
+            r.name, r.pending, r.owner = current, None, None
+        log.info("pool %s: interrupted update %s", current, "finished" if finished else "rolled back")
 
     def _stamped(self, name: str) -> dict[str, str]:
         try:

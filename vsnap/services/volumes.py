@@ -325,71 +325,154 @@ class VolumeService:
 
     # -- updating ---------------------------------------------------------------------------
     def update(self, vol_id, *, name=None, size_total=...) -> dict:
+        """All or nothing. Every check runs before the first change. The rename runs first
+        (ZFS may still refuse it: a mount in use), the resize after it; a resize that fails
+        renames the volume back. While ZFS changes, the row records the update (`pending`),
+        so a start after a crash finishes it (the rename was done, or none was asked) or rolls
+        it back (see _recover_update)."""
         if name is not None:
             validate_name(name)
         with self.lock.held():
-            v, _ = self.view(vol_id)
-            if size_total is not ...:
-                try:
-                    self._resize(v, size_total)
-                except (CommandError, OSError) as exc:
-                    raise ValidationError(f"ZFS refused to resize {v.row.name}: {describe(exc)}") from exc
-                for hook in self.after_volume_resize:
-                    hook(v.row.id)
-            if name is not None and name != v.row.name:
-                self._rename(v, name)
+            v, view = self.view(vol_id)
+            renaming = name is not None and name != v.row.name
+            resizing = size_total is not ...
+            if resizing:
+                self._check_resize(v, size_total)
+            if renaming:
+                self._check_rename(v, view, name)
+            if renaming and v.row.volume_type == FILEBACKED:
+                with self.store.session() as s:  # a row change only: no file moves
+                    s.get(Volume, v.row.id).name = name
+            elif renaming or resizing:
+                self._update_dataset(v, name if renaming else None, size_total if resizing else ...)
             with self.store.session() as s:
                 s.get(Volume, v.row.id).time_updated = now()
+            if resizing:
+                for hook in self.after_volume_resize:
+                    hook(v.row.id)
         return self.get(vol_id=vol_id)
 
-    def _resize(self, v: VolumeView, size_total) -> None:
+    def _check_resize(self, v: VolumeView, size_total) -> None:
         kind = v.row.volume_type
         if kind == FILEBACKED:
             raise ValidationError("A filebackedlun's size is its file's size")
         if size_total is None:
             if kind != "filesystem":
                 raise ValidationError("A lun needs a size_total")
-            self.ds.set(v.dataset, "quota", "none")
             return
         validate_size(size_total)
         used = int(v.props["used"] if kind == "filesystem" else v.props["referenced"])
         if size_total < used:
             raise ValidationError(f"size_total {size_total} is below what volume {v.row.name} "
                                   f"already uses ({used} bytes)")
-        if kind == "filesystem":
-            self.ds.set(v.dataset, "quota", str(size_total))
-        elif v.props.get("type") == "volume":
-            self.ds.set(v.dataset, "volsize", str(size_total))
-        else:
-            self.lunfiles.resize(v.props["mountpoint"], size_total)
-            self.ds.set(v.dataset, PROP_VOLSIZE, str(size_total))
+        block = _number(v.props.get("volblocksize")) if v.props.get("type") == "volume" else None
+        if block and size_total % block:
+            raise ValidationError(f"size_total of lun {v.row.name} must be a multiple of its block "
+                                  f"size ({block} bytes)")
 
-    def _rename(self, v: VolumeView, name: str) -> None:
+    def _check_rename(self, v: VolumeView, view: CatalogView, name: str) -> None:
         if v.row.volume_type == FILEBACKED:
             with self.store.session() as s:
                 if s.query(Volume).filter(Volume.pool_id == v.row.pool_id, Volume.name == name).first():
                     raise ConflictError(f"Pool {v.pool_name} already has a volume named {name}")
-                s.get(Volume, v.row.id).name = name
             return
         self._check_free(v.pool_name, name)
-        new = f"{v.pool_name}/{name}"
-        undo = self.before_volume_rename.run(v.row.id)  # servers holding the mount let go
+        # ZFS renames a filesystem's snapshots with it, and must unmount their clones for that:
+        # zfs-fuse refuses outright ('dataset is busy') while a clone is mounted, and the
+        # appliance keeps every clone mounted (OpenZFS would unmount them under their users).
+        clones = self._clone_names(v, view)
+        if clones and v.props.get("type") == "filesystem":
+            raise ConflictError(f"Volume {v.row.name} cannot be renamed while snapshots of it have "
+                                f"clones: {', '.join(clones)}; ZFS would have to unmount them. "
+                                "Delete the clones first")
+
+    @staticmethod
+    def _clone_names(v: VolumeView, view: CatalogView) -> list[str]:
+        return sorted({c.split("/", 1)[1] for snap in view.snapshots.values()
+                       if snap.volume.row.id == v.row.id for c in snap.clones})
+
+    def _size_setting(self, v: VolumeView) -> int | None:
+        """The volume's size as _set_size takes it: a filesystem's quota (None: no quota), a
+        LUN's size."""
+        p = v.props
+        if v.row.volume_type == "filesystem":
+            return _number(p.get("quota")) or None
+        if p.get("type") == "volume":
+            return _number(p.get("volsize"))
+        return _number(p.get(PROP_VOLSIZE)) or self.lunfiles.size(p["mountpoint"])
+
+    def _set_size(self, kind: str, dataset: str, size: int | None, before: int | None) -> None:
+        """Sets a size checked by _check_resize (idempotent: recovery sets it again). An image
+        LUN's file is put back to `before` if its recorded size cannot follow."""
+        if kind == "filesystem":
+            self.ds.set(dataset, "quota", str(size) if size else "none")
+            return
+        found = self.ds.get(dataset, ["type", "mountpoint"])
+        if found.get("type") == "volume":
+            self.ds.set(dataset, "volsize", str(size))
+            return
+        self.lunfiles.resize(found["mountpoint"], size)
         try:
-            self.ds.rename(v.dataset, new)
+            self.ds.set(dataset, PROP_VOLSIZE, str(size))
+        except CommandError:
+            if before:
+                self.lunfiles.resize(found["mountpoint"], before)
+            raise
+
+    def _update_dataset(self, v: VolumeView, name: str | None, size_total) -> None:
+        resizing = size_total is not ...
+        before = self._size_setting(v) if resizing else None
+        pending = {"name": [v.row.name, name] if name else None,
+                   "size_total": [before, size_total] if resizing else None}
+        self._set_pending(v.row.id, pending, current_owner())
+        try:
+            dataset = v.dataset
+            if name:
+                self._rename_dataset(v.row.id, dataset, f"{v.pool_name}/{name}")
+                dataset = f"{v.pool_name}/{name}"
+            if not resizing:
+                return
+            try:
+                self._set_size(v.row.volume_type, dataset, size_total, before)
+            except (CommandError, OSError) as exc:
+                message = f"ZFS refused to resize {v.row.name}: {describe(exc)}"
+                if name:
+                    message += self._rename_back(v, dataset)
+                raise ValidationError(message) from exc
+        finally:
+            self._set_pending(v.row.id, None, None)
+
+    def _rename_back(self, v: VolumeView, dataset: str) -> str:
+        """Undoes the rename of a failed update; says so in the error if it could not."""
+        try:
+            self._rename_dataset(v.row.id, dataset, v.dataset)
+            return ""
+        except Exception as exc:  # the update's own error is the one to report
+            log.error("volume %s: could not rename %s back to %s: %s", v.row.id, dataset, v.dataset, exc)
+            return f"; it stays renamed to {dataset.split('/', 1)[1]} (the rename back failed: {exc})"
+
+    def _rename_dataset(self, vol_id: int, old: str, new: str) -> None:
+        undo = self.before_volume_rename.run(vol_id)  # servers holding the mount let go
+        try:
+            self.ds.rename(old, new)
         except CommandError as exc:
             undo()
-            raise ConflictError(f"ZFS refused to rename {v.dataset}: {describe(exc)}") from exc
+            raise ConflictError(f"ZFS refused to rename {old}: {describe(exc)}") from exc
         with self.store.session() as s:
-            s.get(Volume, v.row.id).name = name
+            s.get(Volume, vol_id).name = new.split("/", 1)[1]
         for hook in self.after_volume_rename:
-            hook(v.row.id, v.dataset, new)
+            hook(vol_id, old, new)
+
+    def _set_pending(self, vol_id: int, pending: dict | None, owner) -> None:
+        with self.store.session() as s:
+            row = s.get(Volume, vol_id)
+            row.pending, row.owner = pending, owner
 
     # -- deleting ---------------------------------------------------------------------------
     def delete(self, vol_id) -> None:
         with self.lock.held():
             v, view = self.view(vol_id)
-            clones = sorted({c.split("/", 1)[1] for snap in view.snapshots.values()
-                             if snap.volume.row.id == v.row.id for c in snap.clones})
+            clones = self._clone_names(v, view)
             if clones:
                 raise ConflictError(f"Volume {v.row.name} has snapshots with clones: "
                                     f"{', '.join(clones)}; delete the clones first")
@@ -424,11 +507,15 @@ class VolumeService:
         with self.lock.held():
             self._remount_volumes()
             with self.store.session() as s:
-                rows = [r for r in s.query(Volume).filter(Volume.state != READY).all()
+                rows = [r for r in s.query(Volume).filter(
+                            (Volume.state != READY) | Volume.pending.isnot(None)).all()
                         if is_current(r.owner) or not owner_alive(r.owner)]
             for row in rows:
                 try:
-                    self._recover_row(row)
+                    if row.state == READY:
+                        self._recover_update(row)
+                    else:
+                        self._recover_row(row)
                 except NotFoundError:
                     log.warning("volume %s (%s): its pool is not imported; the interrupted change is "
                                 "finished at a start that finds the pool", row.id, row.name)
@@ -447,6 +534,30 @@ class VolumeService:
                         log.info("volume dataset %s mounted again", name)
                     except CommandError as exc:
                         log.error("could not mount %s again: %s", name, describe(exc))
+
+    def _recover_update(self, row: Volume) -> None:
+        """An update a crash interrupted. Its rename is the point of no return: done (or none
+        asked), the update is finished (the size set again); not done, it is rolled back (the
+        size put back: the resize comes after the rename, so this only repeats what is)."""
+        _, summary = self.pools._find(row.pool_id)
+        names, sizes = row.pending.get("name"), row.pending.get("size_total")
+
+        def ours(name: str) -> bool:
+            dataset = f"{summary.name}/{name}"
+            return self._exists(dataset) and self.ds.get(dataset, [PROP_VOL_ID])[PROP_VOL_ID] == str(row.id)
+
+        finished = names is None or ours(names[1])
+        name = row.name if names is None else names[1] if finished else names[0]
+        if not ours(name):
+            log.warning("volume %s (%s): its dataset is gone; the interrupted update is dropped",
+                        row.id, row.name)
+        elif sizes is not None:
+            self._set_size(row.volume_type, f"{summary.name}/{name}", sizes[1] if finished else sizes[0],
+                           sizes[0])
+        with self.store.session() as s:
+            r = s.get(Volume, row.id)
+            r.name, r.pending, r.owner = name, None, None
+        log.info("volume %s: interrupted update %s", name, "finished" if finished else "rolled back")
 
     def _recover_row(self, row: Volume) -> None:
         pool_row, summary = self.pools._find(row.pool_id)

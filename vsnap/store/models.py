@@ -42,7 +42,8 @@ class NetworkServices(Base):
 class Pool(Base):
     """A pool this appliance made or adopted. The row is also the intent record of a change in
     flight (state creating/renaming/deleting, with the process doing it), so a start after a crash
-    can finish or roll back what was half-done."""
+    can finish or roll back what was half-done. An update of several properties records them
+    in `pending` while it runs (see PoolService.update)."""
 
     __tablename__ = "pool"
     __table_args__ = {"sqlite_autoincrement": True}  # IDs are never reused
@@ -53,6 +54,9 @@ class Pool(Base):
     diskgroup_size: Mapped[int] = mapped_column(Integer, default=8)
     state: Mapped[str] = mapped_column(String(16), default="ready")
     pending_name: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    # An update in flight: {"name": [before, after] | None, "props": {property: [before, after]}};
+    # the row stays ready (state renaming while the rename runs).
+    pending: Mapped[dict | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     owner: Mapped[str | None] = mapped_column(String(64), nullable=True)  # services/owner.py
     time_created: Mapped[int] = mapped_column(Integer, default=now)
     time_updated: Mapped[int] = mapped_column(Integer, default=now)
@@ -61,7 +65,8 @@ class Pool(Base):
 class Volume(Base):
     """A volume: a dataset directly under a pool (filesystem, or LUN as zvol or image file), or
     a file-backed LUN naming a file inside a filesystem volume. Matched to ZFS by guid, which
-    survives renames; state/owner mark a change in flight, as for pools."""
+    survives renames; state/owner mark a change in flight, as for pools; `pending` (with owner)
+    an update in flight, while the volume stays ready."""
 
     __tablename__ = "volume"
     __table_args__ = {"sqlite_autoincrement": True}
@@ -76,6 +81,8 @@ class Volume(Base):
     parent_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     parent_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     state: Mapped[str] = mapped_column(String(16), default="ready")
+    # An update in flight: {"name": [before, after] | None, "size_total": [before, after] | None}
+    pending: Mapped[dict | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
     time_created: Mapped[int] = mapped_column(Integer, default=now)
     time_updated: Mapped[int] = mapped_column(Integer, default=now)
