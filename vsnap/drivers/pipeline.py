@@ -29,6 +29,10 @@ PIPE_SIZE = 1 << 20  # Linux's default limit for an unprivileged process (fs.pip
 class PipelineStopped(Exception):
     """The relay was told to stop (cancel) or saw no progress for too long (stall)."""
 
+    def __init__(self, reason: str, bytes_moved: int = 0):
+        super().__init__(reason)
+        self.bytes_moved = bytes_moved
+
 
 @dataclass
 class PipelineResult:
@@ -162,18 +166,20 @@ def run_pipeline(producer: list[str], consumer: list[str], *,
             producer_killed = _kill(prod)  # nobody reads what it sends any more
         else:
             # The producer ends right after its stream; a failed one must not leave the
-            # consumer to take a truncated stream for a whole one.
-            reason, prod_rc = _wait(prod, should_stop, stall_seconds, tick, "the sending side")
+            # consumer to take a truncated stream for a whole one. A cancel no longer applies
+            # once the whole stream has passed: the receiving side may be committing it, and
+            # killing our end would not stop that, only hide how it ended.
+            reason, prod_rc = _wait(prod, None, stall_seconds, tick, "the sending side")
             if reason is None and prod_rc != 0:
                 consumer_killed = _kill(cons)
     if reason is None:
-        reason = _wait(cons, should_stop, stall_seconds, tick, "the receiving side")[0]
+        reason = _wait(cons, None, stall_seconds, tick, "the receiving side")[0]
     if reason is not None:
         _kill(prod)
         _kill(cons)
         prod.wait()
         cons.wait()
-        raise PipelineStopped(reason)
+        raise PipelineStopped(reason, moved)
     prod_rc, cons_rc = prod.wait(), cons.wait()
     for r in readers:
         r.join(5)
@@ -189,7 +195,7 @@ def run_pipeline(producer: list[str], consumer: list[str], *,
 def _wait(proc: subprocess.Popen, should_stop, stall_seconds: float, tick: float,
           what: str) -> tuple[str | None, int | None]:
     """Waits for a command to finish after the end of the stream (the receiving side commits
-    what it got): a cancel still applies, and so does the watchdog."""
+    what it got): the watchdog applies, and a cancel if `should_stop` is given."""
     deadline = time.monotonic() + stall_seconds
     while proc.poll() is None:
         if should_stop is not None and (reason := should_stop()):
