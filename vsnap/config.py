@@ -59,6 +59,11 @@ class Settings:
     # transfer may make no progress before it is ended, and the login used on partners.
     repl_parallel: int = 2
     repl_stall_seconds: float = 60.0
+    # How long GET /api/partner/<id> waits for the partner to say the trust still works, and
+    # how often the worker retries telling a partner what it missed (a relationship deleted
+    # here while it was unreachable).
+    partner_check_timeout: float = 10.0
+    partner_notice_interval: float = 30.0
     ssh_user: str = "root"
     # Reads of ZFS are kept while nothing changed through the appliance (any process), and at
     # most this long (or ten times what the last full read took) for changes made outside it.
@@ -149,6 +154,8 @@ class Settings:
             target_resync_interval=float(merged.get("VSNAP_TARGET_RESYNC_INTERVAL", 60.0)),
             repl_parallel=max(1, int(merged.get("VSNAP_REPL_PARALLEL", 2))),
             repl_stall_seconds=float(merged.get("VSNAP_REPL_STALL_SECONDS", 60.0)),
+            partner_check_timeout=float(merged.get("VSNAP_PARTNER_CHECK_TIMEOUT", 10.0)),
+            partner_notice_interval=float(merged.get("VSNAP_PARTNER_NOTICE_INTERVAL", 30.0)),
             ssh_user=merged.get("VSNAP_SSH_USER", "root"),
             catalog_max_age=float(merged.get("VSNAP_CATALOG_MAX_AGE", 2.0)),
             ssh_host_key=Path(merged["VSNAP_SSH_HOST_KEY"]) if merged.get("VSNAP_SSH_HOST_KEY") else None,

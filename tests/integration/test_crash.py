@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 from dataclasses import dataclass
@@ -486,6 +487,95 @@ def test_kill_during_a_replication_session(pair, repl, variant, request):
         points = len(outcomes)
     audit_replication(pair, r)
     print(f"\nreplication/{variant}: {points} kill points in {time.monotonic() - started:.1f} s")
+
+
+# -- a relationship delete, killed on either side ---------------------------------------------------
+def _has_relationship(app, rel_id: str) -> bool:
+    r = app.get(f"/api/relationship/{rel_id}")
+    assert r.status_code in (200, 404), r.text
+    return r.status_code == 200
+
+
+def _deletes_in_flight(app) -> int:
+    """Relationship rows still marked deleting (the intent record; not in the API)."""
+    with sqlite3.connect(f"file:{app.state / 'vsnap.db'}?mode=ro", uri=True, timeout=30) as db:
+        return db.execute("SELECT count(*) FROM relationship WHERE state = 'deleting'").fetchone()[0]
+
+
+def audit_relationship_delete(pair, r: dict, preserve: bool) -> bool:
+    """Once the primary's worker has finished or rolled back an interrupted delete: both sides
+    agree whether the relationship exists, each agrees with its ZFS, and no replica is left
+    unknown (gone with the relationship, unless kept on purpose; else still replicating, with
+    the data intact). Returns whether the relationship is gone."""
+    a, b = pair["a"], pair["b"]
+    rel_id = r["rel"]["id"]
+    settled = wait_for(lambda: _deletes_in_flight(a) == 0 and _has_relationship(a, rel_id) ==
+                       _has_relationship(b, rel_id), 90)
+    assert settled, (_deletes_in_flight(a), _has_relationship(a, rel_id), _has_relationship(b, rel_id),
+                     a.log_tail(20))
+    audit_pool(a, pair["pool_a"])
+    audit_pool(b, pair["pool_b"])
+    pool_b = pair["pool_b"]["name"]
+    replica_left = r["replica"] in zfs_tree(pool_b)
+    if not _has_relationship(a, rel_id):
+        assert replica_left == preserve, (r["replica"], replica_left)
+        return True
+    assert replica_left
+    no_session_active(a)
+    again = a.ok("POST", f"/api/relationship/{rel_id}/session", json={})
+    assert wait_session(a, again["id"])["status"] == "COMPLETED"
+    assert checksums(f"/vsnap/{r['replica']}") == checksums(r["src"])
+    return False
+
+
+REL_DELETE_SHORT = (("primary", False), ("partner", False))
+REL_DELETE_LONG = (("primary", True),)  # keeping the replica, the partner changes only its database
+
+
+@pytest.mark.parametrize("side, preserve", [*REL_DELETE_SHORT,
+                                            *(pytest.param(*v, marks=pytest.mark.long) for v in REL_DELETE_LONG)])
+def test_kill_during_a_relationship_delete(pair, repl, side, preserve, request):
+    """kill -9 of the primary or of the partner after each step of DELETE /api/relationship:
+    afterwards both sides agree and no replica is orphaned."""
+    long = long_mode(request.config)
+    if (side, preserve) in REL_DELETE_LONG and not long:
+        pytest.skip("runs in the long mode (make test-long)")
+    a, b = pair["a"], pair["b"]
+    victim = a if side == "primary" else b
+    a.extra_env["VSNAP_PARTNER_NOTICE_INTERVAL"] = "1"  # an interrupted delete is settled within seconds
+    try:
+        r = repl(f"crdel{side[0]}{int(preserve)}")
+        params = {"preserve_replica": "true"} if preserve else {}
+        points, gone = 0, False
+        for n in range(1, (MAX_POINTS if long else max(SHORT_POINTS)) + 1):
+            restart(victim, n)
+            try:
+                answer = a.delete(f"/api/relationship/{r['rel']['id']}", params=params, timeout=120)
+            except requests.RequestException:
+                answer = None  # the primary died under the request
+            killed = victim.proc.poll() is not None or wait_for(lambda: victim.proc.poll() is not None, 1, 0.05)
+            restart(victim)
+            if side == "partner" and a.proc.poll() is not None:
+                a.start()
+            gone = audit_relationship_delete(pair, r, preserve)
+            if not killed:
+                assert answer is not None and answer.status_code == 200 and gone, \
+                    (answer.status_code if answer is not None else None, answer.text if answer is not None else "")
+                break
+            points += 1
+            if gone:
+                break
+        if not gone:  # the short run stops after its kill points: the delete then goes through
+            a.ok("DELETE", f"/api/relationship/{r['rel']['id']}", params=params)
+            assert audit_relationship_delete(pair, r, preserve)
+        assert points >= 1
+        print(f"\nrelationship delete/{side}/preserve={preserve}: {points} kill points")
+    finally:
+        a.extra_env.pop("VSNAP_PARTNER_NOTICE_INTERVAL", None)
+        if preserve:  # the kept replica is the partner's to delete: its relationship went
+            for v in b.ok("GET", "/api/volume")["volumes"]:
+                if v["name"].startswith("crdel"):
+                    b.delete(f"/api/volume/{v['id']}")
 
 
 # -- the operations -------------------------------------------------------------------------------

@@ -137,7 +137,8 @@ def test_partners_list_each_other_under_one_id_and_no_password_is_kept(pair, adm
     assert set(partner) == {"id", "address", "api_port", "ssh_port", "time_created", "time_updated"}
     [seen_by_b] = b.ok("GET", "/api/partner")["partners"]
     assert seen_by_b["id"] == partner["id"] and seen_by_b["api_port"] == str(a.port)
-    assert a.ok("GET", f"/api/partner/{partner['id']}") == partner
+    # The details add whether the partnership works, asked of the partner now.
+    assert a.ok("GET", f"/api/partner/{partner['id']}") == {**partner, "trust_status": "OK", "trust_message": None}
     assert a.ok("GET", "/api/partner")["total"] == 1
     # Each side's sshd lets the other's key in, forced onto the replication command.
     for state in (STATE, STATE_B):
@@ -418,3 +419,119 @@ def test_replica_pool_full(pair, volume):
     finally:
         destroy_dataset(filler)
     assert replicate(pair, rel["id"])["status"] == "COMPLETED"
+
+
+# -- all or nothing across partners (issue 15) ---------------------------------------------------
+def test_a_replica_clone_refuses_the_relationship_delete_and_nothing_changes(pair, volume):
+    a, b = pair["a"], pair["b"]
+    pool_b = pair["pool_b"]["name"]
+    vol = volume("repl10")
+    src = f"/vsnap/{pair['pool_a']['name']}/repl10"
+    write(f"{src}/f", 2 * MIB)
+    rel = relate(pair, vol)
+    done = replicate(pair, rel["id"])
+    assert done["status"] == "COMPLETED", done
+    clone = b.ok("POST", "/api/volume", json={"name": "repl10_restore", "snapshot_id": done["remote_snap_id"]})
+    try:
+        for _ in range(2):  # a retry is refused the same way: nothing was half-done
+            r = a.delete(f"/api/relationship/{rel['id']}")
+            assert r.status_code == 409, r.text
+            message = r.json()["error"]["message"]
+            assert "repl10_restore" in message and "preserve_replica=true" in message, message
+        assert a.ok("GET", f"/api/relationship/{rel['id']}")["id"] == rel["id"]
+        assert b.ok("GET", f"/api/relationship/{rel['id']}")["id"] == rel["id"]
+        assert f"{pool_b}/repl10_replica" in zfs_names(pool_b)
+        write(f"{src}/g", MIB)
+        assert replicate(pair, rel["id"])["status"] == "COMPLETED"  # the relationship still works
+        assert_replica_matches(pair, "repl10", src)
+    finally:
+        b.ok("DELETE", f"/api/volume/{clone['id']}")
+    a.ok("DELETE", f"/api/relationship/{rel['id']}")
+    assert f"{pool_b}/repl10_replica" not in zfs_names(pool_b)
+    assert b.get(f"/api/relationship/{rel['id']}").status_code == 404
+    assert b.get(f"/api/volume/{rel['remote_vol_id']}").status_code == 404
+
+
+def test_a_partner_that_forgot_us_never_traps_the_primary_and_partnering_again_keeps_the_id(
+        pair, volume, admin):
+    a, b = pair["a"], pair["b"]
+    partner_id = pair["partner"]["id"]
+    pool_b = pair["pool_b"]["name"]
+    vol = volume("repl11")
+    write(f"/vsnap/{pair['pool_a']['name']}/repl11/f", MIB)
+    rel = relate(pair, vol)
+    assert replicate(pair, rel["id"])["status"] == "COMPLETED"
+    seen = a.ok("GET", f"/api/partner/{partner_id}")
+    assert (seen["trust_status"], seen["trust_message"]) == ("OK", None)
+    # The partner loses its record of us (rebuilt, or the partnership removed there): its sshd
+    # refuses our key.
+    keys = STATE_B / "ssh" / "authorized_keys"
+    saved = keys.read_text()
+    keys.write_text("".join(line for line in saved.splitlines(True) if f"vsnap-partner:{partner_id}" not in line))
+    try:
+        seen = a.ok("GET", f"/api/partner/{partner_id}")
+        assert seen["trust_status"] == "REFUSED" and "no longer accepts" in seen["trust_message"], seen
+        r = a.delete(f"/api/relationship/{rel['id']}")
+        assert r.status_code == 409 and "preserve_replica=true" in r.json()["error"]["message"], r.text
+        assert a.ok("GET", f"/api/relationship/{rel['id']}")["id"] == rel["id"]
+        # preserve_replica needs no partner: the relationship goes here, then the volume and
+        # the partner can.
+        a.ok("DELETE", f"/api/relationship/{rel['id']}", params={"preserve_replica": "true"})
+        a.ok("DELETE", f"/api/volume/{vol['id']}")
+        a.ok("DELETE", f"/api/partner/{partner_id}")
+        assert a.get(f"/api/relationship/{rel['id']}").status_code == 404
+        # The partner's side is still there, untouched: its replica is kept, and known to it.
+        assert b.ok("GET", f"/api/relationship/{rel['id']}")["local_role"] == "replica"
+        assert f"{pool_b}/repl11_replica" in zfs_names(pool_b)
+    finally:
+        keys.write_text(saved)
+    # Partnering again with the same appliance: the id the partner knows us by, on both sides;
+    # and again while a relationship uses it: the same id, and the relationship goes on working.
+    partner_again = {"remote_addr": "127.0.0.1", "remote_user": admin.name, "remote_pass": admin.password,
+                     "remote_api_port": PORT_B}
+    assert a.ok("POST", "/api/partner", json=partner_again)["id"] == partner_id
+    kept = volume("repl11k")
+    write(f"/vsnap/{pair['pool_a']['name']}/repl11k/f", MIB)
+    kept_rel = relate(pair, kept)
+    assert replicate(pair, kept_rel["id"])["status"] == "COMPLETED"
+    assert a.ok("POST", "/api/partner", json=partner_again)["id"] == partner_id
+    assert [p["id"] for p in b.ok("GET", "/api/partner")["partners"]] == [partner_id]
+    assert a.ok("GET", "/api/partner")["total"] == 1
+    assert a.ok("GET", f"/api/partner/{partner_id}")["trust_status"] == "OK"
+    write(f"/vsnap/{pair['pool_a']['name']}/repl11k/g", MIB)
+    assert replicate(pair, kept_rel["id"])["status"] == "COMPLETED"
+    # The partner's leftover relationship can be deleted on its side (the primary has forgotten it).
+    b.ok("DELETE", f"/api/relationship/{rel['id']}")
+    assert f"{pool_b}/repl11_replica" not in zfs_names(pool_b)
+
+
+def test_cancels_at_any_point_report_the_truth_and_the_next_session_completes(pair, volume):
+    a, b = pair["a"], pair["b"]
+    pool_b = pair["pool_b"]["name"]
+    vol = volume("repl12")
+    src = f"/vsnap/{pair['pool_a']['name']}/repl12"
+    write(f"{src}/f", 4 * MIB)
+    rel = relate(pair, vol)
+    assert replicate(pair, rel["id"])["status"] == "COMPLETED"
+    outcomes = []
+    last = None
+    for i, delay in enumerate((0.0, 0.15, 0.4, 0.7, 1.0, 1.5, 2.5)):
+        write(f"{src}/d{i}", 24 * MIB)
+        s = a.ok("POST", f"/api/relationship/{rel['id']}/session", json={"remote_snap_name": f"c{i}"})
+        time.sleep(delay)
+        cancel = a.post(f"/api/session/{s['id']}", json={"action": "cancel"})
+        assert cancel.status_code in (200, 409), cancel.text  # 409: it had ended already
+        ended = wait_session(a, s["id"])
+        arrived = f"{pool_b}/repl12_replica@c{i}" in zfs_names(pool_b, "snapshot")
+        # The final status is the truth: COMPLETED exactly when the partner holds the snapshot.
+        assert (ended["status"] == "COMPLETED") == arrived, (delay, ended, arrived)
+        outcomes.append(ended["status"])
+        last = replicate(pair, rel["id"])
+        assert last["status"] == "COMPLETED", (delay, last)
+    print(f"\ncancel outcomes by delay: {outcomes}")
+    # Restore on the partner from its newest snapshot: the data is the primary's.
+    restore = b.ok("POST", "/api/volume", json={"name": "repl12_restore", "snapshot_id": last["remote_snap_id"]})
+    try:
+        assert checksums(f"/vsnap/{pool_b}/repl12_restore") == checksums(src)
+    finally:
+        b.ok("DELETE", f"/api/volume/{restore['id']}")

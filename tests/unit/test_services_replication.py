@@ -254,7 +254,7 @@ class FakeLink:
         self.calls: list[SimpleNamespace] = []
         self.answers: dict[str, object] = {}
 
-    def call(self, partner, op, *args, body=None, address=None):
+    def call(self, partner, op, *args, body=None, address=None, timeout=None):
         self.calls.append(SimpleNamespace(partner_id=partner.id, address=partner.address, port=partner.ssh_port,
                                           op=op, args=list(args), body=body, via=address,
                                           pinned=self.ssh.pinned.get(partner.id)))
@@ -613,48 +613,59 @@ def test_create_partner_answer_not_an_object(env):
     assert env.partners() == {} and env.ssh.pinned == {}
 
 
-def test_partnering_again_replaces_the_old_partnership(env):
+def test_partnering_again_keeps_the_id_and_updates_addresses_and_keys(env):
     old = create(env)["id"]
-    env.api.answer = good_answer(ssh_public_key=OTHER_KEY, ssh_port=2222)
-    new = create(env, remote_addr="10.0.0.3")["id"]
-    assert new != old
+    env.api.answer = good_answer(ssh_public_key=OTHER_KEY, ssh_port=2222, id=old, renewed=True)
+    new = create(env, remote_addr="10.0.0.3")["id"]  # found by its certificate: offered under its id
+    assert new == old and env.api.posts[-1]["body"]["id"] == old
     (row,) = env.partners().values()
-    assert (row.id, row.address, row.ssh_port, row.ssh_public_key) == (new, "10.0.0.3", 2222, OTHER_KEY)
-    assert set(env.ssh.authorized) == {new} and set(env.ssh.pinned) == {new}
-    assert env.ssh.authorized[new][0] == OTHER_KEY
+    assert (row.id, row.address, row.ssh_port, row.ssh_public_key) == (old, "10.0.0.3", 2222, OTHER_KEY)
+    assert set(env.ssh.authorized) == {old} and set(env.ssh.pinned) == {old}
+    assert env.ssh.authorized[old][0] == OTHER_KEY
 
 
-def test_partnering_again_refused_while_relationships_use_the_old_one(env):
+def test_partnering_again_takes_the_id_the_partner_knows_us_by(env):
+    # This appliance was rebuilt (it knows no partner); the partner still knows it as P2.
+    env.api.answer = good_answer(id=P2, renewed=True)
+    assert create(env)["id"] == P2
+    assert set(env.partners()) == {P2} and set(env.ssh.authorized) == {P2}
+
+
+def test_an_answer_naming_another_partnerships_id_is_refused_and_withdrawn(env):
+    env.partner(P2, system_id="0f" * 8)
+    env.svc._remember_addresses(P2, ["10.9.0.2"])
+    env.api.answer = good_answer(id=P2)  # a new partnership (not renewed), under P2's id
+    with pytest.raises(ConflictError):
+        create(env, remote_addr="10.0.0.9")
+    assert env.partners()[P2].system_id == "0f" * 8 and env.svc._remembered_addresses(P2) == ["10.9.0.2"]
+    assert [c.op for c in env.link.calls] == ["unpartner"]
+def test_partnering_again_while_relationships_use_it_keeps_them(env):
     old = create(env)["id"]
     rel = env.relationship(env.fs, old)
-    with pytest.raises(ConflictError) as info:
-        create(env)
-    assert info.value.status == 409
+    env.api.answer = good_answer(id=old, renewed=True)
+    assert create(env)["id"] == old
     assert set(env.partners()) == {old} and set(env.rels()) == {rel}
-    assert set(env.ssh.authorized) == {old} and set(env.ssh.pinned) == {old}
-    new = env.api.posts[-1]["body"]["id"]
-    assert [(c.op, c.partner_id) for c in env.link.calls] == [("unpartner", new)]
-
-
+    assert env.link.calls == []  # nothing withdrawn
 def test_withdrawal_can_verify_the_partner_host_key(env):
-    create(env)
-    env.relationship(env.fs, next(iter(env.partners())))
-    with pytest.raises(ConflictError):
-        create(env)  # the answer is fine; this side refuses (relationships use the old partnership)
+    env.api.answer = good_answer(ssh_public_key="garbage")  # unusable: this side refuses it
+    with pytest.raises(ValidationError):
+        create(env)
     (call,) = env.link.calls
     assert call.pinned == PARTNER_HOST, "no host key pinned for the partner when withdrawing"
-
-
 def test_withdrawal_uses_the_partners_ssh_port(env):
-    create(env)
-    env.relationship(env.fs, next(iter(env.partners())))
-    env.api.answer = good_answer(ssh_port=8922)
-    with pytest.raises(ConflictError):
+    env.api.answer = good_answer(ssh_port=8922, ssh_public_key="garbage")
+    with pytest.raises(ValidationError):
         create(env)
     (call,) = env.link.calls
     assert call.port == 8922
 
 
+def test_a_renewed_partnership_is_not_withdrawn_when_this_side_fails(env):
+    old = create(env)["id"]
+    env.api.answer = good_answer(id=old, renewed=True, ssh_public_key="garbage")
+    with pytest.raises(ValidationError):
+        create(env)
+    assert env.link.calls == [] and set(env.partners()) == {old} and set(env.ssh.authorized) == {old}
 def _db_bytes(store) -> bytes:
     path = store.engine.url.database
     data = b""
@@ -679,9 +690,11 @@ def test_password_is_never_stored_nor_logged(env, caplog):
             create(env, user=user, password=password)
         env.api.answer = good_answer()
         body = create(env, user=user, password=password)
-        env.relationship(env.fs, body["id"])
+        env.partner(P2, system_id="0f" * 8)
+        env.api.answer = good_answer(id=P2, system_id="0e" * 8)  # names another partnership: refused
         with pytest.raises(ConflictError) as conflict:
-            create(env, user=user, password=password)
+            create(env, remote_addr="10.0.0.9", user=user, password=password)
+        assert body["id"] != P2
     assert all(p["auth"] == (user, password) for p in env.api.posts)  # it was used...
     data = _db_bytes(env.store)
     assert REMOTE_SYS.encode() in data  # (the database file does hold what was written)
@@ -699,7 +712,8 @@ def test_password_is_never_stored_nor_logged(env, caplog):
 
 def test_accept_partner(env):
     answer = env.svc.accept_partner(offer())
-    assert answer == {"system_id": OUR_SYS, "ssh_public_key": OUR_KEY, "ssh_host_key": OUR_HOST,
+    assert answer == {"id": P1, "renewed": False, "system_id": OUR_SYS, "ssh_public_key": OUR_KEY,
+                      "ssh_host_key": OUR_HOST,
                       "ssh_port": env.settings.ssh_port, "api_port": env.settings.port}
     (row,) = env.partners().values()
     assert (row.id, row.system_id, row.address, row.api_port, row.ssh_port, row.tls_fingerprint) == \
@@ -740,21 +754,25 @@ def test_accept_partner_duplicate_id(env):
     assert env.ssh.authorized[P1][0] == PARTNER_KEY
 
 
-def test_accept_partner_again_from_the_same_appliance_replaces(env):
+def test_accept_partner_again_from_the_same_appliance_keeps_its_id(env):
     env.svc.accept_partner(offer())
-    env.svc.accept_partner(offer(id=P2, ssh_public_key=OTHER_KEY))
-    assert set(env.partners()) == {P2}
-    assert set(env.ssh.authorized) == {P2} and set(env.ssh.pinned) == {P2}
+    answer = env.svc.accept_partner(offer(id=P2, ssh_public_key=OTHER_KEY, address="10.0.0.7"))
+    assert (answer["id"], answer["renewed"]) == (P1, True)
+    (row,) = env.partners().values()
+    assert (row.id, row.address, row.ssh_public_key) == (P1, "10.0.0.7", OTHER_KEY)
+    assert set(env.ssh.authorized) == {P1} and env.ssh.authorized[P1][0] == OTHER_KEY
+def test_accept_partner_again_while_relationships_use_it_keeps_them(env):
+    env.svc.accept_partner(offer())
+    rel = env.relationship(env.fs, P1, REPLICA)
+    assert env.svc.accept_partner(offer(id=P2))["id"] == P1
+    assert set(env.partners()) == {P1} and set(env.rels()) == {rel} and set(env.ssh.authorized) == {P1}
 
 
-def test_accept_partner_again_refused_while_relationships_use_it(env):
+def test_accept_partner_refuses_an_id_another_appliance_has(env):
     env.svc.accept_partner(offer())
-    env.relationship(env.fs, P1, REPLICA)
     with pytest.raises(ConflictError):
-        env.svc.accept_partner(offer(id=P2))
-    assert set(env.partners()) == {P1} and set(env.ssh.authorized) == {P1}
-
-
+        env.svc.accept_partner(offer(system_id="0f" * 8))
+    assert env.partners()[P1].system_id == REMOTE_SYS
 @pytest.mark.parametrize("change", [
     {"id": P1.upper()}, {"id": P1[:-1]}, {"id": None}, {"id": "../" + P1[3:]},
     {"system_id": "XYZ"}, {"system_id": None}, {"system_id": "abc"},
@@ -1019,12 +1037,91 @@ def test_delete_relationship_primary_partner_refuses(env):
     assert set(env.rels()) == {rel}
 
 
-def test_delete_relationship_primary_partner_no_longer_knows_it(env):
+def test_delete_relationship_primary_partner_no_longer_knows_it_names_the_choice(env):
     env.partner(P1)
     rel = env.relationship(env.fs, P1)
-    env.link.answers["delete-relationship"] = RemoteError(f"partner refused: Relationship {rel} not found")
-    env.svc.delete_relationship(rel)
+    env.link.answers["delete-relationship"] = RemoteError(f"partner refused: Relationship {rel} not found",
+                                                          unknown=True)
+    with pytest.raises(ConflictError) as info:
+        env.svc.delete_relationship(rel)
+    assert "preserve_replica=true" in info.value.message and "does not know" in info.value.message
+    assert set(env.rels()) == {rel} and env.rels()[rel].state == "ready"
+    env.svc.delete_relationship(rel, preserve_replica=True)
     assert env.rels() == {}
+
+
+@pytest.mark.parametrize("error", [RemoteError("Permission denied (publickey)", untrusted=True),
+                                   RemoteError("no route", unreachable=True)])
+def test_delete_relationship_with_preserve_needs_no_partner(env, error):
+    env.partner(P1)
+    rel = env.relationship(env.fs, P1)
+    env.link.answers["delete-relationship"] = error
+    with pytest.raises(ConflictError if error.untrusted else ServiceUnavailableError) as info:
+        env.svc.delete_relationship(rel)
+    assert "preserve_replica=true" in info.value.message
+    assert set(env.rels()) == {rel}
+    env.svc.delete_relationship(rel, preserve_replica=True)
+    assert env.rels() == {}
+    notices = env.svc._notice_key(P1, rel)
+    with env.store.session() as s:
+        assert (s.get(Setting, notices) is not None) == (not error.untrusted)  # told when it answers
+    env.link.answers["delete-relationship"] = {}
+    env.svc.deliver_notices()
+    assert env.link.calls[-1].op == "delete-relationship" and env.link.calls[-1].args == [rel, "1"] \
+        or error.untrusted
+    with env.store.session() as s:
+        assert s.get(Setting, notices) is None
+
+
+def test_an_interrupted_delete_whose_partner_side_went_is_finished(env):
+    env.partner(P1)
+    rel = env.relationship(env.fs, P1)
+    with env.store.session() as s:  # as a delete killed after the partner's side was deleted leaves it
+        row = s.get(Relationship, rel)
+        row.state, row.delete_preserve, row.owner = "deleting", False, "999999999:1"
+    env.link.answers["delete-relationship"] = RemoteError(f"Relationship {rel} not found", unknown=True)
+    env.svc.recover_deletes()
+    assert env.rels() == {}
+
+
+def test_a_partner_that_stops_while_deleting_leaves_the_delete_pending(env):
+    env.partner(P1)
+    rel = env.relationship(env.fs, P1)
+    env.link.answers["delete-relationship"] = RemoteError("the appliance's server stopped while answering",
+                                                          refused=False)
+    with pytest.raises(ServiceUnavailableError, match="finished when it answers"):
+        env.svc.delete_relationship(rel)
+    row = env.rels()[rel]
+    assert (row.state, row.owner) == ("deleting", None)  # for the worker, or a retried DELETE
+    env.link.answers["delete-relationship"] = RemoteError(f"Relationship {rel} not found", unknown=True)
+    env.svc.recover_deletes()  # its side went: the delete is finished here
+    assert env.rels() == {}
+
+
+def test_an_interrupted_delete_the_partner_refuses_is_rolled_back(env):
+    env.partner(P1)
+    rel = env.relationship(env.fs, P1)
+    with env.store.session() as s:
+        row = s.get(Relationship, rel)
+        row.state, row.delete_preserve, row.owner = "deleting", False, "999999999:1"
+    env.link.answers["delete-relationship"] = RemoteError("the replica volume has a clone")
+    env.svc.recover_deletes()
+    assert env.rels()[rel].state == "ready" and env.rels()[rel].owner is None
+
+
+def test_a_relationship_being_deleted_takes_no_session(env):
+    env.partner(P1)
+    rel = env.relationship(env.fs, P1)
+    pending = env.session(rel, env.snapshot(env.fs, "s1"))
+    with env.store.session() as s:
+        row = s.get(Relationship, rel)
+        row.state, row.owner = "deleting", current_owner()
+    assert env.svc.claim_next(set()) is None
+    with pytest.raises(ConflictError):
+        env.svc.start_session(rel)
+    with pytest.raises(ConflictError, match="being deleted"):
+        env.svc.delete_relationship(rel)
+    assert env.sess(pending).status == PENDING
 
 
 @pytest.mark.parametrize("preserve", [False, True])
@@ -1047,7 +1144,9 @@ def test_delete_relationship_on_the_replica_partner_unreachable(env, caplog):
     with caplog.at_level(logging.WARNING, logger="vsnap.services.replication"):
         env.svc.delete_relationship(rel)
     assert env.rels() == {} and env.volumes.deleted == [replica]
-    assert any("could not be told" in r.getMessage() for r in caplog.records)
+    assert any("told when it answers" in r.getMessage() for r in caplog.records)
+    with env.store.session() as s:
+        assert s.get(Setting, env.svc._notice_key(P1, rel)) is not None
 
 
 # =============================================================================================
@@ -1279,13 +1378,21 @@ def test_end_never_overwrites_a_canceled_session(env, rel):
     snap = env.snapshot(env.fs, "s2")
     sid = env.session(rel, snap, status=ACTIVE, owner=current_owner())
     env.svc.cancel_session(sid)
-    env.svc._end(sid, COMPLETED, None, remote_snap_id="99", size_sent=5)
-    row = env.sess(sid)
-    assert (row.status, row.message, row.remote_snap_id) == (FAILED, CANCELED, None)
+    env.svc._end(sid, FAILED, "later failure")
+    assert (env.sess(sid).status, env.sess(sid).message) == (FAILED, CANCELED)
     r = env.rels()[rel]
     assert (r.last_sync_status, r.last_attempt_snap_id, r.last_success_snap_id) == (FAILED, snap, good)
-    env.svc._end(sid, FAILED, "later failure")
-    assert env.sess(sid).message == CANCELED
+
+
+def test_a_session_whose_snapshot_arrived_is_completed_though_a_cancel_came_first(env, rel):
+    snap = env.snapshot(env.fs, "s2")
+    sid = env.session(rel, snap, status=ACTIVE, owner=current_owner())
+    env.svc.cancel_session(sid)
+    env.svc._end(sid, COMPLETED, None, remote_snap_id="99", size_sent=5)
+    row = env.sess(sid)
+    assert (row.status, row.remote_snap_id) == (COMPLETED, "99") and CANCELED in row.message
+    r = env.rels()[rel]
+    assert (r.last_sync_status, r.last_success_snap_id) == (COMPLETED, snap)
 
 
 def test_end_failed_keeps_the_last_success(env, rel):
@@ -1588,7 +1695,35 @@ def test_a_cancel_during_the_stream_asks_nothing_more(env, rel, sending, replica
     sid = _claimed(env, rel, replicated.s2)
     env.svc.run_session(sid)
     assert (env.sess(sid).status, env.sess(sid).message) == (FAILED, CANCELED)
-    assert env.link.calls == [] and len(sending.calls) == 1
+    # Only whether the stream arrived all the same (once the partner's receive ended): it did not.
+    assert [(c.op, c.args) for c in env.link.calls] == [("snapshots", [rel, "settled"])]
+    assert len(sending.calls) == 1
+
+
+def test_a_stopped_stream_that_arrived_whole_completes_the_session(env, rel, sending, replicated):
+    sending.results = [PipelineStopped(CANCELED, 4096)]
+    env.link.answers["snapshots"] = {"snapshots": [{"id": "31", "name": "s1", "guid": "111"},
+                                                   {"id": "32", "name": "s2", "guid": "222"}]}
+    sid = _claimed(env, rel, replicated.s2)
+    env.svc.run_session(sid)
+    row = env.sess(sid)
+    assert (row.status, row.remote_snap_id, row.size_sent) == (COMPLETED, "32", 4096)
+    assert "received the whole snapshot" in row.message
+
+
+def test_after_a_session_that_did_not_complete_the_partner_is_asked_first(env, rel, sending, replicated):
+    # The failed session's snapshot (s2) arrived all the same: the next one sends from it.
+    failed = env.session(rel, replicated.s2, status=FAILED)
+    env.link.answers["snapshots"] = {"snapshots": [{"id": "31", "name": "s1", "guid": "111"},
+                                                   {"id": "32", "name": "s2", "guid": "222"}]}
+    s3 = env.snapshot(env.fs, "s3", guid="333", creation=300)
+    sid = _claimed(env, rel, s3)
+    assert sid != failed
+    env.svc.run_session(sid)
+    assert env.sess(sid).status == COMPLETED
+    assert env.link.ops() == ["prepare"]
+    (call,) = sending.calls
+    assert call["producer"] == ["zfs", "send", "-i", "p/fs@s2", "p/fs@s3"]
 
 
 def test_the_partner_is_asked_when_the_last_sent_snapshot_is_gone_here(env, rel, sending, replicated):
@@ -1702,13 +1837,11 @@ def test_the_addresses_go_with_the_partner(env, sending):
         assert s.get(Setting, f"partner-repl-addresses:{P1}") is None
 
 
-def test_partnering_again_forgets_the_old_partnerships_addresses(env):
+def test_partnering_again_keeps_the_partnerships_addresses(env):
     env.partner(P2, system_id=REMOTE_SYS)
     env.svc._remember_addresses(P2, ["10.9.0.2"])
-    create(env)  # the same appliance again, as P1: the old partnership is replaced
-    assert env.svc._remembered_addresses(P2) is None
-
-
+    assert create(env)["id"] == P2  # the same appliance again: the same partnership
+    assert env.svc._remembered_addresses(P2) == ["10.9.0.2"]
 # =============================================================================================
 # serve(): the requests a partner makes over SSH
 # =============================================================================================

@@ -21,6 +21,15 @@ class PartnerSchema(ma.Schema):
     time_updated = ma.fields.String()
 
 
+class PartnerDetailSchema(PartnerSchema):
+    """The details add (beyond the spec) whether the partnership still works, asked of the
+    partner when the details are read."""
+    trust_status = ma.fields.String(metadata={
+        "description": "OK; REFUSED: the partner no longer knows or accepts this appliance (it was "
+                       "rebuilt or removed the partnership); UNREACHABLE: no answer over SSH"})
+    trust_message = ma.fields.String(allow_none=True, metadata={"description": "What was seen, if not OK"})
+
+
 class PartnerListSchema(ma.Schema):
     partners = ma.fields.List(ma.fields.Nested(PartnerSchema))
     total = ma.fields.Integer()
@@ -52,6 +61,8 @@ class PartnerOfferSchema(StrictSchema):
 
 
 class PartnerAnswerSchema(ma.Schema):
+    id = ma.fields.String(metadata={"description": "The id this appliance knows the offering one by"})
+    renewed = ma.fields.Boolean(metadata={"description": "True when it was partnered already"})
     system_id = ma.fields.String()
     ssh_public_key = ma.fields.String()
     ssh_host_key = ma.fields.String()
@@ -85,20 +96,20 @@ def accept_partner(args):
 
 @blp.route("")
 @blp.arguments(PartnerQuerySchema, location="query")
-@list_or_detail(blp, PartnerListSchema, PartnerSchema)
+@list_or_detail(blp, PartnerListSchema, PartnerDetailSchema)
 def list_partners(query):
     """List partners (12.2); ?id= gives one's details (12.3)"""
     if "id" in query:
-        return "detail", replication().get_partner(query["id"])
+        return "detail", replication().get_partner(query["id"], check_trust=True)
     partners = replication().list_partners()
     return "list", {"partners": partners, "total": len(partners)}
 
 
 @blp.route("/<string:partner_id>")
-@blp.response(200, PartnerSchema)
+@blp.response(200, PartnerDetailSchema)
 def get_partner(partner_id):
-    """Get partner details (12.3)"""
-    return replication().get_partner(partner_id)
+    """Get partner details (12.3), and whether the partnership still works (asked of it now)"""
+    return replication().get_partner(partner_id, check_trust=True)
 
 
 @blp.route("/<string:partner_id>", methods=["DELETE"])

@@ -8,11 +8,15 @@ each other's SSH host key. Everything after that goes over SSH; no password is k
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
+import os
 import re
 import socket
 import sys
+import threading
 import time
 import uuid
 
@@ -21,14 +25,14 @@ from sqlalchemy import update
 from ..config import Settings
 from ..drivers.partner_api import PartnerApi, PartnerApiError, certificate_fingerprint, file_fingerprint
 from ..drivers.pipeline import PipelineStopped, run_pipeline
-from ..drivers.runner import CommandError, CommandTimeout, Runner, describe
+from ..drivers.runner import CommandError, CommandTimeout, Runner, describe, fault_point
 from ..drivers.ssh import SshDriver, normalize_public_key
 from ..drivers.zfs import ZfsDatasetOps
 from ..logs import request_id_var
 from ..errors import (ApiError, ConflictError, NotFoundError, ServiceUnavailableError, ValidationError)
 from ..store.db import Store
 from ..store.models import Partner, Relationship, ReplicationSession, Setting, Snapshot, Volume, now
-from .catalog import FILEBACKED, READY, Catalog, parse_id
+from .catalog import DELETING, FILEBACKED, READY, Catalog, parse_id
 from .doorbell import Doorbell
 from .locking import StorageLock
 from .owner import current_owner, owner_alive
@@ -46,11 +50,25 @@ _FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 
 
 class RemoteError(Exception):
-    """A partner could not be reached or refused a request."""
+    """A partner could not be reached or refused a request.
 
-    def __init__(self, message: str, unreachable: bool = False):
+    unreachable: no answer came (no connection, SSH failed, or a timeout);
+    untrusted: the partner's SSH server refused this appliance (its key is no longer authorized
+    there, or the host key changed: the partner was rebuilt or removed the partnership);
+    unknown: the partner answered that it does not know what was named (the partnership or
+    the relationship);
+    refused: the partner answered with an error of its own, having changed nothing. Without
+    any of these, how the request ended there is not known (its server stopped while
+    answering, say)."""
+
+    def __init__(self, message: str, unreachable: bool = False, untrusted: bool = False,
+                 unknown: bool = False, refused: bool = True, reason: str | None = None):
         super().__init__(message)
-        self.unreachable = unreachable
+        self.unreachable = unreachable or untrusted
+        self.untrusted = untrusted
+        self.unknown = unknown
+        self.refused = refused and not self.unreachable and not unknown
+        self.reason = reason or message  # the partner's own words, when it answered
 
 
 def _text(value) -> str | None:
@@ -58,10 +76,10 @@ def _text(value) -> str | None:
     return str(value) if value is not None else None
 
 
-def _fail_open_sessions(s, which, message: str) -> None:
-    """PENDING or ACTIVE sessions matching `which` end FAILED; a running transfer sees it
-    within a tick and stops."""
-    s.execute(update(ReplicationSession).where(which, ReplicationSession.status.in_((PENDING, ACTIVE)))
+def _fail_open_sessions(s, which, message: str, statuses=None) -> None:
+    """PENDING or ACTIVE sessions (or those of `statuses`) matching `which` end FAILED; a
+    running transfer sees it within a tick and stops."""
+    s.execute(update(ReplicationSession).where(which, ReplicationSession.status.in_(statuses or (PENDING, ACTIVE)))
               .values(status=FAILED, message=message, time_ended=now()))
 
 
@@ -97,24 +115,36 @@ class PartnerLink:
         self.timeout = timeout
 
     def call(self, partner: Partner, op: str, *args: str, body: dict | None = None,
-             address: str | None = None) -> dict:
+             address: str | None = None, timeout: float | None = None) -> dict:
         argv = self.ssh.command(partner.id, address or partner.address, partner.ssh_port, [op, *args])
         try:
-            out = self.runner.run(argv, check=False, input=json.dumps(body or {}), timeout=self.timeout)
+            out = self.runner.run(argv, check=False, input=json.dumps(body or {}),
+                                  timeout=timeout or self.timeout)
         except CommandTimeout as exc:
             raise RemoteError(f"partner {partner.address} did not answer within {exc.timeout:g} s",
                               unreachable=True) from exc
         if out.returncode == 255:  # ssh's own failure: no connection, or the key was refused
-            reason = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "ssh failed"
-            raise RemoteError(f"partner {partner.address}:{partner.ssh_port} unreachable over SSH: {reason}",
-                              unreachable=True)
+            raise ssh_failure(partner.address, partner.ssh_port, out.stderr)
         try:
             answer = json.loads(out.stdout)
         except ValueError:
             answer = {"error": (out.stderr or out.stdout).strip() or f"exit status {out.returncode}"}
         if out.returncode != 0 or "error" in answer:
-            raise RemoteError(f"partner {partner.address} refused {op}: {answer.get('error')}")
+            reason = str(answer.get("error"))
+            raise RemoteError(f"partner {partner.address} refused {op}: {reason}",
+                              unknown=answer.get("type") == NotFoundError.type,
+                              refused=isinstance(answer.get("type"), str), reason=reason)
         return answer
+
+
+def ssh_failure(address: str, port: int, stderr: str) -> RemoteError:
+    """ssh's own failure (exit status 255), told apart: refused trust, or no connection."""
+    reason = stderr.strip().splitlines()[-1] if stderr.strip() else "ssh failed"
+    if "Permission denied" in stderr or "Host key verification failed" in stderr \
+            or "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr:
+        return RemoteError(f"partner {address}:{port} no longer accepts this appliance over SSH ({reason}): "
+                           "it was rebuilt, or the partnership was removed there", untrusted=True)
+    return RemoteError(f"partner {address}:{port} unreachable over SSH: {reason}", unreachable=True)
 
 
 class ReplicationService:
@@ -133,6 +163,8 @@ class ReplicationService:
         self.link = PartnerLink(ssh, runner)
         self.lock = lock
         self.doorbell = Doorbell(settings.state_dir / "sessions.bell")  # wakes the queue's worker
+        self._releasing: set[str] = set()  # relationships whose replica volume is being deleted
+        self._releasing_lock = threading.Lock()
         volumes.refuse_volume_delete.append(self._refuse_if_replicated)
         volumes.before_volume_rename.append(self._refuse_replica_rename)
         pools.refuse_pool_delete.append(self._refuse_pool_with_relationships)
@@ -158,9 +190,25 @@ class ReplicationService:
         with self.store.session() as s:
             return [self.render_partner(p) for p in s.query(Partner).order_by(Partner.time_created, Partner.id)]
 
-    def get_partner(self, partner_id) -> dict:
+    def get_partner(self, partner_id, check_trust: bool = False) -> dict:
         with self.store.session() as s:
-            return self.render_partner(self._partner(s, partner_id))
+            partner = self._partner(s, partner_id)
+            s.expunge(partner)
+        body = self.render_partner(partner)
+        if check_trust:
+            body.update(self._trust(partner))
+        return body
+
+    def _trust(self, partner: Partner) -> dict:
+        """Whether the partnership still works, asked of the partner now (beyond the spec):
+        trust_status OK, REFUSED (the partner no longer knows or accepts this appliance) or
+        UNREACHABLE, with a message saying what was seen."""
+        try:
+            self.link.call(partner, "info", timeout=self.settings.partner_check_timeout)
+        except RemoteError as exc:
+            refused = exc.untrusted or exc.unknown
+            return {"trust_status": "REFUSED" if refused else "UNREACHABLE", "trust_message": str(exc)}
+        return {"trust_status": "OK", "trust_message": None}
 
     def _own_identity(self, address: str, api_port: int, ssh_port: int) -> dict:
         return {"system_id": self.system.id, "address": address, "api_port": api_port, "ssh_port": ssh_port,
@@ -199,7 +247,12 @@ class ReplicationService:
             # is fine, so the client is told to check them (a 5xx would read as our failure).
             raise ValidationError(f"Partner {remote_addr}:{remote_api_port} cannot be reached: {exc}; "
                                   "check remote_addr and remote_api_port") from exc
-        partner_id = uuid.uuid4().hex
+        # Partnering again with an appliance already partnered keeps the partnership's id (its
+        # relationships and every script that stored it go on working) and updates its
+        # addresses and keys. Known here by its certificate or its address, it is offered
+        # under its id; the partner answers with the id it knows this appliance by.
+        known = self._known_partner(fingerprint, remote_addr, remote_api_port)
+        partner_id = known.id if known is not None else uuid.uuid4().hex
         offer = {"id": partner_id, **self._own_identity(local_addr, local_api_port, local_ssh_port)}
         try:
             answer = PartnerApi(remote_addr, remote_api_port, fingerprint).post(
@@ -210,34 +263,70 @@ class ReplicationService:
             if exc.status is not None and 400 <= exc.status < 500:
                 raise ConflictError(f"The partner refused the partnership: {exc}") from exc
             raise ServiceUnavailableError(f"Partner {remote_addr}:{remote_api_port}: {exc}") from exc
-        partner = None
+        partner = same = made_here = None
+        offered = partner_id
+        renewed = isinstance(answer, dict) and answer.get("renewed") is True  # it knew us already
         try:
             if not isinstance(answer, dict):
                 raise ValidationError("the partner's answer is not an object")
             system_id = answer.get("system_id")
             if not isinstance(system_id, str) or not _SYSTEM_ID.fullmatch(system_id):
                 raise ValidationError("the partner's system id is not valid")
+            theirs = answer.get("id", offered)
+            if not isinstance(theirs, str) or not _HEX32.fullmatch(theirs):
+                raise ValidationError("the partner's id for this appliance is not valid")
+            with self.store.session() as s:
+                same = s.query(Partner).filter(Partner.system_id == system_id).first()
+                # Ours if this appliance knows the partner (its id stays); else the partner's,
+                # so both sides name the partnership alike (e.g. after this one was rebuilt).
+                if same is None and s.get(Partner, theirs) is not None:
+                    raise ConflictError(f"The partner answered with the id of another partnership ({theirs})")
+                partner_id = same.id if same is not None else theirs
             partner = Partner(id=partner_id, system_id=system_id, address=remote_addr, api_port=remote_api_port,
                               ssh_port=remote_ssh_port or validate_port(answer.get("ssh_port"), "partner ssh_port"),
                               tls_fingerprint=fingerprint,
                               ssh_host_key=normalize_public_key(answer.get("ssh_host_key")),
                               ssh_public_key=normalize_public_key(answer.get("ssh_public_key")))
+            made_here = partner_id if same is None else None
             self.ssh.pin_host_key(partner_id, partner.ssh_host_key)  # first: a withdrawal needs it
             with self.lock.held():
                 with self.store.session() as s:
-                    self._replace_partner(s, system_id)
-                    s.add(partner)
+                    self._store_partner(s, partner)
                 self.ssh.authorize(partner_id, partner.ssh_public_key, self.serve_command(partner_id))
         except (ApiError, ValueError, OSError) as exc:
-            # The partner trusts us already: take that back (over SSH, which needs its pinned
-            # host key), then forget it here.
-            self._withdraw(partner or self._withdrawal_target(partner_id, remote_addr, remote_ssh_port, answer))
-            self._forget_partner(partner_id)
+            # A new partnership the partner made already is taken back (over SSH, which needs
+            # its pinned host key); a renewed one stays as the partner had it.
+            if not renewed:
+                self._withdraw(partner or self._withdrawal_target(offered, remote_addr, remote_ssh_port, answer))
+            if made_here is not None:
+                self._forget_partner(made_here)
+            if known is None and offered != made_here:
+                self._drop_trust(offered)  # the host key pinned for the withdrawal
             if isinstance(exc, ApiError):
                 raise
             raise ValidationError(f"The partner's answer is not usable: {exc}") from exc
-        log.info("partner %s (%s) added", partner_id, remote_addr)
+        log.info("partner %s (%s) %s", partner_id, remote_addr, "renewed" if same is not None else "added")
         return self.get_partner(partner_id)
+
+    def _known_partner(self, fingerprint: str, address: str, api_port: int) -> Partner | None:
+        with self.store.session() as s:
+            row = s.query(Partner).filter(Partner.tls_fingerprint == fingerprint).first() or \
+                s.query(Partner).filter(Partner.address == address, Partner.api_port == api_port).first()
+            if row is not None:
+                s.expunge(row)
+            return row
+
+    @staticmethod
+    def _store_partner(s, partner: Partner) -> None:
+        """Adds the partner, or updates the row of the same appliance in place (same id)."""
+        row = s.get(Partner, partner.id)
+        if row is None:
+            s.add(partner)
+            return
+        for field in ("system_id", "address", "api_port", "ssh_port", "tls_fingerprint", "ssh_host_key",
+                      "ssh_public_key"):
+            setattr(row, field, getattr(partner, field))
+        row.time_updated = now()
 
     def _withdrawal_target(self, partner_id: str, address: str, ssh_port, answer) -> Partner | None:
         """Enough of an unusable answer to reach the partner over SSH: its host key (pinned, so
@@ -259,25 +348,14 @@ class ReplicationService:
         except RemoteError as exc:
             log.warning("partner %s: could not withdraw the half-made partnership: %s", partner.address, exc)
 
-    def _replace_partner(self, s, system_id: str) -> None:
-        """Partnering again with an appliance replaces the old partnership, unless it is in use."""
-        old = s.query(Partner).filter(Partner.system_id == system_id).first()
-        if old is None:
-            return
-        if s.query(Relationship).filter(Relationship.partner_id == old.id).first():
-            raise ConflictError(f"This appliance is already partnered with {old.address} (partner {old.id}) "
-                                "and relationships use it")
-        s.delete(old)
-        self._forget_addresses(s, old.id)
-        s.flush()
-        self._drop_trust(old.id)
-
     def _forget_partner(self, partner_id: str) -> None:
         with self.store.session() as s:
             row = s.get(Partner, partner_id)
             if row is not None:
                 s.delete(row)
             self._forget_addresses(s, partner_id)
+            s.query(Setting).filter(Setting.key.like(f"partner-notice:{partner_id}:%")).delete(
+                synchronize_session=False)
         self._drop_trust(partner_id)
 
     # The partner's replication addresses, as it last gave them (creating a replica, or before a
@@ -357,18 +435,24 @@ class ReplicationService:
                                   "(certificate fingerprints differ)")
         with self.lock.held():
             with self.store.session() as s:
-                if s.get(Partner, partner_id) is not None:
+                same = s.query(Partner).filter(Partner.system_id == system_id).first()
+                clash = s.get(Partner, partner_id)
+                if clash is not None and clash is not same:
                     raise ConflictError(f"Partner {partner_id} exists already")
-                self._replace_partner(s, system_id)
-                s.add(Partner(id=partner_id, system_id=system_id, address=address, api_port=api_port,
-                              ssh_port=ssh_port, tls_fingerprint=fingerprint, ssh_host_key=host_key,
-                              ssh_public_key=public_key))
+                # An appliance that partners again keeps the id it has here (its relationships
+                # here name it); it learns that id from the answer.
+                renewed = same is not None
+                if renewed:
+                    partner_id = same.id
+                self._store_partner(s, Partner(id=partner_id, system_id=system_id, address=address,
+                                               api_port=api_port, ssh_port=ssh_port, tls_fingerprint=fingerprint,
+                                               ssh_host_key=host_key, ssh_public_key=public_key))
             self.ssh.authorize(partner_id, public_key, self.serve_command(partner_id))
             self.ssh.pin_host_key(partner_id, host_key)
-        log.info("partner %s (%s) accepted", partner_id, address)
-        return {"system_id": self.system.id, "ssh_public_key": self.ssh.public_key(),
-                "ssh_host_key": self.ssh.host_key(), "ssh_port": self.settings.ssh_port,
-                "api_port": self.settings.port}
+        log.info("partner %s (%s) %s", partner_id, address, "renewed" if renewed else "accepted")
+        return {"id": partner_id, "renewed": renewed, "system_id": self.system.id,
+                "ssh_public_key": self.ssh.public_key(), "ssh_host_key": self.ssh.host_key(),
+                "ssh_port": self.settings.ssh_port, "api_port": self.settings.port}
 
     def delete_partner(self, partner_id) -> None:
         with self.store.session() as s:
@@ -463,57 +547,203 @@ class ReplicationService:
         self._remember_addresses(partner.id, answer.get("repl_addresses"))
         return self.get_relationship(rel_id)
 
+    # -- deleting -------------------------------------------------------------------------------
+    # All or nothing on both sides. The primary marks its row (the intent record) and asks the
+    # partner, which deletes the replica volume and only then its own row: a refusal (a clone
+    # of the replica, say) changes nothing on either side. A partner that cannot be reached or
+    # no longer knows the relationship never traps the primary: with preserve_replica the
+    # relationship goes here alone (the partner is told when it answers again); without it the
+    # answer names that choice.
     def delete_relationship(self, rel_id, preserve_replica: bool = False) -> None:
+        rel, partner, resumed = self._mark_deleting(rel_id, bool(preserve_replica))
+        try:
+            # A transfer in flight ends (the replica may be about to go); queued ones wait, and
+            # go with the relationship, or run if the delete fails.
+            self._stop_sessions(rel.id, "Canceled: the relationship is being deleted", ACTIVE)
+            if rel.local_role == PRIMARY:
+                self._delete_with_partner(rel, partner, bool(preserve_replica), resumed)
+            else:
+                self._drop_replica_side(rel.id, bool(preserve_replica))
+                self._tell_partner(partner, rel.id)
+        except BaseException:
+            self._unmark_deleting(rel.id, only_owner=current_owner())
+            raise
+
+    def _mark_deleting(self, rel_id, preserve: bool) -> tuple[Relationship, Partner, bool]:
+        """The row says a delete is in flight, and by whom; one at a time. `resumed`: an
+        earlier delete of it was interrupted (its process died), and may have reached the
+        partner."""
         with self.store.session() as s:
             rel = self._relationship(s, rel_id)
+            resumed = rel.state == DELETING
+            if resumed and owner_alive(rel.owner):
+                raise ConflictError(f"Relationship {rel.id} is being deleted")
+            claimed = s.execute(update(Relationship).where(Relationship.id == rel.id, Relationship.state == rel.state,
+                                                           Relationship.owner.is_(rel.owner))
+                                .values(state=DELETING, delete_preserve=preserve, owner=current_owner())).rowcount
+            if not claimed:
+                raise ConflictError(f"Relationship {rel.id} is being deleted")
             partner = s.get(Partner, rel.partner_id)
-        if rel.local_role == PRIMARY:
-            # The replica goes first: if the partner cannot be reached it cannot be deleted,
-            # and the relationship stays so that the deletion can be tried again.
-            try:
-                self.link.call(partner, "delete-relationship", rel.id, "1" if preserve_replica else "0")
-            except RemoteError as exc:
-                if exc.unreachable:
-                    raise ServiceUnavailableError(f"The replica cannot be deleted now: {exc}") from exc
-                if "not found" not in str(exc):
-                    raise ConflictError(str(exc)) from exc
-            self._stop_sessions(rel.id, "Canceled: the relationship was deleted")
-            self._drop_relationship(rel.id)
-        else:
-            self._stop_sessions(rel.id, "Canceled: the relationship was deleted")
-            self._drop_replica_side(rel.id, preserve_replica)
-            self._remote_forget(partner, rel.id, preserve=True)
+            s.expunge(rel)
+            s.expunge(partner)
+        return rel, partner, resumed
 
-    def _remote_forget(self, partner: Partner, rel_id: str, preserve: bool) -> None:
+    def _unmark_deleting(self, rel_id: str, only_owner: str) -> None:
+        """Rolls the mark back, unless it was left pending for the worker (owner cleared)."""
+        with self.store.session() as s:
+            s.execute(update(Relationship).where(Relationship.id == rel_id, Relationship.owner == only_owner)
+                      .values(state=READY, delete_preserve=None, owner=None))
+
+    def _delete_with_partner(self, rel: Relationship, partner: Partner, preserve: bool, resumed: bool) -> None:
         try:
-            self.link.call(partner, "delete-relationship", rel_id, "1" if preserve else "0")
+            self.link.call(partner, "delete-relationship", rel.id, "1" if preserve else "0")
         except RemoteError as exc:
-            log.warning("relationship %s: the partner could not be told: %s", rel_id, exc)
+            self._partner_could_not_delete(rel, partner, preserve, resumed, exc)
+        fault_point(f"relationship {rel.id}: the partner's side deleted")
+        self._drop_relationship(rel.id)
+        log.info("relationship %s deleted%s", rel.id, " (replica kept on the partner)" if preserve else "")
+
+    def _partner_could_not_delete(self, rel: Relationship, partner: Partner, preserve: bool, resumed: bool,
+                                  exc: RemoteError) -> None:
+        """Returns when the relationship may go here all the same; else raises the answer."""
+        here_only = ("pass preserve_replica=true to delete the relationship on this appliance only "
+                     "(the replica, if any, stays on the partner)")
+        if exc.unknown:
+            # The partner has no such relationship: an interrupted delete of ours reached it
+            # (resumed), or it was deleted there.
+            if preserve or resumed:
+                log.warning("relationship %s: the partner no longer knows it; deleted here (%s)", rel.id, exc)
+                return
+            raise ConflictError(f"The partner {partner.address} does not know relationship {rel.id} "
+                                f"({exc.reason}), so no replica can be deleted there: {here_only}")
+        if exc.untrusted:
+            if preserve:
+                log.warning("relationship %s: deleted here only; the partner refuses this appliance (%s)",
+                            rel.id, exc)
+                return
+            raise ConflictError(f"The replica cannot be deleted: {exc}. Delete it on the partner by hand, "
+                                f"or {here_only}")
+        if exc.unreachable:
+            if preserve:
+                self._remember_notice(partner.id, rel.id)
+                log.warning("relationship %s: deleted here; the partner is told when it answers (%s)", rel.id, exc)
+                return
+            raise ServiceUnavailableError(f"The replica cannot be deleted now: {exc}. Try again when the partner "
+                                          f"answers, or {here_only}")
+        if not exc.refused:
+            # How it ended there is not known (the partner's server stopped while deleting):
+            # the delete stays recorded here, and is finished or rolled back by the worker (or
+            # a retried DELETE) once the partner answers again.
+            with self.store.session() as s:
+                s.execute(update(Relationship).where(Relationship.id == rel.id).values(owner=None))
+            raise ServiceUnavailableError(f"The partner stopped answering while deleting its side ({exc.reason}); "
+                                          "the delete is finished when it answers again")
+        raise ConflictError(f"The partner refused to delete the relationship: {exc.reason}")
 
     def _drop_relationship(self, rel_id: str) -> None:
         with self.store.session() as s:
             row = s.get(Relationship, rel_id)
             if row is not None:
                 s.delete(row)  # its sessions go with it
+        (self.settings.state_dir / "run" / f"receive-{rel_id}.lock").unlink(missing_ok=True)
 
     def _drop_replica_side(self, rel_id: str, preserve: bool) -> None:
+        """The replica volume goes first (its shares and mappings with it), then the row: if
+        the volume cannot be deleted, the relationship stays whole."""
         with self.store.session() as s:
             rel = s.get(Relationship, rel_id)
             if rel is None:
                 return
-            vol_id = rel.local_vol_id
-        self._drop_relationship(rel_id)
+            vol_id, name = rel.local_vol_id, s.get(Volume, rel.local_vol_id).name
         if not preserve:
+            with self._releasing_lock:
+                self._releasing.add(rel_id)  # its own guard lets the replica go
             try:
                 self.volumes.delete(vol_id)
             except NotFoundError:
-                pass
+                pass  # gone already (an interrupted delete, finished by the volume's recovery)
+            except ConflictError as exc:
+                raise ConflictError(f"The replica volume {name} cannot be deleted: {exc.message}; "
+                                    "or pass preserve_replica=true to keep the replica") from exc
+            finally:
+                with self._releasing_lock:
+                    self._releasing.discard(rel_id)
+        self._drop_relationship(rel_id)
+
+    def _remote_forget(self, partner: Partner, rel_id: str, preserve: bool) -> None:
+        """Undoes a replica the partner made for a relationship that could not be recorded here."""
+        try:
+            self.link.call(partner, "delete-relationship", rel_id, "1" if preserve else "0")
+        except RemoteError as exc:
+            log.warning("relationship %s: the partner could not be told: %s", rel_id, exc)
+
+    def _tell_partner(self, partner: Partner, rel_id: str) -> None:
+        """The primary forgets a relationship deleted on the replica's side; told later if it
+        cannot be told now."""
+        try:
+            self.link.call(partner, "delete-relationship", rel_id, "1")
+        except RemoteError as exc:
+            if exc.unknown or exc.untrusted:
+                return  # nothing there to forget, or it will never hear from us again
+            self._remember_notice(partner.id, rel_id)
+            log.warning("relationship %s: the partner is told when it answers: %s", rel_id, exc)
+
+    # Notices a partner missed (a relationship deleted here while it could not be reached),
+    # kept in the settings table and delivered by the worker.
+    @staticmethod
+    def _notice_key(partner_id: str, rel_id: str) -> str:
+        return f"partner-notice:{partner_id}:{rel_id}"
+
+    def _remember_notice(self, partner_id: str, rel_id: str) -> None:
+        with self.store.session() as s:
+            if s.get(Setting, self._notice_key(partner_id, rel_id)) is None:
+                s.add(Setting(key=self._notice_key(partner_id, rel_id), value="delete-relationship"))
+
+    def deliver_notices(self) -> None:
+        """Run by the worker: each partner hears of the relationships deleted here while it was
+        unreachable (it drops its side and keeps the replica)."""
+        with self.store.session() as s:
+            keys = [k for (k,) in s.query(Setting.key).filter(Setting.key.like("partner-notice:%"))]
+        for key in keys:
+            _, partner_id, rel_id = key.split(":", 2)
+            with self.store.session() as s:
+                partner = s.get(Partner, partner_id)
+                if partner is not None:
+                    s.expunge(partner)
+            done = partner is None
+            if partner is not None:
+                try:
+                    self.link.call(partner, "delete-relationship", rel_id, "1")
+                    done = True
+                except RemoteError as exc:
+                    done = exc.unknown or exc.untrusted or not exc.unreachable
+                    if not done:
+                        log.info("relationship %s: the partner still cannot be told: %s", rel_id, exc)
+            if done:
+                with self.store.session() as s:
+                    row = s.get(Setting, key)
+                    if row is not None:
+                        s.delete(row)
+
+    def recover_deletes(self) -> None:
+        """Relationship deletes a crash interrupted: finished with the partner, or rolled back
+        when it refuses or cannot be reached."""
+        with self.store.session() as s:
+            rows = [(r.id, bool(r.delete_preserve)) for r in s.query(Relationship)
+                    .filter(Relationship.state == DELETING) if not owner_alive(r.owner)]
+        for rel_id, preserve in rows:
+            try:
+                self.delete_relationship(rel_id, preserve)
+                log.info("relationship %s: interrupted delete finished", rel_id)
+            except (ApiError, CommandError, OSError) as exc:
+                log.warning("relationship %s: interrupted delete rolled back: %s", rel_id,
+                            getattr(exc, "message", None) or exc)
 
     # -- guards: a replicated volume stays while its relationships do ------------------------
     def _refuse_if_replicated(self, vol_id: int):
         with self.store.session() as s:
             rel = s.query(Relationship).filter(Relationship.local_vol_id == vol_id).first()
-            if rel is not None:
+            if rel is not None and rel.id not in self._releasing:
                 raise ConflictError(f"Volume {vol_id} is the {rel.local_role} of relationship {rel.id}; "
                                     "delete the relationship first")
 
@@ -572,6 +802,8 @@ class ReplicationService:
             rel = self._relationship(s, rel_id)
             if rel.local_role != PRIMARY:
                 raise ConflictError("Sessions are started on the primary side of a relationship")
+            if rel.state == DELETING:
+                raise ConflictError(f"Relationship {rel.id} is being deleted")
             vol_id = rel.local_vol_id
         if snap_id is None:
             snap = self.snapshots.create(vol_id)
@@ -596,9 +828,9 @@ class ReplicationService:
             _fail_open_sessions(s, ReplicationSession.id == row.id, CANCELED)
         return self.get_session(session_id)
 
-    def _stop_sessions(self, rel_id: str, message: str) -> None:
+    def _stop_sessions(self, rel_id: str, message: str, *statuses: str) -> None:
         with self.store.session() as s:
-            _fail_open_sessions(s, ReplicationSession.rel_id == rel_id, message)
+            _fail_open_sessions(s, ReplicationSession.rel_id == rel_id, message, statuses or (PENDING, ACTIVE))
 
     # -- the queue (run by the worker) ----------------------------------------------------------
     def fail_interrupted(self) -> None:
@@ -615,6 +847,7 @@ class ReplicationService:
         returns its id (sessions of one relationship run one at a time, in order)."""
         with self.store.session() as s:
             active = {r for (r,) in s.query(ReplicationSession.rel_id).filter(ReplicationSession.status == ACTIVE)}
+            active |= {r for (r,) in s.query(Relationship.id).filter(Relationship.state == DELETING)}
             for row in s.query(ReplicationSession).filter(ReplicationSession.status == PENDING) \
                     .order_by(ReplicationSession.id):
                 if row.rel_id in busy_rels or row.rel_id in active:
@@ -640,12 +873,19 @@ class ReplicationService:
             log.exception("session %s failed unexpectedly", session_id)
             self._end(session_id, FAILED, f"Internal error: {exc}")
         else:
-            self._end(session_id, COMPLETED, None, **result)
+            self._end(session_id, COMPLETED, result.pop("message", None), **result)
 
     def _end(self, session_id: int, status: str, message: str | None, **fields) -> None:
+        # A session whose snapshot arrived is COMPLETED even if a cancel came first: the final
+        # status is the truth (and the next session sends from that snapshot).
+        ending = (ACTIVE, FAILED) if status == COMPLETED else (ACTIVE,)
         with self.store.session() as s:
+            row = s.get(ReplicationSession, session_id)
+            if status == COMPLETED and row is not None and row.status == FAILED and message is None:
+                message = f"Completed: the partner had received the whole snapshot when the cancel came " \
+                          f"({row.message})"
             done = s.execute(update(ReplicationSession)
-                             .where(ReplicationSession.id == session_id, ReplicationSession.status == ACTIVE)
+                             .where(ReplicationSession.id == session_id, ReplicationSession.status.in_(ending))
                              .values(status=status, message=message, time_ended=now(), **fields)).rowcount
             row = s.get(ReplicationSession, session_id)
             rel = s.get(Relationship, row.rel_id) if row else None
@@ -669,8 +909,10 @@ class ReplicationService:
             rel = s.get(Relationship, row.rel_id)
             partner = s.get(Partner, rel.partner_id)
             volume = s.get(Volume, rel.local_vol_id)
+            # The newest ended session: when it did not complete, what the replica holds is
+            # asked of the partner (a stream stopped at its very end may have arrived whole).
             last = s.query(ReplicationSession).filter(
-                ReplicationSession.rel_id == rel.id, ReplicationSession.status == COMPLETED,
+                ReplicationSession.rel_id == rel.id, ReplicationSession.status.in_((COMPLETED, FAILED)),
                 ReplicationSession.id != session_id).order_by(ReplicationSession.id.desc()).first()
             s.expunge_all()
         view = self.catalog.load(volume.pool_id if volume is not None else None)
@@ -718,8 +960,8 @@ class ReplicationService:
         """Where the replica stands, when that is known without asking the partner (a round
         trip before the stream): (base snapshot or None for a full stream, address), or None.
 
-        After a completed session, the snapshot it sent is the replica's newest and its address
-        carried data. Before the first one, the replica is empty (unless it was adopted with
+        After a completed session (the newest that ended), the snapshot it sent is the
+        replica's newest and its address carried data. Before the first one, the replica is empty (unless it was adopted with
         reuse) and the partner's addresses are known if it gave them. A wrong guess costs
         little: ZFS refuses an incremental whose base is not the replica's newest snapshot,
         the partner refuses a full stream onto a replica with snapshots, and then it is asked."""
@@ -727,7 +969,8 @@ class ReplicationService:
             if last is None:
                 addresses = self._remembered_addresses(partner.id)
                 return None if addresses is None else (None, self._data_address(partner, addresses))
-            if last.local_snap_id != rel.last_success_snap_id or not last.repl_address:
+            if last.status != COMPLETED or last.local_snap_id != rel.last_success_snap_id \
+                    or not last.repl_address:
                 return None
             base = next((v for v in older if v.row.id == last.local_snap_id), None)
             if base is None:  # gone, or not older than the snapshot to send
@@ -753,9 +996,21 @@ class ReplicationService:
         log.info("session %s: sending %s of %s to %s", session_id,
                  f"the difference from {base.row.name}" if base else "a full stream", snap.zfs_name, address)
         started = time.monotonic()
-        result = run_pipeline(producer, consumer, progress=progress,
-                              should_stop=lambda: self._still_active(session_id),
-                              stall_seconds=self.settings.repl_stall_seconds)
+        try:
+            result = run_pipeline(producer, consumer, progress=progress,
+                                  should_stop=lambda: self._still_active(session_id),
+                                  stall_seconds=self.settings.repl_stall_seconds)
+        except PipelineStopped as exc:
+            # Stopped (a cancel, a stall) after the last byte left, the receive may have
+            # committed the snapshot all the same: the partner says, once its receive ended.
+            remote_id = self._received_anyway(partner, rel, snap)
+            if remote_id is None:
+                raise
+            log.info("session %s: stopped (%s), but the partner had received %s whole", session_id, exc,
+                     snap.zfs_name)
+            return {"remote_snap_id": remote_id, "size_sent": exc.bytes_moved,
+                    "message": f"Completed: the partner had received the whole snapshot when the transfer "
+                               f"was stopped ({exc})"}
         log.info("session %s: %d bytes in %.1f s", session_id, result.bytes_moved, time.monotonic() - started)
         if result.consumer_rc == 255:
             reason = result.consumer_err.strip().splitlines()[-1] if result.consumer_err.strip() else "ssh failed"
@@ -770,6 +1025,19 @@ class ReplicationService:
         if result.consumer_rc != 0 or "error" in answer:
             raise RemoteError(f"The partner could not receive the snapshot: {answer.get('error')}")
         return {"remote_snap_id": str(answer["snap_id"]), "size_sent": result.bytes_moved}
+
+    def _received_anyway(self, partner: Partner, rel: Relationship, snap) -> str | None:
+        """The replica's id of `snap` if the partner holds it (asked once its receive of this
+        relationship has ended), else None (also when the partner cannot say)."""
+        try:
+            remote = self.link.call(partner, "snapshots", rel.id, "settled")
+        except RemoteError as exc:
+            log.info("relationship %s: the partner cannot say whether the stream arrived: %s", rel.id, exc)
+            return None
+        for r in remote.get("snapshots", []):
+            if isinstance(r, dict) and r.get("guid") == snap.props.get("guid") and r.get("id") is not None:
+                return str(r["id"])
+        return None
 
     # == the remote side: requests a partner makes over SSH (vsnap.worker.serve) ===================
     def serve(self, partner_id: str, words: list[str], stdin) -> dict:
@@ -787,6 +1055,9 @@ class ReplicationService:
             return self._serve_create_replica(partner, json.load(stdin))
         if op == "snapshots" and len(args) == 1:
             return self._serve_snapshots(partner, args[0])
+        if op == "snapshots" and len(args) == 2 and args[1] == "settled":
+            with self._receiving(_hex_id(args[0], "Relationship"), wait=self.settings.repl_stall_seconds * 2):
+                return self._serve_snapshots(partner, args[0])
         if op == "prepare" and len(args) == 1:
             return {"repl_addresses": self._repl_addresses(), **self._serve_snapshots(partner, args[0])}
         if op == "recv" and len(args) == 3 and args[2] in ("full", "incremental"):
@@ -897,6 +1168,10 @@ class ReplicationService:
         if full and snaps:
             raise ConflictError("The replica already has snapshots: only an incremental stream can follow")
         target = f"{volume.dataset}@{snap_name}"
+        with self._receiving(rel.id, wait=0):
+            return self._receive_into(volume, target, snap_name, full, stdin)
+
+    def _receive_into(self, volume, target: str, snap_name: str, full: bool, stdin: int) -> dict:
         try:
             # Received unmounted: zfs-fuse fails a forced receive onto a mounted dataset, and
             # does not drop the kernel's cached pages of files a receive changed. A replica in
@@ -919,11 +1194,34 @@ class ReplicationService:
                 return {"snap_id": str(snap.row.id)}
         raise ConflictError(f"The received snapshot {snap_name} is not in the catalog")
 
+    @contextlib.contextmanager
+    def _receiving(self, rel_id: str, wait: float):
+        """Held while a stream into the relationship's replica is received (in any process);
+        `wait` seconds at most to get it (0: a receive already running is a conflict)."""
+        path = self.settings.state_dir / "run" / f"receive-{rel_id}.lock"
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise ConflictError("A stream into this replica is being received") from None
+                    time.sleep(0.1)
+            yield
+        finally:
+            os.close(fd)  # and the lock with it
+
     def _serve_delete_relationship(self, partner: Partner, rel_id: str, preserve: bool) -> dict:
         rel = self._partner_relationship(partner, rel_id)
-        self._stop_sessions(rel.id, "Canceled: the relationship was deleted on the partner")
         if rel.local_role == REPLICA:
-            self._drop_replica_side(rel.id, preserve)
+            # A receive the primary just stopped ends first; then refused whole, or done whole.
+            with self._receiving(rel.id, wait=self.settings.repl_stall_seconds):
+                self._drop_replica_side(rel.id, preserve)
         else:
+            self._stop_sessions(rel.id, "Canceled: the relationship was deleted on the partner")
             self._drop_relationship(rel.id)  # the primary volume is never deleted
         return {}

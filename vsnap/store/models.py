@@ -204,6 +204,11 @@ class Relationship(Base):
     last_sync_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
     last_attempt_snap_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     last_success_snap_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The intent record of a delete in flight (state deleting, whether the replica is kept, the
+    # process doing it): a start after a crash finishes it with the partner or rolls it back.
+    state: Mapped[str] = mapped_column(String(16), default="ready", server_default="ready")
+    delete_preserve: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
     time_created: Mapped[int] = mapped_column(Integer, default=now)
     time_updated: Mapped[int] = mapped_column(Integer, default=now)
 

@@ -58,6 +58,7 @@ class Worker:
         self._serve_partner_requests()
         threading.Thread(target=self._run_sessions, name="vsnap-sessions", daemon=True).start()
         threading.Thread(target=self._run_stamping, name="vsnap-stamping", daemon=True).start()
+        threading.Thread(target=self._run_notices, name="vsnap-notices", daemon=True).start()
         targets = self.services.targets
         last_resync = time.monotonic()
         while not self._stop.wait(self.settings.target_check_interval):
@@ -81,6 +82,16 @@ class Worker:
                 log.exception("worker: stamping snapshots failed")
             self._stop.wait(self.settings.target_resync_interval)
 
+    def _run_notices(self) -> None:
+        """Partners that were unreachable hear what they missed (relationships deleted here)."""
+        request_id_var.set("worker")
+        while not self._stop.wait(self.settings.partner_notice_interval):
+            try:
+                self.services.replication.deliver_notices()
+                self.services.replication.recover_deletes()  # those left pending on a partner
+            except Exception:
+                log.exception("worker: delivering notices to partners failed")
+
     def _serve_partner_requests(self) -> None:
         """Partners' requests (the forced SSH command) are answered in this process, whose
         service layer is built already; without it each request builds one of its own."""
@@ -101,6 +112,10 @@ class Worker:
             replication.fail_interrupted()
         except Exception:
             log.exception("worker: could not settle interrupted sessions")
+        try:
+            replication.recover_deletes()
+        except Exception:
+            log.exception("worker: could not settle interrupted relationship deletes")
         running: dict[str, threading.Event] = {}  # relationship id -> set when its transfer ended
         while not self._stop.is_set():
             replication.doorbell.wait(self.queue_interval)  # rung when a session is queued or one ends
