@@ -834,6 +834,34 @@ def test_delete_partner_refused_by_the_partner(env):
     assert set(env.partners()) == {P1} and P1 in env.ssh.authorized and P1 in env.ssh.pinned
 
 
+def test_delete_partner_that_no_longer_knows_us_removes_it_here(env):
+    env.partner(P1)
+    env.link.answers["unpartner"] = RemoteError("This appliance no longer knows that partner", unknown=True)
+    env.svc.delete_partner(P1)
+    assert env.partners() == {} and env.ssh.authorized == {}
+
+
+def test_delete_partner_first_tells_it_of_relationships_deleted_while_it_was_away(env):
+    env.partner(P1)
+    env.svc._remember_notice(P1, R1)
+    env.svc.delete_partner(P1)
+    assert [(c.op, c.args) for c in env.link.calls] == [("delete-relationship", [R1, "1"]), ("unpartner", [])]
+    with env.store.session() as s:
+        assert s.get(Setting, env.svc._notice_key(P1, R1)) is None
+
+
+@pytest.mark.parametrize("error, trust", [(None, "OK"), (RemoteError("refused", untrusted=True), "REFUSED"),
+                                          (RemoteError("gone", unknown=True), "REFUSED"),
+                                          (RemoteError("no route", unreachable=True), "UNREACHABLE")])
+def test_partner_details_say_whether_the_trust_works(env, error, trust):
+    env.partner(P1)
+    if error is not None:
+        env.link.answers["info"] = error
+    body = env.svc.get_partner(P1, check_trust=True)
+    assert body["trust_status"] == trust and (body["trust_message"] is None) == (error is None)
+    assert "trust_status" not in env.svc.get_partner(P1) and env.link.ops() == ["info"]
+
+
 @pytest.mark.parametrize("partner_id", [P2, "nope", P1.upper() + "0", "", None, 5])
 def test_unknown_partner(env, partner_id):
     env.partner(P1)
@@ -2172,3 +2200,32 @@ def test_link_refusals_are_not_unreachable(link, rc, stdout, stderr, text):
     with pytest.raises(RemoteError) as info:
         lk.call(PARTNER, "delete-relationship", R1, "0")
     assert info.value.unreachable is False and text in str(info.value)
+
+
+@pytest.mark.parametrize("stderr, untrusted", [
+    ("root@10.0.0.2: Permission denied (publickey).\n", True),
+    ("Warning\nHost key verification failed.\n", True),
+    ("ssh: connect to host 10.0.0.2 port 8922: Connection refused\n", False),
+])
+def test_link_tells_refused_trust_from_no_connection(link, stderr, untrusted):
+    lk, runner = link
+    runner.on(["ssh-fake"], returncode=255, stderr=stderr)
+    with pytest.raises(RemoteError) as info:
+        lk.call(PARTNER, "info")
+    assert (info.value.untrusted, info.value.unreachable, info.value.refused) == (untrusted, True, False)
+    assert ("no longer accepts this appliance" in str(info.value)) == untrusted
+
+
+@pytest.mark.parametrize("stdout, unknown, refused", [
+    (json.dumps({"error": "Relationship x not found", "type": "NotFoundError"}), True, False),
+    (json.dumps({"error": "The replica volume has clones", "type": "ConflictError"}), False, True),
+    # the partner's server stopped while answering: how the request ended there is not known
+    (json.dumps({"error": "the appliance's server stopped while answering"}), False, False),
+])
+def test_link_tells_what_a_partner_answered(link, stdout, unknown, refused):
+    lk, runner = link
+    runner.on(["ssh-fake"], returncode=1, stdout=stdout)
+    with pytest.raises(RemoteError) as info:
+        lk.call(PARTNER, "delete-relationship", R1, "0")
+    assert (info.value.unknown, info.value.refused, info.value.unreachable) == (unknown, refused, False)
+    assert info.value.reason == json.loads(stdout)["error"]

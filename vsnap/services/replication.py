@@ -460,12 +460,14 @@ class ReplicationService:
             used = s.query(Relationship).filter(Relationship.partner_id == partner.id).count()
         if used:
             raise ConflictError(f"Partner {partner.id} is used by {used} relationship(s); delete them first")
+        self.deliver_notices(partner.id)  # relationships deleted here that it has not heard of yet
         try:
             self.link.call(partner, "unpartner")
         except RemoteError as exc:
-            if not exc.unreachable:
-                raise ConflictError(str(exc)) from exc
-            log.warning("partner %s unreachable: trust removed here only (%s)", partner.id, exc)
+            if not (exc.unreachable or exc.unknown):
+                raise ConflictError(f"The partner refused to end the partnership: {exc.reason}") from exc
+            log.warning("partner %s unreachable or no longer knows us: trust removed here only (%s)",
+                        partner.id, exc)
         with self.lock.held():
             self._forget_partner(partner.id)
         log.info("partner %s removed", partner.id)
@@ -699,11 +701,12 @@ class ReplicationService:
             if s.get(Setting, self._notice_key(partner_id, rel_id)) is None:
                 s.add(Setting(key=self._notice_key(partner_id, rel_id), value="delete-relationship"))
 
-    def deliver_notices(self) -> None:
-        """Run by the worker: each partner hears of the relationships deleted here while it was
-        unreachable (it drops its side and keeps the replica)."""
+    def deliver_notices(self, partner_id: str | None = None) -> None:
+        """Run by the worker: each partner (or the one named) hears of the relationships deleted
+        here while it was unreachable (it drops its side and keeps the replica)."""
+        prefix = f"partner-notice:{partner_id}:" if partner_id else "partner-notice:"
         with self.store.session() as s:
-            keys = [k for (k,) in s.query(Setting.key).filter(Setting.key.like("partner-notice:%"))]
+            keys = [k for (k,) in s.query(Setting.key).filter(Setting.key.like(f"{prefix}%"))]
         for key in keys:
             _, partner_id, rel_id = key.split(":", 2)
             with self.store.session() as s:
