@@ -95,6 +95,14 @@ def test_init_wait(vsnap, appliance):
     result = vsnap("system", "init", "--skip-pool", "--multipool", "--wait")
     assert "init: Ready" in result.stderr and "init_status:" in result.stdout
     assert appliance.ok("GET", "/api/system")["init_status"] == "Ready"
+    # Without --multipool / --no-multipool the setting stays as it is.
+    vsnap("system", "init", "--skip-pool")
+    assert appliance.ok("GET", "/api/system")["multipool"] is True
+    vsnap("system", "init", "--skip-pool", "--no-multipool")
+    assert appliance.ok("GET", "/api/system")["multipool"] is False
+    vsnap("system", "init", "--skip-pool")
+    assert appliance.ok("GET", "/api/system")["multipool"] is False
+    vsnap("system", "init", "--skip-pool", "--multipool")
 
 
 def zfs_list(*args) -> set[str]:

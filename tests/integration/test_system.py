@@ -5,6 +5,8 @@ import re
 import subprocess
 import time
 
+from .zfs_tools import PREFIX, unused
+
 SPEC_FIELDS = {"fqdn", "hostname", "id", "init_status", "multipool", "api_version", "nfs_version",
                "nginx_version", "os_name", "os_version", "samba_version", "uwsgi_version",
                "vsnap_version", "zfs_version"}
@@ -52,6 +54,25 @@ def test_init_with_skip_pool_sync_and_async(appliance):
     # Kept in the database, not in the process.
     appliance.restart()
     assert appliance.ok("GET", "/api/system")["init_status"] == "Ready"
+
+
+def test_init_changes_only_what_it_names(appliance, pools):
+    """An init without multipool leaves it as it is: two pools, and a third may still be made."""
+    disks = unused(appliance, 3)
+    pools(f"{PREFIX}i1", "raid0", disks[:1])  # the fixture's init turned multipool on
+    pools(f"{PREFIX}i2", "raid0", disks[1:2])
+    for body in ({"action": "init", "skip_pool": True}, {"action": "init", "async": True, "skip_pool": True}):
+        appliance.ok("POST", "/api/system", json=body)
+        deadline = time.monotonic() + 30
+        while (info := appliance.ok("GET", "/api/system"))["init_status"] == "Initializing" \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert (info["init_status"], info["multipool"]) == ("Ready", True), body
+    pools(f"{PREFIX}i3", "raid0", disks[2:3])
+    appliance.ok("POST", "/api/system", json={"action": "init", "skip_pool": True, "multipool": False})
+    appliance.ok("POST", "/api/system", json={"action": "init", "skip_pool": True})
+    assert appliance.ok("GET", "/api/system")["multipool"] is False  # what was set explicitly stays too
+    appliance.ok("POST", "/api/system", json={"action": "init", "skip_pool": True, "multipool": True})
 
 
 def test_target_names_carry_the_system_id(appliance):

@@ -110,8 +110,12 @@ SHARE = {"id": "1", "name": "/vsnap/p/fs", "vol_id": "7", "share_type": "nfs",
 # (argv, [(method, path, params, body), ...], replies)
 CASES = [
     (["system", "show"], [("GET", "/api/system", None, None)], [ok({"init_status": "Ready"})]),
-    (["system", "init"], [("POST", "/api/system", None, {"action": "init", "async": False, "multipool": False,
+    # without --multipool / --no-multipool the setting is not sent: init leaves it as it is
+    (["system", "init"], [("POST", "/api/system", None, {"action": "init", "async": False,
                                                           "skip_pool": False})], [ok({"init_status": "Ready"})]),
+    (["system", "init", "--no-multipool"],
+     [("POST", "/api/system", None, {"action": "init", "async": False, "multipool": False, "skip_pool": False})],
+     [ok({"init_status": "Ready"})]),
     (["system", "init", "--multipool", "--skip-pool", "--async"],
      [("POST", "/api/system", None, {"action": "init", "async": True, "multipool": True, "skip_pool": True})],
      [ok({"init_status": "Initializing"})]),

@@ -1,4 +1,5 @@
-"""load_or_create_system_id: one id per appliance, made once, racing first starts agree."""
+"""load_or_create_system_id: one id per appliance, made once, racing first starts agree; init
+changes only what it is given."""
 from __future__ import annotations
 
 import re
@@ -6,8 +7,11 @@ import re
 import pytest
 import uuid
 
+from vsnap.config import Settings
 from vsnap.services import system
 from vsnap.services.system import load_or_create_system_id
+
+from support import empty_tables
 
 
 def test_creates_a_32_hex_id_once(tmp_path):
@@ -54,3 +58,35 @@ def test_corrupt_system_id_is_refused_not_replaced(tmp_path, content):
     with pytest.raises(RuntimeError, match="corrupt"):
         load_or_create_system_id(path)
     assert path.read_text() == content
+
+
+# -- init changes only what it is given --------------------------------------------------------
+class _Packages:
+    def versions(self, names):
+        return {name: None for name in names}
+
+    def os_release(self):
+        return None, None
+
+
+class _Zfs:
+    def version(self):
+        return None
+
+
+@pytest.fixture
+def service(tmp_path, store):
+    empty_tables(store)
+    svc = system.SystemService(Settings(state_dir=tmp_path), store, _Packages(), _Zfs())
+    svc.pool_initializer = lambda: None
+    yield svc
+    empty_tables(store)
+
+
+def test_init_without_multipool_leaves_the_setting_as_it_is(service):
+    assert service.init(run_async=False, multipool=None, skip_pool=True)["multipool"] is False  # new: off
+    assert service.init(run_async=False, multipool=True, skip_pool=True)["multipool"] is True
+    info = service.init(run_async=False, multipool=None, skip_pool=True)
+    assert (info["multipool"], info["init_status"]) == (True, "Ready")
+    assert service.init(run_async=False, multipool=False, skip_pool=True)["multipool"] is False
+    assert service.init(run_async=False, multipool=None, skip_pool=True)["multipool"] is False

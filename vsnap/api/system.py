@@ -31,7 +31,11 @@ class InitSchema(StrictSchema):
     action = ma.fields.String(required=True, validate=ma.validate.OneOf(["init"]))
     # `async` is a Python keyword: the attribute has another name.
     run_async = ma.fields.Boolean(data_key="async", load_default=False)
-    multipool = ma.fields.Boolean(load_default=False)
+    # Absent: the setting stays as it is (false until an init sets it), so a later init that
+    # does not name it never takes away what an earlier one allowed.
+    multipool = ma.fields.Boolean(load_default=None, metadata={
+        "description": "Allow more than one pool (true) or only one (false); when absent the "
+                       "setting is left as it is (false on a new appliance)"})
     skip_pool = ma.fields.Boolean(load_default=False)
 
 

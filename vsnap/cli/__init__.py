@@ -91,8 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     verb(r, "show", c.system_show, "show identity, versions and init status (GET /api/system)")
     p = verb(r, "init", c.system_init, "initialise the appliance (POST /api/system)",
              "Initialise the appliance: makes the default pool from every unused disk unless "
-             "--skip-pool. Without --multipool a later init turns multipool off again.")
-    p.add_argument("--multipool", action="store_true", help="allow more than one pool")
+             "--skip-pool. --multipool allows more than one pool, --no-multipool only one; "
+             "without either, the setting stays as it is.")
+    bool_flag(p, "multipool", "allow more than one pool (--no-multipool: only one); "
+                              "default: left as it is")
     p.add_argument("--skip-pool", action="store_true", help="do not make the default pool")
     m = p.add_mutually_exclusive_group()
     m.add_argument("--async", dest="run_async", action="store_true",

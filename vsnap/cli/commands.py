@@ -204,8 +204,8 @@ def system_stats(ctx, a):
 
 
 def system_init(ctx, a):
-    body = {"action": "init", "async": bool(a.run_async or a.wait), "multipool": a.multipool,
-            "skip_pool": a.skip_pool}
+    body = {"action": "init", "async": bool(a.run_async or a.wait), "skip_pool": a.skip_pool}
+    put_fields(body, a, {"multipool": "multipool"})  # only when asked: else it stays as it is
     result = ctx.client.post("/api/system", body)
     if not a.wait:
         return ctx.show(result, detail)

@@ -156,7 +156,8 @@ class SystemService:
         return info
 
     # -- init -------------------------------------------------------------------------------
-    def init(self, *, run_async: bool, multipool: bool, skip_pool: bool) -> dict:
+    def init(self, *, run_async: bool, multipool: bool | None, skip_pool: bool) -> dict:
+        """Changes only what it is given: multipool None leaves the setting as it is."""
         with self._init_lock:
             with self.store.session() as s:
                 status = self._get(s, "init_status", NOT_INITIALIZED)
@@ -165,7 +166,8 @@ class SystemService:
                 self._set(s, "init_status", INITIALIZING)
                 self._set(s, "init_message", None)
                 self._set(s, "init_owner", current_owner())
-                self._set(s, "multipool", "true" if multipool else "false")
+                if multipool is not None:
+                    self._set(s, "multipool", "true" if multipool else "false")
         if run_async:
             threading.Thread(target=self._run_init, args=(skip_pool,), name="vsnap-init",
                              daemon=True).start()
