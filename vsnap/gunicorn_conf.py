@@ -1,6 +1,7 @@
 """gunicorn settings for `make run`: HTTPS on VSNAP_PORT, TLS 1.2+ with strong ciphers only."""
 import os
 import shutil
+import socket
 import ssl
 
 from gunicorn import util as _gunicorn_util
@@ -21,7 +22,55 @@ _METRICS_ROOT = _settings.state_dir / "metrics"
 METRICS_DIR = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_METRICS_ROOT / f"server-{os.getpid()}"))
 
 
+# gunicorn's control socket (for `gunicornc -s PATH`) is the appliance's own, in its state
+# directory (gunicorn's default, ~/.gunicorn/gunicorn.ctl, is one path for every server of the
+# user: each start took it over and each stop removed it from under the others). The directory
+# is root's only; VSNAP_CONTROL_SOCKET (or --control-socket) puts it elsewhere.
+_RUN_DIR = _settings.state_dir / "run"
+control_socket = os.environ.get("VSNAP_CONTROL_SOCKET") or str(_RUN_DIR / "gunicorn.ctl")
+
+
+def _private_dir(path) -> None:
+    """`path` as a directory only its owner may enter (made, or its mode put right)."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    if not os.path.islink(path):
+        os.chmod(path, 0o700)
+
+
+def _answers(path: str) -> bool:
+    """Whether a live server listens on the unix socket at `path` (not a stale file)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1)
+        try:
+            probe.connect(path)
+            return True
+        except OSError:
+            return False
+
+
+def _own_control_socket(server) -> None:
+    """A second server of the same state directory (tests run one beside the main one) takes
+    a socket of its own, by its pid, rather than the first one's (gunicorn replaces whatever
+    is at the path when it starts and removes it when it stops)."""
+    cfg = server.cfg
+    if cfg.control_socket_disable:
+        return
+    path = cfg.control_socket
+    if os.path.dirname(path) == str(_RUN_DIR):
+        _private_dir(_RUN_DIR)
+        for old in _RUN_DIR.glob("gunicorn-*.ctl"):  # left by such servers that were killed
+            pid = old.stem.removeprefix("gunicorn-")
+            if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                old.unlink(missing_ok=True)
+    if os.path.exists(path) and _answers(path):
+        stem, ext = os.path.splitext(path)
+        cfg.set("control_socket", f"{stem}-{os.getpid()}{ext}")
+        server.log.info("control socket %s belongs to another live server: using %s",
+                        path, cfg.control_socket)
+
+
 def on_starting(server):
+    _own_control_socket(server)
     if _METRICS_ROOT.is_dir():  # left by servers that were killed
         for old in _METRICS_ROOT.glob("server-*"):
             pid = old.name.removeprefix("server-")
