@@ -23,7 +23,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("relationship") as batch:
-        batch.drop_column("owner")
-        batch.drop_column("delete_preserve")
-        batch.drop_column("state")
+    for column in ("owner", "delete_preserve", "state"):  # plain DROP COLUMN, for the same reason
+        op.drop_column("relationship", column)
