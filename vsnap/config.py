@@ -63,6 +63,7 @@ class Settings:
     # how often the worker retries telling a partner what it missed (a relationship deleted
     # here while it was unreachable).
     partner_check_timeout: float = 10.0
+    repl_cancel_wait: float = 30.0  # how long a cancel of a running session waits for its end
     partner_notice_interval: float = 30.0
     ssh_user: str = "root"
     # Reads of ZFS are kept while nothing changed through the appliance (any process), and at
@@ -155,6 +156,7 @@ class Settings:
             repl_parallel=max(1, int(merged.get("VSNAP_REPL_PARALLEL", 2))),
             repl_stall_seconds=float(merged.get("VSNAP_REPL_STALL_SECONDS", 60.0)),
             partner_check_timeout=float(merged.get("VSNAP_PARTNER_CHECK_TIMEOUT", 10.0)),
+            repl_cancel_wait=float(merged.get("VSNAP_REPL_CANCEL_WAIT", 30.0)),
             partner_notice_interval=float(merged.get("VSNAP_PARTNER_NOTICE_INTERVAL", 30.0)),
             ssh_user=merged.get("VSNAP_SSH_USER", "root"),
             catalog_max_age=float(merged.get("VSNAP_CATALOG_MAX_AGE", 2.0)),

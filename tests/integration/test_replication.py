@@ -515,20 +515,25 @@ def test_cancels_at_any_point_report_the_truth_and_the_next_session_completes(pa
     assert replicate(pair, rel["id"])["status"] == "COMPLETED"
     outcomes = []
     last = None
-    for i, delay in enumerate((0.0, 0.15, 0.4, 0.7, 1.0, 1.5, 2.5)):
-        write(f"{src}/d{i}", 24 * MIB)
+    # 64 MiB take about a second here, and a cancel request a few tenths: cancels land
+    # mid-stream, at its very end (the partner committing) and after it.
+    for i, delay in enumerate((0.0, 0.2, 0.35, 0.5, 0.65, 0.8, 1.0, 1.3)):
+        write(f"{src}/d", 64 * MIB)
         s = a.ok("POST", f"/api/relationship/{rel['id']}/session", json={"remote_snap_name": f"c{i}"})
         time.sleep(delay)
         cancel = a.post(f"/api/session/{s['id']}", json={"action": "cancel"})
         assert cancel.status_code in (200, 409), cancel.text  # 409: it had ended already
+        if cancel.status_code == 200:  # answered once the session ended: its final status
+            assert cancel.json()["status"] in ("FAILED", "COMPLETED"), cancel.json()
         ended = wait_session(a, s["id"])
         arrived = f"{pool_b}/repl12_replica@c{i}" in zfs_names(pool_b, "snapshot")
         # The final status is the truth: COMPLETED exactly when the partner holds the snapshot.
         assert (ended["status"] == "COMPLETED") == arrived, (delay, ended, arrived)
-        outcomes.append(ended["status"])
+        outcomes.append((delay, cancel.status_code, ended["status"], ended["message"]))
         last = replicate(pair, rel["id"])
         assert last["status"] == "COMPLETED", (delay, last)
-    print(f"\ncancel outcomes by delay: {outcomes}")
+    print("\ncancels (delay, answer, status, message):\n" + "\n".join(map(str, outcomes)))
+    assert ("FAILED", "Canceled") in [(o[2], o[3]) for o in outcomes], outcomes  # some did stop a stream
     # Restore on the partner from its newest snapshot: the data is the primary's.
     restore = b.ok("POST", "/api/volume", json={"name": "repl12_restore", "snapshot_id": last["remote_snap_id"]})
     try:

@@ -9,6 +9,8 @@ import json
 import logging
 import os
 import tempfile
+import threading
+import time
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
@@ -318,7 +320,7 @@ def offer(**over) -> dict:
 class Env:
     def __init__(self, store, tmp_path: Path, monkeypatch):
         self.store = store
-        self.settings = Settings(state_dir=tmp_path, repl_stall_seconds=7.0)
+        self.settings = Settings(state_dir=tmp_path, repl_stall_seconds=7.0, repl_cancel_wait=0.3)
         self.lock = SpyLock(tmp_path / "storage.lock")
         self.catalog = FakeCatalog()
         self.volumes = FakeVolumes(self)
@@ -1296,12 +1298,34 @@ def test_start_session_unknown(env, rel):
     assert env.svc.list_sessions() == []
 
 
-@pytest.mark.parametrize("status", [PENDING, ACTIVE])
-def test_cancel_session(env, rel, status):
-    sid = env.session(rel, env.snapshot(env.fs, "s"), status=status, owner=current_owner())
+def test_cancel_a_queued_session(env, rel):
+    sid = env.session(rel, env.snapshot(env.fs, "s"), status=PENDING)
     body = env.svc.cancel_session(str(sid))
     assert body["status"] == FAILED and body["message"] == CANCELED == "Canceled"
     assert body["time_ended"] is not None
+
+
+def test_cancel_a_running_session_answers_how_it_ended(env, rel):
+    sid = env.session(rel, env.snapshot(env.fs, "s"), status=ACTIVE, owner=current_owner())
+
+    def transfer():  # the running transfer: sees the cancel, stops, ends the session
+        while env.svc._still_active(sid) is None:
+            time.sleep(0.02)
+        env.svc._end(sid, FAILED, "zfs send failed: Broken pipe")
+
+    worker = threading.Thread(target=transfer)
+    worker.start()
+    body = env.svc.cancel_session(str(sid), wait=10)
+    worker.join(5)
+    assert (body["status"], body["message"]) == (FAILED, CANCELED)  # never FAILED, then something else
+    assert body["time_ended"] is not None
+
+
+def test_cancel_of_a_session_that_does_not_stop_in_time_says_canceling(env, rel):
+    sid = env.session(rel, env.snapshot(env.fs, "s"), status=ACTIVE, owner=current_owner())
+    body = env.svc.cancel_session(str(sid), wait=0)
+    assert (body["status"], body["message"]) == (ACTIVE, "Canceling")
+    assert env.svc._still_active(sid) == CANCELED
 
 
 @pytest.mark.parametrize("status", [COMPLETED, FAILED])
@@ -1415,10 +1439,10 @@ def test_end_never_overwrites_a_canceled_session(env, rel):
 def test_a_session_whose_snapshot_arrived_is_completed_though_a_cancel_came_first(env, rel):
     snap = env.snapshot(env.fs, "s2")
     sid = env.session(rel, snap, status=ACTIVE, owner=current_owner())
-    env.svc.cancel_session(sid)
+    env.svc.cancel_session(sid, wait=0)
     env.svc._end(sid, COMPLETED, None, remote_snap_id="99", size_sent=5)
     row = env.sess(sid)
-    assert (row.status, row.remote_snap_id) == (COMPLETED, "99") and CANCELED in row.message
+    assert (row.status, row.remote_snap_id) == (COMPLETED, "99") and "when the cancel came" in row.message
     r = env.rels()[rel]
     assert (r.last_sync_status, r.last_success_snap_id) == (COMPLETED, snap)
 

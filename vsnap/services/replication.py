@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 PRIMARY, REPLICA = "primary", "replica"
 PENDING, ACTIVE, COMPLETED, FAILED = "PENDING", "ACTIVE", "COMPLETED", "FAILED"
 CANCELED = "Canceled"
+# An ACTIVE session asked to stop carries this message until the transfer settles how it ended
+# (the snapshot may have arrived whole): its status changes once, to the truth.
+CANCELING = "Canceling"
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _SYSTEM_ID = re.compile(r"[0-9a-f]{8,64}")
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}")
@@ -76,11 +79,21 @@ def _text(value) -> str | None:
     return str(value) if value is not None else None
 
 
-def _fail_open_sessions(s, which, message: str, statuses=None) -> None:
-    """PENDING or ACTIVE sessions (or those of `statuses`) matching `which` end FAILED; a
-    running transfer sees it within a tick and stops."""
-    s.execute(update(ReplicationSession).where(which, ReplicationSession.status.in_(statuses or (PENDING, ACTIVE)))
-              .values(status=FAILED, message=message, time_ended=now()))
+def _stop_open_sessions(s, which, reason: str, statuses=(PENDING, ACTIVE)) -> None:
+    """Sessions matching `which` stop: PENDING ones end FAILED with `reason` (a "Canceled..."
+    text); ACTIVE ones are marked (CANCELING...), their transfer sees it within a tick, stops,
+    and ends the session FAILED with the reason, or COMPLETED if the snapshot arrived all the
+    same."""
+    if PENDING in statuses:
+        s.execute(update(ReplicationSession).where(which, ReplicationSession.status == PENDING)
+                  .values(status=FAILED, message=reason, time_ended=now()))
+    if ACTIVE in statuses:
+        s.execute(update(ReplicationSession).where(which, ReplicationSession.status == ACTIVE)
+                  .values(message=CANCELING + reason.removeprefix(CANCELED)))
+
+
+def _canceling(row: ReplicationSession) -> bool:
+    return row.status == ACTIVE and (row.message or "").startswith(CANCELING)
 
 
 def validate_port(value, what: str) -> int:
@@ -823,17 +836,26 @@ class ReplicationService:
         self.doorbell.ring()  # committed: the worker starts it now, not at its next look
         return body
 
-    def cancel_session(self, session_id) -> dict:
+    def cancel_session(self, session_id, wait: float | None = None) -> dict:
+        """A queued session ends FAILED at once; a running one stops within a second and
+        is answered once it has ended (up to `wait` s; then still ACTIVE, "Canceling"), as
+        FAILED "Canceled", or COMPLETED when the snapshot had arrived whole."""
         with self.store.session() as s:
             row = self._session(s, session_id)
             if row.status not in (PENDING, ACTIVE):
                 raise ConflictError(f"Session {row.id} has ended ({row.status})")
-            _fail_open_sessions(s, ReplicationSession.id == row.id, CANCELED)
-        return self.get_session(session_id)
+            _stop_open_sessions(s, ReplicationSession.id == row.id, CANCELED)
+            key = row.id
+        deadline = time.monotonic() + (self.settings.repl_cancel_wait if wait is None else wait)
+        while True:
+            body = self.get_session(key)
+            if body["status"] != ACTIVE or time.monotonic() >= deadline:
+                return body
+            time.sleep(0.1)
 
-    def _stop_sessions(self, rel_id: str, message: str, *statuses: str) -> None:
+    def _stop_sessions(self, rel_id: str, reason: str, *statuses: str) -> None:
         with self.store.session() as s:
-            _fail_open_sessions(s, ReplicationSession.rel_id == rel_id, message, statuses or (PENDING, ACTIVE))
+            _stop_open_sessions(s, ReplicationSession.rel_id == rel_id, reason, statuses or (PENDING, ACTIVE))
 
     # -- the queue (run by the worker) ----------------------------------------------------------
     def fail_interrupted(self) -> None:
@@ -879,16 +901,15 @@ class ReplicationService:
             self._end(session_id, COMPLETED, result.pop("message", None), **result)
 
     def _end(self, session_id: int, status: str, message: str | None, **fields) -> None:
-        # A session whose snapshot arrived is COMPLETED even if a cancel came first: the final
-        # status is the truth (and the next session sends from that snapshot).
-        ending = (ACTIVE, FAILED) if status == COMPLETED else (ACTIVE,)
         with self.store.session() as s:
             row = s.get(ReplicationSession, session_id)
-            if status == COMPLETED and row is not None and row.status == FAILED and message is None:
-                message = f"Completed: the partner had received the whole snapshot when the cancel came " \
-                          f"({row.message})"
+            if row is not None and _canceling(row):
+                if status == FAILED:  # whatever the stop looked like, a cancel is why
+                    message = CANCELED + row.message.removeprefix(CANCELING)
+                elif message is None:  # the cancel came after the whole stream had passed
+                    message = "Completed: the partner had received the whole snapshot when the cancel came"
             done = s.execute(update(ReplicationSession)
-                             .where(ReplicationSession.id == session_id, ReplicationSession.status.in_(ending))
+                             .where(ReplicationSession.id == session_id, ReplicationSession.status == ACTIVE)
                              .values(status=status, message=message, time_ended=now(), **fields)).rowcount
             row = s.get(ReplicationSession, session_id)
             rel = s.get(Relationship, row.rel_id) if row else None
@@ -902,9 +923,14 @@ class ReplicationService:
             log.info("session %s %s%s", session_id, status, f": {message}" if message else "")
 
     def _still_active(self, session_id: int) -> str | None:
+        """None while the transfer may go on; else why it must stop."""
         with self.store.session() as s:
             row = s.get(ReplicationSession, session_id)
-            return None if row is not None and row.status == ACTIVE else (row.message if row else CANCELED)
+            if row is None:
+                return CANCELED  # its relationship went
+            if row.status != ACTIVE:
+                return row.message or CANCELED
+            return CANCELED + row.message.removeprefix(CANCELING) if _canceling(row) else None
 
     def _transfer(self, session_id: int) -> dict:
         with self.store.session() as s:
