@@ -580,8 +580,15 @@ def lio() -> FakeLio:
     return world
 
 
-def driver_for(world: FakeLio, base_iqn: str = BASE) -> LioDriver:
-    return LioDriver(base_iqn, rtslib=world.module, path_kind=world.path_kind)
+def driver_for(world: FakeLio, base_iqn: str = BASE, dbroot: str | None = None) -> LioDriver:
+    return LioDriver(base_iqn, rtslib=world.module, path_kind=world.path_kind, dbroot=dbroot)
+
+
+def test_the_dbroot_rtslib_insists_on_is_made_before_lio_is_read(lio, tmp_path):
+    # rtslib-fb refuses to work ("Cannot set dbroot to /etc/target") where it is missing.
+    dbroot = tmp_path / "etc" / "target"
+    list(driver_for(lio, dbroot=str(dbroot))._owned_sos())
+    assert dbroot.is_dir()
 
 
 @pytest.fixture

@@ -38,6 +38,7 @@ TPG_ATTRIBUTES = {
     "demo_mode_write_protect": "1",
     "cache_dynamic_acls": "0",
 }
+DBROOT = "/etc/target"  # rtslib-fb's preferred dbroot (RTSRoot._preferred_dbroot)
 MAX_TPG_LUN = 65535  # rtslib's LUN.MAX_TARGET_LUN
 MAX_DEV_NAME = 255  # the kernel keeps fd_dev_name/udev_path in 256 bytes with the NUL
 
@@ -103,8 +104,9 @@ class LioDriver(TargetDriver):
     max_lun = 255
 
     def __init__(self, base_iqn: str, rtslib: Any = None,
-                 path_kind: Callable[[str], str] = path_kind):
+                 path_kind: Callable[[str], str] = path_kind, dbroot: str | None = DBROOT):
         super().__init__(base_iqn)
+        self.dbroot = dbroot
         if rtslib is None:
             # Imported here so that importing vsnap never needs rtslib-fb (tgt machines).
             import rtslib_fb as rtslib
@@ -139,6 +141,12 @@ class LioDriver(TargetDriver):
         return None
 
     def _owned_sos(self) -> Iterable[Any]:
+        if self.dbroot:
+            # rtslib-fb points LIO's dbroot (where the kernel keeps persistent reservation
+            # and ALUA state) at /etc/target, and refuses to go on if that directory is
+            # missing, as it is on a machine without targetcli's saved configuration. Ours
+            # is regenerated from the database, so an empty directory is all it needs.
+            os.makedirs(self.dbroot, mode=0o755, exist_ok=True)
         return (so for so in self.rtslib.RTSRoot().storage_objects if so.name.startswith(self.so_prefix))
 
     def _lun_so(self, lun: Any) -> Any:
