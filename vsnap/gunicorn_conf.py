@@ -80,6 +80,24 @@ def on_starting(server):
     os.makedirs(METRICS_DIR, mode=0o700, exist_ok=True)
 
 
+def when_ready(server):
+    _share_unix_socket(bind, os.environ.get("VSNAP_SOCKET_GROUP"))
+
+
+def _share_unix_socket(address: str, group: str | None) -> None:
+    """The API's unix socket (production: unix:/run/vsnap/api.sock, behind nginx) belongs to
+    `group` (nginx's workers' group, www-data) and is closed to everyone else. Done here, once
+    gunicorn has made it: systemd resets a RuntimeDirectory's owner and mode each time it
+    starts a command of the unit (ExecStartPre, ExecStart, ExecReload), so a chgrp of the
+    directory in the unit does not last."""
+    if not group or not address.startswith("unix:"):
+        return
+    import grp
+    path = address.removeprefix("unix:")
+    os.chown(path, 0, grp.getgrnam(group).gr_gid)
+    os.chmod(path, 0o660)
+
+
 def on_exit(server):
     shutil.rmtree(METRICS_DIR, ignore_errors=True)
 

@@ -21,6 +21,7 @@ import shutil
 import signal
 import socket
 import ssl
+import stat
 import subprocess
 import tempfile
 import time
@@ -69,8 +70,8 @@ def render_site(socket_path: Path, port: int, cert: Path, key: Path) -> str:
 
 
 def worker_account() -> tuple[str, str, int]:
-    """The account nginx's workers run as: www-data as on Debian (the unit gives the socket's
-    directory to that group), else nobody."""
+    """The account nginx's workers run as: www-data as on Debian (the unit gives the socket to
+    that group), else nobody."""
     for name in ("www-data", "nobody"):
         try:
             entry = pwd.getpwnam(name)
@@ -137,16 +138,16 @@ class Proxied:
 
     def __init__(self, *, with_server: bool):
         self.with_server = with_server
-        workers_gid = worker_account()[2]
+        self.workers_group = worker_account()[1]
         # Not under pytest's tmp_path: its directories are 0700, and nginx's workers (www-data)
         # must reach the socket's directory.
         self.dir = Path(tempfile.mkdtemp(prefix="vsnap-nginx-"))
         os.chmod(self.dir, 0o711)
         run = self.dir / "run"
         run.mkdir()
-        # As the unit makes /run/vsnap: 0750, root and the workers' group.
-        os.chown(run, 0, workers_gid)
-        os.chmod(run, 0o750)
+        # As the unit makes /run/vsnap (RuntimeDirectoryMode=0755, root's): the socket in it
+        # is made the workers' group's by the server itself (VSNAP_SOCKET_GROUP).
+        os.chmod(run, 0o755)
         self.socket = run / "api.sock"
         self.port = free_port()
         self.site = self.dir / "vsnap.conf"
@@ -180,7 +181,7 @@ class Proxied:
             env = {**os.environ, "VSNAP_STATE": str(STATE), "VSNAP_SSH_PORT": str(SSH_PORT),
                    "VSNAP_BIND": f"unix:{self.socket}", "VSNAP_PLAIN_HTTP": "1",
                    "VSNAP_ACCESS_LOG": "-",  # gunicorn's access line shows the client address
-                   "VSNAP_TRUSTED_PROXY": "1",
+                   "VSNAP_TRUSTED_PROXY": "1", "VSNAP_SOCKET_GROUP": self.workers_group,
                    # The suite's server runs the worker. Failed logins are counted per address
                    # in the shared database, and the suite's 401 tests leave many from
                    # 127.0.0.1, the address nginx passes on: no throttling, as for that server.
@@ -268,6 +269,24 @@ def test_login_through_nginx_gets_the_api(proxied, admin):
     assert r.headers["Content-Type"].startswith("application/json")
     assert r.json()["api_version"] == "1.0"
     assert r.headers["Server"] == "nginx"  # server_tokens off; gunicorn's header is not passed
+
+
+def test_only_root_and_nginx_workers_reach_the_api_socket(proxied, outsider):
+    st = os.stat(proxied.socket)
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, grp.getgrgid(st.st_gid).gr_name) == \
+        (0o660, 0, proxied.workers_group)
+    probe = "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); print('connected')"
+    python = "/usr/bin/python3"  # the system's: the accounts below may not enter the venv's home
+    # Another local account is refused; nginx's workers' account gets in (it is how nginx does).
+    refused = subprocess.run(["setpriv", f"--reuid={outsider.name}", f"--regid={outsider.name}", "--clear-groups",
+                              python, "-c", probe, str(proxied.socket)], capture_output=True, text=True,
+                             timeout=30)
+    assert refused.returncode != 0 and "Permission denied" in refused.stderr, refused
+    name, group, _ = worker_account()
+    allowed = subprocess.run(["setpriv", f"--reuid={name}", f"--regid={group}", "--init-groups",
+                              python, "-c", probe, str(proxied.socket)], capture_output=True, text=True,
+                             timeout=30)
+    assert allowed.stdout.strip() == "connected", allowed
 
 
 def test_no_login_is_401_through_nginx(proxied):
