@@ -57,10 +57,17 @@ setup-test: deps
 	VSNAP_STATE=$(TEST_STATE_B) VSNAP_SSH_PORT=$(TEST_SSH_PORT_B) VSNAP_LAB_DISKS=3 lab/lab.sh up
 	VSNAP_STATE=$(TEST_STATE_B) $(PY) -m vsnap.bootstrap --no-account
 
-test: setup-test
+# The whole suite, the kernel lab's production-stack tests included (tests/kernel: the guest
+# is built once per package list and cached, then booted for the run and stopped after it).
+test: setup-test $(STAMPS)/apt-kernel-lab
 	VSNAP_STATE=$(TEST_STATE) VSNAP_PORT=$(TEST_PORT) VSNAP_SSH_PORT=$(TEST_SSH_PORT) \
 	VSNAP_STATE_B=$(TEST_STATE_B) VSNAP_PORT_B=$(TEST_PORT_B) VSNAP_SSH_PORT_B=$(TEST_SSH_PORT_B) \
-		$(PY) -m pytest -ra $(PYTEST_ARGS)
+		$(PY) -m pytest -ra -m 'not long' $(PYTEST_ARGS)
+
+# The kernel lab's tests alone.
+.PHONY: test-kernel
+test-kernel: deps $(STAMPS)/apt-kernel-lab
+	$(PY) -m pytest -ra -m kernel tests/kernel $(PYTEST_ARGS)
 
 # The suite's long mode: only the long variants (pytest marker `long`: at least 5,000 fuzzed
 # requests, ...), on the same test appliances as `make test`.
@@ -102,6 +109,31 @@ stop-test:
 stop-bench:
 	VSNAP_STATE=$(BENCH_STATE_B) lab/lab.sh down
 	VSNAP_STATE=$(BENCH_STATE) lab/lab.sh down
+
+# The kernel lab (lab/kernel-lab.sh): the production stack (OpenZFS, LIO, the kernel NFS
+# server, systemd, nginx) in a Debian guest under QEMU, with this tree installed by `make
+# install` inside it. Its API is forwarded to 127.0.0.1:$(KLAB_API_PORT).
+KLAB_APT := qemu-system-x86 qemu-utils mmdebstrap e2fsprogs openssh-client openssl curl
+KLAB_API_PORT ?= 8990
+.PHONY: kernel-lab stop-kernel-lab run-kernel
+$(STAMPS)/apt-kernel-lab: Makefile
+	@mkdir -p $(STAMPS)
+	@missing=$$(for p in $(KLAB_APT); do dpkg-query -W -f '$${db:Status-Abbrev}' $$p 2>/dev/null | grep -q '^ii' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@touch $@
+
+kernel-lab: $(STAMPS)/apt-kernel-lab
+	KLAB_API_PORT=$(KLAB_API_PORT) lab/kernel-lab.sh up
+
+stop-kernel-lab:
+	lab/kernel-lab.sh down
+
+# The production stack, served on 127.0.0.1:$(KLAB_API_PORT) (stop it with make stop-kernel-lab).
+run-kernel: kernel-lab
+	@echo "the guest's API: https://127.0.0.1:$(KLAB_API_PORT)/api (user vsnapadmin, password in $${VSNAP_KERNEL_LAB:-/var/lib/vsnap-kernel-lab}/admin.password)"
 
 # Production install (README "Running it in production"): a copy of the source in
 # $(PREFIX)/src, installed with its pinned dependencies into the venv $(PREFIX)/venv (editable,

@@ -185,6 +185,11 @@ def _sys_block(tmp_path, backing: dict[str, str]):
     return root
 
 
+def test_a_floppy_drive_is_no_disk():
+    lsblk = json.dumps({"blockdevices": [_node("fd0", 4096), _node("vda", 1073741824)]})
+    assert [d.path for d in parse_lsblk(lsblk)] == ["/dev/vda"]
+
+
 def test_list_fills_backing_files_and_signatures(fake_runner, tmp_path):
     lsblk = json.dumps({"blockdevices": [
         _node("loop0", 1073741824, "loop"),

@@ -11,8 +11,9 @@ from pathlib import Path
 from .runner import Runner
 
 LSBLK_COLUMNS = "NAME,PATH,SIZE,TYPE,MODEL,VENDOR,WWN,SERIAL,FSTYPE,PTTYPE,MOUNTPOINT,TRAN"
-# Devices that are never storage candidates: RAM-backed or compressed-swap devices.
-_EXCLUDED_PREFIXES = ("zram", "ram")
+# Devices that are never storage candidates: RAM-backed or compressed-swap devices, and floppy
+# drives (a virtual machine's 4 KiB fd0 showed as an unused disk).
+_EXCLUDED_PREFIXES = ("zram", "ram", "fd")
 # Where lsblk knows no transport (virtio, Xen), the kernel's device name tells the kind.
 _KIND_BY_NAME = (("vd", "VIRTIO"), ("xvd", "XEN"), ("nvme", "NVME"), ("sd", "SCSI"))
 _UUID_NAMESPACE = uuid.UUID("7c3b4f3e-1d1a-4c63-9a55-6f1e0d2a9b10")
