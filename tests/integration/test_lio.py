@@ -1,8 +1,9 @@
 """The LIO driver against the kernel's target (configfs), seen by libiscsi's initiator.
 
-These machines' kernels have no configfs target support, so here the module is skipped and
-the driver is covered by tests/unit/test_drivers_iscsi_lio.py; on a kernel with LIO it runs
-the driver for real. It owns only its own target and backstores, named for this test."""
+These machines' kernels have no configfs target support, so here the module is skipped; the
+driver runs for real in the kernel lab's guest (tests/kernel, part of make test), through the
+installed appliance, and its unit tests cover rtslib-fb's object model. On a kernel with LIO
+this module runs the driver directly. It owns only its own target and backstores, named for this test."""
 from __future__ import annotations
 
 import os
@@ -17,7 +18,7 @@ from . import iscsi_client as ic
 pytestmark = pytest.mark.skipif(
     not os.path.isdir(CONFIGFS_TARGET),
     reason=f"{CONFIGFS_TARGET} is absent: this kernel has no LIO (configfs) target support; "
-           "the LIO driver is covered by its unit tests against rtslib-fb's object model")
+           "LIO runs for real in the kernel lab's guest (tests/kernel)")
 
 BASE = "iqn.2026-11.local.vsnaptest:lio"
 IQN_A = "iqn.2026-11.test.vsnap:lio-a"
