@@ -22,8 +22,9 @@
 #
 # Layout:
 #   $VSNAP_KERNEL_LAB/images/<key>/{root.img,vmlinuz,initrd.img}  the built image (read-only
-#                      base); <key> is a hash of the package list, pyproject.toml and this
-#                      script's build steps, so a change rebuilds and an unchanged one reuses
+#                      base); <key> is a hash of the package list, the project's Python
+#                      dependencies and this script's build steps: a change rebuilds, an
+#                      unchanged one reuses
 #   $VSNAP_KERNEL_LAB/run/{overlay.qcow2,disk*.img,qemu.pid,console.log}  one boot's state
 #                      (every `up` boots the built image afresh, with blank pool disks)
 #   $VSNAP_KERNEL_LAB/ssh/id_ed25519   the key the host logs in to the guest with
@@ -65,7 +66,12 @@ log() { echo "kernel-lab: $*" >&2; }
 die() { log "$*"; exit 1; }
 
 image_key() {
-  { bootstrap_key; cat "$HERE/pyproject.toml"; declare -f customize_rootfs; } | sha256sum | cut -c1-16
+  { bootstrap_key; project_dependencies; declare -f customize_rootfs; } | sha256sum | cut -c1-16
+}
+
+project_dependencies() {  # what the image's venv holds: pyproject.toml's [project] dependencies
+  python3 -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' \
+    "$HERE/pyproject.toml"
 }
 
 # The Debian part alone (minutes to make): kept as a cache, so a change of the customization
