@@ -238,6 +238,17 @@ install_tree() {
       | tar -C /root/vsnap-src -xf -
     cd /root/vsnap-src
     make install PYTHON=python3 > /var/log/vsnap-install.log 2>&1 || { tail -30 /var/log/vsnap-install.log; exit 1; }
+    # The README's production steps for Samba: vsnap writes its shares next to the system's
+    # smb.conf, which includes them as the last line of [global].
+    grep -qx 'VSNAP_SMB_CONF=/etc/samba/smb.conf' /etc/default/vsnap 2>/dev/null \
+      || echo 'VSNAP_SMB_CONF=/etc/samba/smb.conf' >> /etc/default/vsnap
+    grep -q '^ *include = /etc/samba/shares.conf' /etc/samba/smb.conf || {
+      awk '/^\[/ && !/^\[global\]/ && !done { print "include = /etc/samba/shares.conf"; done = 1 } { print }
+           END { if (!done) print "include = /etc/samba/shares.conf" }' /etc/samba/smb.conf > /etc/samba/smb.conf.new
+      touch /etc/samba/shares.conf
+      mv /etc/samba/smb.conf.new /etc/samba/smb.conf
+      systemctl restart smbd
+    }
     systemctl daemon-reload
     systemctl enable -q vsnap-api nginx
     systemctl restart vsnap-api

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from .conftest import GATEWAY, ISCSI_PORT, NFS_PORT
+from .conftest import GATEWAY, ISCSI_PORT, NFS_PORT, SMB_PORT
 
 POOL = "kpool"
 INITIATOR = "iqn.2026-12.test.vsnap:kernel-host"
@@ -120,3 +120,27 @@ def test_snapshot_clone_of_a_zvol_and_real_arc_statistics(guest, pool):
         assert int(stats["size_arc_max"]) > 0 and int(stats["size_arc_used"]) > 0, stats
     finally:
         guest.request("DELETE", f"/api/volume/{lun['id']}")
+
+
+def test_an_smb_share_by_the_systems_samba(guest, pool, tmp_path):
+    """Set up as the README's production steps say (VSNAP_SMB_CONF, the include in smb.conf),
+    read and written with smbclient from the host as the admin account."""
+    vol = guest.ok("POST", "/api/volume", json={"name": "ksmb", "volume_type": "filesystem", "pool_id": pool["id"]})
+    try:
+        share = guest.ok("POST", f"/api/volume/{vol['id']}/share", json={"share_type": "smb"})
+        local = tmp_path / "backup.txt"
+        local.write_text("over smb, to the kernel lab")
+        user, password = guest.auth
+
+        def smb(auth: str, command: str) -> subprocess.CompletedProcess:
+            return run("smbclient", f"//127.0.0.1/{share['name']}", "-p", str(SMB_PORT), "-U", auth,
+                       "-m", "SMB3", "-c", command)
+
+        put = smb(f"{user}%{password}", f"put {local} backup.txt; ls")
+        assert put.returncode == 0 and "backup.txt" in put.stdout, put
+        assert guest.sh(f"cat /vsnap/{POOL}/ksmb/backup.txt").stdout == "over smb, to the kernel lab"
+        assert smb(f"{user}%wrong-{password}", "ls").returncode != 0
+        guest.ok("DELETE", f"/api/volume/{vol['id']}/share")
+        assert smb(f"{user}%{password}", "ls").returncode != 0  # gone from Samba too
+    finally:
+        guest.request("DELETE", f"/api/volume/{vol['id']}")
