@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 
 import pytest
 
@@ -144,3 +145,43 @@ def test_an_smb_share_by_the_systems_samba(guest, pool, tmp_path):
         assert smb(f"{user}%{password}", "ls").returncode != 0  # gone from Samba too
     finally:
         guest.request("DELETE", f"/api/volume/{vol['id']}")
+
+
+def test_a_reboot_brings_back_pools_targets_exports_and_shares(guest, pool):
+    """Last: the guest reboots (the same disks and root). Everything the API made comes back,
+    served again, and the API agrees with the system."""
+    fs = guest.ok("POST", "/api/volume", json={"name": "kboot", "volume_type": "filesystem", "pool_id": pool["id"]})
+    lun = guest.ok("POST", "/api/volume", json={"name": "kbootlun", "volume_type": "lun", "pool_id": pool["id"],
+                                                 "size_total": str(16 * MIB)})
+    host = guest.ok("POST", "/api/host", json={"name": "boot-host", "iqns": [INITIATOR]})
+    try:
+        guest.sh(f"head -c 200000 /dev/urandom > /vsnap/{POOL}/kboot/data.bin")
+        digest = guest.sh(f"sha256sum /vsnap/{POOL}/kboot/data.bin").stdout.split()[0]
+        guest.ok("POST", f"/api/volume/{fs['id']}/share",
+                 json={"share_type": "nfs", "share_options": {"allowed_hosts": [GATEWAY]}})
+        guest.ok("POST", f"/api/volume/{lun['id']}/map", json={"host_id": host["id"]})
+        before = {k: guest.ok("GET", f"/api/{k}") for k in ("pool", "volume", "share", "host", "target")}
+
+        guest.sh("systemctl reboot", check=False, timeout=60)
+        time.sleep(10)
+        deadline = time.monotonic() + 600
+        while guest.sh("true", check=False, timeout=60).returncode != 0:
+            assert time.monotonic() < deadline, "the guest did not come back from its reboot"
+            time.sleep(3)
+        guest.wait_answering(600)
+
+        assert "ONLINE" in guest.sh(f"zpool list -H -o name,health {POOL}").stdout
+        assert guest.sh(f"sha256sum /vsnap/{POOL}/kboot/data.bin").stdout.split()[0] == digest
+        for kind, listed in before.items():
+            now = guest.ok("GET", f"/api/{kind}")
+            key, ident = f"{kind}s", "wwn" if kind == "target" else "id"
+            assert sorted(x[ident] for x in now[key]) == sorted(x[ident] for x in listed[key]), (kind, now, listed)
+        listing = run("nfs-ls", f"nfs://127.0.0.1/vsnap/{POOL}/kboot?version=4&nfsport={NFS_PORT}")
+        assert listing.returncode == 0 and "data.bin" in listing.stdout, listing
+        [target] = guest.ok("GET", "/api/target")["targets"]
+        cap = run("iscsi-readcapacity16", "-i", INITIATOR, f"iscsi://127.0.0.1:{ISCSI_PORT}/{target['wwn']}/0")
+        assert cap.returncode == 0 and int(re.search(r"Total size:(\d+)", cap.stdout).group(1)) == 16 * MIB, cap
+    finally:
+        guest.request("DELETE", f"/api/host/{host['id']}")
+        guest.request("DELETE", f"/api/volume/{lun['id']}")
+        guest.request("DELETE", f"/api/volume/{fs['id']}")
