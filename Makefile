@@ -28,14 +28,19 @@ APT_PACKAGES := zfs-fuse tgt libiscsi-bin nfs-ganesha nfs-ganesha-vfs rpcbind li
 
 deps: $(STAMPS)/venv
 
-$(STAMPS)/apt: Makefile
+# Installs the Debian packages of $(1) that are missing (one apt-get for all of them).
+define apt_install
 	@mkdir -p $(STAMPS)
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f '$${db:Status-Abbrev}' $$p 2>/dev/null | grep -q '^ii' || echo $$p; done); \
+	@missing=$$(for p in $(1); do dpkg-query -W -f '$${db:Status-Abbrev}' $$p 2>/dev/null | grep -q '^ii' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:" $$missing; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 	@touch $@
+endef
+
+$(STAMPS)/apt: Makefile
+	$(call apt_install,$(APT_PACKAGES))
 
 $(STAMPS)/venv: pyproject.toml $(STAMPS)/apt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -117,13 +122,7 @@ KLAB_APT := qemu-system-x86 qemu-utils mmdebstrap e2fsprogs openssh-client opens
 KLAB_API_PORT ?= 8990
 .PHONY: kernel-lab stop-kernel-lab run-kernel
 $(STAMPS)/apt-kernel-lab: Makefile
-	@mkdir -p $(STAMPS)
-	@missing=$$(for p in $(KLAB_APT); do dpkg-query -W -f '$${db:Status-Abbrev}' $$p 2>/dev/null | grep -q '^ii' || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-		echo "installing Debian packages:" $$missing; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
-	fi
-	@touch $@
+	$(call apt_install,$(KLAB_APT))
 
 kernel-lab: $(STAMPS)/apt-kernel-lab
 	KLAB_API_PORT=$(KLAB_API_PORT) lab/kernel-lab.sh up
