@@ -1103,6 +1103,22 @@ def test_delete_relationship_with_preserve_needs_no_partner(env, error):
         assert s.get(Setting, notices) is None
 
 
+@pytest.mark.parametrize("error, kept", [
+    (RemoteError("no route", unreachable=True), True),
+    (RemoteError("the appliance's server stopped while answering", refused=False), True),
+    (RemoteError("Permission denied (publickey)", untrusted=True), False),
+    (RemoteError("Relationship not found", unknown=True), False),
+    (RemoteError("refused"), False),
+])
+def test_a_notice_is_kept_until_the_partner_answers(env, error, kept):
+    env.partner(P1)
+    env.svc._remember_notice(P1, R1)
+    env.link.answers["delete-relationship"] = error
+    env.svc.deliver_notices()
+    with env.store.session() as s:
+        assert (s.get(Setting, env.svc._notice_key(P1, R1)) is not None) == kept
+
+
 def test_an_interrupted_delete_whose_partner_side_went_is_finished(env):
     env.partner(P1)
     rel = env.relationship(env.fs, P1)

@@ -660,7 +660,7 @@ class ReplicationService:
             row = s.get(Relationship, rel_id)
             if row is not None:
                 s.delete(row)  # its sessions go with it
-        (self.settings.state_dir / "run" / f"receive-{rel_id}.lock").unlink(missing_ok=True)
+        self._receive_lock_path(rel_id).unlink(missing_ok=True)
 
     def _drop_replica_side(self, rel_id: str, preserve: bool) -> None:
         """The replica volume goes first (its shares and mappings with it), then the row: if
@@ -695,13 +695,21 @@ class ReplicationService:
     def _tell_partner(self, partner: Partner, rel_id: str) -> None:
         """The primary forgets a relationship deleted on the replica's side; told later if it
         cannot be told now."""
+        if not self._tell(partner, rel_id):
+            self._remember_notice(partner.id, rel_id)
+            log.warning("relationship %s: the partner is told when it answers", rel_id)
+
+    def _tell(self, partner: Partner, rel_id: str) -> bool:
+        """Tells the partner a relationship went here (it drops its side, keeping the replica).
+        False when it must be told again: no answer came, or how its request ended is not known."""
         try:
             self.link.call(partner, "delete-relationship", rel_id, "1")
         except RemoteError as exc:
-            if exc.unknown or exc.untrusted:
-                return  # nothing there to forget, or it will never hear from us again
-            self._remember_notice(partner.id, rel_id)
-            log.warning("relationship %s: the partner is told when it answers: %s", rel_id, exc)
+            # Nothing there to forget, it will never hear from us again, or it answered.
+            if not (exc.unknown or exc.untrusted or exc.refused):
+                log.info("relationship %s: the partner cannot be told now: %s", rel_id, exc)
+                return False
+        return True
 
     # Notices a partner missed (a relationship deleted here while it could not be reached),
     # kept in the settings table and delivered by the worker.
@@ -726,16 +734,7 @@ class ReplicationService:
                 partner = s.get(Partner, partner_id)
                 if partner is not None:
                     s.expunge(partner)
-            done = partner is None
-            if partner is not None:
-                try:
-                    self.link.call(partner, "delete-relationship", rel_id, "1")
-                    done = True
-                except RemoteError as exc:
-                    done = exc.unknown or exc.untrusted or not exc.unreachable
-                    if not done:
-                        log.info("relationship %s: the partner still cannot be told: %s", rel_id, exc)
-            if done:
+            if partner is None or self._tell(partner, rel_id):
                 with self.store.session() as s:
                     row = s.get(Setting, key)
                     if row is not None:
@@ -1223,11 +1222,14 @@ class ReplicationService:
                 return {"snap_id": str(snap.row.id)}
         raise ConflictError(f"The received snapshot {snap_name} is not in the catalog")
 
+    def _receive_lock_path(self, rel_id: str):
+        return self.settings.state_dir / "run" / f"receive-{rel_id}.lock"
+
     @contextlib.contextmanager
     def _receiving(self, rel_id: str, wait: float):
         """Held while a stream into the relationship's replica is received (in any process);
         `wait` seconds at most to get it (0: a receive already running is a conflict)."""
-        path = self.settings.state_dir / "run" / f"receive-{rel_id}.lock"
+        path = self._receive_lock_path(rel_id)
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
