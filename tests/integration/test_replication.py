@@ -124,6 +124,18 @@ def relate(pair, vol: dict, **extra) -> dict:
                         json={"partner_id": pair["partner"]["id"], **extra})
 
 
+def replicated(pair, volume, name: str, size: int) -> tuple[dict, str, dict, dict]:
+    """A filesystem volume on A holding `size` bytes, its relationship to B and a first session
+    that completed: (volume, its directory, relationship, session)."""
+    vol = volume(name)
+    src = f"/vsnap/{pair['pool_a']['name']}/{name}"
+    write(f"{src}/f", size)
+    rel = relate(pair, vol)
+    done = replicate(pair, rel["id"])
+    assert done["status"] == "COMPLETED", done
+    return vol, src, rel, done
+
+
 def _pids(pattern: str) -> list[int]:
     out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]
@@ -292,11 +304,7 @@ def _thaw(pids: list[int]) -> None:
 
 def test_cancel_stops_a_running_transfer_and_the_replica_stays_complete(pair, volume):
     a, b = pair["a"], pair["b"]
-    vol = volume("repl5")
-    src = f"/vsnap/{pair['pool_a']['name']}/repl5"
-    write(f"{src}/f", 4 * MIB)
-    rel = relate(pair, vol)
-    assert replicate(pair, rel["id"])["status"] == "COMPLETED"
+    _, src, rel, _ = replicated(pair, volume, "repl5", 4 * MIB)
     before = zfs_names(pair["pool_b"]["name"], "snapshot")
     write(f"{src}/g", 48 * MIB)
     s = a.ok("POST", f"/api/relationship/{rel['id']}/session", json={"remote_snap_name": "to-cancel"})
@@ -425,12 +433,7 @@ def test_replica_pool_full(pair, volume):
 def test_a_replica_clone_refuses_the_relationship_delete_and_nothing_changes(pair, volume):
     a, b = pair["a"], pair["b"]
     pool_b = pair["pool_b"]["name"]
-    vol = volume("repl10")
-    src = f"/vsnap/{pair['pool_a']['name']}/repl10"
-    write(f"{src}/f", 2 * MIB)
-    rel = relate(pair, vol)
-    done = replicate(pair, rel["id"])
-    assert done["status"] == "COMPLETED", done
+    _, src, rel, done = replicated(pair, volume, "repl10", 2 * MIB)
     clone = b.ok("POST", "/api/volume", json={"name": "repl10_restore", "snapshot_id": done["remote_snap_id"]})
     try:
         for _ in range(2):  # a retry is refused the same way: nothing was half-done
@@ -457,10 +460,7 @@ def test_a_partner_that_forgot_us_never_traps_the_primary_and_partnering_again_k
     a, b = pair["a"], pair["b"]
     partner_id = pair["partner"]["id"]
     pool_b = pair["pool_b"]["name"]
-    vol = volume("repl11")
-    write(f"/vsnap/{pair['pool_a']['name']}/repl11/f", MIB)
-    rel = relate(pair, vol)
-    assert replicate(pair, rel["id"])["status"] == "COMPLETED"
+    vol, _, rel, _ = replicated(pair, volume, "repl11", MIB)
     seen = a.ok("GET", f"/api/partner/{partner_id}")
     assert (seen["trust_status"], seen["trust_message"]) == ("OK", None)
     # The partner loses its record of us (rebuilt, or the partnership removed there): its sshd
@@ -490,15 +490,12 @@ def test_a_partner_that_forgot_us_never_traps_the_primary_and_partnering_again_k
     partner_again = {"remote_addr": "127.0.0.1", "remote_user": admin.name, "remote_pass": admin.password,
                      "remote_api_port": PORT_B}
     assert a.ok("POST", "/api/partner", json=partner_again)["id"] == partner_id
-    kept = volume("repl11k")
-    write(f"/vsnap/{pair['pool_a']['name']}/repl11k/f", MIB)
-    kept_rel = relate(pair, kept)
-    assert replicate(pair, kept_rel["id"])["status"] == "COMPLETED"
+    _, kept_src, kept_rel, _ = replicated(pair, volume, "repl11k", MIB)
     assert a.ok("POST", "/api/partner", json=partner_again)["id"] == partner_id
     assert [p["id"] for p in b.ok("GET", "/api/partner")["partners"]] == [partner_id]
     assert a.ok("GET", "/api/partner")["total"] == 1
     assert a.ok("GET", f"/api/partner/{partner_id}")["trust_status"] == "OK"
-    write(f"/vsnap/{pair['pool_a']['name']}/repl11k/g", MIB)
+    write(f"{kept_src}/g", MIB)
     assert replicate(pair, kept_rel["id"])["status"] == "COMPLETED"
     # The partner's leftover relationship can be deleted on its side (the primary has forgotten it).
     b.ok("DELETE", f"/api/relationship/{rel['id']}")
@@ -508,11 +505,7 @@ def test_a_partner_that_forgot_us_never_traps_the_primary_and_partnering_again_k
 def test_cancels_at_any_point_report_the_truth_and_the_next_session_completes(pair, volume):
     a, b = pair["a"], pair["b"]
     pool_b = pair["pool_b"]["name"]
-    vol = volume("repl12")
-    src = f"/vsnap/{pair['pool_a']['name']}/repl12"
-    write(f"{src}/f", 4 * MIB)
-    rel = relate(pair, vol)
-    assert replicate(pair, rel["id"])["status"] == "COMPLETED"
+    _, src, rel, _ = replicated(pair, volume, "repl12", 4 * MIB)
     outcomes = []
     last = None
     # 64 MiB take about a second here, and a cancel request a few tenths: cancels land
