@@ -279,6 +279,12 @@ def parse_ratio(text: str) -> float:
     return float(text.strip().rstrip("x") or 1)
 
 
+def format_ratio(text: str) -> str:
+    """A ratio as the spec writes it, '1.23x': OpenZFS's parsable output (-p) gives '1.23',
+    zfs-fuse gives '1.23x'."""
+    return f"{parse_ratio(text):.2f}x"
+
+
 def parse_zpool_get(text: str) -> dict[str, str]:
     """`zpool get PROPS POOL` (zfs-fuse has no -H): a NAME PROPERTY VALUE SOURCE table."""
     values = {}

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..config import Settings
 from ..drivers.disks import BlockDevice, DiskDriver
 from ..drivers.runner import CommandError, describe
-from ..drivers.zfs import PoolStatus, PoolSummary, ZfsDriver, ZfsPoolOps, device_path, parse_ratio
+from ..drivers.zfs import PoolStatus, PoolSummary, ZfsDriver, ZfsPoolOps, device_path, format_ratio, parse_ratio
 from ..errors import ConflictError, InvalidCandidateError, NotFoundError, ValidationError
 from ..store.db import Store
 from ..store.models import Pool, now
@@ -192,9 +192,9 @@ class PoolService:
             before_compression = round(used * parse_ratio(props["compressratio"]))
         details = {
             "compression": props["compression"] != "off",
-            "compression_ratio": props["compressratio"],
+            "compression_ratio": format_ratio(props["compressratio"]),
             "deduplication": props["dedup"] != "off",
-            "deduplication_ratio": dedupratio,
+            "deduplication_ratio": format_ratio(dedupratio),
             "diskgroup_size": str(row.diskgroup_size),
             "disks": self._disk_groups(row.pool_type, status),
             **self._summary(row, summary, props),
