@@ -192,6 +192,8 @@ class FakeDs:
         self.calls: list[tuple] = []
         self.receive_error: Exception | None = None
         self.unmount_error: Exception | None = None
+        self.set_error: Exception | None = None
+        self.has_zvols = True
 
     def unmount(self, name):
         self.calls.append(("unmount", name))
@@ -200,6 +202,8 @@ class FakeDs:
 
     def set(self, name, prop, value):
         self.calls.append(("set", name, prop, value))
+        if self.set_error:
+            raise self.set_error
 
     def mount(self, name):
         self.calls.append(("mount", name))
@@ -365,7 +369,8 @@ class Env:
                          size_block=fields.pop("size_block", 8192 if volume_type == "lun" else None), **fields)
             s.add(row)
             s.flush()
-        props = None if volume_type == "filebackedlun" else {"mountpoint": f"/vsnap/{pool.name}/{name}"}
+        props = None if volume_type == "filebackedlun" else \
+            {"type": "volume"} if volume_type == "lun" else {"mountpoint": f"/vsnap/{pool.name}/{name}"}
         self.catalog.volumes[row.id] = VolumeView(row, pool, pool.name, props)
         if volume_type == "lun":
             self.volumes.backings[row.id] = (f"/dev/zvol/{pool.name}/{name}", size)
@@ -2015,6 +2020,13 @@ def test_serve_incremental_receive(env, replica, stream):
     assert answer["snap_id"] == str(max(env.catalog.snapshots))
 
 
+def test_serve_receive_into_a_zvol_neither_unmounts_nor_mounts(env, replica, stream):
+    lun = env.volume(env.p, "lun_replica", "lun")
+    env.relationship(lun, P1, REPLICA, rel_id=R2)
+    env.svc.serve(P1, ["recv", R2, "s1", "full"], stream)
+    assert env.ds.calls == [("receive", "p/lun_replica@s1", True, stream.fileno())]
+
+
 def test_serve_incremental_receive_into_a_busy_replica(env, replica, stream):
     # A replica in use (e.g. shared) cannot be unmounted: an incremental is received anyway.
     env.snapshot(env.replica_vol, "s1")
@@ -2129,6 +2141,24 @@ def test_serve_create_replica_lun(env, replica, stream):
     _create_replica(env, stream, volume_type="lun", size_total=GIB, size_block=4096, name="copy")
     vol = env.volumes.created[-1]
     assert (vol["name"], vol["volume_type"], vol["size_total"], vol["size_block"]) == ("copy", "lun", GIB, 4096)
+    # A zvol has no access times (OpenZFS refuses atime on it): read-only is what keeps it unchanged.
+    assert ("set", "p/copy", "readonly", "on") in env.ds.calls
+    assert not [c for c in env.ds.calls if c[:3] == ("set", "p/copy", "atime")]
+
+
+def test_serve_create_replica_lun_without_zvols_is_a_filesystem_with_atime_off(env, replica, stream):
+    env.ds.has_zvols = False  # zfs-fuse: the LUN's image lives in a filesystem of its own
+    _create_replica(env, stream, volume_type="lun", size_total=GIB, name="copy")
+    assert ("set", "p/copy", "atime", "off") in env.ds.calls
+
+
+def test_serve_create_replica_that_zfs_refuses_leaves_no_replica(env, replica, stream):
+    env.ds.set_error = CommandError(["zfs", "set", "readonly=on", "p/data_replica"], 1, "", "cannot set property")
+    with pytest.raises(CommandError):
+        _create_replica(env, stream)
+    made = env.volumes.created[-1]["name"]
+    assert made == "data_replica" and env.volumes.deleted  # the volume it made went again
+    assert R2 not in env.rels()
 
 
 def test_serve_create_replica_existing_name(env, replica, stream):

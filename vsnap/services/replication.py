@@ -1148,17 +1148,24 @@ class ReplicationService:
                         s.delete(rel)  # a stale replica of the same volume from the same partner
                     else:
                         raise ConflictError(f"{name} on the partner belongs to relationship {rel.id}")
-            vol_id = volume.row.id
+            vol_id, made_here = volume.row.id, False
         else:
             size = req.get("size_total") if kind == "lun" else None
             made = self.volumes.create(name=name, volume_type=kind, pool_id=str(pool_row.id), size_total=size,
                                        size_block=req.get("size_block") if kind == "lun" else None)
-            vol_id = int(made["id"])
+            vol_id, made_here = int(made["id"]), True
         # Clients must not change a replica (a changed replica refuses the next incremental):
-        # read-only, and no access-time updates, which ZFS would count as a change.
+        # read-only, and no access-time updates, which ZFS would count as a change (a LUN's
+        # zvol has no access times; on zfs-fuse a LUN is a filesystem holding its image).
         dataset = f"{summary.name}/{name}"
-        self.ds.set(dataset, "atime", "off")
-        self.ds.set(dataset, "readonly", "on")
+        try:
+            if kind == "filesystem" or not self.ds.has_zvols:
+                self.ds.set(dataset, "atime", "off")
+            self.ds.set(dataset, "readonly", "on")
+        except (CommandError, OSError):
+            if made_here:  # the request failed: the replica it made goes with it
+                self.volumes.delete(str(vol_id))
+            raise
         with self.store.session() as s:
             s.add(Relationship(id=rel_id, partner_id=partner.id, local_role=REPLICA, local_vol_id=vol_id,
                                remote_pool_id=str(req.get("primary_pool_id")),
@@ -1200,19 +1207,23 @@ class ReplicationService:
             return self._receive_into(volume, target, snap_name, full, stdin)
 
     def _receive_into(self, volume, target: str, snap_name: str, full: bool, stdin: int) -> dict:
+        # A zvol (a LUN on OpenZFS) is never mounted: it is received as it is.
+        mounted = (volume.props or {}).get("type") != "volume"
         try:
             # Received unmounted: zfs-fuse fails a forced receive onto a mounted dataset, and
             # does not drop the kernel's cached pages of files a receive changed. A replica in
             # use (e.g. shared) still takes an incremental while mounted.
-            try:
-                self.ds.unmount(volume.dataset)
-            except CommandError:
-                if full:
-                    raise
+            if mounted:
+                try:
+                    self.ds.unmount(volume.dataset)
+                except CommandError:
+                    if full:
+                        raise
             try:
                 self.ds.receive(target, full=full, stdin=stdin)
             finally:
-                self.ds.mount(volume.dataset)
+                if mounted:
+                    self.ds.mount(volume.dataset)
         except CommandError as exc:
             raise ConflictError(describe(exc)) from exc
         with self.lock.held():
