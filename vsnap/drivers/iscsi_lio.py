@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .iscsi import HostExport, LunExport, TargetDriver, TargetError, TargetPort, numbered
+from .runner import fault_point
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ TPG_ATTRIBUTES = {
 }
 DBROOT = "/etc/target"  # rtslib-fb's preferred dbroot (RTSRoot._preferred_dbroot)
 MAX_TPG_LUN = 65535  # rtslib's LUN.MAX_TARGET_LUN
+_READING_STEPS = ("reading", "looking")  # _step()s that change nothing
 MAX_DEV_NAME = 255  # the kernel keeps fd_dev_name/udev_path in 256 bytes with the NUL
 
 # rtslib's own tests for initiator names (rtslib.utils.normalize_wwn), after lower-casing.
@@ -127,11 +129,14 @@ class LioDriver(TargetDriver):
     @contextlib.contextmanager
     def _step(self, what: str) -> Iterator[None]:
         """rtslib raises RTSLibError for what it checks and OSError for what configfs or
-        the kernel refuses; both become TargetError saying what was being done."""
+        the kernel refuses; both become TargetError saying what was being done. A step that
+        changed the kernel's configuration is a kill point of the crash tests (fault_point)."""
         try:
             yield
         except (self.rtslib.RTSLibError, OSError) as exc:
             raise TargetError(f"LIO: {what}: {exc}") from exc
+        if not what.startswith(_READING_STEPS):
+            fault_point(f"LIO: {what}")
 
     # -- reading ------------------------------------------------------------------------------
     def _find_target(self) -> Any:
