@@ -49,6 +49,8 @@ class Settings:
     mount_root: str = "/vsnap"  # pools mount at <mount_root>/<pool>, never over system paths
     nfs_exports: Path | None = None  # the file nfs-ganesha %includes; default in the state dir
     ganesha_pidfile: Path | None = None
+    # The kernel NFS server's exports file of ours (one per appliance on a machine).
+    kernel_exports: Path = Path("/etc/exports.d/vsnap.exports")
     smb_conf: Path | None = None  # smbd's configuration; shares.conf beside it is ours
     # The background worker: how often it checks that the iSCSI target still holds our
     # configuration (tgt forgets it on restart), and rebuilds it in full regardless.
@@ -149,6 +151,7 @@ class Settings:
             mount_root=merged.get("VSNAP_MOUNT_ROOT", "/vsnap"),
             nfs_exports=Path(merged["VSNAP_NFS_EXPORTS"]) if merged.get("VSNAP_NFS_EXPORTS") else None,
             ganesha_pidfile=Path(merged.get("VSNAP_GANESHA_PIDFILE") or state_dir / "lab" / "run" / "ganesha.pid"),
+            kernel_exports=Path(merged.get("VSNAP_KERNEL_EXPORTS") or "/etc/exports.d/vsnap.exports"),
             smb_conf=Path(merged["VSNAP_SMB_CONF"]) if merged.get("VSNAP_SMB_CONF") else None,
             worker_enabled=merged.get("VSNAP_WORKER", "1").lower() not in ("0", "false", "no"),
             target_check_interval=float(merged.get("VSNAP_TARGET_CHECK_INTERVAL", 5.0)),

@@ -100,8 +100,9 @@ class KernelNfsDriver:
         self.runner.run(["exportfs", "-ra"])
 
 
-def choose_nfs_driver(runner: Runner, exports_file: Path, pidfile: Path):
+def choose_nfs_driver(runner: Runner, exports_file: Path, pidfile: Path,
+                      kernel_exports_file: Path = Path("/etc/exports.d/vsnap.exports")):
     """The kernel's NFS server where the kernel has one, nfs-ganesha otherwise."""
     if Path("/proc/fs/nfsd/exports").exists() and Path("/usr/sbin/exportfs").exists():
-        return KernelNfsDriver(runner)
+        return KernelNfsDriver(runner, kernel_exports_file)
     return GaneshaNfsDriver(exports_file, pidfile)

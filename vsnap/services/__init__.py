@@ -73,7 +73,7 @@ class Services:
         snapshots = SnapshotService(store, datasets, catalog, volumes, lock)
         shares = ShareService(
             store, catalog, volumes, pools,
-            choose_nfs_driver(runner, settings.nfs_exports_file, settings.ganesha_pidfile),
+            choose_nfs_driver(runner, settings.nfs_exports_file, settings.ganesha_pidfile, settings.kernel_exports),
             SambaDriver(runner, settings.smb_conf_file, settings.smb_shares_file, settings.admin_group),
             lock, settings.admin_group)
         targets = TargetService(settings, system, store, catalog, volumes, lock,
