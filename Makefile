@@ -67,7 +67,28 @@ setup-test: deps
 test: setup-test $(STAMPS)/apt-kernel-lab
 	VSNAP_STATE=$(TEST_STATE) VSNAP_PORT=$(TEST_PORT) VSNAP_SSH_PORT=$(TEST_SSH_PORT) \
 	VSNAP_STATE_B=$(TEST_STATE_B) VSNAP_PORT_B=$(TEST_PORT_B) VSNAP_SSH_PORT_B=$(TEST_SSH_PORT_B) \
-		$(PY) -m pytest -ra -m 'not long' $(PYTEST_ARGS)
+		$(PY) -m pytest -ra -m 'not long and not kernel_stack' $(PYTEST_ARGS)
+
+# Inside the kernel lab's guest (tests/kernel runs it there, on the tree `make install`
+# copied): the integration tests marked `guest` or `kernel_stack`, on the production stack
+# (OpenZFS, LIO, the kernel NFS server), two test appliances on lab disks beside the
+# installed one, with the installed venv's Python (the guest has no network for a .venv);
+# their labs go down afterwards.
+GUEST_PY ?= /opt/vsnap/venv/bin/python
+GUEST_TESTS ?= tests/integration
+.PHONY: guest-suite
+guest-suite:
+	VSNAP_LAB_STACK=kernel VSNAP_STATE=$(TEST_STATE) VSNAP_SSH_PORT=$(TEST_SSH_PORT) VSNAP_LAB_SMB_PORT=4445 lab/lab.sh up
+	VSNAP_STATE=$(TEST_STATE) $(GUEST_PY) -m vsnap.bootstrap --no-account
+	VSNAP_LAB_STACK=kernel VSNAP_STATE=$(TEST_STATE_B) VSNAP_SSH_PORT=$(TEST_SSH_PORT_B) VSNAP_LAB_SMB_PORT=4446 VSNAP_LAB_DISKS=3 lab/lab.sh up
+	VSNAP_STATE=$(TEST_STATE_B) $(GUEST_PY) -m vsnap.bootstrap --no-account
+	VSNAP_LAB_STACK=kernel VSNAP_STATE=$(TEST_STATE) VSNAP_PORT=$(TEST_PORT) VSNAP_SSH_PORT=$(TEST_SSH_PORT) \
+	VSNAP_STATE_B=$(TEST_STATE_B) VSNAP_PORT_B=$(TEST_PORT_B) VSNAP_SSH_PORT_B=$(TEST_SSH_PORT_B) \
+		$(GUEST_PY) -m pytest -ra -p no:cacheprovider -m 'guest or kernel_stack' $(GUEST_TESTS) $(PYTEST_ARGS); \
+	rc=$$?; \
+	VSNAP_LAB_STACK=kernel VSNAP_STATE=$(TEST_STATE_B) lab/lab.sh down; \
+	VSNAP_LAB_STACK=kernel VSNAP_STATE=$(TEST_STATE) lab/lab.sh down; \
+	exit $$rc
 
 # The kernel lab's tests alone.
 .PHONY: test-kernel

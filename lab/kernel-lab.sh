@@ -19,6 +19,7 @@
 #   KLAB_NFS_PORT      host port of the guest's NFS server (2049)   (default 8993)
 #   KLAB_SMB_PORT      host port of the guest's Samba (445)         (default 8994)
 #   KLAB_DISKS         pool disks given to the guest, virtio       (default 4, 1 GiB each)
+#   KLAB_MEMORY        the guest's memory in MiB                  (default 4096)
 #
 # Layout:
 #   $VSNAP_KERNEL_LAB/images/<key>/{root.img,vmlinuz,initrd.img}  the built image (read-only
@@ -59,6 +60,7 @@ PACKAGES=(
   systemd-sysv udev dbus kmod iproute2 openssh-server nginx-light
   python3 python3-venv python3-pip make ca-certificates openssl util-linux procps passwd
   lsscsi sg3-utils less
+  libiscsi-bin libnfs-utils
 )
 BUILD_VERSION=1   # bump when build_rootfs changes in a way the key would not see
 
@@ -69,8 +71,10 @@ image_key() {
   { bootstrap_key; project_dependencies; declare -f customize_rootfs; } | sha256sum | cut -c1-16
 }
 
-project_dependencies() {  # what the image's venv holds: pyproject.toml's [project] dependencies
-  python3 -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' \
+# What the image's venv holds: pyproject.toml's [project] dependencies and its test extras
+# (the guest runs the integration tests marked `guest` on the production stack).
+project_dependencies() {
+  python3 -c 'import sys, tomllib; p = tomllib.load(open(sys.argv[1], "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["test"]))' \
     "$HERE/pyproject.toml"
 }
 
@@ -108,7 +112,7 @@ customize_rootfs() {
   printf '[Match]\nName=en* eth*\n\n[Network]\nAddress=%s/24\nGateway=198.18.64.2\nDNS=198.18.64.3\n' \
     "$GUEST_ADDR" > "$rootfs/etc/systemd/network/10-qemu.network"
   # The kernel modules the appliance uses, loaded at boot (zfs-import and LIO need them).
-  printf 'zfs\ntarget_core_mod\niscsi_target_mod\ntarget_core_iblock\ntarget_core_file\nnfsd\n9pnet_virtio\n' \
+  printf 'zfs\nloop\ntarget_core_mod\niscsi_target_mod\ntarget_core_iblock\ntarget_core_file\nnfsd\n9pnet_virtio\n' \
     > "$rootfs/etc/modules-load.d/vsnap.conf"
   # The host logs in with its lab key; nothing else does.
   mkdir -p "$rootfs/root/.ssh"
@@ -127,7 +131,7 @@ customize_rootfs() {
   chroot "$rootfs" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin PIP_CERT=/tmp/vsnap-build/ca.crt \
     /bin/sh -euc '
     test -x /opt/vsnap/venv/bin/python || python3 -m venv /opt/vsnap/venv
-    deps=$(python3 -c "import tomllib; print(\"\\n\".join(tomllib.load(open(\"/tmp/vsnap-build/pyproject.toml\",\"rb\"))[\"project\"][\"dependencies\"]))")
+    deps=$(python3 -c "import tomllib; p = tomllib.load(open(\"/tmp/vsnap-build/pyproject.toml\",\"rb\"))[\"project\"]; print(\"\\n\".join(p[\"dependencies\"] + p[\"optional-dependencies\"][\"test\"]))")
     /opt/vsnap/venv/bin/pip install -q --disable-pip-version-check $deps
     mkdir -p /opt/vsnap/wheels
     /opt/vsnap/venv/bin/pip download -q --disable-pip-version-check -d /opt/vsnap/wheels "setuptools>=68" wheel
@@ -207,7 +211,7 @@ boot() {
   fwd+=",hostfwd=tcp:127.0.0.1:$ISCSI_PORT-:3260,hostfwd=tcp:127.0.0.1:$NFS_PORT-:2049"
   fwd+=",hostfwd=tcp:127.0.0.1:$SMB_PORT-:445"
   : > "$RUN/console.log"
-  qemu-system-x86_64 -accel tcg,thread=multi -cpu max -smp 2 -m 2048 \
+  qemu-system-x86_64 -accel tcg,thread=multi -cpu max -smp 2 -m "${KLAB_MEMORY:-4096}" \
     -kernel "$IMAGE/vmlinuz" -initrd "$IMAGE/initrd.img" \
     -append "console=ttyS0 root=LABEL=root rw systemd.show_status=false" \
     -drive "file=$RUN/overlay.qcow2,format=qcow2,if=virtio" "${drives[@]}" \

@@ -8,6 +8,12 @@
 #   VSNAP_LAB_DISKS      number of lab disks             (default 8)
 #   VSNAP_LAB_DISK_SIZE  size of a new lab disk image    (default 1G)
 #   VSNAP_SSH_PORT       port of the replication sshd    (default 8922)
+#   VSNAP_LAB_STACK      userspace (default) or kernel: on a machine with the production
+#                        stack (OpenZFS, LIO, the kernel NFS server, run by systemd, as in
+#                        the kernel lab's guest) only disks, sshd and an smbd of the
+#                        appliance's own (beside the system's) are the lab's; the appliance
+#                        gets an exports file of its own under /etc/exports.d
+#   VSNAP_LAB_SMB_PORT   port of the lab's smbd          (default 445)
 #
 # Layout (everything the lab owns):
 #   $VSNAP_STATE/lab/disks/diskN.img   sparse disk images (never deleted here)
@@ -34,6 +40,8 @@ VSNAP_STATE=${VSNAP_STATE:-/var/lib/vsnap}
 VSNAP_LAB_DISKS=${VSNAP_LAB_DISKS:-8}
 VSNAP_LAB_DISK_SIZE=${VSNAP_LAB_DISK_SIZE:-1G}
 VSNAP_SSH_PORT=${VSNAP_SSH_PORT:-8922}
+VSNAP_LAB_STACK=${VSNAP_LAB_STACK:-userspace}
+VSNAP_LAB_SMB_PORT=${VSNAP_LAB_SMB_PORT:-445}
 
 STATE=$(realpath -m -- "$VSNAP_STATE")   # losetup reports canonical paths
 LAB=$STATE/lab
@@ -124,7 +132,7 @@ svc_binary() {
 svc_port() {
     case $1 in
         tgtd) echo 3260 ;; rpcbind) echo 111 ;; ganesha) echo 2049 ;;
-        smbd) echo 445 ;;  sshd) echo "$VSNAP_SSH_PORT" ;; *) echo "" ;;
+        smbd) echo "$VSNAP_LAB_SMB_PORT" ;;  sshd) echo "$VSNAP_SSH_PORT" ;; *) echo "" ;;
     esac
 }
 
@@ -331,7 +339,9 @@ attach_previous() {
 write_labenv() {
     local devs=("$@") joined
     joined=$(IFS=,; echo "${devs[*]}")
-    write_file "$LABENV" "VSNAP_DISKS=$joined" || true
+    local env="VSNAP_DISKS=$joined"
+    [[ $VSNAP_LAB_STACK == kernel ]] && env+=$'\n'"VSNAP_KERNEL_EXPORTS=/etc/exports.d/${STATE##*/}.exports"
+    write_file "$LABENV" "$env" || true
 }
 
 DISK_DEVS=()
@@ -341,7 +351,8 @@ DISKS_CREATED=()
 disks_up() {
     local want=$VSNAP_LAB_DISKS unused i img dev map=""
     [[ $want =~ ^[0-9]+$ ]] || die "VSNAP_LAB_DISKS must be a number, not '$want'"
-    unused=$(count_unused_real_disks)
+    # With the kernel stack the machine's real disks belong to the appliance installed there.
+    if [[ $VSNAP_LAB_STACK == kernel ]]; then unused=0; else unused=$(count_unused_real_disks); fi
     if ((unused < want)); then
         for ((i = 1; i <= want; i++)); do
             img=$DISKS/disk$i.img
@@ -433,7 +444,7 @@ samba_config() {
     workgroup = WORKGROUP
     interfaces = lo
     bind interfaces only = yes
-    smb ports = 445
+    smb ports = $VSNAP_LAB_SMB_PORT
     disable netbios = yes
     disable spoolss = yes
     load printers = no
@@ -512,6 +523,21 @@ start_shared() {
     wait_ready "$name" "$pid" "${check[@]}"
     STARTED+=("$name(pid $pid)")
     JUST_STARTED=yes
+}
+
+# With the kernel stack the system's smbd serves the installed appliance: each lab appliance
+# gets an smbd of its own, on its own port (VSNAP_LAB_SMB_PORT), as it gets its own sshd.
+start_own_smbd() {
+    local changed=$1 pid port=$VSNAP_LAB_SMB_PORT
+    if pid=$(our_pid smbd); then
+        ALREADY+=("smbd(ours pid $pid)")
+        [[ $changed == yes ]] && warn "smbd config changed while it runs; run down+up to apply"
+        return 0
+    fi
+    port_listening "$port" && die "port $port is in use by something that is not this lab's smbd (set VSNAP_LAB_SMB_PORT)"
+    pid=$(start_daemon smbd smbd -F --no-process-group -s "$SMB_CONF")
+    wait_ready smbd "$pid" check_port "$port"
+    STARTED+=("smbd(pid $pid)")
 }
 
 start_sshd() {
@@ -620,6 +646,17 @@ cmd_up() {
     sshd_config && ssch=yes
 
     # 3. services
+    if [[ $VSNAP_LAB_STACK == kernel ]]; then
+        # systemd runs OpenZFS, LIO, nfsd and smbd here; the lab adds only its sshd.
+        check_zpool >/dev/null || die "zpool list fails: OpenZFS is not loaded"
+        [[ -d /sys/kernel/config/target ]] || die "no LIO: /sys/kernel/config/target is absent"
+        [[ -e /proc/fs/nfsd/exports ]] || die "the kernel NFS server is not running"
+        start_own_smbd "$sch"
+        start_sshd "$ssch"
+        log "state:   $STATE (kernel stack)"
+        log "disks:   $(cat "$LABENV")"
+        return
+    fi
     start_shared zfs-fuse no check_zpool -- zfs-fuse --no-daemon
     if [[ $JUST_STARTED == yes ]]; then
         # zfs-fuse reopens the pools of its cache but mounts nothing; do what
@@ -754,7 +791,7 @@ release_pools() {
         [[ ${#mine[@]} -gt 0 ]] || continue
         if [[ $allours == yes ]]; then
             if timeout 120 zpool export "$pool" >&2; then
-                log "exported pool $pool (lab disks only) from the running zfs-fuse" >&2
+                log "exported pool $pool (lab disks only)" >&2
                 grep -qx -- "$pool" "$EXPORTED" 2>/dev/null || echo "$pool" >>"$EXPORTED"
                 continue
             fi
@@ -771,8 +808,8 @@ disks_down() {
     local loops=() keep=() remaining=() dev k skip
     mapfile -t loops < <(all_lab_loops | sed '/^$/d')
     [[ ${#loops[@]} -gt 0 ]] || { rm -f -- "$LABENV"; return 0; }
-    if pgrep_alive zfs-fuse; then
-        log "zfs-fuse still runs (not the lab's): exporting pools on lab disks"
+    if [[ $VSNAP_LAB_STACK == kernel ]] || pgrep_alive zfs-fuse; then
+        log "ZFS still runs (not the lab's): exporting pools on lab disks"
         mapfile -t keep < <(release_pools "${loops[@]}")
     fi
     for dev in "${loops[@]}"; do

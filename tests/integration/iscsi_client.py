@@ -4,9 +4,12 @@ reading and writing data (Debian's libiscsi-bin has no iscsi-dd)."""
 from __future__ import annotations
 
 import ctypes
+import glob
 import re
+import shutil
 import subprocess
 import time
+from pathlib import Path
 
 PORTAL = "127.0.0.1:3260"
 SESSION_NORMAL = 2  # enum iscsi_session_type
@@ -19,23 +22,52 @@ def _run(*argv: str) -> subprocess.CompletedProcess:
 
 def visible(initiator: str, prefix: str = "") -> dict[str, dict[int, int]]:
     """What `initiator` sees: {target name: {lun: size in bytes}} for targets named with
-    `prefix` (discovery and a login to each target, by iscsi-ls). The controller LUN tgt puts
-    at LUN 0 of each target is left out."""
-    out = _run("iscsi-ls", "-s", "-i", initiator, f"iscsi://{PORTAL}")
-    if out.returncode != 0 and not _run("tgtadm", "--lld", "iscsi", "--op", "show", "--mode", "target").stdout:
+    `prefix`: discovery (iscsi-ls), then a login to each target and REPORT LUNS. A target that
+    refuses the login (LIO: no ACL for this initiator) shows it nothing. What LUN 0 is when no
+    volume is there is left out: tgt's controller, and LIO's placeholder for an initiator
+    without a LUN 0 (peripheral qualifier "not connected")."""
+    out = _run("iscsi-ls", "-i", initiator, f"iscsi://{PORTAL}")
+    if out.returncode != 0 and shutil.which("tgtadm") and not _tgt_targets():
         return {}  # tgtd with no target at all ends discovery sessions: iscsi-ls fails
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == 0, out.stderr + out.stdout
     seen: dict[str, dict[int, int]] = {}
-    target = None
-    for line in out.stdout.splitlines():
-        if m := re.match(r"Target:(\S+) Portal:", line):
-            target = m.group(1) if m.group(1).startswith(prefix) else None
-            if target:
-                seen[target] = {}
-        elif (m := re.match(r"Lun:(\d+)\s+Type:(\S+)", line)) and target:
-            if m.group(2) != "STORAGE_ARRAY_CONTROLLER":
-                seen[target][int(m.group(1))] = capacity(initiator, target, int(m.group(1)))
+    for target in re.findall(r"^Target:(\S+) Portal:", out.stdout, re.M):
+        if not target.startswith(prefix):
+            continue
+        try:
+            luns = report_luns(initiator, target)
+        except PermissionError:
+            continue
+        seen[target] = {lun: capacity(initiator, target, lun) for lun in luns
+                        if lun != 0 or _is_a_volume(initiator, target, lun)}
     return seen
+
+
+def _is_a_volume(initiator: str, target: str, lun: int) -> bool:
+    out = _run("iscsi-inq", "-i", initiator, f"iscsi://{PORTAL}/{target}/{lun}")
+    assert out.returncode == 0, out.stderr or out.stdout
+    return ("Peripheral Qualifier:CONNECTED" in out.stdout
+            and "Peripheral Device Type:STORAGE_ARRAY_CONTROLLER" not in out.stdout)
+
+
+def report_luns(initiator: str, target: str) -> list[int]:
+    """The LUN numbers the target reports to this initiator (REPORT LUNS); PermissionError if
+    it refuses the login."""
+    with Session(initiator, target, -1) as session:
+        return session.report_luns()
+
+
+def _tgt_targets() -> str:
+    return _run("tgtadm", "--lld", "iscsi", "--op", "show", "--mode", "target").stdout
+
+
+def backing_paths() -> set[str]:
+    """The paths the machine's target serves blocks from: LIO's backstores (configfs), or
+    tgt's backing stores."""
+    if Path("/sys/kernel/config/target/core").is_dir():
+        paths = (Path(p).read_text().strip() for p in glob.glob("/sys/kernel/config/target/core/*/*/udev_path"))
+        return {p for p in paths if p}
+    return set(re.findall(r"Backing store path: (\S+)", _tgt_targets()))
 
 
 def luns_of(initiator: str, prefix: str) -> dict[int, tuple[str, int]]:
@@ -80,6 +112,8 @@ def _lib():
     lib.iscsi_synchronizecache10_sync.argtypes = [vp, i, i, i, i, i]
     lib.iscsi_set_noautoreconnect.argtypes = [vp, i]
     lib.iscsi_set_timeout.argtypes = [vp, i]
+    lib.iscsi_reportluns_sync.restype, lib.iscsi_reportluns_sync.argtypes = vp, [vp, i, i]
+    lib.scsi_datain_unmarshall.restype, lib.scsi_datain_unmarshall.argtypes = vp, [vp]
     lib.scsi_free_scsi_task.argtypes = [vp]
     lib.iscsi_logout_sync.argtypes = [vp]
     lib.iscsi_destroy_context.argtypes = [vp]
@@ -114,6 +148,23 @@ class Session:
         self.lib.scsi_free_scsi_task(task)
         if status != 0:
             raise OSError(f"{what}: SCSI status {status}: {self.error()}")
+
+    def report_luns(self) -> list[int]:
+        task = self.lib.iscsi_reportluns_sync(self.ctx, 0, 4096)
+        if not task:
+            raise OSError(f"REPORT LUNS failed: {self.error()}")
+        try:
+            if ctypes.cast(task, ctypes.POINTER(ctypes.c_int))[0] != 0:
+                raise OSError(f"REPORT LUNS: {self.error()}")
+            # struct scsi_reportluns_list { uint32_t num; uint16_t luns[]; }
+            listing = self.lib.scsi_datain_unmarshall(task)
+            if not listing:
+                raise OSError("REPORT LUNS: an answer libiscsi cannot read")
+            count = ctypes.cast(listing, ctypes.POINTER(ctypes.c_uint32))[0]
+            luns = ctypes.cast(listing + 4, ctypes.POINTER(ctypes.c_uint16))
+            return sorted(luns[n] for n in range(count))
+        finally:
+            self.lib.scsi_free_scsi_task(task)
 
     def read(self, offset: int, length: int) -> bytes:
         buf = ctypes.create_string_buffer(length)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 import subprocess
+from pathlib import Path
 
+from . import stack
 from .conftest import STATE
 
 
@@ -21,10 +23,24 @@ def zfs_tree(pool: str) -> dict[str, dict[str, str]]:
     return tree
 
 
+def kernel_exports_file() -> Path:
+    """This appliance's file under /etc/exports.d (the lab names it in lab.env)."""
+    env = dict(line.split("=", 1) for line in (STATE / "lab" / "lab.env").read_text().splitlines() if "=" in line)
+    return Path(env["VSNAP_KERNEL_EXPORTS"])
+
+
 def nfs_exports() -> dict[int, str]:
-    """{export id: path} of the NFS server's exports file."""
-    text = (STATE / "nfs" / "exports.conf").read_text()
-    return {int(i): p for i, p in re.findall(r'Export_Id = (\d+);\s*Path = "([^"]*)";', text)}
+    """{export id: path} of the NFS server's exports: nfs-ganesha's exports file; or, with the
+    kernel NFS server, this appliance's exports file, each entry checked to be in the kernel's
+    table as exportfs applied it (/var/lib/nfs/etab)."""
+    if not stack.KERNEL:
+        text = (STATE / "nfs" / "exports.conf").read_text()
+        return {int(i): p for i, p in re.findall(r'Export_Id = (\d+);\s*Path = "([^"]*)";', text)}
+    ours = {int(i): p for p, i in re.findall(r'^"([^"]*)" \S+?\(\S*?fsid=(\d+)', kernel_exports_file().read_text(), re.M)}
+    applied = {(p, int(i)) for p, i in re.findall(r"^(\S+)\t\S+?\(\S*?fsid=(\d+)", Path("/var/lib/nfs/etab").read_text(), re.M)}
+    missing = {(p, i) for i, p in ours.items()} - applied
+    assert not missing, f"exports in {kernel_exports_file()} that the kernel does not serve: {missing}"
+    return ours
 
 
 def smb_shares() -> dict[str, str]:
@@ -68,3 +84,19 @@ def tgt_targets() -> dict[int, tuple[set[str], dict[int, str]]]:
     prefix = base_iqn() + ":host"
     return {int(name[len(prefix):]): target for name, target in tgt_targets_by_name().items()
             if name.startswith(prefix) and name[len(prefix):].isdigit()}
+
+
+def lio_acls() -> dict[str, dict[int, str]]:
+    """LIO's view of this appliance's one target, read from configfs: {initiator (as LIO keeps
+    it, lower case): {mapped LUN: backing path}}, following each mapped LUN's link to its TPG
+    LUN and that LUN's link to its storage object."""
+    wwn = base_iqn().lower()
+    acls: dict[str, dict[int, str]] = {}
+    for acl in Path("/sys/kernel/config/target/iscsi", wwn).glob("tpgt_*/acls/*"):
+        luns = {}
+        for mapped in acl.glob("lun_*"):
+            [tpg_lun] = [link.resolve() for link in mapped.iterdir() if link.is_symlink()]
+            [backstore] = [link.resolve() for link in tpg_lun.iterdir() if link.is_symlink()]
+            luns[int(mapped.name[len("lun_"):])] = (backstore / "udev_path").read_text().strip()
+        acls[acl.name] = luns
+    return acls

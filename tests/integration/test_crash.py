@@ -5,8 +5,8 @@ system agree, with no orphan on either side, and nothing the user made is lost.
 
 Kill points are deterministic: the server is started with VSNAP_FAULT_KILL_AFTER_COMMANDS=N
 (the test-only fault point in vsnap/drivers/runner.py), which kills its process group right
-after the N-th system-changing step of the request (a zfs command, a tgtadm change, a
-configuration file written, a Samba reload). For each operation N runs 1, 2, ... until the
+after the N-th system-changing step of the request (a zfs command, a tgtadm or LIO change, a
+configuration file written, exportfs, a Samba reload). For each operation N runs 1, 2, ... until the
 operation completes without being killed: that is its number of kill points. Kills after a
 delay land between the steps (database commits). `make test` runs the first kill points of
 each operation; the long mode (`-m long` or VSNAP_TEST_LONG=1) runs every one, and the delays.
@@ -17,7 +17,8 @@ What is checked after each restart (`audit`), with the system's own tools:
 - the NFS exports file (ids, paths) == the NFS shares, and a surviving export is served
   (nfs-ls); Samba's shares.conf == the SMB shares;
 - tgtadm's targets of this appliance (ACLs, LUNs and their backing files) == the hosts and
-  their mappings;
+  their mappings; on the production stack (the kernel lab's guest) LIO's ACLs in configfs,
+  each mapped LUN followed to its backstore's device;
 - no replication session stays ACTIVE;
 - a volume made before the operation, its share, a mapped LUN and the data written into
   both (sha256) are all still there.
@@ -38,7 +39,9 @@ import requests
 
 from .test_replication import (_pids, _thaw, checksums, pair, partner_b, relate,  # noqa: F401 (fixtures)
                                wait_session)
-from .system_state import nfs_exports, smb_shares, tgt_targets, zfs_tree
+from . import stack
+from .stack import lun_device, size_of
+from .system_state import lio_acls, nfs_exports, smb_shares, tgt_targets, zfs_tree
 from .zfs_tools import PREFIX, unused
 
 FAULT = "VSNAP_FAULT_KILL_AFTER_COMMANDS"
@@ -148,7 +151,7 @@ def world(appliance):
         share = app.ok("POST", f"/api/volume/{keep['id']}/share",
                        json={"share_type": "nfs", "share_options": {"allowed_hosts": ["127.0.0.1"]}})
         keeplun = _volume(app, pool, "keeplun", "lun", size_total=8 * MIB)
-        image = f"/vsnap/{pool['name']}/keeplun/vsnap-lun.img"
+        image = lun_device(pool["name"], "keeplun")
         write_random(image, MIB, offset=MIB)
         keephost = app.ok("POST", "/api/host", json={"name": "crash-keephost", "iqns": [KEEP_IQN]})
         mapped = app.ok("POST", f"/api/volume/{keeplun['id']}/map", json={"host_id": keephost["id"]})
@@ -192,7 +195,7 @@ def audit_pool(app, pool_row: dict) -> list[dict]:
         assert tree[f"{pool}/{name}"]["com.vsnap:vol_id"] == v["id"], (name, tree[f"{pool}/{name}"])
         details = app.ok("GET", f"/api/volume/{v['id']}")  # no 500 for any object after a restart
         if v["volume_type"] == "lun":
-            assert os.path.getsize(f"/vsnap/{pool}/{name}/vsnap-lun.img") == int(details["size_total"]), name
+            assert size_of(lun_device(pool, name)) == int(details["size_total"]), name
             assert details["serial"]
     by_id = {v["id"]: v for v in mine.values()}
     snaps = [s for s in app.ok("GET", "/api/snapshot", headers=FRESH)["snapshots"] if s["parent_id"] in by_id]
@@ -226,7 +229,7 @@ def audit(w: World) -> None:
             v = app.ok("GET", f"/api/volume/{s['vol_id']}")
             expected_smb[s["name"]] = f"/vsnap/{v['pool_name']}/{v['name']}"
     assert smb_shares() == expected_smb
-    # hosts and mappings <-> tgt's targets
+    # hosts and mappings <-> tgt's targets (one per host), or LIO's ACLs (one per initiator)
     wanted = {}
     for h in app.ok("GET", "/api/host")["hosts"]:
         details = app.ok("GET", f"/api/host/{h['id']}")
@@ -234,16 +237,19 @@ def audit(w: World) -> None:
         for m in details["mapped_luns"]:
             v = app.ok("GET", f"/api/volume/{m['vol_id']}")
             assert v["volume_type"] == "lun", v  # this module maps only LUN volumes
-            luns[int(m["lun"])] = f"/vsnap/{v['pool_name']}/{v['name']}/vsnap-lun.img"
+            luns[int(m["lun"])] = lun_device(v["pool_name"], v["name"])
         wanted[int(h["id"])] = (set(h["iqns"]), luns)
-    assert tgt_targets() == wanted
+    if stack.KERNEL:
+        assert lio_acls() == {iqn.lower(): luns for iqns, luns in wanted.values() for iqn in iqns}
+    else:
+        assert tgt_targets() == wanted
     no_session_active(app)
     # what the user made before the operation
     keep = app.ok("GET", f"/api/volume/{w.keep['id']}")
     assert (keep["name"], keep["share_id"]) == ("keep", w.keep_share["id"])
     assert sha256(f"{w.mount('keep')}/precious") == w.keep_sha
     assert app.ok("GET", f"/api/snapshot/{w.base_snap['id']}")["version_id"] == w.base_snap["version_id"]
-    assert sha256(f"{w.mount('keeplun')}/vsnap-lun.img") == w.keeplun_sha
+    assert sha256(lun_device(w.pool_name, "keeplun")) == w.keeplun_sha
     mapped = app.ok("GET", f"/api/host/{w.keephost['id']}")["mapped_luns"]
     assert mapped == [{"lun": w.keep_lun_number, "vol_id": w.keeplun["id"]}]
     export = w.keep_share["name"]
@@ -783,7 +789,7 @@ class DeleteShared(Op):
             w.app.ok("POST", f"/api/volume/{v['id']}/share",
                      json={"share_type": "nfs", "share_options": {"allowed_hosts": ["127.0.0.1"]}})
         else:
-            path = f"{w.mount(self.vol)}/vsnap-lun.img"
+            path = lun_device(w.pool_name, self.vol)
             w.app.ok("POST", f"/api/volume/{v['id']}/map", json={"host_id": w.host["id"]})
         write_random(path, 64 * 1024)
         return {"vol": v, "path": path, "sha": sha256(path)}
@@ -840,6 +846,7 @@ def sweep(w: World, op: Op, points) -> int:
     return hit
 
 
+@pytest.mark.guest
 @pytest.mark.parametrize("op", OPS, ids=lambda op: op.name)
 def test_kill_at_the_first_steps(world, op, record_property):
     started = time.monotonic()

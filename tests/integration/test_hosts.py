@@ -1,5 +1,10 @@
-"""Hosts and LUN mapping against the real target (tgt in the lab), checked from the client
-side with libiscsi's initiator: what each initiator name sees, sizes, serials and data."""
+"""Hosts and LUN mapping against the real target (tgt in the lab; LIO in the kernel lab's guest
+for the tests marked `guest`), checked from the client side with libiscsi's initiator: what
+each initiator name sees, sizes, serials and data.
+
+The two targets differ in shape, as the spec allows: tgt gets a target per host and LUN
+numbers from 1 (its controller holds LUN 0); LIO has one target, an ACL per initiator and
+LUN numbers from 0. FIRST_LUN and target_of() hide that."""
 from __future__ import annotations
 
 import os
@@ -11,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from . import iscsi_client as ic
+from . import stack
 from .conftest import SSH_PORT, STATE
+from .stack import FIRST_LUN as L
 from .zfs_tools import PREFIX, unused
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,7 +84,9 @@ def seen(iqn: str) -> dict[int, tuple[str, int]]:
 
 
 def target_of(appliance, host_id: str) -> str:
-    [wwn] = [t["wwn"] for t in appliance.ok("GET", "/api/target")["targets"] if t["host_id"] == host_id]
+    """The target a host's initiators log in to: its own under tgt, the one target under LIO."""
+    wanted = None if stack.KERNEL else host_id
+    [wwn] = [t["wwn"] for t in appliance.ok("GET", "/api/target")["targets"] if t["host_id"] == wanted]
     return wwn
 
 
@@ -112,7 +121,7 @@ def error_of(response, status: int, kind: str) -> str:
 
 
 def lun_image(pool: dict, name: str) -> str:
-    return f"/vsnap/{pool['name']}/{name}/vsnap-lun.img"
+    return stack.lun_device(pool["name"], name)
 
 
 # -- hosts ------------------------------------------------------------------------------------
@@ -182,32 +191,29 @@ def test_host_bad_input_is_400_and_changes_nothing(appliance, host, body):
 
 
 # -- mapping ----------------------------------------------------------------------------------
+@pytest.mark.guest
 def test_mapped_lun_is_seen_with_its_size_serial_and_data(appliance, pool, lun, host):
     vol = lun("l1", size=64 * MIB)
     h = host("host-a", [IQN_A])
     # Data written to the volume's image is what the initiator reads.
     data = os.urandom(256 * 1024)
-    with open(lun_image(pool, "l1"), "r+b") as f:
-        f.seek(5 * MIB)
-        f.write(data)
+    stack.write_at(lun_image(pool, "l1"), 5 * MIB, data)
     mapped = appliance.ok("POST", f"/api/host/{h['id']}", json={"action": "map", "vol_id": vol["id"]})
-    assert mapped == {"vol_id": vol["id"], "lun": "1"}  # tgt's controller holds LUN 0
-    assert appliance.ok("GET", f"/api/host/{h['id']}")["mapped_luns"] == [{"lun": "1", "vol_id": vol["id"]}]
+    assert mapped == {"vol_id": vol["id"], "lun": str(L)}
+    assert appliance.ok("GET", f"/api/host/{h['id']}")["mapped_luns"] == [{"lun": str(L), "vol_id": vol["id"]}]
     assert appliance.ok("GET", f"/api/volume/{vol['id']}")["host_ids"] == [h["id"]]
 
-    assert seen(IQN_A) == {1: (vol["serial"], 64 * MIB)}
+    assert seen(IQN_A) == {L: (vol["serial"], 64 * MIB)}
     target = target_of(appliance, h["id"])
-    assert ic.read(IQN_A, target, 1, 5 * MIB, len(data)) == data
+    assert ic.read(IQN_A, target, L, 5 * MIB, len(data)) == data
     # ...and what the initiator writes lands in the volume.
     written = os.urandom(64 * 1024)
-    ic.write(IQN_A, target, 1, 9 * MIB, written)
-    with open(lun_image(pool, "l1"), "rb") as f:
-        f.seek(9 * MIB)
-        assert f.read(len(written)) == written
+    ic.write(IQN_A, target, L, 9 * MIB, written)
+    assert stack.read_at(lun_image(pool, "l1"), 9 * MIB, len(written)) == written
     # Initiators of no host see nothing of it, and cannot log in to the host's target.
     assert seen(STRANGER) == {}
     with pytest.raises(PermissionError):
-        ic.read(STRANGER, target, 1, 0, 512)
+        ic.read(STRANGER, target, L, 0, 512)
 
 
 def test_each_host_sees_only_its_own_luns(appliance, lun, host):
@@ -311,6 +317,7 @@ def test_filebacked_lun_maps_the_file(appliance, pool, host):
         appliance.delete(f"/api/volume/{fs['id']}")
 
 
+@pytest.mark.guest
 def test_restore_by_mapping_a_clone_of_a_snapshot(appliance, lun, host):
     """The backup restore path: data written by one host, snapshotted, cloned, and the clone
     mapped to another host, which reads that data under a new serial."""
@@ -318,36 +325,38 @@ def test_restore_by_mapping_a_clone_of_a_snapshot(appliance, lun, host):
     a, b = host("host-a", [IQN_A]), host("host-b", [IQN_B])
     appliance.ok("POST", f"/api/volume/{vol['id']}/map", json={"host_id": a["id"]})
     backup = os.urandom(MIB)
-    ic.write(IQN_A, target_of(appliance, a["id"]), 1, 2 * MIB, backup)
+    ic.write(IQN_A, target_of(appliance, a["id"]), L, 2 * MIB, backup)
     snap = appliance.ok("POST", f"/api/volume/{vol['id']}/snapshot", json={"name": "nightly"})
-    ic.write(IQN_A, target_of(appliance, a["id"]), 1, 2 * MIB, os.urandom(MIB))  # changed after the backup
+    ic.write(IQN_A, target_of(appliance, a["id"]), L, 2 * MIB, os.urandom(MIB))  # changed after the backup
     clone = appliance.ok("POST", "/api/volume", json={"name": "restore", "snapshot_id": snap["id"]})
     assert clone["serial"] != vol["serial"]
-    assert appliance.ok("POST", f"/api/volume/{clone['id']}/map", json={"host_id": b["id"]})["lun"] == "1"
-    assert seen(IQN_B) == {1: (clone["serial"], 32 * MIB)}
-    assert ic.read(IQN_B, target_of(appliance, b["id"]), 1, 2 * MIB, MIB) == backup
+    assert appliance.ok("POST", f"/api/volume/{clone['id']}/map", json={"host_id": b["id"]})["lun"] == str(L)
+    assert seen(IQN_B) == {L: (clone["serial"], 32 * MIB)}
+    assert ic.read(IQN_B, target_of(appliance, b["id"]), L, 2 * MIB, MIB) == backup
     appliance.ok("DELETE", f"/api/volume/{clone['id']}")
     assert seen(IQN_B) == {}
     assert_views_match_api(appliance)
 
 
+@pytest.mark.guest
 def test_rename_and_resize_of_a_mapped_lun(appliance, pool, lun, host):
     vol = lun("rs1", size=32 * MIB)
     h = host("host-a", [IQN_A])
     appliance.ok("POST", f"/api/volume/{vol['id']}/map", json={"host_id": h["id"]})
     data = os.urandom(MIB)
-    ic.write(IQN_A, target_of(appliance, h["id"]), 1, 0, data)
+    ic.write(IQN_A, target_of(appliance, h["id"]), L, 0, data)
     appliance.ok("PUT", f"/api/volume/{vol['id']}", json={"name": "rs1-renamed"})
-    assert seen(IQN_A) == {1: (vol["serial"], 32 * MIB)}
-    assert ic.read(IQN_A, target_of(appliance, h["id"]), 1, 0, MIB) == data
+    assert seen(IQN_A) == {L: (vol["serial"], 32 * MIB)}
+    assert ic.read(IQN_A, target_of(appliance, h["id"]), L, 0, MIB) == data
     appliance.ok("PUT", f"/api/volume/{vol['id']}", json={"size_total": 80 * MIB})
-    assert seen(IQN_A) == {1: (vol["serial"], 80 * MIB)}
-    assert ic.read(IQN_A, target_of(appliance, h["id"]), 1, 0, MIB) == data
-    out = subprocess.run(["tgtadm", "--lld", "iscsi", "--op", "show", "--mode", "target"],
-                         capture_output=True, text=True, check=True).stdout
-    assert lun_image(pool, "rs1-renamed") in out and lun_image(pool, "rs1") not in out
+    assert seen(IQN_A) == {L: (vol["serial"], 80 * MIB)}
+    assert ic.read(IQN_A, target_of(appliance, h["id"]), L, 0, MIB) == data
+    # The target serves the renamed volume's blocks, under their new path.
+    served = ic.backing_paths()
+    assert lun_image(pool, "rs1-renamed") in served and lun_image(pool, "rs1") not in served
 
 
+@pytest.mark.guest
 def test_pool_delete_unmaps_its_luns(appliance, host):
     disks = unused(appliance, 1)
     p = appliance.ok("POST", "/api/pool", json={"name": f"{PREFIX}iscsi2", "pool_type": "raid0",
@@ -357,7 +366,7 @@ def test_pool_delete_unmaps_its_luns(appliance, host):
                                                       "size_total": 16 * MIB})
         h = host("host-b", [IQN_B])
         appliance.ok("POST", f"/api/volume/{v['id']}/map", json={"host_id": h["id"]})
-        assert seen(IQN_B) == {1: (v["serial"], 16 * MIB)}
+        assert seen(IQN_B) == {L: (v["serial"], 16 * MIB)}
     finally:
         appliance.ok("DELETE", f"/api/pool/{p['id']}")
     assert seen(IQN_B) == {}
@@ -430,3 +439,52 @@ def test_target_is_rebuilt_when_the_server_starts(appliance, lun, host):
     assert_views_match_api(appliance)
     assert ic.visible(STRANGER, base_iqn()) == {}
     assert sorted(t["host_id"] for t in appliance.ok("GET", "/api/target")["targets"]) == sorted([a["id"], b["id"]])
+
+
+# -- the same on LIO (the kernel lab's guest), where a target's configuration lives in configfs ----
+def _targetcli(*args: str) -> None:
+    out = subprocess.run(["targetcli", *args], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _tpg() -> str:
+    return f"/iscsi/{base_iqn().lower()}/tpg1"
+
+
+@pytest.mark.kernel_stack
+def test_lio_target_is_rebuilt_after_it_is_lost(appliance, lun, host):
+    """LIO keeps nothing of ours across a reboot or a `targetcli clearconfig`: the appliance's
+    target vanishing (deleted here with targetcli, ours only) is rebuilt by the worker from the
+    database, and the data is still served."""
+    v1, v2 = lun("t1"), lun("t2", size=32 * MIB)
+    a, b = host("host-a", [IQN_A]), host("host-b", [IQN_B])
+    appliance.ok("POST", f"/api/volume/{v1['id']}/map", json={"host_id": a["id"]})
+    appliance.ok("POST", f"/api/volume/{v2['id']}/map", json={"host_id": b["id"]})
+    data = os.urandom(MIB)
+    ic.write(IQN_B, target_of(appliance, b["id"]), L, 0, data)
+    _targetcli("/iscsi", "delete", base_iqn().lower())
+    assert_views_match_api(appliance, timeout=60)
+    assert ic.read(IQN_B, target_of(appliance, b["id"]), L, 0, MIB) == data
+
+
+@pytest.mark.kernel_stack
+def test_lio_target_is_rebuilt_when_the_server_starts(appliance, lun, host):
+    v1, v2 = lun("s1"), lun("s2")
+    a, b = host("host-a", [IQN_A]), host("host-b", [IQN_B])
+    appliance.ok("POST", f"/api/volume/{v1['id']}/map", json={"host_id": a["id"]})
+    appliance.ok("POST", f"/api/volume/{v2['id']}/map", json={"host_id": b["id"]})
+    appliance.stop(signal.SIGKILL)
+    try:
+        # While the server is down the target drifts: an ACL and a mapped LUN are lost, and a
+        # stranger is let in to host-b's LUN.
+        _targetcli(f"{_tpg()}/acls", "delete", IQN_A)
+        _targetcli(f"{_tpg()}/acls/{IQN_B}", "delete", str(L))
+        _targetcli(f"{_tpg()}/acls", "create", STRANGER, "add_mapped_luns=false")
+        _targetcli(f"{_tpg()}/acls/{STRANGER}", "create", str(L), str(L))
+        assert seen(IQN_A) == {} and seen(IQN_B) == {}
+        assert seen(STRANGER) != {}
+    finally:
+        appliance.start()
+    assert_views_match_api(appliance)
+    assert seen(STRANGER) == {}
+    assert [t["host_id"] for t in appliance.ok("GET", "/api/target")["targets"]] == [None]

@@ -1,13 +1,11 @@
 """The LIO driver against the kernel's target (configfs), seen by libiscsi's initiator.
 
-These machines' kernels have no configfs target support, so here the module is skipped; the
-driver runs for real in the kernel lab's guest (tests/kernel, part of make test), through the
-installed appliance, and its unit tests cover rtslib-fb's object model. On a kernel with LIO
-this module runs the driver directly. It owns only its own target and backstores, named for this test."""
+Marked `kernel_stack`: it runs inside the kernel lab's guest (make guest-suite, run by
+tests/kernel as part of make test), where the kernel has LIO; the host's kernel has none, and
+there the marker deselects it. It owns only its own target and backstores, named for this test."""
 from __future__ import annotations
 
 import os
-import subprocess
 
 import pytest
 
@@ -15,10 +13,7 @@ from vsnap.drivers.iscsi import CONFIGFS_TARGET, HostExport, LunExport
 
 from . import iscsi_client as ic
 
-pytestmark = pytest.mark.skipif(
-    not os.path.isdir(CONFIGFS_TARGET),
-    reason=f"{CONFIGFS_TARGET} is absent: this kernel has no LIO (configfs) target support; "
-           "LIO runs for real in the kernel lab's guest (tests/kernel)")
+pytestmark = pytest.mark.kernel_stack
 
 BASE = "iqn.2026-11.local.vsnaptest:lio"
 IQN_A = "iqn.2026-11.test.vsnap:lio-a"
@@ -28,9 +23,7 @@ MIB = 1 << 20
 
 @pytest.fixture
 def driver():
-    if subprocess.run(["tgtadm", "--lld", "iscsi", "--op", "show", "--mode", "target"],
-                      capture_output=True).returncode == 0:
-        pytest.skip("tgtd holds the iSCSI port 3260 on this machine; LIO cannot listen beside it")
+    assert os.path.isdir(CONFIGFS_TARGET), f"{CONFIGFS_TARGET} is absent: this kernel has no LIO"
     from vsnap.drivers.iscsi_lio import LioDriver
     lio = LioDriver(BASE)
     yield lio

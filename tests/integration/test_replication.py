@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from . import stack
 from .appliance import Appliance
 from .conftest import STATE, sweep_test_pools
+from .stack import lun_device, write_at
 from .zfs_tools import PREFIX, destroy_dataset, unused
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,12 +67,13 @@ def pair(appliance, partner_b, admin):
 
 @pytest.fixture
 def volume(pair):
-    """Makes filesystem volumes on A; their relationships and the volumes go afterwards."""
+    """Makes volumes on A (filesystems unless told); their relationships and the volumes go
+    afterwards."""
     made = []
 
-    def create(name):
-        v = pair["a"].ok("POST", "/api/volume", json={"name": name, "volume_type": "filesystem",
-                                                       "pool_id": pair["pool_a"]["id"]})
+    def create(name, volume_type="filesystem", **extra):
+        v = pair["a"].ok("POST", "/api/volume", json={"name": name, "volume_type": volume_type,
+                                                       "pool_id": pair["pool_a"]["id"], **extra})
         made.append(v)
         return v
 
@@ -142,6 +145,7 @@ def _pids(pattern: str) -> list[int]:
 
 
 # -- partners -----------------------------------------------------------------------------------
+@pytest.mark.guest
 def test_partners_list_each_other_under_one_id_and_no_password_is_kept(pair, admin):
     a, b, partner = pair["a"], pair["b"], pair["partner"]
     assert (partner["address"], partner["api_port"], partner["ssh_port"]) == ("127.0.0.1", str(PORT_B),
@@ -185,6 +189,7 @@ def test_partner_errors(pair, admin):
 
 
 # -- relationships and sessions ----------------------------------------------------------------------
+@pytest.mark.guest
 def test_full_then_incremental_sessions_with_named_snapshots(pair, volume):
     a, b = pair["a"], pair["b"]
     vol = volume("repl1")
@@ -228,6 +233,51 @@ def test_full_then_incremental_sessions_with_named_snapshots(pair, volume):
     assert third["status"] == "COMPLETED" and third["local_snap_id"] == snap["id"]
 
 
+@pytest.mark.guest
+def test_a_lun_replicates_block_for_block_and_restores_as_a_lun(pair, volume):
+    """A LUN (a zvol on OpenZFS; an image alone in its filesystem on zfs-fuse) replicates
+    whole, then incrementally; the replica's blocks are the source's, and a clone of the
+    replica's snapshot is a LUN of its own holding them."""
+    a, b = pair["a"], pair["b"]
+    vol = volume("repllun", "lun", size_total=32 * MIB, size_block=16384)
+    src = lun_device(pair["pool_a"]["name"], "repllun")
+    write_at(src, 0, os.urandom(4 * MIB))
+    rel = relate(pair, vol)
+    first = replicate(pair, rel["id"])
+    assert first["status"] == "COMPLETED", first
+    replica = b.ok("GET", f"/api/volume/{rel['remote_vol_id']}")
+    assert (replica["volume_type"], replica["size_total"]) == ("lun", str(32 * MIB))
+    if stack.KERNEL:
+        assert subprocess.run(["zfs", "get", "-Hpo", "value", "volblocksize", f"{pair['pool_b']['name']}/repllun_replica"],
+                              capture_output=True, text=True, check=True).stdout.strip() == "16384"
+    dst = lun_device(pair["pool_b"]["name"], "repllun_replica")
+
+    def same_blocks(path: str) -> bool:  # a received zvol's device node comes from udev, a moment later
+        deadline = time.monotonic() + 30
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return checksums_of(path) == checksums_of(src)
+
+    assert same_blocks(dst)
+    write_at(src, 16 * MIB, os.urandom(MIB))
+    second = replicate(pair, rel["id"])
+    assert second["status"] == "COMPLETED", second
+    assert int(second["size_sent"]) < 4 * MIB, "an incremental sends roughly the changed blocks"
+    assert same_blocks(dst)
+    clone = b.ok("POST", "/api/volume", json={"name": "repllun_restore", "snapshot_id": second["remote_snap_id"]})
+    try:
+        assert clone["volume_type"] == "lun" and clone["serial"] != replica["serial"]
+        assert same_blocks(lun_device(pair["pool_b"]["name"], "repllun_restore"))
+    finally:
+        b.ok("DELETE", f"/api/volume/{clone['id']}")
+
+
+def checksums_of(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+@pytest.mark.guest
 def test_replica_rules_and_restore_from_a_replica_snapshot(pair, volume):
     a, b = pair["a"], pair["b"]
     vol = volume("repl2")
@@ -253,6 +303,7 @@ def test_replica_rules_and_restore_from_a_replica_snapshot(pair, volume):
         b.ok("DELETE", f"/api/volume/{clone['id']}")
 
 
+@pytest.mark.guest
 def test_delete_relationship_with_and_without_preserve(pair, volume):
     a, b = pair["a"], pair["b"]
     pool_b = pair["pool_b"]["name"]
@@ -352,6 +403,7 @@ def test_stalled_stream_fails_and_the_next_session_succeeds(pair, volume):
     assert_replica_matches(pair, "repl6", src)
 
 
+@pytest.mark.guest
 def test_kill_9_of_the_primary_during_a_transfer(pair, volume):
     a = pair["a"]
     rel, src, s, frozen = start_frozen_transfer(pair, volume, "repl7", "killed")

@@ -1,13 +1,19 @@
 """NFS and SMB shares checked with real clients: libnfs's nfs-cp/nfs-ls (also from a network
-namespace outside allowed_hosts) and smbclient with vsnap accounts."""
+namespace outside allowed_hosts), the kernel's NFS client where there is one (the kernel lab's
+guest), and smbclient with vsnap accounts. The NFS tests marked `guest` run on nfs-ganesha here
+and on the kernel NFS server in the guest."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
+from pathlib import Path
 
 import pytest
 
+from . import stack
 from .conftest import STATE
+from .system_state import kernel_exports_file
 from .zfs_tools import PREFIX, unused
 
 NS = "vsnaptest-nfs"
@@ -31,7 +37,10 @@ def nfs_put(local: str, path: str, addr: str = "127.0.0.1", ns: str | None = Non
 
 
 def smb(share: str, auth: str, command: str):
-    return run("smbclient", "-s", SMB_CONF, f"//127.0.0.1/{share}", "-U", auth, "-c", command)
+    # The lab's smbd listens where its configuration says (its own port beside the system's
+    # smbd in the kernel lab's guest); smbclient takes the port from -p only.
+    port = re.search(r"^\s*smb ports = (\d+)", Path(SMB_CONF).read_text(), re.M).group(1)
+    return run("smbclient", "-s", SMB_CONF, "-p", port, f"//127.0.0.1/{share}", "-U", auth, "-c", command)
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +85,7 @@ def fs(appliance, pool):
         appliance.delete(f"/api/volume/{volume['id']}")
 
 
+@pytest.mark.guest
 def test_nfs_share_read_write_and_details(appliance, pool, fs, tmp_path):
     vol = fs("nfs1")
     share = appliance.ok("POST", f"/api/volume/{vol['id']}/share",
@@ -100,6 +110,7 @@ def test_nfs_share_read_write_and_details(appliance, pool, fs, tmp_path):
     assert r.status_code == 409
 
 
+@pytest.mark.guest
 def test_clone_share_serves_the_snapshot(appliance, pool, fs, tmp_path):
     vol = fs("nfs2")
     with open(f"/vsnap/{pool['name']}/nfs2/state.txt", "w") as f:
@@ -119,6 +130,7 @@ def test_clone_share_serves_the_snapshot(appliance, pool, fs, tmp_path):
     assert appliance.get(f"/api/share/{share['id']}").status_code == 404  # went with the volume
 
 
+@pytest.mark.guest
 def test_hosts_outside_allowed_hosts_are_refused(appliance, pool, fs, netns, tmp_path):
     vol = fs("nfs3")
     path = f"/vsnap/{pool['name']}/nfs3"
@@ -136,6 +148,39 @@ def test_hosts_outside_allowed_hosts_are_refused(appliance, pool, fs, netns, tmp
     assert nfs_ls(path).returncode != 0
 
 
+@pytest.mark.kernel_stack
+def test_kernel_nfs_client_mounts_from_an_allowed_address_only(appliance, pool, fs, netns, tmp_path):
+    """The kernel's own NFS client, as a backup server mounts a share: from an address in
+    allowed_hosts it mounts and writes, from another the server refuses the mount, and a
+    read-only share mounts but refuses writes."""
+    vol = fs("kmount")
+    path = f"/vsnap/{pool['name']}/kmount"
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    share = appliance.ok("POST", f"/api/volume/{vol['id']}/share",
+                         json={"share_type": "nfs", "share_options": {"allowed_hosts": [NS_ADDR]}})
+
+    def mount_and(command: str, ns: str | None = NS):
+        # ip netns exec gives the command a mount namespace of its own: the mount ends with it.
+        script = (f"mount -t nfs -o vers=4.2,soft,timeo=30,retrans=1 {HOST_ADDR}:{path} {mnt} && "
+                  f"{{ {command}; rc=$?; umount {mnt}; exit $rc; }}")
+        return run("unshare", "--mount", "sh", "-c", script, ns=ns, timeout=120) if ns is None \
+            else run("sh", "-c", script, ns=ns, timeout=120)
+
+    r = mount_and(f"echo written-over-the-kernel-client > {mnt}/k.txt")
+    assert r.returncode == 0, r.stderr
+    with open(f"{path}/k.txt") as f:
+        assert f.read() == "written-over-the-kernel-client\n"
+    refused = mount_and("true", ns=None)  # from HOST_ADDR, not in allowed_hosts
+    assert refused.returncode != 0 and "denied" in refused.stderr.lower(), refused
+    appliance.ok("PUT", f"/api/volume/{vol['id']}/share",
+                 json={**share, "share_options": {"read_only": True, "allowed_hosts": [NS_ADDR]}})
+    r = mount_and(f"cat {mnt}/k.txt && ! touch {mnt}/refused.txt")
+    assert r.returncode == 0 and "written-over-the-kernel-client" in r.stdout, r
+    assert not os.path.exists(f"{path}/refused.txt")
+
+
+@pytest.mark.guest
 def test_read_only_share_refuses_writes(appliance, pool, fs, tmp_path):
     vol = fs("nfs4")
     path = f"/vsnap/{pool['name']}/nfs4"
@@ -150,6 +195,7 @@ def test_read_only_share_refuses_writes(appliance, pool, fs, tmp_path):
     assert "existing.txt" in nfs_ls(path).stdout
 
 
+@pytest.mark.guest
 def test_smb_share_with_vsnap_accounts(appliance, pool, fs, admin, outsider, tmp_path):
     vol = fs("smb1")
     share = appliance.ok("POST", f"/api/volume/{vol['id']}/share", json={"share_type": "smb"})
@@ -178,6 +224,7 @@ def test_smb_share_with_vsnap_accounts(appliance, pool, fs, admin, outsider, tmp
         appliance.ok("GET", "/api/system")
 
 
+@pytest.mark.guest
 def test_deleted_shares_are_unreachable(appliance, pool, fs):
     nfs_vol, smb_vol = fs("gone1"), fs("gone2")
     nfs_share = appliance.ok("POST", f"/api/volume/{nfs_vol['id']}/share",
@@ -193,6 +240,7 @@ def test_deleted_shares_are_unreachable(appliance, pool, fs):
     assert appliance.ok("GET", f"/api/volume/{nfs_vol['id']}")["share_id"] is None
 
 
+@pytest.mark.guest
 def test_shares_come_back_after_restarts(appliance, pool, fs):
     import signal
     nfs_vol, smb_vol = fs("keep"), fs("keep2")
@@ -204,9 +252,13 @@ def test_shares_come_back_after_restarts(appliance, pool, fs):
     assert smb(smb_share["name"], auth, "ls").returncode == 0
     # The servers lose their configuration (a service restart with a stale file, an edit by
     # hand) and are reloaded: the shares are gone...
-    (STATE / "nfs" / "exports.conf").write_text("")
+    if stack.KERNEL:
+        kernel_exports_file().write_text("")
+        assert run("exportfs", "-ra").returncode == 0
+    else:
+        (STATE / "nfs" / "exports.conf").write_text("")
+        os.kill(int((STATE / "lab" / "run" / "ganesha.pid").read_text()), signal.SIGHUP)
     (STATE / "samba" / "shares.conf").write_text("")
-    os.kill(int((STATE / "lab" / "run" / "ganesha.pid").read_text()), signal.SIGHUP)
     run("smbcontrol", "-s", SMB_CONF, "smbd", "reload-config")
     import time
     time.sleep(1)
@@ -219,12 +271,14 @@ def test_shares_come_back_after_restarts(appliance, pool, fs):
     assert smb(smb_share["name"], auth, "ls").returncode == 0
 
 
+@pytest.mark.guest
 def test_bad_share_bodies_change_nothing(appliance, pool, fs):
     vol = fs("badshare")
     lun = appliance.ok("POST", "/api/volume", json={"name": "sharelun", "volume_type": "lun",
                                                     "pool_id": pool["id"], "size_total": 8 << 20})
+    exports_file = kernel_exports_file() if stack.KERNEL else STATE / "nfs" / "exports.conf"
     try:
-        exports = (STATE / "nfs" / "exports.conf").read_text()
+        exports = exports_file.read_text()
         shares_conf = (STATE / "samba" / "shares.conf").read_text()
         bodies = [
             {"share_type": "afp"}, {}, {"share_type": "smb", "share_options": {"read_only": True}},
@@ -245,13 +299,14 @@ def test_bad_share_bodies_change_nothing(appliance, pool, fs):
         assert r.status_code == 400
         assert appliance.post("/api/volume/999999/share", json={"share_type": "nfs"}).status_code == 404
         assert appliance.delete(f"/api/volume/{vol['id']}/share").status_code == 404
-        assert (STATE / "nfs" / "exports.conf").read_text() == exports
+        assert exports_file.read_text() == exports
         assert (STATE / "samba" / "shares.conf").read_text() == shares_conf
         assert appliance.ok("GET", f"/api/volume/{vol['id']}")["share_id"] is None
     finally:
         appliance.delete(f"/api/volume/{lun['id']}")
 
 
+@pytest.mark.guest
 def test_shares_follow_pool_and_volume_renames(appliance, pools):
     pool = pools(f"{PREFIX}rn1", "raid0", unused(appliance, 1))
     vol = appliance.ok("POST", "/api/volume", json={"name": "v1", "volume_type": "filesystem", "pool_id": pool["id"]})
@@ -271,4 +326,5 @@ def test_shares_follow_pool_and_volume_renames(appliance, pools):
     assert renamed == f"/vsnap/{PREFIX}rn2/v2" and nfs_ls(renamed).returncode == 0
     appliance.ok("DELETE", f"/api/pool/{pool['id']}")
     assert appliance.get(f"/api/share/{share['id']}").status_code == 404
-    assert f"/vsnap/{PREFIX}rn2/" not in (STATE / "nfs" / "exports.conf").read_text()
+    exports = kernel_exports_file() if stack.KERNEL else STATE / "nfs" / "exports.conf"
+    assert f"/vsnap/{PREFIX}rn2/" not in exports.read_text()

@@ -10,6 +10,8 @@ import uuid
 
 import pytest
 
+from . import stack
+from .stack import lun_device, read_at, size_of, write_at
 from .zfs_tools import PREFIX, destroy_dataset, unused, zfs_get
 
 
@@ -60,6 +62,7 @@ def _error(r, status, kind):
     return r.json()["error"]["message"]
 
 
+@pytest.mark.guest
 def test_filesystem_with_quota(appliance, pool, vol):
     v = vol("fs1", size_total="104857600")
     ds = f"{pool['name']}/fs1"
@@ -83,20 +86,28 @@ def test_filesystem_with_quota(appliance, pool, vol):
         .isdisjoint({v["id"], plain["id"]})
 
 
-def test_lun_is_an_image_alone_in_its_dataset(appliance, pool, vol):
+@pytest.mark.guest
+def test_lun_is_a_zvol_or_an_image_alone_in_its_dataset(appliance, pool, vol):
     v = vol("lun1", "lun", size_total="67108864", size_block="4096")
     ds = f"{pool['name']}/lun1"
     uuid.UUID(v["serial"])
-    image = f"/vsnap/{pool['name']}/lun1/vsnap-lun.img"
-    assert os.stat(image).st_size == 67108864
-    assert os.stat(image).st_blocks * 512 < 67108864  # sparse
-    assert os.listdir(f"/vsnap/{pool['name']}/lun1") == ["vsnap-lun.img"]
-    assert zfs_get(ds, "recordsize") == "4096"
+    # The block size: a zvol's volblocksize on OpenZFS, the image's dataset's recordsize on
+    # zfs-fuse (no zvols there).
+    block = "volblocksize" if stack.KERNEL else "recordsize"
+    if stack.KERNEL:
+        assert zfs_get(ds, "type") == "volume" and zfs_get(ds, "volsize") == "67108864"
+        assert size_of(lun_device(pool["name"], "lun1")) == 67108864
+    else:
+        image = lun_device(pool["name"], "lun1")
+        assert os.stat(image).st_size == 67108864
+        assert os.stat(image).st_blocks * 512 < 67108864  # sparse
+        assert os.listdir(f"/vsnap/{pool['name']}/lun1") == ["vsnap-lun.img"]
+    assert zfs_get(ds, block) == "4096"
     assert zfs_get(ds, "com.vsnap:type") == "lun"
     assert v["size_total"] == "67108864" and v["volume_type"] == "lun"
     assert appliance.ok("GET", f"/api/volume/{v['id']}")["serial"] == v["serial"]  # kept
     default = vol("lun2", "lun", size_total=8 << 20)
-    assert zfs_get(f"{pool['name']}/lun2", "recordsize") == "65536"
+    assert zfs_get(f"{pool['name']}/lun2", block) == "65536"
     assert default["serial"] != v["serial"]
     for body in ({"size_block": 1000, "size_total": 8 << 20}, {"size_block": 256, "size_total": 8 << 20},
                  {"size_block": 262144, "size_total": 8 << 20}, {}, {"size_total": "lots"},
@@ -137,6 +148,7 @@ def test_filebacked_lun_stays_inside_its_filesystem(appliance, pool, vol):
     assert os.path.exists(f"{root}/dir/disk.img")  # the file is the user's: never removed
 
 
+@pytest.mark.guest
 def test_snapshot_and_clone_restore_data(appliance, pool, vol):
     fs = vol("data")
     path = f"/vsnap/{pool['name']}/data/backup.bin"
@@ -171,19 +183,15 @@ def test_snapshot_and_clone_restore_data(appliance, pool, vol):
     assert appliance.get(f"/api/snapshot/{snap['id']}").status_code == 404
 
 
+@pytest.mark.guest
 def test_lun_clone_is_a_lun_with_its_own_serial(appliance, pool, vol):
     lun = vol("srclun", "lun", size_total=16 << 20)
-    image = f"/vsnap/{pool['name']}/srclun/vsnap-lun.img"
-    with open(image, "r+b") as f:
-        f.seek(1 << 20)
-        f.write(b"block data at 1 MiB")
+    write_at(lun_device(pool["name"], "srclun"), 1 << 20, b"block data at 1 MiB")
     snap = appliance.ok("POST", f"/api/volume/{lun['id']}/snapshot", json={})
     assert re.fullmatch(r"snap_\d{14}_[0-9a-f]{8}", snap["name"])
     clone = appliance.ok("POST", "/api/volume", json={"name": "lunclone", "snapshot_id": int(snap["id"])})
     assert clone["volume_type"] == "lun" and clone["serial"] != lun["serial"]
-    with open(f"/vsnap/{pool['name']}/lunclone/vsnap-lun.img", "rb") as f:
-        f.seek(1 << 20)
-        assert f.read(19) == b"block data at 1 MiB"
+    assert read_at(lun_device(pool["name"], "lunclone"), 1 << 20, 19) == b"block data at 1 MiB"
     assert clone["size_total"] == str(16 << 20)
 
 
@@ -204,6 +212,7 @@ def test_names_are_checked_and_unique_per_pool(appliance, pool, vol):
     assert datasets(pool["name"]) == before
 
 
+@pytest.mark.guest
 def test_rename_and_resize(appliance, pool, vol):
     fs = vol("before", size_total=64 << 20)
     with open(f"/vsnap/{pool['name']}/before/f", "wb") as f:
@@ -221,10 +230,11 @@ def test_rename_and_resize(appliance, pool, vol):
     _error(appliance.put(f"/api/volume/{other['id']}", json={"name": "after"}), 409, "ConflictError")
     lun = vol("growlun", "lun", size_total=8 << 20)
     r = appliance.ok("PUT", f"/api/volume/{lun['id']}", json={"size_total": 32 << 20})
-    assert os.path.getsize(f"/vsnap/{pool['name']}/growlun/vsnap-lun.img") == 32 << 20
+    assert size_of(lun_device(pool["name"], "growlun")) == 32 << 20
     assert r["size_total"] == str(32 << 20)
 
 
+@pytest.mark.guest
 def test_update_blocked_by_a_clone_changes_nothing(appliance, pool, vol):
     """A rename ZFS would refuse (a snapshot has a clone) is refused before the quota moves,
     with the clone named; without the clone the same update applies whole."""
@@ -250,6 +260,7 @@ def test_update_blocked_by_a_clone_changes_nothing(appliance, pool, vol):
 FRESH = {"Cache-Control": "no-cache"}
 
 
+@pytest.mark.guest
 def test_changes_made_outside_the_api_are_picked_up(appliance, pool, vol):
     zfs("create", f"{pool['name']}/outside")
     zfs("snapshot", f"{pool['name']}/outside@manual")
@@ -334,6 +345,7 @@ def test_concurrent_snapshots_and_same_name_races(appliance, pool, vol):
     assert sorted(deletes) == [200, 404]
 
 
+@pytest.mark.guest
 def test_deleting_a_pool_removes_its_volumes_snapshots_and_clones(appliance):
     appliance.ok("POST", "/api/system", json={"action": "init", "skip_pool": True, "multipool": True})
     disk = unused(appliance, 1)
