@@ -1,12 +1,15 @@
 """The Id field and the flattening of webargs' nested error messages."""
 from __future__ import annotations
 
+import logging
+
 import marshmallow as ma
 import pytest
 from flask import Flask
 from werkzeug.exceptions import HTTPException
 
-from vsnap.api.common import Id, JsonParser, StrictSchema, flatten_messages, validation_error_from
+from vsnap.api.common import (ClosedSchema, Id, JsonParser, StrictSchema, accepts_representation,
+                               flatten_messages, validation_error_from)
 from vsnap.errors import ValidationError
 
 
@@ -57,7 +60,62 @@ def test_id_in_a_schema_is_emitted_as_string():
     assert Body().dump({"pool_id": 42}) == {"pool_id": "42"}
     with pytest.raises(ma.ValidationError) as info:
         Body().load({"pool_id": "x", "typo": 1})
-    assert set(info.value.messages) == {"pool_id", "typo"}
+    assert set(info.value.messages) == {"pool_id"}  # an unknown field is no error
+
+
+def test_unknown_fields_are_ignored_and_logged_known_ones_stay_strict(caplog):
+    class Body(StrictSchema):
+        name = ma.fields.String(required=True)
+
+    with caplog.at_level(logging.INFO, logger="vsnap.api.common"):
+        assert Body().load({"name": "x", "_": "1700000000", "size_used": "12"}) == {"name": "x"}
+    assert "_, size_used" in caplog.text
+    with pytest.raises(ma.ValidationError):
+        Body().load({"name": 5, "extra": 1})
+
+
+def test_a_closed_schema_refuses_unknown_keys():
+    class Options(ClosedSchema):
+        read_only = ma.fields.Boolean()
+
+    with pytest.raises(ma.ValidationError) as info:
+        Options().load({"read_only": True, "squash": "none"})
+    assert set(info.value.messages) == {"squash"}
+
+
+class _Thing(ma.Schema):
+    id = ma.fields.String()
+    kind = ma.fields.String()
+    name = ma.fields.String()
+    size_used = ma.fields.String()
+
+
+def _put(body: str, seen: list):
+    app = Flask(__name__)
+    have = {"id": "7", "kind": "lun", "name": "a", "size_used": "100"}
+
+    @accepts_representation(_Thing, lambda thing_id: {**have, "id": thing_id}, fixed=("id", "kind"))
+    def view(args, thing_id):
+        seen.append((args, thing_id))
+        return "done"
+
+    with app.test_request_context("/x", method="PUT", data=body):
+        return view({"name": "b"}, thing_id="7")
+
+
+def test_a_put_takes_the_resources_own_representation_back():
+    seen = []
+    # unchanged fixed fields (an id as a number too) and stale measured values are ignored
+    assert _put('{"id": 7, "kind": "lun", "name": "b", "size_used": "999"}', seen) == "done"
+    assert _put('{"name": "b"}', seen) == "done" and len(seen) == 2
+
+
+def test_a_put_that_changes_a_read_only_field_is_refused_before_anything_runs():
+    seen = []
+    with pytest.raises(ValidationError) as info:
+        _put('{"id": "7", "kind": "filesystem", "name": "b"}', seen)
+    assert info.value.status == 400 and "kind: read-only" in info.value.message and "'lun'" in info.value.message
+    assert seen == []
 
 
 def test_flatten_nested_webargs_messages():
@@ -112,7 +170,6 @@ def test_flatten_real_webargs_error():
             JsonParser().parse(Body(), location="json")
     assert info.value.code == 400
     assert sorted(flatten_messages(info.value.data["messages"])) == [
-        "bogus: Unknown field.",
         "ids.1: Not a valid ID: expected a decimal number.",
         "name: Missing data for required field.",
     ]

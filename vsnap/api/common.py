@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import functools
+import logging
+from collections.abc import Callable, Mapping
 
 import marshmallow as ma
-from flask import current_app, jsonify
+from flask import current_app, jsonify, request
 from flask_smorest import Blueprint as SmorestBlueprint
 from webargs import core
 from webargs.flaskparser import FlaskParser
 
 from ..errors import ValidationError
 
+log = logging.getLogger(__name__)
 
 class JsonParser(FlaskParser):
     """Reports bad input as 400 (not webargs' 422), and reads a JSON body whatever the
@@ -26,8 +29,8 @@ class JsonParser(FlaskParser):
 
 
 class Blueprint(SmorestBlueprint):
-    # unknown=None: each schema's own Meta.unknown decides (StrictSchema refuses unknown
-    # fields, in the body and in the query string alike).
+    # unknown=None: each schema's own Meta.unknown decides (StrictSchema ignores unknown
+    # fields, in the body and in the query string alike; ClosedSchema refuses them).
     ARGUMENTS_PARSER = JsonParser(unknown=None)
 
 
@@ -63,10 +66,59 @@ class Id(ma.fields.String):
 
 
 class StrictSchema(ma.Schema):
-    """Request bodies: unknown fields are an error, so typos do not pass silently."""
+    """Request bodies and query strings. The fields we know are validated strictly; a field
+    we do not know (a cache-buster in the query, a newer client's field, the rest of a
+    resource's representation sent back in its PUT) is ignored, and named in the log."""
+
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    @ma.pre_load
+    def _log_unknown(self, data, **kwargs):
+        if isinstance(data, Mapping):
+            known = {field.data_key or name for name, field in self.load_fields.items()}
+            unknown = sorted(str(key) for key in data if key not in known)
+            if unknown:
+                log.info("request fields ignored, unknown here: %s", ", ".join(unknown)[:500])
+        return data
+
+
+class ClosedSchema(StrictSchema):
+    """An object inside a field we know (share_options): a key there that we do not know is
+    an option the client counts on, and ignoring it would give something else: refused."""
 
     class Meta:
         unknown = ma.RAISE
+
+
+def _same_value(sent, have) -> bool:
+    def scalar(value):
+        return isinstance(value, (int, str)) and not isinstance(value, bool)
+    if scalar(sent) and scalar(have):
+        return str(sent) == str(have)  # IDs arrive as JSON numbers or strings
+    return sent == have
+
+
+def accepts_representation(detail_schema: type[ma.Schema], current: Callable[..., dict],
+                           fixed: tuple[str, ...]):
+    """A PUT takes the resource's own representation back (read-modify-write). Its fields
+    that never change (`fixed`: ids, types, ...) are ignored when they are what the resource
+    has, and refused with 400 when they differ, so nobody believes they changed one; measured
+    values (sizes, times, status) are ignored as sent. Views take (args, **path)."""
+    def decorator(view):
+        @functools.wraps(view)
+        def wrapper(args, **path):
+            body = request.get_json(silent=True, force=True)
+            sent = {k: v for k, v in body.items() if k in fixed} if isinstance(body, dict) else {}
+            if sent:
+                have = detail_schema().dump(current(**path))
+                changed = [k for k in fixed if k in sent and k in have and not _same_value(sent[k], have[k])]
+                if changed:
+                    raise ValidationError("; ".join(f"{k}: read-only, it cannot be changed (it is {have[k]!r})"
+                                                    for k in changed))
+            return view(args, **path)
+        return wrapper
+    return decorator
 
 
 class EmptySchema(ma.Schema):

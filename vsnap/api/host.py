@@ -4,7 +4,7 @@ import marshmallow as ma
 from flask import current_app
 
 from ..services.hosts import MAX_HOST_NAME, MAX_INITIATORS, MAX_IQN
-from .common import Blueprint, EmptyResponse, Id, StrictSchema, list_or_detail
+from .common import Blueprint, EmptyResponse, Id, StrictSchema, accepts_representation, list_or_detail
 
 blp = Blueprint("host", __name__, url_prefix="/api/host", description="Hosts and LUN mapping (spec 10)")
 
@@ -98,6 +98,7 @@ def get_host(host_id):
 @blp.route("/<string:host_id>", methods=["PUT"])
 @blp.arguments(HostUpdateSchema)
 @blp.response(200, HostSchema)
+@accepts_representation(HostSchema, lambda host_id: hosts().get(host_id=host_id), fixed=("id",))
 def update_host(args, host_id):
     """Rename a host or replace its initiators (10.4)"""
     return hosts().update(host_id, args.get("name"), args.get("iqns"))

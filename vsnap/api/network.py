@@ -4,7 +4,7 @@ import marshmallow as ma
 from flask import current_app
 
 from ..services.network import SERVICES
-from .common import Blueprint, StrictSchema
+from .common import Blueprint, StrictSchema, accepts_representation
 
 blp = Blueprint("network", __name__, url_prefix="/api/network", description="Network interfaces (spec 4)")
 
@@ -50,6 +50,7 @@ def get_network(iface_id):
 @blp.route("/<string:iface_id>", methods=["PUT"])
 @blp.arguments(NetworkUpdateSchema)
 @blp.response(200, NetworkSchema)
+@accepts_representation(NetworkSchema, lambda iface_id: _network().get(iface_id), fixed=("id", "name", "hw_addr"))
 def update_network(args, iface_id):
     """Set an interface's services (4.2)"""
     return _network().update(iface_id, args["services"])

@@ -4,7 +4,7 @@ import marshmallow as ma
 from flask import current_app
 
 from ..services.pools import DEFAULT_GROUP_SIZE, MAX_NAME, POOL_TYPES
-from .common import Blueprint, EmptyResponse, Id, StrictSchema, list_or_detail
+from .common import Blueprint, EmptyResponse, Id, StrictSchema, accepts_representation, list_or_detail
 
 blp = Blueprint("pool", __name__, url_prefix="/api/pool", description="Storage pools (spec 7)")
 
@@ -110,6 +110,8 @@ def get_pool(pool_id):
 @blp.route("/<string:pool_id>", methods=["PUT"])
 @blp.arguments(PoolUpdateSchema)
 @blp.response(200, PoolSchema)
+@accepts_representation(PoolSchema, lambda pool_id: _pools().get(pool_id=pool_id),
+                        fixed=("id", "pool_type", "diskgroup_size"))
 def update_pool(args, pool_id):
     """Rename a pool or change compression, deduplication, syncwrite (7.4.1)"""
     return _pools().update(pool_id, **args)

@@ -4,12 +4,12 @@ import marshmallow as ma
 from flask import current_app
 
 from ..services.shares import SHARE_TYPES
-from .common import Blueprint, EmptyResponse, Id, StrictSchema, list_or_detail
+from .common import Blueprint, ClosedSchema, EmptyResponse, Id, StrictSchema, list_or_detail
 
 blp = Blueprint("share", __name__, url_prefix="/api/share", description="NFS and SMB shares (spec 8.8, 8.9, 9)")
 
 
-class ShareOptionsSchema(StrictSchema):
+class ShareOptionsSchema(ClosedSchema):
     read_only = ma.fields.Boolean(metadata={"description": "nfs only; default false"})
     allowed_hosts = ma.fields.List(ma.fields.String(), allow_none=True, metadata={
         "description": "nfs only: hostnames, IP addresses, CIDR subnets, or 'all'; "
@@ -44,13 +44,8 @@ class ShareCreateSchema(ShareBodySchema):
 
 
 class ShareUpdateSchema(ShareBodySchema):
-    # The spec asks clients to send back the whole body of GET: its read-only fields are
-    # accepted and ignored.
-    id = ma.fields.Raw(load_only=True)
-    name = ma.fields.Raw(load_only=True)
-    vol_id = ma.fields.Raw(load_only=True)
-    time_created = ma.fields.Raw(load_only=True)
-    time_updated = ma.fields.Raw(load_only=True)
+    """The spec asks clients to send back the whole body of GET: its read-only fields are
+    ignored (accepts_representation refuses a changed id or vol_id)."""
 
 
 class ShareQuerySchema(StrictSchema):

@@ -4,7 +4,7 @@ import marshmallow as ma
 from flask import current_app
 
 from ..services.volumes import MAX_NAME, VOLUME_TYPES
-from .common import Blueprint, EmptyResponse, Id, Size, StrictSchema, list_or_detail
+from .common import Blueprint, EmptyResponse, Id, Size, StrictSchema, accepts_representation, list_or_detail
 from .host import MapResultSchema
 from .relationship import RelationshipCreateSchema, RelationshipListSchema, RelationshipSchema
 from .share import ShareBodySchema, ShareSchema, ShareUpdateSchema
@@ -108,6 +108,9 @@ def get_volume(vol_id):
 @blp.route("/<string:vol_id>", methods=["PUT"])
 @blp.arguments(VolumeUpdateSchema)
 @blp.response(200, VolumeSchema)
+@accepts_representation(VolumeSchema, lambda vol_id: _volumes().get(vol_id=vol_id),
+                        fixed=("id", "volume_type", "is_clone", "pool_id", "serial", "parent_id", "parent_path",
+                               "snapshot_id"))
 def update_volume(args, vol_id):
     """Rename a volume or change its size (8.4)"""
     return _volumes().update(vol_id, **args)
@@ -176,6 +179,7 @@ def create_volume_share(args, vol_id):
 @blp.route("/<string:vol_id>/share", methods=["PUT"])
 @blp.arguments(ShareUpdateSchema)
 @blp.response(200, ShareSchema)
+@accepts_representation(ShareSchema, lambda vol_id: _shares().get(vol_id=vol_id), fixed=("id", "vol_id"))
 def update_volume_share(args, vol_id):
     """Replace a share's type and options (9.3)"""
     return _shares().update(vol_id, args["share_type"], args["share_options"])
