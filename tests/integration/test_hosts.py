@@ -180,7 +180,9 @@ def test_host_conflicts(appliance, host):
     {"name": "tab\there", "iqns": []},
     {"name": "x" * 256, "iqns": []},
     {"iqns": [IQN_A]},
-    {"name": "x", "iqns": [], "extra": 1},
+    {"name": "a/b", "iqns": []},
+    {"name": "-x", "iqns": []},
+    {"name": "$(id)", "iqns": []},
 ])
 def test_host_bad_input_is_400_and_changes_nothing(appliance, host, body):
     before = appliance.ok("GET", "/api/host")

@@ -125,14 +125,17 @@ def test_normalize_iqns_wants_a_list(value):
 # validate_host_name
 # =============================================================================================
 
-@pytest.mark.parametrize("name", ["h", "host1", "Backup Server 1", "db-01.example.com", "ホスト",
-                                  "a" * MAX_HOST_NAME, "x_y", "with 'quotes'"])
+@pytest.mark.parametrize("name", ["h", "host1", "Backup-Server-1", "db-01.example.com", "10.0.0.5",
+                                  "a" * MAX_HOST_NAME, "x_y"])
 def test_host_name_accepted(name):
     assert validate_host_name(name) == name
 
 
 @pytest.mark.parametrize("name", ["", " ", "\t", " lead", "trail ", "a" * (MAX_HOST_NAME + 1),
-                                  "new\nline", "tab\there", "bell\x07", "nul\x00", None, 5, ["h"], b"h"])
+                                  "new\nline", "tab\there", "bell\x07", "nul\x00", None, 5, ["h"], b"h",
+                                  # as every other name: no path, shell or option characters
+                                  "a/b", "../h", "-h", ".h", "$(id)", "a;b", "Backup Server 1", "ホスト",
+                                  "with 'quotes'"])
 def test_host_name_refused(name):
     with pytest.raises(ValidationError):
         validate_host_name(name)

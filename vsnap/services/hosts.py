@@ -66,13 +66,17 @@ def normalize_iqns(values) -> list[str]:
     return result
 
 
+_HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # as every other name: a host name, an FQDN
+
+
 def validate_host_name(name) -> str:
     if not isinstance(name, str) or not name.strip():
         raise ValidationError("Host name is required")
     if len(name) > MAX_HOST_NAME:
         raise ValidationError(f"Host name is too long: at most {MAX_HOST_NAME} characters")
-    if name != name.strip() or not name.isprintable():
-        raise ValidationError("Host name must be printable, without leading or trailing spaces")
+    if not _HOST_NAME.fullmatch(name):
+        raise ValidationError("Host name must start with a letter or digit and contain only letters, digits, "
+                              "'_', '-' and '.'")
     return name
 
 
