@@ -90,3 +90,30 @@ def test_init_without_multipool_leaves_the_setting_as_it_is(service):
     assert (info["multipool"], info["init_status"]) == (True, "Ready")
     assert service.init(run_async=False, multipool=False, skip_pool=True)["multipool"] is False
     assert service.init(run_async=False, multipool=None, skip_pool=True)["multipool"] is False
+
+
+# -- stats ------------------------------------------------------------------------------------
+class _StatsZfs(_Zfs):
+    def __init__(self, ddt):
+        self.ddt = ddt
+
+    def arc_stats(self):
+        return {"c_max": 1024, "size": 512}
+
+    def ddt_sizes(self, pool):
+        return self.ddt.get(pool)
+
+
+def test_stats_without_pools_has_an_empty_dedup_table(tmp_path, store):
+    svc = system.SystemService(Settings(state_dir=tmp_path), store, _Packages(), _StatsZfs({}))
+    stats = svc.stats([])
+    assert (stats["size_ddt_core"], stats["size_ddt_disk"]) == ("0", "0")
+    assert (stats["size_arc_max"], stats["size_arc_used"]) == ("1024", "512")
+
+
+def test_stats_sums_the_dedup_table_and_says_null_when_zfs_cannot_tell(tmp_path, store):
+    svc = system.SystemService(Settings(state_dir=tmp_path), store, _Packages(),
+                               _StatsZfs({"a": (100, 10), "b": (50, 5)}))
+    stats = svc.stats(["a", "b"])
+    assert (stats["size_ddt_disk"], stats["size_ddt_core"]) == ("150", "15")
+    assert svc.stats(["a", "unreadable"])["size_ddt_disk"] is None

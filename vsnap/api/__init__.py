@@ -7,6 +7,7 @@ import re
 import time
 import uuid
 
+import marshmallow as ma
 from flask import Flask, current_app, g, jsonify, request, send_from_directory
 from flask_smorest import Api as SmorestApi
 from werkzeug.exceptions import HTTPException
@@ -20,7 +21,7 @@ from ..services.catalog import fresh_reads
 from . import (audit, disk, host, metrics, network, partner, pool, relationship, session, share, snapshot,
                system, target, user, volume)
 from .auth import credentials, install_auth
-from .common import ErrorSchema, validation_error_from
+from .common import ErrorSchema, Id, validation_error_from
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,18 @@ def init_api(app: Flask) -> None:
     api = Api(app)
     for blp in BLUEPRINTS:
         api.register_blueprint(blp)
+
+    @app.url_value_preprocessor
+    def canonical_path_ids(endpoint, values):
+        """A path's IDs in the form the Id field gives those of a query or a body ("03" is 3,
+        hex in lower case), so /api/pool/03 and ?id=03 find the same pool. An ID that is no
+        ID stays as it is: the lookup answers 404."""
+        for key, value in (values or {}).items():
+            if key.endswith("_id") and isinstance(value, str):
+                try:
+                    values[key] = Id(hex32=len(value.strip()) == 32).deserialize(value)
+                except ma.ValidationError:
+                    pass
 
     @app.route("/api/docs/static/<path:filename>")
     def swagger_static(filename):

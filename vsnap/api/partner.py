@@ -11,6 +11,16 @@ blp = Blueprint("partner", __name__, url_prefix="/api/partner", description="Par
 class Port(Size):
     """A TCP port, as a JSON number or a decimal string."""
 
+    def __init__(self, **kwargs):
+        super().__init__(validate=ma.validate.Range(min=1, max=65535, error="Not a valid port: expected 1 to 65535."),
+                         **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        try:
+            return super()._deserialize(value, attr, data, **kwargs)
+        except ma.ValidationError:
+            raise ma.ValidationError("Not a valid port: expected a whole number from 1 to 65535.") from None
+
 
 class PartnerSchema(ma.Schema):
     id = ma.fields.String()

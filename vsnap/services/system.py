@@ -92,7 +92,8 @@ class SystemService:
 
     def stats(self, pools: list[str]) -> dict:
         """ZFS cache and dedup-table figures in bytes (strings), null where the ZFS
-        implementation does not report them. The dedup table is summed over `pools`."""
+        implementation does not report them. The dedup table is summed over `pools` (no pool:
+        no table, "0")."""
         arc = self.zfs.arc_stats()
 
         def arc_value(*names: str) -> str | None:
@@ -101,7 +102,7 @@ class SystemService:
                     return str(arc[name])
             return None
         disk = core = 0
-        known = bool(pools)
+        known = True
         for pool in pools:
             sizes = self.zfs.ddt_sizes(pool)
             if sizes is None:
