@@ -124,6 +124,16 @@ def test_make_and_delete_a_pool_volume_snapshot_and_host(vsnap, appliance, pools
         assert pool["deduplication"] is False
         details = vsnap("pool", "show", "--name", name).stdout
         assert "\nname:" in details and name in details
+        # What monitoring reads (sppmon: `vsnap --json pool show`): every pool in full.
+        shown = vsnap.json("pool", "show")
+        assert shown["total"] == len(shown["pools"]) == appliance.ok("GET", "/api/pool")["total"]
+        [full] = [p for p in shown["pools"] if p["id"] == pool["id"]]
+        api_pool = appliance.ok("GET", f"/api/pool/{pool['id']}")
+        assert full["encryption"] == {"enabled": False}
+        for key in ("compression", "compression_ratio", "deduplication", "deduplication_ratio", "diskgroup_size",
+                    "health", "id", "name", "pool_type", "size_before_compression", "size_before_deduplication",
+                    "size_total", "status"):
+            assert full[key] == api_pool[key], key
 
         vol = vsnap.json("volume", "create", "clifs", "--pool", pool["id"], "--size", "64M")
         assert appliance.ok("GET", "/api/volume", params={"name": "clifs"})["id"] == vol["id"]

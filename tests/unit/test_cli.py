@@ -334,8 +334,8 @@ def test_every_resource_and_verb_of_the_issue_exists():
 
 # -- output ---------------------------------------------------------------------------------
 def test_json_prints_the_api_answer_exactly(capsys):
-    text = '{"total": 1, "pools": [{"id": "2", "name": "backup1", "size_total": "1610612736"}]}'
-    for argv in (["--json", "pool", "show"], ["pool", "show", "--json"]):
+    text = '{"total": 1, "volumes": [{"id": "2", "name": "fs1", "size_total": "1610612736"}]}'
+    for argv in (["--json", "volume", "show"], ["volume", "show", "--json"]):
         code, _ = run(argv, Reply(200, text))
         assert code == 0
         assert capsys.readouterr().out == text + "\n"
@@ -345,6 +345,26 @@ def test_json_prints_the_api_answer_exactly(capsys):
     assert code == 0 and json.loads(capsys.readouterr().out) == stats
     code, _ = run(["--json", "pool", "delete", "2"], Reply(200, "{}\n"))
     assert capsys.readouterr().out == "{}\n"
+
+
+def test_json_pool_show_gives_every_pool_in_full_as_monitoring_reads_it(capsys):
+    """IBM's sppmon runs `vsnap --json pool show` and reads each pool's details, encryption
+    among them."""
+    full = {**POOL, "compression": True, "compression_ratio": "1.50x", "deduplication": False,
+            "deduplication_ratio": "1.00x", "diskgroup_size": "8", "size_before_compression": "805306368",
+            "size_before_deduplication": "536870912"}
+    other = {**POOL, "id": "5", "name": "gone"}
+    code, transport = run(["--json", "pool", "show"], ok({"pools": [POOL, other], "total": 2}), ok(full),
+                          fail(404, "Pool 5 not found", "NotFoundError"))  # deleted meanwhile
+    assert code == 0
+    assert [(c.method, c.path) for c in transport.calls] == [("GET", "/api/pool"), ("GET", "/api/pool/2"),
+                                                             ("GET", "/api/pool/5")]
+    assert json.loads(capsys.readouterr().out) == {"pools": [{**full, "encryption": {"enabled": False}}],
+                                                   "total": 1}
+    code, _ = run(["--json", "pool", "show", "2"], ok(full))
+    assert json.loads(capsys.readouterr().out) == {**full, "encryption": {"enabled": False}}
+    code, _ = run(["--json", "pool", "show"], ok({"pools": [], "total": 0}))
+    assert json.loads(capsys.readouterr().out) == {"pools": [], "total": 0}
 
 
 def test_stats_for_people_are_human_sizes(capsys):

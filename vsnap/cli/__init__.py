@@ -122,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     bool_flag(p, "compression", "compression (default on)")
     bool_flag(p, "dedup", "deduplication (default off)", dest="deduplication")
     bool_flag(p, "syncwrite", "synchronous writes (default on)")
-    p = verb(r, "show", c.show("pool", "pools", c.POOL), "list pools, or show one pool's details (GET /api/pool)")
+    p = verb(r, "show", c.pool_show, "list pools, or show one pool's details (GET /api/pool); with --json "
+                                     "every pool in full (GET /api/pool/<id> each, with encryption)")
     c.selector(p, "pool", required=False)
     p = verb(r, "update", c.pool_update, "rename a pool or change its settings (PUT /api/pool/<id>)")
     c.selector(p, "pool")
