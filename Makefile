@@ -164,6 +164,7 @@ run-kernel: kernel-lab
 PREFIX ?= /opt/vsnap
 SYSTEMD_DIR ?= /etc/systemd/system
 NGINX_DIR ?= /etc/nginx
+BIN_DIR ?= /usr/local/bin
 INSTALL_SRC := $(PREFIX)/src
 INSTALL_VENV := $(PREFIX)/venv
 INSTALL_FILES := pyproject.toml alembic.ini README.md vsnap migrations
@@ -194,6 +195,8 @@ install:
 	install -m 0644 $(NGINX_DIR)/sites-available/.vsnap.conf.tmp $(NGINX_DIR)/sites-available/vsnap.conf
 	rm -f $(NGINX_DIR)/sites-available/.vsnap.conf.tmp
 	ln -sfn $(NGINX_DIR)/sites-available/vsnap.conf $(NGINX_DIR)/sites-enabled/vsnap.conf
+	@# The command on root's PATH (`sudo vsnap ...`, as monitoring over SSH runs it).
+	mkdir -p $(BIN_DIR) && ln -sfn $(INSTALL_VENV)/bin/vsnap $(BIN_DIR)/vsnap
 	cd $(INSTALL_SRC) && VSNAP_STATE=$(VSNAP_STATE) $(INSTALL_VENV)/bin/python -m vsnap.bootstrap
 	@if [ "$(NGINX_DIR)" = /etc/nginx ] && command -v nginx >/dev/null; then \
 		nginx -t -q || { echo "make install: nginx -t refused the configuration (above)" >&2; exit 1; }; fi

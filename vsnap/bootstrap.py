@@ -17,6 +17,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
+from .cli.settings import DEFAULT_CONFIG as CLI_CONFIG
 from .config import Settings
 from .services.system import load_or_create_system_id
 
@@ -107,6 +108,38 @@ def ensure_smb_password(settings: Settings, password: str | None) -> None:
                        input=f"{password}\n{password}\n", text=True, capture_output=True, check=False)
 
 
+CLI_CONFIG_MARK = "# Written by vsnap-bootstrap"
+
+
+def ensure_cli_config(settings: Settings, password: str | None, path: Path | None = None) -> None:
+    """The vsnap command's login for root (`sudo vsnap ...` drops the environment, so monitoring
+    that runs it over SSH needs it in a file): written, root-only, when this set-up knows the
+    admin's password. A file someone else wrote is left as it is."""
+    path = path or Path(os.environ.get("VSNAP_CLI_CONFIG") or CLI_CONFIG)
+    if not password:
+        return
+    try:
+        if path.exists() and not path.read_text(encoding="utf-8").startswith(CLI_CONFIG_MARK):
+            say(f"{path} exists and was not written here: left as it is")
+            return
+    except OSError as exc:
+        say(f"{path} cannot be read ({exc.strerror}): left as it is")
+        return
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    text = (f"{CLI_CONFIG_MARK}: the vsnap command's login on this appliance (root only).\n"
+            "[vsnap]\n"
+            f"url = https://127.0.0.1:{settings.port}\n"
+            f"user = {settings.admin_user}\n"
+            f"password = {password}\n"
+            f"ca = {settings.tls_cert}\n")
+    temp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(temp, path)
+    say(f"wrote {path}: `vsnap` logs in as {settings.admin_user} when run as root")
+
+
 def migrate(settings: Settings) -> None:
     config = Config(str(ROOT / "alembic.ini"))
     config.set_main_option("script_location", str(ROOT / "migrations"))
@@ -128,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_account:
         password = ensure_account(settings, os.environ.get("VSNAP_ADMIN_PASSWORD") or None)
         ensure_smb_password(settings, password)
+        ensure_cli_config(settings, password)
     migrate(settings)
     return 0
 

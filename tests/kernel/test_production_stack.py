@@ -5,6 +5,7 @@ system's own tools in the guest (zpool, zfs, configfs) and with the host's real 
 the forwarded ports (iscsi-inq, iscsi-readcapacity16, nfs-ls)."""
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import time
@@ -55,6 +56,18 @@ def test_a_raid6_pool_on_openzfs(guest, pool):
     assert "raidz2-0" in status and all(f"/dev/disk/by-id/virtio-vsnapdisk{i}" in status for i in range(1, 5)), status
     assert guest.sh(f"zfs get -H -o value sync {POOL}").stdout.strip() == "disabled"
     details = guest.ok("GET", f"/api/pool/{pool['id']}")
+    # What monitoring runs over SSH (`sudo vsnap --json pool show`): root, no environment; the
+    # install wrote the command's login (/etc/vsnap/cli.conf) and put it on the PATH.
+    shown = json.loads(guest.sh("env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "
+                                "vsnap --json pool show").stdout)
+    [full] = [p for p in shown["pools"] if p["name"] == POOL]
+    assert full["encryption"] == {"enabled": False} and full["pool_type"] == "raid6", full
+    sppmon_reads = ("compression", "compression_ratio", "deduplication", "deduplication_ratio", "diskgroup_size",
+                    "health", "id", "name", "pool_type", "size_before_compression", "size_before_deduplication",
+                    "size_free", "size_total", "size_used", "status")
+    assert all(full.get(key) is not None for key in sppmon_reads), full
+    assert full["compression_ratio"].endswith("x") and full["id"] == details["id"]
+    assert guest.sh("stat -c '%a %U' /etc/vsnap/cli.conf").stdout.split() == ["600", "root"]
     size = int(guest.sh(f"zfs get -Hp -o value available {POOL}").stdout)
     assert abs(int(details["size_free"]) - size) < 64 * MIB, (details, size)  # exact bytes, read a moment apart
     assert details["pool_type"] == "raid6" and details["status"] == "ONLINE"
