@@ -84,3 +84,28 @@ def test_missing_program():
         Runner().run(["vsnap-no-such-program-xyz", "--help"])
     assert info.value.argv[0] == "vsnap-no-such-program-xyz"
     assert "is not installed" in str(info.value)
+
+
+def _levels(caplog, argv, context, check=False):
+    import logging
+    from vsnap.logs import request_id_var
+    token = request_id_var.set(context)
+    try:
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="vsnap.drivers.runner"):
+            Runner().run(argv, check=check)
+    finally:
+        request_id_var.reset(token)
+    return [r.levelname for r in caplog.records if r.message.startswith("ran ")]
+
+
+def test_the_workers_routine_reads_are_debug_and_what_changes_or_fails_is_info(caplog, tmp_path):
+    tool = tmp_path / "tgtadm"  # stands in for the worker's periodic `tgtadm --op show`
+    tool.write_text("#!/bin/sh\nexit 0\n")
+    tool.chmod(0o755)
+    show = [str(tool), "--lld", "iscsi", "--op", "show", "--mode", "target"]
+    change = [str(tool), "--lld", "iscsi", "--op", "new", "--mode", "target"]
+    assert _levels(caplog, show, "worker") == ["DEBUG"]
+    assert _levels(caplog, change, "worker") == ["INFO"]
+    assert _levels(caplog, ["false"], "worker") == ["INFO"]  # a failure is news
+    assert _levels(caplog, show, "a1b2c3") == ["INFO"]  # a request's commands: always

@@ -98,6 +98,7 @@ _FAULT_KILL_AFTER = _fault_limit()
 _fault_count = 0
 _fault_lock = threading.Lock()
 _UNCOUNTED_CONTEXTS = ("-", "worker", "catalog")  # start-up and background threads
+_BACKGROUND_CONTEXTS = ("worker", "catalog")
 
 
 def changes_system(argv: list[str]) -> bool:
@@ -159,9 +160,14 @@ class Runner:
         if _FAULT_KILL_AFTER and changes_system(argv):
             fault_point(summary(argv))
         # Every command, with its exit status and duration; never its input (which may hold
-        # a password), and argument lists carry none.
-        log.info("ran %s: rc=%s in %.3fs", summary(argv), proc.returncode, duration,
-                 extra={"command": argv[0], "rc": proc.returncode, "duration": round(duration, 3)})
+        # a password), and argument lists carry none. The background threads' routine reads
+        # (the worker's target check every few seconds) go to DEBUG; what they change or what
+        # fails stays at INFO.
+        routine = (request_id_var.get() in _BACKGROUND_CONTEXTS and proc.returncode == 0
+                   and not changes_system(argv))
+        log.log(logging.DEBUG if routine else logging.INFO, "ran %s: rc=%s in %.3fs", summary(argv),
+                proc.returncode, duration,
+                extra={"command": argv[0], "rc": proc.returncode, "duration": round(duration, 3)})
         result = Result(argv, proc.returncode, proc.stdout, proc.stderr)
         if check and proc.returncode != 0:
             raise CommandError(argv, proc.returncode, proc.stdout, proc.stderr)

@@ -125,8 +125,11 @@ class TargetService:
         it is rebuilt. Cheap when nothing changed: one read of the target's configuration.
         `full` rebuilds regardless (e.g. a LUN whose volume was destroyed outside the API)."""
         try:
-            if not full and self._applied is not None and self.driver.state() == self._applied:
-                return
+            if not full and self._applied is not None:
+                if self.driver.state() == self._applied:
+                    return
+                log.warning("the iSCSI target differs from what was applied (restarted, or changed by "
+                            "hand): building it again from the database")
             self.apply()
         except TargetError as exc:
             if not self._failing:
