@@ -99,7 +99,8 @@ def test_share_options_it_does_not_know_are_still_refused(appliance, pool):
     share = appliance.ok("POST", f"/api/volume/{vol['id']}/share", json={"share_type": "nfs",
                                                                          "share_options": {"allowed_hosts": ["all"]}})
     got = appliance.ok("GET", f"/api/share/{share['id']}")
-    assert appliance.ok("PUT", f"/api/volume/{vol['id']}/share", json=got) == got
+    put = appliance.ok("PUT", f"/api/volume/{vol['id']}/share", json=got)
+    assert put.pop("time_updated") >= got.pop("time_updated") and put == got  # the PUT is an update
     assert "vol_id: read-only" in _error(appliance.put(f"/api/volume/{vol['id']}/share",
                                                        json={**got, "vol_id": "999999"}))
 
