@@ -151,7 +151,7 @@ class Settings:
             mount_root=merged.get("VSNAP_MOUNT_ROOT", "/vsnap"),
             nfs_exports=Path(merged["VSNAP_NFS_EXPORTS"]) if merged.get("VSNAP_NFS_EXPORTS") else None,
             ganesha_pidfile=Path(merged.get("VSNAP_GANESHA_PIDFILE") or state_dir / "lab" / "run" / "ganesha.pid"),
-            kernel_exports=Path(merged.get("VSNAP_KERNEL_EXPORTS") or "/etc/exports.d/vsnap.exports"),
+            kernel_exports=Path(merged.get("VSNAP_KERNEL_EXPORTS") or cls.kernel_exports),
             smb_conf=Path(merged["VSNAP_SMB_CONF"]) if merged.get("VSNAP_SMB_CONF") else None,
             worker_enabled=merged.get("VSNAP_WORKER", "1").lower() not in ("0", "false", "no"),
             target_check_interval=float(merged.get("VSNAP_TARGET_CHECK_INTERVAL", 5.0)),

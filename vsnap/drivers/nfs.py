@@ -88,10 +88,13 @@ class GaneshaNfsDriver:
             return None  # not running: it reads the file when it starts
 
 
+KERNEL_EXPORTS = Path("/etc/exports.d/vsnap.exports")  # the kernel NFS server's file of ours
+
+
 class KernelNfsDriver:
     kind = "kernel"
 
-    def __init__(self, runner: Runner, exports_file: Path = Path("/etc/exports.d/vsnap.exports")):
+    def __init__(self, runner: Runner, exports_file: Path = KERNEL_EXPORTS):
         self.runner = runner
         self.exports_file = exports_file
 
@@ -101,7 +104,7 @@ class KernelNfsDriver:
 
 
 def choose_nfs_driver(runner: Runner, exports_file: Path, pidfile: Path,
-                      kernel_exports_file: Path = Path("/etc/exports.d/vsnap.exports")):
+                      kernel_exports_file: Path = KERNEL_EXPORTS):
     """The kernel's NFS server where the kernel has one, nfs-ganesha otherwise."""
     if Path("/proc/fs/nfsd/exports").exists() and Path("/usr/sbin/exportfs").exists():
         return KernelNfsDriver(runner, kernel_exports_file)

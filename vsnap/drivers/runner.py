@@ -97,8 +97,8 @@ def _fault_limit() -> int:
 _FAULT_KILL_AFTER = _fault_limit()
 _fault_count = 0
 _fault_lock = threading.Lock()
-_UNCOUNTED_CONTEXTS = ("-", "worker", "catalog")  # start-up and background threads
 _BACKGROUND_CONTEXTS = ("worker", "catalog")
+_UNCOUNTED_CONTEXTS = ("-", *_BACKGROUND_CONTEXTS)  # start-up and background threads
 
 
 def changes_system(argv: list[str]) -> bool:
