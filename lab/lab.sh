@@ -525,37 +525,39 @@ start_shared() {
     JUST_STARTED=yes
 }
 
-# With the kernel stack the system's smbd serves the installed appliance: each lab appliance
-# gets an smbd of its own, on its own port (VSNAP_LAB_SMB_PORT), as it gets its own sshd.
-start_own_smbd() {
-    local changed=$1 pid port=$VSNAP_LAB_SMB_PORT
-    if pid=$(our_pid smbd); then
-        ALREADY+=("smbd(ours pid $pid)")
-        [[ $changed == yes ]] && warn "smbd config changed while it runs; run down+up to apply"
-        return 0
-    fi
-    port_listening "$port" && die "port $port is in use by something that is not this lab's smbd (set VSNAP_LAB_SMB_PORT)"
-    pid=$(start_daemon smbd smbd -F --no-process-group -s "$SMB_CONF")
-    wait_ready smbd "$pid" check_port "$port"
-    STARTED+=("smbd(pid $pid)")
-}
-
-start_sshd() {
-    local changed=$1 pid port=$VSNAP_SSH_PORT
-    if pid=$(our_pid sshd); then
-        ALREADY+=("sshd(ours pid $pid)")
-        [[ $changed == yes ]] && warn "sshd config changed while it runs; run down+up to apply"
+# A daemon of this appliance's own, on its own port: started unless ours already runs;
+# `prepare` (a function) runs just before it starts.
+start_own() {
+    local name=$1 changed=$2 port=$3 port_setting=$4 prepare=$5 pid
+    shift 5
+    if pid=$(our_pid "$name"); then
+        ALREADY+=("$name(ours pid $pid)")
+        [[ $changed == yes ]] && warn "$name config changed while it runs; run down+up to apply"
         return 0
     fi
     if port_listening "$port"; then
-        die "port $port is in use by something that is not this lab's sshd (set VSNAP_SSH_PORT)"
+        die "port $port is in use by something that is not this lab's $name (set $port_setting)"
     fi
+    "$prepare"
+    pid=$(start_daemon "$name" "$@")
+    wait_ready "$name" "$pid" check_port "$port"
+    STARTED+=("$name(pid $pid)")
+}
+
+# With the kernel stack the system's smbd serves the installed appliance: each lab appliance
+# gets an smbd of its own, on its own port (VSNAP_LAB_SMB_PORT), as it gets its own sshd.
+start_own_smbd() {
+    start_own smbd "$1" "$VSNAP_LAB_SMB_PORT" VSNAP_LAB_SMB_PORT true smbd -F --no-process-group -s "$SMB_CONF"
+}
+
+prepare_sshd() {
     mkdir -p /run/sshd
     chmod 755 /run/sshd
     /usr/sbin/sshd -t -f "$SSHD_CONF" || die "sshd -t -f $SSHD_CONF rejected the config"
-    pid=$(start_daemon sshd /usr/sbin/sshd -D -f "$SSHD_CONF")
-    wait_ready sshd "$pid" check_port "$port"
-    STARTED+=("sshd(pid $pid)")
+}
+
+start_sshd() {
+    start_own sshd "$1" "$VSNAP_SSH_PORT" VSNAP_SSH_PORT prepare_sshd /usr/sbin/sshd -D -f "$SSHD_CONF"
 }
 
 # label_info DEV: "POOL_GUID POOL_NAME RECORDED_PATH" from the first ZFS label
