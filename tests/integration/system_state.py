@@ -6,6 +6,8 @@ import re
 import subprocess
 from pathlib import Path
 
+from vsnap.config import Settings
+
 from . import stack
 from .conftest import STATE
 
@@ -24,9 +26,9 @@ def zfs_tree(pool: str) -> dict[str, dict[str, str]]:
 
 
 def kernel_exports_file() -> Path:
-    """This appliance's file under /etc/exports.d (the lab names it in lab.env)."""
-    env = dict(line.split("=", 1) for line in (STATE / "lab" / "lab.env").read_text().splitlines() if "=" in line)
-    return Path(env["VSNAP_KERNEL_EXPORTS"])
+    """This appliance's file under /etc/exports.d (the lab names it in lab.env), as the
+    appliance's own settings read it."""
+    return Settings.from_env({"VSNAP_STATE": str(STATE)}).kernel_exports
 
 
 def nfs_exports() -> dict[int, str]:

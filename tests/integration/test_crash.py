@@ -25,7 +25,6 @@ What is checked after each restart (`audit`), with the system's own tools:
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import sqlite3
@@ -38,7 +37,7 @@ import pytest
 import requests
 
 from .test_replication import (_pids, _thaw, checksums, pair, partner_b, relate,  # noqa: F401 (fixtures)
-                               wait_session)
+                               sha256, wait_session)
 from . import stack
 from .stack import lun_device, size_of
 from .system_state import lio_acls, nfs_exports, smb_shares, tgt_targets, zfs_tree
@@ -58,11 +57,6 @@ def long_mode(config) -> bool:
     markexpr = config.getoption("markexpr", "") or ""
     return os.environ.get("VSNAP_TEST_LONG", "") not in ("", "0") or \
         ("long" in markexpr and "not long" not in markexpr)
-
-
-def sha256(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 def write_random(path: str, size: int, offset: int = 0) -> None:

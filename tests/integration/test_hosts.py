@@ -19,7 +19,7 @@ from . import iscsi_client as ic
 from . import stack
 from .conftest import SSH_PORT, STATE
 from .stack import FIRST_LUN as L
-from .zfs_tools import PREFIX, unused
+from .zfs_tools import PREFIX, raid0_pool, unused
 
 ROOT = Path(__file__).resolve().parents[2]
 MIB = 1 << 20
@@ -32,13 +32,8 @@ ALL_TEST_IQNS = (IQN_A, IQN_A2, IQN_B, STRANGER)
 
 @pytest.fixture(scope="module")
 def pool(appliance):
-    appliance.ok("POST", "/api/system", json={"action": "init", "skip_pool": True, "multipool": True})
-    made = appliance.ok("POST", "/api/pool", json={"name": f"{PREFIX}iscsi", "pool_type": "raid0",
-                                                   "disk_list": [d["uuid"] for d in unused(appliance, 2)]})
-    yield made
-    for v in appliance.ok("GET", "/api/volume", params={"pool_id": made["id"]})["volumes"]:
-        appliance.delete(f"/api/volume/{v['id']}")
-    appliance.delete(f"/api/pool/{made['id']}")
+    with raid0_pool(appliance, f"{PREFIX}iscsi", 2) as made:
+        yield made
 
 
 @pytest.fixture

@@ -6,20 +6,15 @@ from __future__ import annotations
 
 import pytest
 
-from .zfs_tools import PREFIX, unused, zfs_get
+from .zfs_tools import PREFIX, raid0_pool, zfs_get
 
 BUSTER = {"_": "1700000000"}
 
 
 @pytest.fixture(scope="module")
 def pool(appliance):
-    appliance.ok("POST", "/api/system", json={"action": "init", "skip_pool": True, "multipool": True})
-    made = appliance.ok("POST", "/api/pool", json={"name": f"{PREFIX}tol", "pool_type": "raid0",
-                                                   "disk_list": [d["uuid"] for d in unused(appliance, 1)]})
-    yield made
-    for v in appliance.ok("GET", "/api/volume", params={"pool_id": made["id"]})["volumes"]:
-        appliance.delete(f"/api/volume/{v['id']}")
-    appliance.delete(f"/api/pool/{made['id']}")
+    with raid0_pool(appliance, f"{PREFIX}tol", 1) as made:
+        yield made
 
 
 def _error(r, status=400) -> str:

@@ -1,6 +1,7 @@
 """Reading ZFS with its own tools, independently of the server under test."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -55,6 +56,19 @@ def unused(appliance, count: int) -> list[dict]:
     if len(disks) < count:
         pytest.fail(f"need {count} unused lab disks, have {len(disks)}")
     return disks[:count]
+
+
+@contextlib.contextmanager
+def raid0_pool(appliance, name: str, disks: int):
+    """A test module's raid0 pool of `disks` unused disks (multipool on); afterwards its
+    volumes, then the pool, are deleted."""
+    appliance.ok("POST", "/api/system", json={"action": "init", "skip_pool": True, "multipool": True})
+    made = appliance.ok("POST", "/api/pool", json={"name": name, "pool_type": "raid0",
+                                                   "disk_list": [d["uuid"] for d in unused(appliance, disks)]})
+    yield made
+    for v in appliance.ok("GET", "/api/volume", params={"pool_id": made["id"]})["volumes"]:
+        appliance.delete(f"/api/volume/{v['id']}")
+    appliance.delete(f"/api/pool/{made['id']}")
 
 
 def short(path: str) -> str:
