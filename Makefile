@@ -15,10 +15,12 @@ VSNAP_SSH_PORT ?= 8922
 TEST_STATE ?= /var/lib/vsnap-test
 TEST_PORT ?= 8910
 TEST_SSH_PORT ?= 8932
+TEST_SMB_PORT ?= 4445
 # ...and a partner appliance for the replication tests: its own state, disks and ports.
 TEST_STATE_B ?= /var/lib/vsnap-test-b
 TEST_PORT_B ?= 8920
 TEST_SSH_PORT_B ?= 8942
+TEST_SMB_PORT_B ?= 4446
 
 APT_PACKAGES := zfs-fuse tgt libiscsi-bin nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils \
 	samba smbclient openssh-server openssh-client iproute2 openssl util-linux procps \
@@ -57,9 +59,9 @@ run: setup
 		exec $(VENV)/bin/gunicorn -c vsnap/gunicorn_conf.py vsnap.wsgi:app
 
 setup-test: deps
-	VSNAP_STATE=$(TEST_STATE) VSNAP_SSH_PORT=$(TEST_SSH_PORT) lab/lab.sh up
+	VSNAP_STATE=$(TEST_STATE) VSNAP_SSH_PORT=$(TEST_SSH_PORT) VSNAP_LAB_SMB_PORT=$(TEST_SMB_PORT) lab/lab.sh up
 	VSNAP_STATE=$(TEST_STATE) $(PY) -m vsnap.bootstrap --no-account
-	VSNAP_STATE=$(TEST_STATE_B) VSNAP_SSH_PORT=$(TEST_SSH_PORT_B) VSNAP_LAB_DISKS=3 lab/lab.sh up
+	VSNAP_STATE=$(TEST_STATE_B) VSNAP_SSH_PORT=$(TEST_SSH_PORT_B) VSNAP_LAB_SMB_PORT=$(TEST_SMB_PORT_B) VSNAP_LAB_DISKS=3 lab/lab.sh up
 	VSNAP_STATE=$(TEST_STATE_B) $(PY) -m vsnap.bootstrap --no-account
 
 # The whole suite, the kernel lab's production-stack tests included (tests/kernel: the guest
@@ -78,9 +80,9 @@ GUEST_PY ?= /opt/vsnap/venv/bin/python
 GUEST_TESTS ?= tests/integration
 .PHONY: guest-suite
 guest-suite:
-	VSNAP_LAB_STACK=kernel VSNAP_STATE=$(TEST_STATE) VSNAP_SSH_PORT=$(TEST_SSH_PORT) VSNAP_LAB_SMB_PORT=4445 lab/lab.sh up
+	VSNAP_LAB_STACK=kernel VSNAP_STATE=$(TEST_STATE) VSNAP_SSH_PORT=$(TEST_SSH_PORT) VSNAP_LAB_SMB_PORT=$(TEST_SMB_PORT) lab/lab.sh up
 	VSNAP_STATE=$(TEST_STATE) $(GUEST_PY) -m vsnap.bootstrap --no-account
-	VSNAP_LAB_STACK=kernel VSNAP_STATE=$(TEST_STATE_B) VSNAP_SSH_PORT=$(TEST_SSH_PORT_B) VSNAP_LAB_SMB_PORT=4446 VSNAP_LAB_DISKS=3 lab/lab.sh up
+	VSNAP_LAB_STACK=kernel VSNAP_STATE=$(TEST_STATE_B) VSNAP_SSH_PORT=$(TEST_SSH_PORT_B) VSNAP_LAB_SMB_PORT=$(TEST_SMB_PORT_B) VSNAP_LAB_DISKS=3 lab/lab.sh up
 	VSNAP_STATE=$(TEST_STATE_B) $(GUEST_PY) -m vsnap.bootstrap --no-account
 	VSNAP_LAB_STACK=kernel VSNAP_STATE=$(TEST_STATE) VSNAP_PORT=$(TEST_PORT) VSNAP_SSH_PORT=$(TEST_SSH_PORT) \
 	VSNAP_STATE_B=$(TEST_STATE_B) VSNAP_PORT_B=$(TEST_PORT_B) VSNAP_SSH_PORT_B=$(TEST_SSH_PORT_B) \
@@ -111,13 +113,15 @@ BENCH_SSH_PORT ?= 8952
 BENCH_STATE_B ?= /var/lib/vsnap-bench-b
 BENCH_PORT_B ?= 8960
 BENCH_SSH_PORT_B ?= 8962
+BENCH_SMB_PORT ?= 4485
+BENCH_SMB_PORT_B ?= 4486
 
 bench: deps
 	@command -v wrk >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk
 	@command -v syncoid >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends sanoid
-	VSNAP_STATE=$(BENCH_STATE) VSNAP_SSH_PORT=$(BENCH_SSH_PORT) VSNAP_LAB_DISK_SIZE=3G lab/lab.sh up
+	VSNAP_STATE=$(BENCH_STATE) VSNAP_SSH_PORT=$(BENCH_SSH_PORT) VSNAP_LAB_SMB_PORT=$(BENCH_SMB_PORT) VSNAP_LAB_DISK_SIZE=3G lab/lab.sh up
 	VSNAP_STATE=$(BENCH_STATE) $(PY) -m vsnap.bootstrap --no-account
-	VSNAP_STATE=$(BENCH_STATE_B) VSNAP_SSH_PORT=$(BENCH_SSH_PORT_B) VSNAP_LAB_DISKS=3 VSNAP_LAB_DISK_SIZE=3G lab/lab.sh up
+	VSNAP_STATE=$(BENCH_STATE_B) VSNAP_SSH_PORT=$(BENCH_SSH_PORT_B) VSNAP_LAB_SMB_PORT=$(BENCH_SMB_PORT_B) VSNAP_LAB_DISKS=3 VSNAP_LAB_DISK_SIZE=3G lab/lab.sh up
 	VSNAP_STATE=$(BENCH_STATE_B) $(PY) -m vsnap.bootstrap --no-account
 	VSNAP_STATE=$(BENCH_STATE) VSNAP_PORT=$(BENCH_PORT) VSNAP_SSH_PORT=$(BENCH_SSH_PORT) \
 		$(PY) bench/bench_api.py

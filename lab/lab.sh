@@ -13,22 +13,31 @@
 #                        the kernel lab's guest) only disks, sshd and an smbd of the
 #                        appliance's own (beside the system's) are the lab's; the appliance
 #                        gets an exports file of its own under /etc/exports.d
-#   VSNAP_LAB_SMB_PORT   port of the lab's smbd          (default 445)
+#   VSNAP_LAB_SMB_PORT   port of the appliance's own smbd (default 445)
+#   VSNAP_LAB_SHARED     the machine-wide part of the lab (default /var/lib/vsnap-lab)
 #
-# Layout (everything the lab owns):
+# Layout of an appliance's lab:
 #   $VSNAP_STATE/lab/disks/diskN.img   sparse disk images (never deleted here)
-#   $VSNAP_STATE/lab/run/NAME.pid      pid of each service the lab started
-#   $VSNAP_STATE/lab/log/NAME.log      log of each service the lab started
-#   $VSNAP_STATE/lab/lab.env           VSNAP_DISKS=/dev/loopA,/dev/loopB,...
+#   $VSNAP_STATE/lab/run/NAME.pid      pid of its own daemons (sshd, smbd)
+#   $VSNAP_STATE/lab/log/NAME.log      their logs
+#   $VSNAP_STATE/lab/lab.env           VSNAP_DISKS=/dev/loopA,... and the appliance's other
+#                                      lab settings (export id base, ganesha's pidfile)
 #   $VSNAP_STATE/lab/loop.map          last loop device of each image
-#   $VSNAP_STATE/nfs/ganesha.conf      (+ exports.conf, written by the appliance)
-#   $VSNAP_STATE/samba/smb.conf        (+ shares.conf, written by the appliance)
-#   $VSNAP_STATE/ssh/sshd_config       (+ host key, authorized_keys)
+#   $VSNAP_STATE/nfs/exports.conf      its NFS exports (written by the appliance)
+#   $VSNAP_STATE/samba/smb.conf        its smbd (+ shares.conf, written by the appliance)
+#   $VSNAP_STATE/ssh/sshd_config       its replication sshd (+ host key, authorized_keys)
+# and of the machine-wide part, shared by every appliance on the machine:
+#   $VSNAP_LAB_SHARED/appliances       "SLOT STATE" of every appliance ever set up here: the
+#                                      slot gives its NFS export ids a range of their own
+#   $VSNAP_LAB_SHARED/run, log         pids and logs of the shared daemons
+#   $VSNAP_LAB_SHARED/nfs/ganesha.conf %includes appliances.conf: the exports.conf of every
+#                                      appliance whose lab is up (its sshd runs)
 #
-# zfs-fuse, tgtd, rpcbind, ganesha.nfsd and smbd are machine-wide: `up` starts
-# each one only when it is not already running, and `down` stops only what this
-# lab started (pidfile + /proc/PID/cmdline). sshd is per appliance (own port).
-# This script never installs packages (the Makefile does).
+# zfs-fuse, tgtd, rpcbind and ganesha.nfsd are machine-wide: `up` starts each one only when
+# it is not already running and tells a running ganesha of the appliance's exports; `down`
+# stops only what the lab started, and only when no other appliance's lab is up. sshd and
+# smbd are the appliance's own (own ports), so each appliance's shares and Samba accounts
+# are its own. This script never installs packages (the Makefile does).
 set -euo pipefail
 set +m   # no job control: a background job is then no process-group leader,
          # so `setsid` execs in place and $! is the daemon's own pid.
@@ -42,6 +51,7 @@ VSNAP_LAB_DISK_SIZE=${VSNAP_LAB_DISK_SIZE:-1G}
 VSNAP_SSH_PORT=${VSNAP_SSH_PORT:-8922}
 VSNAP_LAB_STACK=${VSNAP_LAB_STACK:-userspace}
 VSNAP_LAB_SMB_PORT=${VSNAP_LAB_SMB_PORT:-445}
+VSNAP_LAB_SHARED=${VSNAP_LAB_SHARED:-/var/lib/vsnap-lab}
 
 STATE=$(realpath -m -- "$VSNAP_STATE")   # losetup reports canonical paths
 LAB=$STATE/lab
@@ -54,15 +64,29 @@ EXPORTED=$LAB/exported-pools
 NFSDIR=$STATE/nfs
 SMBDIR=$STATE/samba
 SSHDIR=$STATE/ssh
-GANESHA_CONF=$NFSDIR/ganesha.conf
 SMB_CONF=$SMBDIR/smb.conf
 SSHD_CONF=$SSHDIR/sshd_config
+
+SHARED=$(realpath -m -- "$VSNAP_LAB_SHARED")
+SHARED_RUN=$SHARED/run
+SHARED_LOG=$SHARED/log
+REGISTRY=$SHARED/appliances
+SHARED_NFS=$SHARED/nfs
+GANESHA_CONF=$SHARED_NFS/ganesha.conf
+GANESHA_INCLUDES=$SHARED_NFS/appliances.conf
+# Each appliance's NFS export ids (nfs-ganesha's Export_Id is 16 bits; the kernel's fsid) get
+# a range of their own: slot * EXPORT_ID_SLOT + the share's id. Slot 0 is the production
+# appliance's default state (/var/lib/vsnap, as `make run` uses): its ids stay its share ids.
+EXPORT_ID_SLOT=4096
+MAX_SLOT=15
 
 READY_TIMEOUT=30   # seconds a service may take to become ready
 STOP_TIMEOUT=30    # seconds a service may take to exit after SIGTERM
 
 # Services in start order; `down` stops them in reverse.
-SERVICES=(zfs-fuse tgtd rpcbind ganesha smbd sshd)
+SHARED_SERVICES=(zfs-fuse tgtd rpcbind ganesha)
+OWN_SERVICES=(smbd sshd)
+SERVICES=("${SHARED_SERVICES[@]}" "${OWN_SERVICES[@]}")
 
 STARTED=()
 ALREADY=()
@@ -154,7 +178,9 @@ is_service_process() {
     return 0
 }
 
-pidfile() { echo "$RUN/$1.pid"; }
+is_shared() { [[ " ${SHARED_SERVICES[*]} " == *" $1 "* ]]; }
+pidfile() { if is_shared "$1"; then echo "$SHARED_RUN/$1.pid"; else echo "$RUN/$1.pid"; fi; }
+logfile() { if is_shared "$1"; then echo "$SHARED_LOG/$1.log"; else echo "$LOGDIR/$1.log"; fi; }
 
 # our_pid NAME [keep]: prints the pid when the lab's pidfile names a live
 # process of that service; removes a stale pidfile (unless "keep").
@@ -190,7 +216,8 @@ running_anywhere() {
 }
 
 log_tail() {
-    local f=$LOGDIR/$1.log
+    local f
+    f=$(logfile "$1")
     if [[ -f $f ]]; then
         printf -- '--- last lines of %s ---\n' "$f" >&2
         tail -n 25 -- "$f" >&2 || true
@@ -205,7 +232,8 @@ log_tail() {
 # the recorded pid is the daemon's.
 start_daemon() {
     local name=$1; shift
-    local logf=$LOGDIR/$name.log pid
+    local logf pid
+    logf=$(logfile "$name")
     printf '=== %s lab: starting %s\n' "$(date '+%F %T')" "$*" >>"$logf"
     # shellcheck disable=SC2016
     setsid bash -c '
@@ -246,7 +274,7 @@ wait_ready() {
         if ! alive "$pid"; then
             rm -f -- "$(pidfile "$name")"
             log_tail "$name"
-            die "$name (pid $pid) exited during start-up; log: $LOGDIR/$name.log"
+            die "$name (pid $pid) exited during start-up; log: $(logfile "$name")"
         fi
         if "$@" >/dev/null 2>&1; then
             if ! is_service_process "$name" "$pid"; then
@@ -261,7 +289,7 @@ wait_ready() {
     warn "$name (pid $pid) not ready after ${READY_TIMEOUT}s; stopping it"
     stop_pid "$name" "$pid" || true
     rm -f -- "$(pidfile "$name")"
-    die "$name did not become ready within ${READY_TIMEOUT}s; log: $LOGDIR/$name.log"
+    die "$name did not become ready within ${READY_TIMEOUT}s; log: $(logfile "$name")"
 }
 
 check_zpool()   { timeout 10 zpool list; }
@@ -269,13 +297,88 @@ check_tgtd()    { timeout 10 tgtadm --lld iscsi --op show --mode target; }
 check_rpcbind() { timeout 10 rpcinfo -p 127.0.0.1; }
 check_port()    { port_listening "$1"; }
 
+# The appliance's lab, then the machine-wide part (always in this order).
 lock_lab() {
     exec 9>"$LAB/.lock"
     flock -w 300 9 || die "another lab.sh holds $LAB/.lock"
+    mkdir -p "$SHARED"
+    exec 8>"$SHARED/.lock"
+    flock -w 300 8 || die "another lab.sh holds $SHARED/.lock"
 }
 
 mkdirs() {
-    mkdir -p "$RUN" "$LOGDIR" "$DISKS" "$NFSDIR" "$SMBDIR" "$SSHDIR"
+    mkdir -p "$RUN" "$LOGDIR" "$DISKS" "$NFSDIR" "$SMBDIR" "$SSHDIR" "$SHARED_RUN" "$SHARED_LOG" "$SHARED_NFS"
+}
+
+# ---------------------------------------------------------------- appliances on the machine
+
+# slot_of STATE: the appliance's slot, given once and kept (its export ids must not change
+# while clients hold file handles); entries of state directories that are gone are dropped.
+slot_of() {
+    local state=$1 slot st taken=() kept=""
+    if [[ -f $REGISTRY ]]; then
+        while read -r slot st; do
+            [[ $slot =~ ^[0-9]+$ && -n $st ]] || continue
+            if [[ $st == "$state" ]]; then echo "$slot"; return 0; fi
+            [[ -d $st ]] || continue
+            taken+=("$slot")
+            kept+="$slot $st"$'\n'
+        done <"$REGISTRY"
+    fi
+    if [[ $state == /var/lib/vsnap ]]; then
+        slot=0
+    else
+        for ((slot = 1; slot <= MAX_SLOT; slot++)); do
+            [[ " ${taken[*]} " == *" $slot "* ]] || break
+        done
+        ((slot <= MAX_SLOT)) || die "more than $MAX_SLOT lab appliances in $REGISTRY: remove the state of one"
+    fi
+    [[ " ${taken[*]} " == *" $slot "* ]] && die "slot $slot of $REGISTRY is taken by another state"
+    printf '%s%s %s\n' "$kept" "$slot" "$state" >"$REGISTRY.tmp"
+    mv -f -- "$REGISTRY.tmp" "$REGISTRY"
+    echo "$slot"
+}
+
+# lab_is_up STATE: that appliance's lab runs (its own sshd lives).
+lab_is_up() {
+    local st=$1 pid
+    pid=$(head -n1 "$st/lab/run/sshd.pid" 2>/dev/null | tr -dc 0-9)
+    [[ -n $pid ]] && alive "$pid" && [[ $(cmdline_of "$pid") == *" -f $st/ssh/sshd_config"* ]]
+}
+
+# up_appliances [EXCLUDE]: state directories of the appliances whose lab is up.
+up_appliances() {
+    local exclude=${1:-} slot st
+    [[ -f $REGISTRY ]] || return 0
+    while read -r slot st; do
+        [[ -n $st && $st != "$exclude" ]] || continue
+        lab_is_up "$st" && echo "$st"
+    done <"$REGISTRY"
+    return 0
+}
+
+# ganesha_includes [EXCLUDE]: the one ganesha serves the exports of every appliance whose lab
+# is up; a running ganesha rereads them at SIGHUP.
+ganesha_includes() {
+    local exclude=${1:-} st body="# Written by lab/lab.sh: the exports of each appliance whose lab is up."
+    while read -r st; do
+        [[ -n $st ]] || continue
+        body+=$'\n'"%include \"$st/nfs/exports.conf\""
+    done < <({ up_appliances "$exclude"; [[ -n $exclude ]] || echo "$STATE"; } | sort -u)
+    write_file "$GANESHA_INCLUDES" "$body" || return 0
+    local pid glog size i
+    if pid=$(our_pid ganesha); then
+        glog=$(logfile ganesha)
+        size=$(stat -c %s "$glog" 2>/dev/null || echo 0)
+        kill -HUP "$pid" 2>/dev/null || true
+        # Wait for the reread: a pool whose export ganesha still holds cannot be exported.
+        for ((i = 0; i < 40; i++)); do
+            tail -c +"$((size + 1))" "$glog" 2>/dev/null | sed -n '/initiating export list reload/,$p' \
+                | grep -q 'Reread exports complete' && break
+            sleep 0.25
+        done
+        log "ganesha (pid $pid) told of the exports of: $(grep -c '^%include' "$GANESHA_INCLUDES") appliance(s)"
+    fi
 }
 
 # ---------------------------------------------------------------- disks
@@ -337,10 +440,15 @@ attach_previous() {
 }
 
 write_labenv() {
-    local devs=("$@") joined
+    local devs=("$@") joined slot env
     joined=$(IFS=,; echo "${devs[*]}")
-    local env="VSNAP_DISKS=$joined"
-    [[ $VSNAP_LAB_STACK == kernel ]] && env+=$'\n'"VSNAP_KERNEL_EXPORTS=/etc/exports.d/${STATE##*/}.exports"
+    slot=$(slot_of "$STATE")
+    env="VSNAP_DISKS=$joined"$'\n'"VSNAP_NFS_EXPORT_ID_BASE=$((slot * EXPORT_ID_SLOT))"
+    if [[ $VSNAP_LAB_STACK == kernel ]]; then
+        env+=$'\n'"VSNAP_KERNEL_EXPORTS=/etc/exports.d/${STATE##*/}.exports"
+    else
+        env+=$'\n'"VSNAP_GANESHA_PIDFILE=$(pidfile ganesha)"$'\n'"VSNAP_GANESHA_LOG=$(logfile ganesha)"
+    fi
     write_file "$LABENV" "$env" || true
 }
 
@@ -396,11 +504,12 @@ disks_up() {
 # ---------------------------------------------------------------- configs
 
 ganesha_config() {
-    mkdir -p "$NFSDIR/recovery"
+    mkdir -p "$SHARED_NFS/recovery"
     create_empty "$NFSDIR/exports.conf"   # the appliance owns its content
     local conf
     conf=$(cat <<EOF
-# Written by lab/lab.sh; exports live in exports.conf (generated by vsnap).
+# Written by lab/lab.sh: the machine's one ganesha; each appliance's exports.conf (generated
+# by vsnap) is included through appliances.conf.
 NFS_CORE_PARAM {
     Protocols = 3, 4;
     Enable_NLM = false;
@@ -413,7 +522,7 @@ NFS_KRB5 {
 
 NFSV4 {
     Graceless = true;
-    RecoveryRoot = "$NFSDIR/recovery";
+    RecoveryRoot = "$SHARED_NFS/recovery";
 }
 
 LOG {
@@ -423,7 +532,7 @@ LOG {
     }
 }
 
-%include "$NFSDIR/exports.conf"
+%include "$GANESHA_INCLUDES"
 EOF
 )
     write_file "$GANESHA_CONF" "$conf"
@@ -438,12 +547,11 @@ samba_config() {
     create_empty "$SMBDIR/shares.conf"   # the appliance owns its content
     local conf
     conf=$(cat <<EOF
-# Written by lab/lab.sh; shares live in shares.conf (generated by vsnap).
+# Written by lab/lab.sh: the smbd of the appliance at $STATE, on its own port; shares live
+# in shares.conf (generated by vsnap).
 [global]
     server role = standalone server
     workgroup = WORKGROUP
-    interfaces = lo
-    bind interfaces only = yes
     smb ports = $VSNAP_LAB_SMB_PORT
     disable netbios = yes
     disable spoolss = yes
@@ -525,6 +633,22 @@ start_shared() {
     JUST_STARTED=yes
 }
 
+# A ganesha of an older lab served only the appliance whose lab started it (from that
+# appliance's state); the one of the machine's lab replaces it.
+stop_older_lab_ganesha() {
+    local p cmd conf
+    for p in $(pgrep -x ganesha.nfsd 2>/dev/null || true); do
+        alive "$p" || continue
+        cmd=$(cmdline_of "$p")
+        [[ $cmd =~ " -f "([^ ]+) ]] || continue
+        conf=${BASH_REMATCH[1]}
+        [[ $conf != "$GANESHA_CONF" && $conf == */nfs/ganesha.conf ]] || continue
+        [[ $(head -n1 "$conf" 2>/dev/null) == "# Written by lab/lab.sh"* ]] || continue
+        log "stopping the ganesha of an older lab (pid $p, $conf): it served one appliance only"
+        stop_pid ganesha "$p" || true
+    done
+}
+
 # A daemon of this appliance's own, on its own port: started unless ours already runs;
 # `prepare` (a function) runs just before it starts.
 start_own() {
@@ -544,8 +668,9 @@ start_own() {
     STARTED+=("$name(pid $pid)")
 }
 
-# With the kernel stack the system's smbd serves the installed appliance: each lab appliance
-# gets an smbd of its own, on its own port (VSNAP_LAB_SMB_PORT), as it gets its own sshd.
+# Each appliance's smbd, on its own port (VSNAP_LAB_SMB_PORT), as it has its own sshd: its
+# shares and Samba accounts are its own (with the kernel stack the system's smbd serves the
+# installed appliance).
 start_own_smbd() {
     start_own smbd "$1" "$VSNAP_LAB_SMB_PORT" VSNAP_LAB_SMB_PORT true smbd -F --no-process-group -s "$SMB_CONF"
 }
@@ -643,7 +768,7 @@ cmd_up() {
 
     # 2. configs
     local gch=no sch=no ssch=no
-    ganesha_config && gch=yes
+    [[ $VSNAP_LAB_STACK == kernel ]] || { ganesha_config && gch=yes; }
     samba_config && sch=yes
     sshd_config && ssch=yes
 
@@ -669,22 +794,26 @@ cmd_up() {
     reimport_pools
     start_shared tgtd no check_tgtd -- tgtd -f
     start_shared rpcbind no check_rpcbind -- rpcbind -f -w
-    local gsize
-    gsize=$(stat -c %s "$LOGDIR/ganesha.log" 2>/dev/null || echo 0)
+    stop_older_lab_ganesha
+    ganesha_includes   # before ganesha starts (it reads them), or tells the running one
+    local gsize glog
+    glog=$(logfile ganesha)
+    gsize=$(stat -c %s "$glog" 2>/dev/null || echo 0)
     start_shared ganesha "$gch" check_port 2049 -- \
-        ganesha.nfsd -F -f "$GANESHA_CONF" -L "$LOGDIR/ganesha.log" -p "$(pidfile ganesha)"
+        ganesha.nfsd -F -f "$GANESHA_CONF" -L "$glog" -p "$(pidfile ganesha)"
     if [[ $JUST_STARTED == yes ]]; then
         # ganesha 4.3 carries on after config syntax errors: say so.
-        tail -c +"$((gsize + 1))" "$LOGDIR/ganesha.log" 2>/dev/null \
+        tail -c +"$((gsize + 1))" "$glog" 2>/dev/null \
             | grep -E ':CONFIG :(CRIT|MAJ|FATAL)' >&2 \
             && warn "ganesha.nfsd reported config errors (see above); it runs without the broken part"
+    elif ! our_pid ganesha >/dev/null; then
+        warn "an NFS server the lab did not start holds port 2049: this appliance's exports are not served"
     fi
-    start_shared smbd "$sch" check_port 445 -- \
-        smbd -F --no-process-group -s "$SMB_CONF"
+    start_own_smbd "$sch"
     start_sshd "$ssch"
 
     # 4. summary
-    log "state:   $STATE"
+    log "state:   $STATE (export ids from $(slot_of "$STATE")*$EXPORT_ID_SLOT)"
     log "started: ${STARTED[*]:-nothing}"
     log "already running: ${ALREADY[*]:-nothing}"
     [[ ${#DISKS_CREATED[@]} -gt 0 ]] && log "created images: ${DISKS_CREATED[*]}"
@@ -773,6 +902,16 @@ pool_leaves() {
         }'
 }
 
+# retry_busy CMD...: zfs-fuse reports a pool busy for a moment after its last user let go.
+retry_busy() {
+    local i
+    for ((i = 0; i < 10; i++)); do
+        "$@" 2>/dev/null && return 0
+        sleep 0.5
+    done
+    "$@"
+}
+
 # With a foreign zfs-fuse still running: export the pools that live only on
 # lab loops; print the loops that must stay attached (in foreign/mixed pools
 # or in pools that would not export).
@@ -792,7 +931,7 @@ release_pools() {
         done <<<"$leaves"
         [[ ${#mine[@]} -gt 0 ]] || continue
         if [[ $allours == yes ]]; then
-            if timeout 120 zpool export "$pool" >&2; then
+            if retry_busy timeout 120 zpool export "$pool" >&2; then
                 log "exported pool $pool (lab disks only)" >&2
                 grep -qx -- "$pool" "$EXPORTED" 2>/dev/null || echo "$pool" >>"$EXPORTED"
                 continue
@@ -838,12 +977,23 @@ disks_down() {
 
 cmd_down() {
     [[ -d $LAB ]] || { log "no lab at $LAB"; return 0; }
-    mkdir -p "$RUN"
+    mkdir -p "$RUN" "$SHARED_NFS"
     lock_lab
-    local i
-    for ((i = ${#SERVICES[@]} - 1; i >= 0; i--)); do
-        stop_ours "${SERVICES[i]}"
+    local i others
+    for ((i = ${#OWN_SERVICES[@]} - 1; i >= 0; i--)); do
+        stop_ours "${OWN_SERVICES[i]}"
     done
+    if [[ $VSNAP_LAB_STACK != kernel ]]; then
+        ganesha_includes "$STATE"   # ganesha lets go of this appliance's exports
+        others=$(up_appliances "$STATE" | paste -sd' ' -)
+        if [[ -n $others ]]; then
+            log "the machine's services stay: the labs of $others are up"
+        else
+            for ((i = ${#SHARED_SERVICES[@]} - 1; i >= 0; i--)); do
+                stop_ours "${SHARED_SERVICES[i]}"
+            done
+        fi
+    fi
     disks_down
     log "down: done (disk images kept in $DISKS)"
 }
@@ -853,6 +1003,7 @@ cmd_down() {
 cmd_status() {
     local name pid st img devs
     log "state: $STATE"
+    log "labs up on this machine: $(up_appliances | paste -sd' ' -)"
     for name in "${SERVICES[@]}"; do
         if pid=$(our_pid "$name" keep); then
             st="running (ours pid $pid)"

@@ -49,6 +49,10 @@ class Settings:
     mount_root: str = "/vsnap"  # pools mount at <mount_root>/<pool>, never over system paths
     nfs_exports: Path | None = None  # the file nfs-ganesha %includes; default in the state dir
     ganesha_pidfile: Path | None = None
+    ganesha_log: Path | None = None  # followed to know when ganesha has reread the exports
+    # Added to a share's id to make its NFS export id (fsid): appliances sharing one NFS
+    # server (the lab's) each get a range of their own.
+    nfs_export_id_base: int = 0
     # The kernel NFS server's exports file of ours (one per appliance on a machine).
     kernel_exports: Path = Path("/etc/exports.d/vsnap.exports")
     smb_conf: Path | None = None  # smbd's configuration; shares.conf beside it is ours
@@ -150,7 +154,9 @@ class Settings:
             ssh_port=int(merged.get("VSNAP_SSH_PORT", 8922)),
             mount_root=merged.get("VSNAP_MOUNT_ROOT", "/vsnap"),
             nfs_exports=Path(merged["VSNAP_NFS_EXPORTS"]) if merged.get("VSNAP_NFS_EXPORTS") else None,
-            ganesha_pidfile=Path(merged.get("VSNAP_GANESHA_PIDFILE") or state_dir / "lab" / "run" / "ganesha.pid"),
+            ganesha_pidfile=Path(merged.get("VSNAP_GANESHA_PIDFILE") or "/var/lib/vsnap-lab/run/ganesha.pid"),
+            nfs_export_id_base=int(merged.get("VSNAP_NFS_EXPORT_ID_BASE", 0)),
+            ganesha_log=Path(merged["VSNAP_GANESHA_LOG"]) if merged.get("VSNAP_GANESHA_LOG") else None,
             kernel_exports=Path(merged.get("VSNAP_KERNEL_EXPORTS") or cls.kernel_exports),
             smb_conf=Path(merged["VSNAP_SMB_CONF"]) if merged.get("VSNAP_SMB_CONF") else None,
             worker_enabled=merged.get("VSNAP_WORKER", "1").lower() not in ("0", "false", "no"),

@@ -25,24 +25,35 @@ def zfs_tree(pool: str) -> dict[str, dict[str, str]]:
     return tree
 
 
+def settings() -> Settings:
+    """The appliance's settings as it reads them (the lab's lab.env included)."""
+    return Settings.from_env({"VSNAP_STATE": str(STATE)})
+
+
 def kernel_exports_file() -> Path:
-    """This appliance's file under /etc/exports.d (the lab names it in lab.env), as the
-    appliance's own settings read it."""
-    return Settings.from_env({"VSNAP_STATE": str(STATE)}).kernel_exports
+    """This appliance's file under /etc/exports.d (the lab names it in lab.env)."""
+    return settings().kernel_exports
+
+
+def ganesha_pid() -> int:
+    """The lab's one nfs-ganesha, which serves every appliance on the machine."""
+    return int(settings().ganesha_pidfile.read_text())
 
 
 def nfs_exports() -> dict[int, str]:
-    """{export id: path} of the NFS server's exports: nfs-ganesha's exports file; or, with the
+    """{share id: path} of the NFS server's exports: nfs-ganesha's exports file; or, with the
     kernel NFS server, this appliance's exports file, each entry checked to be in the kernel's
-    table as exportfs applied it (/var/lib/nfs/etab)."""
+    table as exportfs applied it (/var/lib/nfs/etab). Export ids are the share's id from the
+    appliance's base (the lab gives each appliance on the machine a range of its own)."""
+    base = settings().nfs_export_id_base
     if not stack.KERNEL:
         text = (STATE / "nfs" / "exports.conf").read_text()
-        return {int(i): p for i, p in re.findall(r'Export_Id = (\d+);\s*Path = "([^"]*)";', text)}
+        return {int(i) - base: p for i, p in re.findall(r'Export_Id = (\d+);\s*Path = "([^"]*)";', text)}
     ours = {int(i): p for p, i in re.findall(r'^"([^"]*)" \S+?\(\S*?fsid=(\d+)', kernel_exports_file().read_text(), re.M)}
     applied = {(p, int(i)) for p, i in re.findall(r"^(\S+)\t\S+?\(\S*?fsid=(\d+)", Path("/var/lib/nfs/etab").read_text(), re.M)}
     missing = {(p, i) for i, p in ours.items()} - applied
     assert not missing, f"exports in {kernel_exports_file()} that the kernel does not serve: {missing}"
-    return ours
+    return {i - base: p for i, p in ours.items()}
 
 
 def smb_shares() -> dict[str, str]:

@@ -13,7 +13,7 @@ import pytest
 
 from . import stack
 from .conftest import STATE
-from .system_state import kernel_exports_file
+from .system_state import ganesha_pid, kernel_exports_file
 from .zfs_tools import PREFIX, unused
 
 NS = "vsnaptest-nfs"
@@ -257,7 +257,7 @@ def test_shares_come_back_after_restarts(appliance, pool, fs):
         assert run("exportfs", "-ra").returncode == 0
     else:
         (STATE / "nfs" / "exports.conf").write_text("")
-        os.kill(int((STATE / "lab" / "run" / "ganesha.pid").read_text()), signal.SIGHUP)
+        os.kill(ganesha_pid(), signal.SIGHUP)
     (STATE / "samba" / "shares.conf").write_text("")
     run("smbcontrol", "-s", SMB_CONF, "smbd", "reload-config")
     import time

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -111,6 +113,20 @@ def test_kernel_exports_empty():
     assert kernel_exports([]) == HEADER + "\n"
 
 
+def test_export_ids_offset_by_the_appliances_base():
+    """Appliances sharing one NFS server (the lab's) each write their ids from a base of their own."""
+    export = NfsExport(5, "/vsnap/p/v", False, ["*"])
+    assert "Export_Id = 4101;" in ganesha_exports([export], id_base=4096)
+    assert "fsid=4101)" in kernel_exports([export], id_base=4096)
+
+
+def test_share_ids_the_server_can_number(tmp_path):
+    from vsnap.drivers.nfs import GaneshaNfsDriver, KernelNfsDriver
+    assert GaneshaNfsDriver(tmp_path / "e", tmp_path / "p").max_share_id == 65535
+    assert GaneshaNfsDriver(tmp_path / "e", tmp_path / "p", id_base=8192).max_share_id == 65535 - 8192
+    assert KernelNfsDriver(None, tmp_path / "e", id_base=4096).max_share_id == 65535 - 4096
+
+
 # -- write_atomically ------------------------------------------------------------------------
 
 def test_write_atomically_goes_through_a_temp_file_in_the_same_directory(tmp_path, monkeypatch):
@@ -186,6 +202,46 @@ def test_ganesha_apply_writes_then_hups_the_running_server(ganesha, monkeypatch)
     assert ganesha.exports_file.read_text() == expected
     assert kill.hups() == [4242]
     assert kill.file_at_hup == [expected]  # the file was complete before the signal
+
+
+HUP_LINE = "sigmgr_thread :MAIN :EVENT :SIGHUP_HANDLER: Received SIGHUP.... initiating export list reload\n"
+DONE_LINE = "reread_exports :CONFIG :EVENT :Reread exports complete\n"
+
+
+def test_ganesha_apply_waits_for_the_reread_it_started(tmp_path, monkeypatch):
+    """A dataset destroyed while ganesha still exports it wedges zfs-fuse: apply() returns only
+    once the log shows a reread begun after the new file, and completed."""
+    log_file = tmp_path / "ganesha.log"
+    log_file.write_text(HUP_LINE + DONE_LINE)  # an earlier reread: does not count
+    ganesha = GaneshaNfsDriver(tmp_path / "exports.conf", tmp_path / "ganesha.pid", log_file=log_file)
+    ganesha.pidfile.write_text("4242\n")
+    seen = []
+
+    def append(text):
+        with open(log_file, "a") as f:
+            f.write(text)
+
+    def kill(pid, sig):
+        if sig == signal.SIGHUP:
+            append(DONE_LINE + HUP_LINE)  # another reread ends; ours starts...
+            threading.Timer(0.3, append, (DONE_LINE,)).start()  # ...and ends
+            seen.append(time.monotonic())
+
+    monkeypatch.setattr(nfs_mod.os, "kill", kill)
+    ganesha.apply([NfsExport(1, "/vsnap/p/v", False, ["*"])])
+    assert time.monotonic() - seen[0] >= 0.25
+    assert log_file.read_text().endswith(HUP_LINE + DONE_LINE)
+
+
+def test_ganesha_apply_gives_up_waiting_with_a_warning(tmp_path, monkeypatch, caplog):
+    log_file = tmp_path / "ganesha.log"
+    log_file.write_text("")
+    ganesha = GaneshaNfsDriver(tmp_path / "exports.conf", tmp_path / "ganesha.pid", log_file=log_file,
+                               reread_timeout=0.2)
+    ganesha.pidfile.write_text("4242\n")
+    monkeypatch.setattr(nfs_mod.os, "kill", lambda pid, sig: None)
+    ganesha.apply([])
+    assert "did not confirm rereading" in caplog.text
 
 
 @pytest.mark.parametrize("content", [None, "", "abc", "12abc", "  \n", "4.2"])

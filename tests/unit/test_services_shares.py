@@ -189,6 +189,7 @@ class FakePools:
 
 class FakeDriver:
     """Records every apply(); raises for the next `fail` calls (or always with fail=-1)."""
+    max_share_id = 65535
 
     def __init__(self):
         self.applied: list[list] = []
@@ -600,6 +601,15 @@ def test_recover_rewrites_both_configurations_and_prunes(env):
     assert env.smb.removed == ["mallory"]
 
 
+def test_share_ids_beyond_what_the_nfs_server_numbers_are_refused(env):
+    env.nfs.max_share_id = 1  # an appliance whose export ids start high on a shared server
+    v1, v2 = env.v, env.w
+    env.svc.create(v1, "nfs")
+    with pytest.raises(ConflictError, match="No more share ids"):
+        env.svc.create(v2, "nfs")
+    assert [s["vol_id"] for s in env.svc.list()] == [str(v1)]
+
+
 def test_smb_share_names_do_not_collide(env):
     a_b, a = env.pool("a_b"), env.pool("a")
     v1, v2 = env.volume(a_b, "c"), env.volume(a, "b_c")
@@ -882,5 +892,4 @@ def test_sync_smb_password_as_on_login_hook(env, tmp_path, clock, cheap_digest):
 
 
 def test_module_constants():
-    assert shares_mod.MAX_EXPORT_ID == 65535
     assert shares_mod.MAX_HOSTS == 256

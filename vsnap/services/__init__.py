@@ -73,7 +73,8 @@ class Services:
         snapshots = SnapshotService(store, datasets, catalog, volumes, lock)
         shares = ShareService(
             store, catalog, volumes, pools,
-            choose_nfs_driver(runner, settings.nfs_exports_file, settings.ganesha_pidfile, settings.kernel_exports),
+            choose_nfs_driver(runner, settings.nfs_exports_file, settings.ganesha_pidfile, settings.kernel_exports,
+                              settings.nfs_export_id_base, settings.ganesha_log),
             SambaDriver(runner, settings.smb_conf_file, settings.smb_shares_file, settings.admin_group),
             lock, settings.admin_group)
         targets = TargetService(settings, system, store, catalog, volumes, lock,

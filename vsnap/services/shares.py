@@ -33,7 +33,6 @@ MAX_HOSTS = 256
 _HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                        r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
 _SAFE_IN_CONFIG = re.compile(r"[0-9A-Za-z.:/-]+")
-MAX_EXPORT_ID = 65535  # ganesha's Export_Id is 16 bits
 
 
 def normalize_host(entry) -> str:
@@ -174,7 +173,7 @@ class ShareService:
                 s.add(share)
                 s.flush()
                 share_id = share.id
-            if share_id > MAX_EXPORT_ID:
+            if share_id > self.nfs.max_share_id:
                 self._drop(share_id)
                 raise ConflictError("No more share ids are available")
             self._apply_or_undo(lambda: self._drop(share_id), view)
