@@ -20,9 +20,11 @@ body fields; whatever the fuzzer deletes or renames is rebuilt before the next o
 Safety (each operation was thought through; nothing is excluded):
 - Accounts: the API has no operation that makes or removes OS accounts (`/api/user` is GET
   only); `getent passwd` is compared anyway, request by request and at the end.
-- Network: `PUT /api/network/<id>` sets which services an interface carries in the database
-  only (services/network.py; drivers/network.py only reads `ip -j addr`): no interface setting
-  changes. The services of every interface are put back at the end.
+- Network: `PUT /api/network/<id>` sets which services an interface carries; no interface
+  setting changes (drivers/network.py only reads `ip -j addr`), but the appliance's packet filter
+  (its own nftables table) then refuses new connections to the removed services' ports on that
+  interface: never on loopback, which this test talks over, and never SSH. The services of
+  every interface are put back at the end, which removes the table.
 - Partners: creating a partner, or accepting an offer, connects to the address and API port in
   the body. Any address the server would accept is replaced with 127.0.0.1 and any port it would
   accept with this appliance's own API port, so no packet leaves the machine (and no port of

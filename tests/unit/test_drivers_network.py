@@ -56,6 +56,8 @@ def test_parse_ip_addr():
     assert ifaces["dummy0"].ip4_addrs == [] and ifaces["dummy0"].ip6_addrs == []
     assert ifaces["tun0"].hw_addr is None and ifaces["tun0"].ip4_addrs == ["10.8.0.1"]
     assert ifaces["eth1"].hw_addr == "525400123456" and ifaces["eth1"].ip4_addrs == []
+    # loopback is told apart (the packet filter never restricts it)
+    assert [name for name, i in ifaces.items() if i.loopback] == ["lo"]
 
 
 def test_parse_ip_addr_empty():

@@ -13,6 +13,7 @@ class Interface:
     hw_addr: str | None  # colon-free lower-case MAC, None when the link has none (or all zero)
     ip4_addrs: list[str] = field(default_factory=list)
     ip6_addrs: list[str] = field(default_factory=list)
+    loopback: bool = False  # the packet filter never restricts it (the appliance's own tools use it)
 
 
 def parse_ip_addr(text: str) -> list[Interface]:
@@ -21,7 +22,8 @@ def parse_ip_addr(text: str) -> list[Interface]:
         mac = (link.get("address") or "").replace(":", "").lower()
         if not mac or set(mac) == {"0"} or link.get("link_type") not in (None, "ether", "infiniband"):
             mac = None
-        iface = Interface(name=link["ifname"], hw_addr=mac)
+        iface = Interface(name=link["ifname"], hw_addr=mac,
+                          loopback=link.get("link_type") == "loopback" or "LOOPBACK" in (link.get("flags") or []))
         for addr in link.get("addr_info") or []:
             if addr.get("family") == "inet":
                 iface.ip4_addrs.append(addr["local"])

@@ -1,11 +1,13 @@
 """The service layer: what the API asks for, done through the drivers and recorded in the store."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from ..config import Settings
 from ..drivers.accounts import AccountDriver
 from ..drivers.disks import DiskDriver
+from ..drivers.firewall import FirewallDriver, table_name
 from ..drivers.network import NetworkDriver
 from ..drivers.packages import PackageDriver
 from ..drivers.runner import CommandNotFound, CommandTimeout, Runner
@@ -24,7 +26,7 @@ from .disks import DiskService
 from .hosts import HostService
 from .catalog import Catalog
 from .locking import StorageLock
-from .network import NetworkService
+from .network import NetworkService, ServicePorts
 from .pools import PoolService
 from .replication import ReplicationService
 from .shares import ShareService
@@ -80,7 +82,11 @@ class Services:
         targets = TargetService(settings, system, store, catalog, volumes, lock,
                                 lambda base_iqn: choose_target_driver(runner, base_iqn))
         hosts = HostService(store, targets, catalog, volumes, pools, lock)
-        network = NetworkService(store, NetworkDriver(runner))
+        firewall = FirewallDriver(runner, table_name(settings.state_dir),
+                                  record=settings.state_dir / "network-filter.nft")
+        network = NetworkService(store, NetworkDriver(runner), firewall,
+                                 ServicePorts(settings.port, settings.smb_conf_file, firewall),
+                                 StorageLock(settings.state_dir / "network.lock"))
         ssh = SshDriver(runner, settings.ssh_dir, settings.ssh_host_key_files, settings.ssh_user)
         replication = ReplicationService(settings, store, catalog, volumes, snapshots, pools, network, system,
                                          datasets, ssh, runner, lock)
@@ -107,7 +113,12 @@ class Services:
         )
 
     def recover(self) -> None:
-        """At start: finish or roll back what a crash left half-done, adopt our own pools."""
+        """At start: the interfaces' services take effect (the packet filter's table is gone
+        after a reboot); finish or roll back what a crash left half-done, adopt our own pools."""
+        try:
+            self.network.enforce(startup=True)
+        except Exception:  # storage recovery goes on; the worker tries again every few seconds
+            logging.getLogger(__name__).exception("network services: the packet filter could not be applied")
         self.pools.recover()
         if self.pools.zfs.available():
             self.volumes.recover()

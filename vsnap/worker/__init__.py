@@ -59,6 +59,7 @@ class Worker:
         threading.Thread(target=self._run_sessions, name="vsnap-sessions", daemon=True).start()
         threading.Thread(target=self._run_stamping, name="vsnap-stamping", daemon=True).start()
         threading.Thread(target=self._run_notices, name="vsnap-notices", daemon=True).start()
+        threading.Thread(target=self._run_network, name="vsnap-network", daemon=True).start()
         targets = self.services.targets
         last_resync = time.monotonic()
         while not self._stop.wait(self.settings.target_check_interval):
@@ -70,6 +71,17 @@ class Worker:
                     targets.check()
             except Exception:  # the worker must outlive any one failure
                 log.exception("worker: target check failed")
+
+    def _run_network(self) -> None:
+        """Interfaces' services keep taking effect: addresses come and go, the NFS server's RPC
+        ports move, the packet filter's table can be flushed from outside. A thread of its own,
+        so a storage command that hangs the target check does not hold it up."""
+        request_id_var.set("worker")
+        while not self._stop.wait(self.settings.target_check_interval):
+            try:
+                self.services.network.enforce()  # re-applied only when something changed
+            except Exception:
+                log.exception("worker: network services check failed")
 
     def _run_stamping(self) -> None:
         """Snapshots picked up from outside the API get their ids stamped in ZFS (one
