@@ -24,7 +24,7 @@ TEST_SMB_PORT_B ?= 4446
 
 APT_PACKAGES := zfs-fuse tgt libiscsi-bin nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils \
 	samba smbclient openssh-server openssh-client iproute2 openssl util-linux procps \
-	passwd nginx nftables
+	passwd nginx nftables jq
 
 .PHONY: run test bench stop stop-test stop-bench setup setup-test deps lab bootstrap install clean-venv
 
