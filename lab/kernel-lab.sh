@@ -60,7 +60,7 @@ PACKAGES=(
   systemd-sysv udev dbus kmod iproute2 openssh-server nginx-light
   python3 python3-venv python3-pip make ca-certificates openssl util-linux procps passwd
   lsscsi sg3-utils less
-  libiscsi-bin libnfs-utils nftables
+  libiscsi-bin libnfs-utils nftables curl
 )
 BUILD_VERSION=1   # bump when build_rootfs changes in a way the key would not see
 
