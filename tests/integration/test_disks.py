@@ -5,15 +5,15 @@ import subprocess
 
 import pytest
 
-from .conftest import STATE
+from .system_state import settings
 from .zfs_tools import destroy_pool
 
 POOL = "vsnaptest_disks"
 
 
 def _lab_disks() -> list[str]:
-    line = (STATE / "lab" / "lab.env").read_text().strip()
-    return line.split("=", 1)[1].split(",")
+    """The disks the lab gave this appliance (VSNAP_DISKS of its lab.env)."""
+    return settings().disks
 
 
 def _by_name(appliance) -> dict[str, dict]:
