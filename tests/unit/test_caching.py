@@ -245,8 +245,8 @@ def test_runner_without_a_listener(fake_bin):
 
 
 class FakeSubprocess:
-    """Stands in for the subprocess module inside the zfs and runner modules: records argv, runs
-    nothing (the real zfs is never reached from these tests)."""
+    """Stands in for the subprocess module inside the runner module: records argv, runs nothing
+    (the real zfs is never reached from these tests)."""
 
     TimeoutExpired = subprocess.TimeoutExpired
 
@@ -257,6 +257,7 @@ class FakeSubprocess:
 
     def run(self, argv, **kwargs):
         self.argvs.append(list(argv))
+        self.kwargs = kwargs
         return subprocess.CompletedProcess(argv, self.returncode, self.stdout, "refused\n" if self.returncode else "")
 
 
@@ -264,7 +265,6 @@ class FakeSubprocess:
 def quiet_zfs(monkeypatch, noticed):
     fake = FakeSubprocess()
     monkeypatch.setattr(runner_mod, "subprocess", fake)
-    monkeypatch.setattr(zfs_mod, "subprocess", fake)
     return SimpleNamespace(sub=fake, calls=noticed.calls, runner=noticed.runner,
                            ds=ZfsDatasetOps(noticed.runner, ZfsDriver(noticed.runner)))
 
@@ -286,9 +286,10 @@ def test_zfs_snapshot_with_props_is_one_command_and_told(quiet_zfs):
 
 
 def test_zfs_receive_is_told_even_when_it_fails(quiet_zfs):
-    """A receive runs outside the runner (no timeout, a stream on stdin): it tells the runner."""
+    """A receive runs through the runner with no timeout and the stream on stdin: it tells too."""
     quiet_zfs.ds.receive("tank/v@s", full=True, stdin=0)
     assert quiet_zfs.sub.argvs == [["zfs", "receive", "-F", "tank/v@s"]]
+    assert quiet_zfs.sub.kwargs["stdin"] == 0 and quiet_zfs.sub.kwargs["timeout"] is None
     assert quiet_zfs.calls == [1]
     quiet_zfs.sub.returncode = 1
     with pytest.raises(CommandError):

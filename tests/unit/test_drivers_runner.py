@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from vsnap.drivers.runner import CommandError, CommandNotFound, CommandTimeout, Runner
+from vsnap.drivers.runner import NO_TIMEOUT, CommandError, CommandNotFound, CommandTimeout, Runner
 
 
 @pytest.mark.parametrize("argv", ["echo hi", ("echo", "hi"), ["echo", 1], ["echo", None]])
@@ -36,6 +36,15 @@ def test_input_and_env_are_passed():
     env_out = Runner().run([sys.executable, "-c", "import os; print(os.environ['VSNAP_T'])"],
                            env={"VSNAP_T": "x y"}).stdout
     assert env_out == "x y\n"
+
+
+def test_a_stream_on_stdin_with_no_time_limit(tmp_path):
+    """A file descriptor as the command's stdin (a replication stream), read to its end."""
+    stream = tmp_path / "stream"
+    stream.write_bytes(b"stream bytes")
+    with open(stream, "rb") as f:
+        assert Runner(timeout=0.001).run(["sh", "-c", "sleep 0.1; cat"], stdin=f.fileno(),
+                                          timeout=NO_TIMEOUT).stdout == "stream bytes"
 
 
 def test_nonzero_exit_raises_command_error():

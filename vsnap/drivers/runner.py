@@ -9,6 +9,8 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
+from enum import Enum
+from typing import IO, Literal
 
 from ..logs import request_id_var
 
@@ -123,6 +125,15 @@ def fault_point(what: str) -> None:
         os.killpg(os.getpgrp(), signal.SIGKILL)
 
 
+class _Unlimited(Enum):
+    NO_TIMEOUT = "no timeout"
+
+
+# `timeout=NO_TIMEOUT`: a command that takes as long as it takes (a replication stream's
+# receive, which the sender's watchdog ends when it stalls).
+NO_TIMEOUT = _Unlimited.NO_TIMEOUT
+
+
 class Runner:
     """The one way drivers run commands. Tests replace it with a fake to cover parsing and errors."""
 
@@ -135,18 +146,21 @@ class Runner:
             self.on_storage_change()
 
     def run(self, argv: list[str], *, check: bool = True, input: str | None = None,
-            timeout: float | None = None, env: dict[str, str] | None = None,
-            changes: bool | None = None) -> Result:
+            stdin: int | IO | None = None,
+            timeout: float | Literal[_Unlimited.NO_TIMEOUT] | None = None,
+            env: dict[str, str] | None = None, changes: bool | None = None) -> Result:
         """`changes=False` for a command that changes nothing readers keep (default: judged
-        from the command)."""
+        from the command). `stdin`, a file descriptor or file the command reads (instead of
+        `input`, text given to it); `timeout=NO_TIMEOUT` for one with no time limit."""
         if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
             raise TypeError("commands are argument lists of strings")
-        limit = self.timeout if timeout is None else timeout
+        limit = None if timeout is NO_TIMEOUT else self.timeout if timeout is None else timeout
         started = time.monotonic()
         try:
-            proc = subprocess.run(argv, input=input, capture_output=True, text=True,
+            proc = subprocess.run(argv, input=input, stdin=stdin, capture_output=True, text=True,
                                   timeout=limit, env=env, errors="replace")
         except subprocess.TimeoutExpired as exc:
+            assert limit is not None  # only a command with a limit times out
             if changes is not False:
                 self.storage_changed(argv)
             log.error("command timed out after %gs: %s", limit, summary(argv),

@@ -9,11 +9,10 @@ import io
 import logging
 import os
 import re
-import subprocess
 import time
 from dataclasses import dataclass, field
 
-from .runner import CommandError, CommandNotFound, Runner
+from .runner import NO_TIMEOUT, CommandError, CommandNotFound, Runner
 
 # Section headers of `zpool status` and the role of the devices under them.
 SECTION_NAMES = {"logs": "log", "cache": "cache", "spares": "spare", "special": "special",
@@ -538,12 +537,4 @@ class ZfsDatasetOps:
         """Receives the stream on file descriptor `stdin` as `snapshot`. No timeout: a stream
         takes as long as it takes, and the sender's watchdog ends one that stalls (the receive
         then sees the end of its input and fails, leaving nothing half-received)."""
-        argv = self.receive_argv(snapshot, full=full)
-        started = time.monotonic()
-        proc = subprocess.run(argv, stdin=stdin, capture_output=True, text=True, errors="replace")
-        self.runner.storage_changed(argv)
-        duration = time.monotonic() - started
-        log.info("ran %s: rc=%s in %.3fs", " ".join(argv), proc.returncode, duration,
-                 extra={"command": "zfs", "rc": proc.returncode, "duration": round(duration, 3)})
-        if proc.returncode != 0:
-            raise CommandError(argv, proc.returncode, proc.stdout, proc.stderr)
+        self.runner.run(self.receive_argv(snapshot, full=full), stdin=stdin, timeout=NO_TIMEOUT)
