@@ -64,6 +64,11 @@ class Result:
     stdout: str
     stderr: str
 
+    def error(self) -> CommandError:
+        """This (failed) command's CommandError, for a caller that ran it with check=False and
+        then found the failure was not one it expected."""
+        return CommandError(self.argv, self.returncode, self.stdout, self.stderr)
+
 
 def summary(argv: list[str], limit: int = 240) -> str:
     text = shlex.join(argv)
@@ -184,5 +189,5 @@ class Runner:
                 extra={"command": argv[0], "rc": proc.returncode, "duration": round(duration, 3)})
         result = Result(argv, proc.returncode, proc.stdout, proc.stderr)
         if check and proc.returncode != 0:
-            raise CommandError(argv, proc.returncode, proc.stdout, proc.stderr)
+            raise result.error()
         return result

@@ -221,7 +221,7 @@ class ZfsDriver:
         if out.returncode != 0:
             if "no such pool" in out.stderr:
                 return []
-            raise CommandError(out.argv, out.returncode, out.stdout, out.stderr)
+            raise out.error()
         return parse_zpool_status(out.stdout)
 
     def label(self, device: str) -> Label | None:
@@ -244,7 +244,7 @@ class ZfsDriver:
         if out.returncode == 0:
             return
         if "unrecognized command" not in out.stderr:
-            raise CommandError(out.argv, out.returncode, out.stdout, out.stderr)
+            raise out.error()
         label_size = 256 << 10
         fd = os.open(device, os.O_WRONLY)
         try:
@@ -269,7 +269,7 @@ def run_retrying_busy(runner: Runner, argv: list[str], *, attempts: int = 5, pau
         if out.returncode == 0 or any(text in out.stderr for text in gone):
             return
         if "busy" not in out.stderr or attempt == attempts - 1:
-            raise CommandError(out.argv, out.returncode, out.stdout, out.stderr)
+            raise out.error()
         time.sleep(pause)
 
 
@@ -301,11 +301,22 @@ class PoolSummary:
     health: str
 
 
-class ZfsPoolOps:
-    """Pool-level commands. Separate from ZfsDriver's probing so each class keeps one job."""
+class ZfsCommands:
+    """What pool and dataset commands share: the runner, and setting a property."""
 
     def __init__(self, runner: Runner):
         self.runner = runner
+
+    def set(self, name: str, prop: str, value: str) -> None:
+        """Sets a property of a dataset (a pool's properties are its root dataset's)."""
+        self.runner.run(["zfs", "set", f"{prop}={value}", name])
+
+
+class ZfsPoolOps(ZfsCommands):
+    """Pool-level commands. Separate from ZfsDriver's probing so each class keeps one job."""
+
+    def __init__(self, runner: Runner):
+        super().__init__(runner)
         self._has_sync: bool | None = None
         self._has_logicalused: bool | None = None
 
@@ -334,7 +345,7 @@ class ZfsPoolOps:
     def list(self) -> list[PoolSummary]:
         out = self.runner.run(["zpool", "list", "-H", "-o", "name,guid,health"], check=False)
         if out.returncode != 0:
-            raise CommandError(out.argv, out.returncode, out.stdout, out.stderr)
+            raise out.error()
         pools = []
         for line in out.stdout.splitlines():
             parts = line.split("\t")
@@ -382,9 +393,6 @@ class ZfsPoolOps:
     def remove(self, pool: str, devices: list[str]) -> None:
         self.runner.run(["zpool", "remove", pool, *devices])
 
-    def set(self, dataset: str, prop: str, value: str) -> None:
-        self.runner.run(["zfs", "set", f"{prop}={value}", dataset])
-
     def export(self, pool: str) -> None:
         run_retrying_busy(self.runner, ["zpool", "export", pool])
 
@@ -423,11 +431,11 @@ def parse_zfs_get(text: str, snapshot_props: set[str] | None = None) -> dict[str
     return found
 
 
-class ZfsDatasetOps:
+class ZfsDatasetOps(ZfsCommands):
     """Dataset and snapshot commands (filesystems, zvols, snapshots, clones)."""
 
     def __init__(self, runner: Runner, zfs: ZfsDriver):
-        self.runner = runner
+        super().__init__(runner)
         self.zfs = zfs
         self._has_zvols: bool | None = None
         self._rename_needs_unmount = False
@@ -479,7 +487,7 @@ class ZfsDatasetOps:
             if out.returncode == 0:
                 return
             if "busy" not in out.stderr:
-                raise CommandError(out.argv, out.returncode, out.stdout, out.stderr)
+                raise out.error()
             self._rename_needs_unmount = True
         if self.get(old, ["type"]).get("type") != "filesystem":
             run_retrying_busy(self.runner, ["zfs", "rename", old, new])
@@ -499,9 +507,6 @@ class ZfsDatasetOps:
 
     def inherit(self, name: str, prop: str) -> None:
         self.runner.run(["zfs", "inherit", prop, name])
-
-    def set(self, name: str, prop: str, value: str) -> None:
-        self.runner.run(["zfs", "set", f"{prop}={value}", name])
 
     def stamp(self, name: str, prop: str, value: str) -> None:
         """Sets one of the appliance's own bookkeeping properties: a change no reader sees, so
@@ -531,7 +536,7 @@ class ZfsDatasetOps:
     def mount(self, name: str) -> None:
         out = self.runner.run(["zfs", "mount", name], check=False)
         if out.returncode != 0 and "already mounted" not in out.stderr:
-            raise CommandError(out.argv, out.returncode, out.stdout, out.stderr)
+            raise out.error()
 
     def receive(self, snapshot: str, *, full: bool, stdin: int) -> None:
         """Receives the stream on file descriptor `stdin` as `snapshot`. No timeout: a stream
