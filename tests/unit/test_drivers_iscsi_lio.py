@@ -19,7 +19,7 @@ import uuid
 import pytest
 import rtslib_fb
 
-from vsnap.drivers.iscsi import HostExport, LunExport, TargetError, TargetPort
+from vsnap.drivers.iscsi_base import HostExport, LunExport, TargetError, TargetPort
 from vsnap.drivers.iscsi_lio import LioDriver, normalize_wwn, path_kind
 
 BASE = "iqn.2024-01.com.example.vsnap:appliance1"

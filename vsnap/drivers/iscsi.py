@@ -8,6 +8,9 @@ to it, so a caller never branches on the platform and every call is idempotent.
 Masking: a host sees exactly its own LUNs. LIO does this inside one target with a node ACL
 per initiator and mapped LUNs per ACL. tgt has no masking inside a target, so there each
 host gets a target of its own, bound to the host's initiators only.
+
+The types both drivers share (HostExport, TargetDriver, ...) live in iscsi_base.py, which
+both import (so iscsi_lio.py never imports this module); they are importable from here too.
 """
 from __future__ import annotations
 
@@ -17,76 +20,13 @@ import re
 import shutil
 from dataclasses import dataclass, field
 
+from .iscsi_base import HostExport, LunExport, TargetDriver, TargetError, TargetPort, numbered
 from .runner import CommandError, CommandNotFound, CommandTimeout, Runner
 
 log = logging.getLogger(__name__)
 
 CONFIGFS_TARGET = "/sys/kernel/config/target"
 TGT_MAX_TID = 4096  # tgt's own limit on target ids is far higher; a sane bound for our search
-
-
-@dataclass(frozen=True)
-class LunExport:
-    """One LUN as one host sees it."""
-
-    lun: int  # the LUN number the host sees
-    volume_id: int
-    path: str  # the file or block device behind it
-    serial: str  # the SCSI unit serial number (VPD page 0x80)
-    size: int  # bytes; a driver that fixes the size at creation re-creates the LUN on change
-    read_only: bool = False
-
-
-@dataclass(frozen=True)
-class HostExport:
-    host_id: int
-    initiators: tuple[str, ...]
-    luns: tuple[LunExport, ...] = ()
-
-
-@dataclass(frozen=True)
-class TargetPort:
-    """A target name initiators log in to; host_id where the target serves one host only."""
-
-    wwn: str
-    host_id: int | None = None
-
-
-def numbered(name: str, prefix: str) -> int | None:
-    """N of a name `<prefix>N` (N in canonical decimal); None for any other name, which is
-    then not ours."""
-    rest = name[len(prefix):] if name.startswith(prefix) else ""
-    return int(rest) if rest.isascii() and rest.isdigit() and rest == str(int(rest)) else None
-
-
-class TargetError(Exception):
-    """The target service refused a change or is not there."""
-
-
-class TargetDriver:
-    """The interface both drivers keep. `base_iqn` names what this appliance owns; nothing
-    else in the target configuration is ever touched."""
-
-    name = "none"
-    first_lun = 0  # the lowest LUN number a volume may get
-    max_lun = 255
-
-    def __init__(self, base_iqn: str):
-        self.base_iqn = base_iqn
-
-    def apply(self, hosts: list[HostExport], refresh: frozenset[int] = frozenset()) -> None:
-        """Makes the owned configuration exactly `hosts`. LUNs of volumes in `refresh` are
-        re-created even when they look the same (their size changed)."""
-        raise NotImplementedError
-
-    def state(self) -> object:
-        """A comparable picture of the owned configuration as it is now: equal pictures mean
-        nothing changed underneath (e.g. the target service did not restart)."""
-        raise NotImplementedError
-
-    def targets(self) -> list[TargetPort]:
-        """The owned targets that exist now."""
-        raise NotImplementedError
 
 
 class NoTargetDriver(TargetDriver):

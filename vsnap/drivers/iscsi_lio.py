@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .iscsi import HostExport, LunExport, TargetDriver, TargetError, TargetPort, numbered
+from .iscsi_base import HostExport, LunExport, TargetDriver, TargetError, TargetPort, numbered
 from .runner import fault_point
 
 log = logging.getLogger(__name__)

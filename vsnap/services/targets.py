@@ -8,7 +8,7 @@ import logging
 import threading
 
 from ..config import Settings
-from ..drivers.iscsi import HostExport, LunExport, TargetDriver, TargetError
+from ..drivers.iscsi_base import HostExport, LunExport, TargetDriver, TargetError
 from ..errors import ApiError, ServiceUnavailableError
 from ..store.db import Store
 from ..store.models import Host, HostInitiator, LunMapping
