@@ -64,9 +64,15 @@ setup-test: deps
 	VSNAP_STATE=$(TEST_STATE_B) VSNAP_SSH_PORT=$(TEST_SSH_PORT_B) VSNAP_LAB_SMB_PORT=$(TEST_SMB_PORT_B) VSNAP_LAB_DISKS=3 lab/lab.sh up
 	VSNAP_STATE=$(TEST_STATE_B) $(PY) -m vsnap.bootstrap --no-account
 
+# Lint (ruff: pyflakes, pycodestyle, import order; configured in pyproject.toml). `make test`
+# runs it first and stops on a finding.
+.PHONY: lint
+lint: deps
+	$(PY) -m ruff check vsnap tests/unit
+
 # The whole suite, the kernel lab's production-stack tests included (tests/kernel: the guest
 # is built once per package list and cached, then booted for the run and stopped after it).
-test: setup-test $(STAMPS)/apt-kernel-lab
+test: lint setup-test $(STAMPS)/apt-kernel-lab
 	VSNAP_STATE=$(TEST_STATE) VSNAP_PORT=$(TEST_PORT) VSNAP_SSH_PORT=$(TEST_SSH_PORT) \
 	VSNAP_STATE_B=$(TEST_STATE_B) VSNAP_PORT_B=$(TEST_PORT_B) VSNAP_SSH_PORT_B=$(TEST_SSH_PORT_B) \
 		$(PY) -m pytest -ra -m 'not long and not kernel_stack' $(PYTEST_ARGS)

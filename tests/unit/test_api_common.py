@@ -8,8 +8,15 @@ import pytest
 from flask import Flask
 from werkzeug.exceptions import HTTPException
 
-from vsnap.api.common import (ClosedSchema, Id, JsonParser, StrictSchema, accepts_representation,
-                               flatten_messages, validation_error_from)
+from vsnap.api.common import (
+    ClosedSchema,
+    Id,
+    JsonParser,
+    StrictSchema,
+    accepts_representation,
+    flatten_messages,
+    validation_error_from,
+)
 from vsnap.errors import ValidationError
 
 

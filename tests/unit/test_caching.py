@@ -32,13 +32,20 @@ from flask_smorest import Api as SmorestApi
 from sqlalchemy import delete, insert, update
 
 import vsnap.drivers.runner as runner_mod
-import vsnap.drivers.zfs as zfs_mod
 from vsnap.api.common import Blueprint, DumpMemo, list_or_detail
 from vsnap.drivers.runner import CommandError, CommandNotFound, CommandTimeout, Runner, changes_storage
 from vsnap.drivers.zfs import ZfsDatasetOps, ZfsDriver
 from vsnap.errors import AuthenticationError
-from vsnap.services.catalog import (PROP_SNAP_ID, PROP_VOL_ID, USER_PROPS, Catalog, CatalogView,
-                                    SnapshotView, VolumeView, fresh_reads)
+from vsnap.services.catalog import (
+    PROP_SNAP_ID,
+    PROP_VOL_ID,
+    USER_PROPS,
+    Catalog,
+    CatalogView,
+    SnapshotView,
+    VolumeView,
+    fresh_reads,
+)
 from vsnap.services.snapshots import SnapshotService
 from vsnap.services.volumes import VolumeService
 from vsnap.store import generation as generation_mod

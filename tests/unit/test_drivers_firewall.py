@@ -4,12 +4,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from vsnap.drivers.firewall import (FirewallDriver, FirewallError, Ports, Restriction, parse_rpcinfo, render,
-                                    smb_conf_ports, table_name)
-from vsnap.drivers.runner import CommandNotFound, CommandTimeout
-
 from conftest import FakeRunner
+
+from vsnap.drivers.firewall import (
+    FirewallDriver,
+    FirewallError,
+    Ports,
+    Restriction,
+    parse_rpcinfo,
+    render,
+    smb_conf_ports,
+    table_name,
+)
+from vsnap.drivers.runner import CommandNotFound, CommandTimeout
 
 
 @pytest.mark.parametrize("state, table", [
@@ -36,7 +43,7 @@ def test_rules_per_interface_and_service():
     # replaced atomically: the table is declared (made if absent), deleted, made anew, in one script
     assert lines[:3] == ["table inet vsnap_test", "delete table inet vsnap_test", "table inet vsnap_test {"]
     assert "\t\ttype filter hook input priority filter; policy accept;" in lines
-    rules = [l.strip() for l in lines[5:-2]]
+    rules = [line.strip() for line in lines[5:-2]]
     assert rules[0] == 'iifname "lo" accept'  # before any reject
     assert rules[1:] == [
         'iifname "eth0" tcp dport { 3260 } ct state new reject with tcp reset comment "eth0: no iscsi"',

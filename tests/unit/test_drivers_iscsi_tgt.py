@@ -11,9 +11,19 @@ from dataclasses import dataclass, field
 import pytest
 
 import vsnap.drivers.iscsi as iscsi_mod
-from vsnap.drivers.iscsi import (HostExport, LunExport, NoTargetDriver, TargetError,
-                                 TargetPort, TgtDriver, _same_lun, _TgtLun, choose_target_driver,
-                                 parse_tgt_show, tgt_size_mb)
+from vsnap.drivers.iscsi import (
+    HostExport,
+    LunExport,
+    NoTargetDriver,
+    TargetError,
+    TargetPort,
+    TgtDriver,
+    _same_lun,
+    _TgtLun,
+    choose_target_driver,
+    parse_tgt_show,
+    tgt_size_mb,
+)
 from vsnap.drivers.runner import CommandError, CommandNotFound, CommandTimeout, Result
 
 BASE = "iqn.2026-11.local.vsnap:sys1"

@@ -13,8 +13,15 @@ from pathlib import Path
 import pytest
 
 from vsnap.drivers import nfs as nfs_mod
-from vsnap.drivers.nfs import (GaneshaNfsDriver, KernelNfsDriver, NfsExport, choose_nfs_driver,
-                               ganesha_exports, kernel_exports, write_atomically)
+from vsnap.drivers.nfs import (
+    GaneshaNfsDriver,
+    KernelNfsDriver,
+    NfsExport,
+    choose_nfs_driver,
+    ganesha_exports,
+    kernel_exports,
+    write_atomically,
+)
 from vsnap.drivers.runner import CommandError
 from vsnap.drivers.smb import SambaDriver, SmbShare, samba_shares
 

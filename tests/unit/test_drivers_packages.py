@@ -1,7 +1,6 @@
 """PackageDriver: dpkg versions and the OS release."""
 from __future__ import annotations
 
-
 from vsnap.drivers.packages import PackageDriver, parse_os_release
 
 NAMES = ["nfs-ganesha", "nfs-kernel-server", "nginx", "samba"]

@@ -97,6 +97,7 @@ def test_missing_program():
 
 def _levels(caplog, argv, context, check=False):
     import logging
+
     from vsnap.logs import request_id_var
     token = request_id_var.set(context)
     try:

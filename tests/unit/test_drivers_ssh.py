@@ -18,7 +18,6 @@ from vsnap.drivers import ssh as ssh_mod
 from vsnap.drivers.runner import Runner
 from vsnap.drivers.ssh import CIPHER, KEY_TYPES, SshDriver, normalize_public_key
 
-
 # Real keys (made with ssh-keygen for these tests; public halves only).
 ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKuH9wN9ZUgXshf6jc+vPfHTS4pKh0dKpeUn4UKb05fQ"
 ECDSA256 = ("ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBKLt7XkMdLLYriLXFKCyPbcoFkm"

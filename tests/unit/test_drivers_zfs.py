@@ -5,8 +5,19 @@ import pytest
 
 from vsnap.drivers.runner import CommandError, CommandNotFound
 from vsnap.drivers.zfs import (
-    LABEL_ACTIVE, LABEL_DESTROYED, LABEL_EXPORTED, LABEL_L2CACHE, LABEL_SPARE, Label, PoolStatus,
-    VdevNode, ZfsDriver, device_path, parse_zdb_label, parse_zpool_status)
+    LABEL_ACTIVE,
+    LABEL_DESTROYED,
+    LABEL_EXPORTED,
+    LABEL_L2CACHE,
+    LABEL_SPARE,
+    Label,
+    PoolStatus,
+    VdevNode,
+    ZfsDriver,
+    device_path,
+    parse_zdb_label,
+    parse_zpool_status,
+)
 
 RAIDZ2_TWO_GROUPS = """\
   pool: tank
@@ -269,7 +280,8 @@ def test_version_openzfs_userland_only(fake_runner):
 
 
 def test_version_zfs_fuse(fake_runner):
-    fake_runner.on(["zfs", "version"], returncode=2, stderr="unrecognized command 'version'\nusage: zfs command args ...\n")
+    fake_runner.on(["zfs", "version"], returncode=2,
+                   stderr="unrecognized command 'version'\nusage: zfs command args ...\n")
     fake_runner.on(["zpool", "list"], stdout="tank\n")
     fake_runner.on(["dpkg-query"], stdout="0.7.0-25+b1")
     assert ZfsDriver(fake_runner).version() == "zfs-fuse 0.7.0-25+b1"

@@ -7,10 +7,18 @@ import pytest
 
 import vsnap.drivers.zfs as zfs_mod
 from vsnap.drivers.runner import CommandError
-from vsnap.drivers.zfs import (LABEL_ACTIVE, LABEL_EXPORTED, Label, PoolSummary, ZfsDriver,
-                               run_retrying_busy,
-                               ZfsPoolOps, parse_ratio, parse_zdb_label,
-                               parse_zpool_get)
+from vsnap.drivers.zfs import (
+    LABEL_ACTIVE,
+    LABEL_EXPORTED,
+    Label,
+    PoolSummary,
+    ZfsDriver,
+    ZfsPoolOps,
+    parse_ratio,
+    parse_zdb_label,
+    parse_zpool_get,
+    run_retrying_busy,
+)
 
 KIB = 1 << 10
 MIB = 1 << 20

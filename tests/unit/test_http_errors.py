@@ -41,7 +41,8 @@ def test_types_follow_the_status_and_hostile_text_stays_json():
 def test_write_error_sends_it_on_the_socket():
     ours, theirs = socket.socketpair()
     with ours, theirs:
-        write_error(ours, 431, "Request Header Fields Too Large", "Error parsing headers: 'limit request headers fields size'")
+        write_error(ours, 431, "Request Header Fields Too Large",
+                    "Error parsing headers: 'limit request headers fields size'")
         ours.shutdown(socket.SHUT_WR)
         raw = b"".join(iter(lambda: theirs.recv(65536), b""))
     status, _, body = _parse(raw)

@@ -195,9 +195,9 @@ def test_refused_credentials_count_towards_throttling(auth):
 def test_failures_stored_in_the_database_are_counted_by_every_process(settings, store, clock):
     """Two services over one store stand for two gunicorn workers: the limit is the limit of
     the appliance, not of each worker."""
-    from support import empty_tables
-
     from vsnap.services.auth import StoredFailures
+
+    from support import empty_tables
 
     empty_tables(store)
     first = AuthService(settings, FakeAccounts({"alice": "s3cret"}, {"alice"}), clock=clock,

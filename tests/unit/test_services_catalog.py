@@ -12,8 +12,18 @@ import pytest
 from sqlalchemy import event
 
 from vsnap.drivers.runner import CommandError
-from vsnap.services.catalog import (PROP_SERIAL, PROP_SNAP_ID, PROP_TYPE, PROP_VOL_ID, USER_PROPS,
-                                    Catalog, CatalogView, SnapshotView, VolumeView, _split)
+from vsnap.services.catalog import (
+    PROP_SERIAL,
+    PROP_SNAP_ID,
+    PROP_TYPE,
+    PROP_VOL_ID,
+    USER_PROPS,
+    Catalog,
+    CatalogView,
+    SnapshotView,
+    VolumeView,
+    _split,
+)
 from vsnap.services.locking import StorageLock
 from vsnap.store.models import Pool, Snapshot, Volume
 

@@ -7,8 +7,15 @@ import pytest
 
 from vsnap.config import Settings
 from vsnap.drivers.disks import BlockDevice
-from vsnap.drivers.zfs import (LABEL_ACTIVE, LABEL_DESTROYED, LABEL_EXPORTED, LABEL_L2CACHE,
-                               LABEL_SPARE, Label, parse_zpool_status)
+from vsnap.drivers.zfs import (
+    LABEL_ACTIVE,
+    LABEL_DESTROYED,
+    LABEL_EXPORTED,
+    LABEL_L2CACHE,
+    LABEL_SPARE,
+    Label,
+    parse_zpool_status,
+)
 from vsnap.errors import ValidationError
 from vsnap.services.disks import USED_AS, DiskService
 

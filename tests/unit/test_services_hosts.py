@@ -12,11 +12,18 @@ import pytest
 
 from vsnap.config import Settings
 from vsnap.drivers.iscsi import HostExport, LunExport, TargetDriver, TargetError, TargetPort
-from vsnap.errors import (ConflictError, NotFoundError, ServiceUnavailableError, ValidationError)
+from vsnap.errors import ConflictError, NotFoundError, ServiceUnavailableError, ValidationError
 from vsnap.services.catalog import CatalogView, VolumeView, find_one
 from vsnap.services.hooks import Hooks
-from vsnap.services.hosts import (MAX_HOST_NAME, MAX_INITIATORS, MAX_IQN, HostService, normalize_iqn,
-                                  normalize_iqns, validate_host_name)
+from vsnap.services.hosts import (
+    MAX_HOST_NAME,
+    MAX_INITIATORS,
+    MAX_IQN,
+    HostService,
+    normalize_iqn,
+    normalize_iqns,
+    validate_host_name,
+)
 from vsnap.services.targets import TargetService
 from vsnap.store.models import Host, HostInitiator, LunMapping, Pool, Volume
 

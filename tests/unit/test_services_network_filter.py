@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+from conftest import FakeRunner
 
 from vsnap.drivers.firewall import FirewallDriver, Ports
 from vsnap.drivers.network import Interface
@@ -14,8 +15,6 @@ from vsnap.services.locking import StorageLock
 from vsnap.services.network import SERVICES, NetworkService, ServicePorts
 from vsnap.store.db import Store
 from vsnap.store.models import Base, NetworkServices
-
-from conftest import FakeRunner
 
 RPCINFO = """\
    program vers proto   port  service

@@ -17,8 +17,16 @@ from vsnap.drivers.runner import CommandError
 from vsnap.drivers.zfs import PoolStatus, PoolSummary, VdevNode, parse_zpool_status
 from vsnap.errors import ConflictError, InvalidCandidateError, NotFoundError, ValidationError
 from vsnap.services.locking import StorageLock
-from vsnap.services.pools import (PROP_GROUP_SIZE, PROP_POOL_ID, PROP_POOL_TYPE, PROP_SYSTEM,
-                                  PoolService, plan_vdevs, split_groups, validate_pool_name)
+from vsnap.services.pools import (
+    PROP_GROUP_SIZE,
+    PROP_POOL_ID,
+    PROP_POOL_TYPE,
+    PROP_SYSTEM,
+    PoolService,
+    plan_vdevs,
+    split_groups,
+    validate_pool_name,
+)
 from vsnap.store.models import Pool
 
 from support import empty_tables

@@ -29,9 +29,20 @@ from vsnap.services.catalog import CatalogView, SnapshotView, VolumeView, find_o
 from vsnap.services.doorbell import Doorbell
 from vsnap.services.hooks import Hooks
 from vsnap.services.owner import current_owner
-from vsnap.services.replication import (ACTIVE, CANCELED, COMPLETED, FAILED, PENDING, PRIMARY, REPLICA,
-                                        PartnerLink, RemoteError, ReplicationService, validate_address,
-                                        validate_port)
+from vsnap.services.replication import (
+    ACTIVE,
+    CANCELED,
+    COMPLETED,
+    FAILED,
+    PENDING,
+    PRIMARY,
+    REPLICA,
+    PartnerLink,
+    RemoteError,
+    ReplicationService,
+    validate_address,
+    validate_port,
+)
 from vsnap.store.models import Partner, Pool, Relationship, ReplicationSession, Setting, Snapshot, Volume
 
 from support import SpyLock, empty_tables
@@ -1839,7 +1850,8 @@ def _new_relationship(env, addresses):
     env.svc.delete_relationship(R1)  # the fixture's own, of the same volume
     answer = replica_answer()
     if addresses is not None:
-        answer = lambda partner, args, body, plain=answer(None, [], None): {**plain, "repl_addresses": addresses}
+        def answer(partner, args, body, plain=answer(None, [], None)):
+            return {**plain, "repl_addresses": addresses}
     env.link.answers["create-replica"] = answer
     rel_id = env.svc.create_relationship(str(env.fs), P1)["id"]
     env.link.calls.clear()

@@ -15,8 +15,14 @@ from vsnap.drivers.nfs import NfsExport
 from vsnap.drivers.runner import CommandError
 from vsnap.drivers.smb import SmbShare
 from vsnap.drivers.zfs import PoolSummary
-from vsnap.errors import (AuthenticationError, ConflictError, NotFoundError, PermissionDeniedError,
-                          ServiceUnavailableError, ValidationError)
+from vsnap.errors import (
+    AuthenticationError,
+    ConflictError,
+    NotFoundError,
+    PermissionDeniedError,
+    ServiceUnavailableError,
+    ValidationError,
+)
 from vsnap.services import shares as shares_mod
 from vsnap.services.auth import AuthService
 from vsnap.services.catalog import CatalogView, VolumeView, find_one
@@ -24,7 +30,6 @@ from vsnap.services.locking import StorageLock
 from vsnap.services.shares import ShareService, normalize_host, normalize_options
 from vsnap.store.db import Store
 from vsnap.store.models import Base, Pool, Share, SmbPassword, Volume
-
 
 # -- normalize_host --------------------------------------------------------------------------
 

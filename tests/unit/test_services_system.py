@@ -3,9 +3,9 @@ changes only what it is given."""
 from __future__ import annotations
 
 import re
+import uuid
 
 import pytest
-import uuid
 
 from vsnap.config import Settings
 from vsnap.services import system

@@ -14,12 +14,19 @@ import vsnap.services.owner as owner_mod
 from vsnap.drivers.lunfile import LunFileDriver
 from vsnap.drivers.runner import CommandError
 from vsnap.errors import ConflictError, NotFoundError, ValidationError
-from vsnap.services.catalog import (PROP_SERIAL, PROP_TYPE, PROP_VOL_ID, PROP_VOLSIZE,
-                                    Catalog)
+from vsnap.services.catalog import PROP_SERIAL, PROP_TYPE, PROP_VOL_ID, PROP_VOLSIZE, Catalog
 from vsnap.services.locking import StorageLock
-from vsnap.services.volumes import (DEFAULT_BLOCK, MAX_NAME, MAX_SIZE, MIN_SIZE, VolumeService,
-                                    resolve_inside, validate_block_size, validate_name,
-                                    validate_size)
+from vsnap.services.volumes import (
+    DEFAULT_BLOCK,
+    MAX_NAME,
+    MAX_SIZE,
+    MIN_SIZE,
+    VolumeService,
+    resolve_inside,
+    validate_block_size,
+    validate_name,
+    validate_size,
+)
 from vsnap.store.models import Pool, Snapshot, Volume
 
 import support
@@ -531,7 +538,8 @@ def test_create_filebacked_lun(env):
     r = row(env.store, int(body["id"]))
     assert (r.parent_id, r.parent_path, r.state, r.volume_type) == (1, "images/disk.img", "ready", "filebackedlun")
     assert body["size_total"] is None and body["parent_id"] == "1"
-    assert env.svc.backing(*env.svc.view(body["id"])) == (os.path.join(os.path.realpath(mountpoint), "images/disk.img"), 512)
+    assert env.svc.backing(*env.svc.view(body["id"])) == \
+        (os.path.join(os.path.realpath(mountpoint), "images/disk.img"), 512)
 
 
 @pytest.mark.parametrize("parent_path", ["../../etc/passwd", "/etc/passwd", "missing.img"])

@@ -12,14 +12,37 @@ from flask import Flask, current_app, g, jsonify, request, send_from_directory
 from flask_smorest import Api as SmorestApi
 from werkzeug.exceptions import HTTPException
 
-from ..errors import (ApiError, AuthenticationError, InternalError, MethodNotAllowedError,
-                      NotFoundError, PayloadTooLargeError, TooManyRequestsError,
-                      UnsupportedMediaTypeError, ValidationError)
+from ..errors import (
+    ApiError,
+    AuthenticationError,
+    InternalError,
+    MethodNotAllowedError,
+    NotFoundError,
+    PayloadTooLargeError,
+    TooManyRequestsError,
+    UnsupportedMediaTypeError,
+    ValidationError,
+)
 from ..logs import request_id_var
 from ..services import system_error
 from ..services.catalog import fresh_reads
-from . import (audit, disk, host, metrics, network, partner, pool, relationship, session, share, snapshot,
-               system, target, user, volume)
+from . import (
+    audit,
+    disk,
+    host,
+    metrics,
+    network,
+    partner,
+    pool,
+    relationship,
+    session,
+    share,
+    snapshot,
+    system,
+    target,
+    user,
+    volume,
+)
 from .auth import credentials, install_auth
 from .common import ErrorSchema, Id, validation_error_from
 

@@ -153,7 +153,7 @@ class DiskDriver:
         except OSError:
             return path
         # WWN-based names first: they do not depend on the transport.
-        for link in sorted(links, key=lambda l: (not l.name.startswith("wwn-"), l.name)):
+        for link in sorted(links, key=lambda ln: (not ln.name.startswith("wwn-"), ln.name)):
             if "-part" not in link.name and os.path.realpath(link) == real:
                 return str(link)
         return path

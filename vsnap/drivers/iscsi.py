@@ -168,7 +168,7 @@ class TgtDriver(TargetDriver):
     def state(self):
         return tuple(sorted(
             (host_id, t.tid, tuple(sorted(t.acls)),
-             tuple(sorted((l.lun, l.path, l.serial, l.size_mb, l.read_only) for l in t.luns.values())))
+             tuple(sorted((lun.lun, lun.path, lun.serial, lun.size_mb, lun.read_only) for lun in t.luns.values())))
             for host_id, t in self._owned(self._all()).items()))
 
     def targets(self):

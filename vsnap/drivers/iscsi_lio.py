@@ -194,7 +194,7 @@ class LioDriver(TargetDriver):
                 cur.other_tpgs.append(tpg)
         if cur.tpg is None:
             return cur
-        for lun in sorted(cur.tpg.luns, key=lambda l: l.lun):
+        for lun in sorted(cur.tpg.luns, key=lambda entry: entry.lun):
             so = self._lun_so(lun)
             volume_id = self._volume_id(so.name) if so is not None else None
             # One TPG LUN per volume: a second one (never made by this driver) is a stray.

@@ -32,8 +32,8 @@ class CommandError(Exception):
     def reason(self) -> str:
         """What the command said, in a line a client can read (zfs-fuse's 'Defaulting to
         4K blocksize' notices are noise, not the reason)."""
-        lines = [l.strip() for l in (self.stderr or self.stdout).splitlines()
-                 if l.strip() and not l.startswith("Defaulting to")]
+        lines = [line.strip() for line in (self.stderr or self.stdout).splitlines()
+                 if line.strip() and not line.startswith("Defaulting to")]
         return "; ".join(lines[:3]) or str(self)
 
 

@@ -160,9 +160,9 @@ class ZfsDriver:
             out = self.runner.run(["zfs", "version"], check=False, timeout=15)
         except CommandNotFound:
             return None
-        lines = [l.strip() for l in out.stdout.splitlines() if l.strip()]
+        lines = [line.strip() for line in out.stdout.splitlines() if line.strip()]
         if out.returncode == 0 and lines:
-            kmod = [l for l in lines if l.startswith("zfs-kmod-")]
+            kmod = [line for line in lines if line.startswith("zfs-kmod-")]
             return (kmod[0] if kmod else lines[0]).removeprefix("zfs-kmod-").removeprefix("zfs-")
         if not self.available():
             return None

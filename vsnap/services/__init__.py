@@ -8,23 +8,23 @@ from ..config import Settings
 from ..drivers.accounts import AccountDriver
 from ..drivers.disks import DiskDriver
 from ..drivers.firewall import FirewallDriver, table_name
-from ..drivers.network import NetworkDriver
-from ..drivers.packages import PackageDriver
-from ..drivers.runner import CommandNotFound, CommandTimeout, Runner
-from ..errors import ApiError, ServiceUnavailableError
 from ..drivers.iscsi import TargetError, choose_target_driver
 from ..drivers.lunfile import LunFileDriver
+from ..drivers.network import NetworkDriver
 from ..drivers.nfs import choose_nfs_driver
+from ..drivers.packages import PackageDriver
+from ..drivers.runner import CommandNotFound, CommandTimeout, Runner
 from ..drivers.smb import SambaDriver
 from ..drivers.ssh import SshDriver
 from ..drivers.zfs import ZfsDatasetOps, ZfsDriver, ZfsPoolOps
+from ..errors import ApiError, ServiceUnavailableError
 from ..store.db import Store
 from ..store.generation import Generation
 from .audit import AuditService
 from .auth import AuthService, StoredFailures
+from .catalog import Catalog
 from .disks import DiskService
 from .hosts import HostService
-from .catalog import Catalog
 from .locking import StorageLock
 from .network import NetworkService, ServicePorts
 from .pools import PoolService

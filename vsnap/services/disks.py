@@ -68,13 +68,13 @@ class DiskService:
         # blkid does not recognise log, cache or spare labels, so every disk no imported pool
         # claims has its ZFS label read: an exported pool's disk must never look unused.
         labels = self._labels(unclaimed)
-        if any(l is not None and not l.reusable for l in labels.values()):
+        if any(label is not None and not label.reusable for label in labels.values()):
             # A label can outlive its pool (a device removed from it, a crash): it only
             # protects a pool that is imported here or can be imported.
             known = self.zfs.known_pool_guids()
-            labels = {path: (None if l is not None and not l.reusable and l.pool_guid
-                             and l.pool_guid not in known else l)
-                      for path, l in labels.items()}
+            labels = {path: (None if label is not None and not label.reusable and label.pool_guid
+                             and label.pool_guid not in known else label)
+                      for path, label in labels.items()}
         for entry in result:
             if entry[1] != UNUSED:
                 continue

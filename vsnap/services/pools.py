@@ -169,13 +169,13 @@ class PoolService:
         stripes = []
         for top in status.data:
             if top.name.startswith(("raidz", "mirror", "draid")):
-                groups[f"{pool_type}_group{len(groups) + 1}"] = [device_path(l.name) for l in top.leaves()]
+                groups[f"{pool_type}_group{len(groups) + 1}"] = [device_path(leaf.name) for leaf in top.leaves()]
             else:  # a plain disk, or one being replaced (replacing-N, spare-N)
-                stripes.extend(device_path(l.name) for l in top.leaves())
+                stripes.extend(device_path(leaf.name) for leaf in top.leaves())
         if stripes:
             groups[f"{pool_type}_group{len(groups) + 1}"] = stripes
         for role in ("log", "cache", "spare", "special", "dedup"):
-            devices = [device_path(l.name) for top in getattr(status, role) for l in top.leaves()]
+            devices = [device_path(leaf.name) for top in getattr(status, role) for leaf in top.leaves()]
             if devices:
                 groups[role] = devices
         return groups
@@ -479,8 +479,8 @@ class PoolService:
     def _spares_named(self, status: PoolStatus, uuids: list[str] | None) -> list[str]:
         if not uuids:
             raise ValidationError("disk_list is required for removespare")
-        spares = {os.path.realpath(device_path(l.name)): device_path(l.name)
-                  for top in status.spare for l in top.leaves()}
+        spares = {os.path.realpath(device_path(leaf.name)): device_path(leaf.name)
+                  for top in status.spare for leaf in top.leaves()}
         by_uuid = {dev.uuid: dev for dev, _, _ in self.disks.inventory()}
         names = []
         for uuid in uuids:

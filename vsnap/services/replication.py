@@ -28,10 +28,10 @@ from ..drivers.pipeline import PipelineStopped, run_pipeline
 from ..drivers.runner import CommandError, CommandTimeout, Runner, describe, fault_point
 from ..drivers.ssh import SshDriver, normalize_public_key
 from ..drivers.zfs import ZfsDatasetOps
+from ..errors import ApiError, ConflictError, NotFoundError, ServiceUnavailableError, ValidationError
 from ..logs import request_id_var
-from ..errors import (ApiError, ConflictError, NotFoundError, ServiceUnavailableError, ValidationError)
 from ..store.db import Store
-from ..store.models import Partner, Relationship, ReplicationSession, Setting, Snapshot, Volume, now
+from ..store.models import Partner, Relationship, ReplicationSession, Setting, Volume, now
 from .catalog import DELETING, FILEBACKED, READY, Catalog, parse_id
 from .doorbell import Doorbell
 from .locking import StorageLock
@@ -989,10 +989,11 @@ class ReplicationService:
         trip before the stream): (base snapshot or None for a full stream, address), or None.
 
         After a completed session (the newest that ended), the snapshot it sent is the
-        replica's newest and its address carried data. Before the first one, the replica is empty (unless it was adopted with
-        reuse) and the partner's addresses are known if it gave them. A wrong guess costs
-        little: ZFS refuses an incremental whose base is not the replica's newest snapshot,
-        the partner refuses a full stream onto a replica with snapshots, and then it is asked."""
+        replica's newest and its address carried data. Before the first one, the replica is
+        empty (unless it was adopted with reuse) and the partner's addresses are known if it
+        gave them. A wrong guess costs little: ZFS refuses an incremental whose base is not the
+        replica's newest snapshot, the partner refuses a full stream onto a replica with
+        snapshots, and then it is asked."""
         try:
             if last is None:
                 addresses = self._remembered_addresses(partner.id)

@@ -10,8 +10,20 @@ from ..drivers.zfs import ZfsDatasetOps
 from ..errors import ConflictError, NotFoundError, ValidationError
 from ..store.db import Store
 from ..store.models import Pool, Snapshot, Volume
-from .catalog import (CREATING, DELETING, FILEBACKED, PROP_SNAP_ID, PROP_VOL_ID, READY, Catalog,
-                      CatalogView, SnapshotView, VolumeView, find_one, parse_id)
+from .catalog import (
+    CREATING,
+    DELETING,
+    FILEBACKED,
+    PROP_SNAP_ID,
+    PROP_VOL_ID,
+    READY,
+    Catalog,
+    CatalogView,
+    SnapshotView,
+    VolumeView,
+    find_one,
+    parse_id,
+)
 from .locking import StorageLock
 from .owner import current_owner, is_current, owner_alive
 from .volumes import validate_name

@@ -13,9 +13,22 @@ from ..drivers.zfs import ZfsDatasetOps
 from ..errors import ConflictError, NotFoundError, ValidationError
 from ..store.db import Store
 from ..store.models import Volume, now
+from .catalog import (
+    CREATING,
+    DELETING,
+    FILEBACKED,
+    PROP_SERIAL,
+    PROP_TYPE,
+    PROP_VOL_ID,
+    PROP_VOLSIZE,
+    READY,
+    Catalog,
+    CatalogView,
+    VolumeView,
+    find_one,
+    parse_id,
+)
 from .hooks import Hooks
-from .catalog import (CREATING, DELETING, FILEBACKED, PROP_SERIAL, PROP_TYPE, PROP_VOL_ID,
-                      PROP_VOLSIZE, READY, Catalog, CatalogView, VolumeView, find_one, parse_id)
 from .locking import StorageLock
 from .owner import current_owner, is_current, owner_alive
 

@@ -52,7 +52,8 @@ def _watch_commits(factory, tables: set[str], callback) -> None:
 
 
 class Store:
-    def __init__(self, url: str, on_catalog_change=None, catalog_tables: tuple[str, ...] = ("pool", "volume", "snapshot")):
+    def __init__(self, url: str, on_catalog_change=None,
+                 catalog_tables: tuple[str, ...] = ("pool", "volume", "snapshot")):
         """`on_catalog_change` is called after each commit that changed rows of the
         catalog's tables (the catalog's cache depends on them; other tables do not)."""
         self.engine = make_engine(url)
