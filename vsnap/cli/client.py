@@ -174,8 +174,9 @@ def _root_reason(exc: BaseException) -> str:
         nxt = exc.__cause__ or exc.__context__
         if nxt is None and exc.args and isinstance(exc.args[0], BaseException):
             nxt = exc.args[0]
-        if nxt is None and getattr(exc, "reason", None) is not None and isinstance(exc.reason, BaseException):
-            nxt = exc.reason
+        reason = getattr(exc, "reason", None)
+        if nxt is None and isinstance(reason, BaseException):
+            nxt = reason
         if nxt is None or id(nxt) in seen:
             break
         seen.add(id(exc))

@@ -117,7 +117,8 @@ def render(table: str, restrictions: list[Restriction]) -> str:
 
 def parse_rpcinfo(text: str, programs=NFS_RPC_PROGRAMS) -> Ports:
     """The ports `rpcinfo -p` lists for `programs`."""
-    tcp, udp = set(), set()
+    tcp: set[int] = set()
+    udp: set[int] = set()
     for line in text.splitlines():
         fields = line.split()
         if len(fields) < 4 or not fields[0].isdigit() or not fields[3].isdigit():

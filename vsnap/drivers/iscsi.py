@@ -250,8 +250,8 @@ class TgtDriver(TargetDriver):
             if want is None or want.volume_id in refresh or not _same_lun(have, want):
                 self._tgtadm("--op", "delete", "--mode", "logicalunit", "--tid", tid, "--lun", str(number))
         for number, want in wanted.items():
-            have = target.luns.get(number)
-            if have is not None and want.volume_id not in refresh and _same_lun(have, want):
+            existing = target.luns.get(number)
+            if existing is not None and want.volume_id not in refresh and _same_lun(existing, want):
                 continue
             self._tgtadm("--op", "new", "--mode", "logicalunit", "--tid", tid, "--lun", str(number),
                          "-b", want.path)

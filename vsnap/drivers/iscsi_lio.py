@@ -111,7 +111,8 @@ class LioDriver(TargetDriver):
         self.dbroot = dbroot
         if rtslib is None:
             # Imported here so that importing vsnap never needs rtslib-fb (tgt machines).
-            import rtslib_fb as rtslib
+            import rtslib_fb
+            rtslib = rtslib_fb
         self.rtslib = rtslib
         self.path_kind = path_kind
         self.wwn = normalize_wwn(base_iqn)

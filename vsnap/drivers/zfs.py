@@ -5,6 +5,7 @@ callers never branch on the implementation.
 """
 from __future__ import annotations
 
+import builtins
 import io
 import logging
 import os
@@ -353,10 +354,10 @@ class ZfsPoolOps(ZfsCommands):
                 pools.append(PoolSummary(*parts))
         return pools
 
-    def pool_props(self, pool: str, props: list[str]) -> dict[str, str]:
+    def pool_props(self, pool: str, props: builtins.list[str]) -> dict[str, str]:
         return parse_zpool_get(self.runner.run(["zpool", "get", ",".join(props), pool]).stdout)
 
-    def dataset_props(self, dataset: str, props: list[str]) -> dict[str, str]:
+    def dataset_props(self, dataset: str, props: builtins.list[str]) -> dict[str, str]:
         out = self.runner.run(["zfs", "get", "-Hp", "-o", "property,value", ",".join(props), dataset])
         values = {}
         for line in out.stdout.splitlines():
@@ -364,7 +365,7 @@ class ZfsPoolOps(ZfsCommands):
             values[prop] = value
         return values
 
-    def mount_missing(self, pool: str) -> list[str]:
+    def mount_missing(self, pool: str) -> builtins.list[str]:
         """Mount the pool's datasets that should be mounted and are not; returns them."""
         out = self.runner.run(["zfs", "get", "-Hp", "-r", "-o", "name,property,value",
                                "mounted,canmount,mountpoint", pool])
@@ -381,16 +382,16 @@ class ZfsPoolOps(ZfsCommands):
         return mounted
 
     # changing ---------------------------------------------------------------------------------
-    def create(self, name: str, vdevs: list[str], *, mountpoint: str, props: dict[str, str]) -> None:
+    def create(self, name: str, vdevs: builtins.list[str], *, mountpoint: str, props: dict[str, str]) -> None:
         argv = ["zpool", "create", "-f", "-m", mountpoint]
         for prop, value in props.items():
             argv += ["-O", f"{prop}={value}"]
         self.runner.run(argv + [name, *vdevs])
 
-    def add(self, pool: str, vdevs: list[str]) -> None:
+    def add(self, pool: str, vdevs: builtins.list[str]) -> None:
         self.runner.run(["zpool", "add", "-f", pool, *vdevs])
 
-    def remove(self, pool: str, devices: list[str]) -> None:
+    def remove(self, pool: str, devices: builtins.list[str]) -> None:
         self.runner.run(["zpool", "remove", pool, *devices])
 
     def export(self, pool: str) -> None:
@@ -446,7 +447,7 @@ class ZfsDatasetOps(ZfsCommands):
         so it is told apart by what it is rather than by trying."""
         if self._has_zvols is None:
             version = self.zfs.version()
-            self._has_zvols = bool(version) and not version.startswith("zfs-fuse")
+            self._has_zvols = bool(version and not version.startswith("zfs-fuse"))
         return self._has_zvols
 
     def tree(self, root: str, user_props: list[str],

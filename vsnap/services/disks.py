@@ -36,7 +36,7 @@ class DiskService:
 
     def _pool_roles(self) -> dict[str, tuple[str, str]]:
         """Real device path -> (pool, role) for every device of every imported pool."""
-        roles = {}
+        roles: dict[str, tuple[str, str]] = {}
         if not self.zfs.available():
             return roles
         for pool in self.zfs.pool_status():

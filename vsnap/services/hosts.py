@@ -6,6 +6,7 @@ the next start, when the target is rebuilt from the database.
 """
 from __future__ import annotations
 
+import builtins
 import logging
 import re
 
@@ -139,7 +140,7 @@ class HostService:
                                 .filter(LunMapping.volume_id == volume.id).order_by(LunMapping.host_id)]
 
     # -- hosts ------------------------------------------------------------------------------
-    def _check_initiators_free(self, s, iqns: list[str], host_id: int | None) -> None:
+    def _check_initiators_free(self, s, iqns: builtins.list[str], host_id: int | None) -> None:
         taken = s.query(HostInitiator).filter(HostInitiator.iqn.in_(iqns)).all()
         for row in taken:
             if row.host_id != host_id:
@@ -264,7 +265,7 @@ class HostService:
                 raise NotFoundError(f"Volume {volume.row.name} is not mapped to host {host.name}")
             self.targets.apply_or_undo(lambda: self._restore_mappings(saved), view)
 
-    def _drop_mappings(self, which) -> list[dict]:
+    def _drop_mappings(self, which) -> builtins.list[dict]:
         with self.store.session() as s:
             rows = s.query(LunMapping).filter(which).all()
             saved = [row_fields(r) for r in rows]
@@ -272,7 +273,7 @@ class HostService:
                 s.delete(row)
         return saved
 
-    def _restore_mappings(self, saved: list[dict]) -> None:
+    def _restore_mappings(self, saved: builtins.list[dict]) -> None:
         with self.store.session() as s:
             for fields in saved:
                 if s.get(Host, fields["host_id"]) and s.get(Volume, fields["volume_id"]):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import builtins
 import contextlib
 import logging
 from pathlib import Path
@@ -110,7 +111,7 @@ class NetworkService:
                     return self._render(i, iface, self._row(s, i, iface))
         raise NotFoundError(f"Network interface {iface_id} not found")
 
-    def update(self, iface_id: str, services: list[str]) -> dict:
+    def update(self, iface_id: str, services: builtins.list[str]) -> dict:
         """Stores an interface's services and makes them take effect at once: the packet
         filter is applied before the change is committed, so when it fails nothing changes."""
         wanted = normalize_services(services)
@@ -145,7 +146,7 @@ class NetworkService:
             with self.lock.held():
                 yield
 
-    def _restrictions(self, session, interfaces: list[tuple[str, Interface]]) -> list[Restriction]:
+    def _restrictions(self, session, interfaces: builtins.list[tuple[str, Interface]]) -> builtins.list[Restriction]:
         """Every interface that does not carry some filtered service, with those services' ports.
         A saved interface that is absent now (unplugged, renamed back later) is restricted by its
         name, so it is restricted the moment it comes back."""
@@ -181,12 +182,12 @@ class NetworkService:
                 add(row.name, [], [], list(row.services))
         return restrictions
 
-    def _script(self, session, interfaces) -> tuple[str, list[Restriction]]:
+    def _script(self, session, interfaces) -> tuple[str, builtins.list[Restriction]]:
         restrictions = self._restrictions(session, interfaces)
         return render(self.firewall.table, restrictions), restrictions
 
     @staticmethod
-    def _describe(restrictions: list[Restriction]) -> str:
+    def _describe(restrictions: builtins.list[Restriction]) -> str:
         return "; ".join(f"{r.name}: no {', '.join(r.blocked)}" for r in restrictions) or "nothing restricted"
 
     def _apply_for_update(self, session, interfaces, restricting: bool) -> None:
@@ -252,7 +253,7 @@ class NetworkService:
         except FirewallError:  # nft did not answer: applying it again says why, once
             return False
 
-    def addresses_for(self, service: str) -> list[str]:
+    def addresses_for(self, service: str) -> builtins.list[str]:
         """IPv4 addresses of the interfaces that carry `service` (replication picks from these)."""
         return [addr for iface in self.list() if service in iface["services"]
                 for addr in iface["ip4_addrs"]]

@@ -7,6 +7,7 @@ rolls it back after a crash.
 """
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 import re
@@ -166,7 +167,7 @@ class PoolService:
     @staticmethod
     def _disk_groups(pool_type: str, status: PoolStatus) -> dict[str, list[str]]:
         groups: dict[str, list[str]] = {}
-        stripes = []
+        stripes: list[str] = []
         for top in status.data:
             if top.name.startswith(("raidz", "mirror", "draid")):
                 groups[f"{pool_type}_group{len(groups) + 1}"] = [device_path(leaf.name) for leaf in top.leaves()]
@@ -214,7 +215,7 @@ class PoolService:
         return self._details(*self._find(pool_id, name))
 
     # -- disks ------------------------------------------------------------------------------
-    def _candidates(self, uuids: list[str] | None, *, required: bool = False) -> list[BlockDevice]:
+    def _candidates(self, uuids: builtins.list[str] | None, *, required: bool = False) -> builtins.list[BlockDevice]:
         """The disks behind the uuids, each checked to be unused; all unused disks when none."""
         inventory = self.disks.inventory()
         if not uuids:
@@ -239,11 +240,11 @@ class PoolService:
             chosen.append(dev)
         return chosen
 
-    def _paths(self, devices: list[BlockDevice]) -> list[str]:
+    def _paths(self, devices: builtins.list[BlockDevice]) -> builtins.list[str]:
         return [self.disk_driver.stable_path(dev.path) for dev in devices]
 
     # -- create -----------------------------------------------------------------------------
-    def create(self, *, name: str, pool_type: str, disk_list: list[str] | None = None,
+    def create(self, *, name: str, pool_type: str, disk_list: builtins.list[str] | None = None,
                compression: bool = True, deduplication: bool = False, syncwrite: bool = True,
                diskgroup_size: int = DEFAULT_GROUP_SIZE) -> dict:
         validate_pool_name(name)
@@ -432,7 +433,7 @@ class PoolService:
             s.get(Pool, pool_id).time_updated = now()
 
     # -- actions ----------------------------------------------------------------------------
-    def action(self, pool_id: str, action: str, *, disk_list: list[str] | None = None,
+    def action(self, pool_id: str, action: str, *, disk_list: builtins.list[str] | None = None,
                disk: str | None = None) -> dict:
         with self.lock.held():
             row, summary = self._find(pool_id)
@@ -471,12 +472,12 @@ class PoolService:
         self._remove(pool, [top.name if top.children else device_path(top.name) for top in tops],
                      [device_path(leaf.name) for top in tops for leaf in top.leaves()])
 
-    def _remove(self, pool: str, names: list[str], devices: list[str]) -> None:
+    def _remove(self, pool: str, names: builtins.list[str], devices: builtins.list[str]) -> None:
         self.ops.remove(pool, names)
         for device in devices:  # they hold nothing now: make them plainly unused again
             self.zfs.clear_label(device)
 
-    def _spares_named(self, status: PoolStatus, uuids: list[str] | None) -> list[str]:
+    def _spares_named(self, status: PoolStatus, uuids: builtins.list[str] | None) -> builtins.list[str]:
         if not uuids:
             raise ValidationError("disk_list is required for removespare")
         spares = {os.path.realpath(device_path(leaf.name)): device_path(leaf.name)

@@ -7,6 +7,7 @@ updates Samba's entry.
 """
 from __future__ import annotations
 
+import builtins
 import hashlib
 import hmac
 import ipaddress
@@ -196,7 +197,7 @@ class ShareService:
             self._drop(share.id)
             self.apply()
 
-    def _set(self, share_id: int, share_type: str, read_only: bool, hosts: list[str]) -> None:
+    def _set(self, share_id: int, share_type: str, read_only: bool, hosts: builtins.list[str]) -> None:
         with self.store.session() as s:
             row = s.get(Share, share_id)
             row.share_type, row.read_only, row.allowed_hosts, row.time_updated = \
@@ -274,7 +275,7 @@ class ShareService:
             raise
         return lambda: self._restore(saved)
 
-    def _restore(self, saved: list[dict]) -> None:
+    def _restore(self, saved: builtins.list[dict]) -> None:
         with self.store.session() as s:
             for fields in saved:
                 s.merge(Share(**fields))

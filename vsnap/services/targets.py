@@ -4,6 +4,7 @@ from what the API reports. It is applied after every change, at start, and whene
 watchdog sees that it changed underneath (tgt forgets everything when it restarts)."""
 from __future__ import annotations
 
+import builtins
 import logging
 import threading
 
@@ -58,7 +59,7 @@ class TargetService:
 
     # -- the wanted configuration -----------------------------------------------------------
     def wanted(self, view: CatalogView, exclude_volume: int | None = None,
-               exclude_pool: str | None = None) -> list[HostExport]:
+               exclude_pool: str | None = None) -> builtins.list[HostExport]:
         """Every host with its initiators and the LUNs that can be served now. A LUN whose data
         cannot be reached (its pool is gone, a file-backed LUN's file vanished) is left out and
         logged; it comes back once its data does."""

@@ -2,6 +2,7 @@
 LUNs, and clones of snapshots."""
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 import re
@@ -400,7 +401,7 @@ class VolumeService:
                                 "Delete the clones first")
 
     @staticmethod
-    def _clone_names(v: VolumeView, view: CatalogView) -> list[str]:
+    def _clone_names(v: VolumeView, view: CatalogView) -> builtins.list[str]:
         return sorted({c.split("/", 1)[1] for snap in view.snapshots.values()
                        if snap.volume.row.id == v.row.id for c in snap.clones})
 
