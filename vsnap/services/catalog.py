@@ -63,6 +63,12 @@ class VolumeView:
     def dataset(self) -> str:
         return f"{self.pool_name}/{self.row.name}"
 
+    @property
+    def zfs_props(self) -> dict[str, str]:
+        """`props` of a volume known to have a dataset of its own (any but a file-backed LUN)."""
+        assert self.props is not None, f"volume {self.row.name} is a file-backed LUN: no dataset"
+        return self.props
+
 
 @dataclass
 class SnapshotView:
@@ -232,8 +238,10 @@ class Catalog:
         return kept.view if kept.settled else self._read_settling().view
 
     def _read_and_keep(self) -> _Kept:
+        generation = self.generation
+        assert generation is not None, "reads are kept only with a generation (see _current)"
         started = self.clock()
-        token = self.generation.read()
+        token = generation.read()
         view, settled = self._read(wait_for_lock=False)
         kept = _Kept(token, view, started, self.clock() - started, settled)
         if settled:  # else not kept: it lacks what is still to be settled
@@ -448,7 +456,9 @@ class Catalog:
             for snap in s.execute(select(*Snapshot.__table__.columns).join(Volume).where(
                     Volume.pool_id == pool_row.id, Snapshot.state == READY)):
                 volume = view.volumes.get(snap.volume_id)
-                found = snaps_by_key.get((volume.dataset, snap.guid)) if volume is not None else None
+                if volume is None:
+                    continue
+                found = snaps_by_key.get((volume.dataset, snap.guid))
                 if found is None:
                     continue
                 name, props = found

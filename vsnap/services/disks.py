@@ -48,7 +48,8 @@ class DiskService:
         """Every visible disk with how it is used and the pool it belongs to."""
         roles = self._pool_roles()
         devices = [dev for dev in self.driver.list() if self._allowed(dev)]
-        result, unclaimed = [], []
+        result: list[tuple[BlockDevice, str, str | None]] = []
+        unclaimed: list[BlockDevice] = []
         for dev in devices:
             # OpenZFS names a whole-disk vdev by the partition it made on the disk.
             claims = [roles[p] for p in map(os.path.realpath, [dev.path, *dev.partitions]) if p in roles]
@@ -64,7 +65,7 @@ class DiskService:
             else:
                 used_as = UNUSED
                 unclaimed.append(dev)
-            result.append([dev, used_as, pool])
+            result.append((dev, used_as, pool))
         # blkid does not recognise log, cache or spare labels, so every disk no imported pool
         # claims has its ZFS label read: an exported pool's disk must never look unused.
         labels = self._labels(unclaimed)
@@ -75,18 +76,18 @@ class DiskService:
             labels = {path: (None if label is not None and not label.reusable and label.pool_guid
                              and label.pool_guid not in known else label)
                       for path, label in labels.items()}
-        for entry in result:
-            if entry[1] != UNUSED:
-                continue
-            dev = entry[0]
-            if dev.path in labels:
-                label = labels[dev.path]
-                in_use = label is not None and not label.reusable
-            else:  # label unread (ZFS down): blkid's word is all we have, and it must count
-                in_use = dev.signature == "zfs_member"
-            if in_use:
-                entry[1], entry[2] = "zfs", None
-        return [tuple(entry) for entry in result]
+        settled = []
+        for dev, used_as, pool in result:
+            if used_as == UNUSED:
+                if dev.path in labels:
+                    label = labels[dev.path]
+                    in_use = label is not None and not label.reusable
+                else:  # label unread (ZFS down): blkid's word is all we have, and it must count
+                    in_use = dev.signature == "zfs_member"
+                if in_use:
+                    used_as, pool = "zfs", None
+            settled.append((dev, used_as, pool))
+        return settled
 
     def _labels(self, devices: list[BlockDevice]) -> dict:
         if not devices or not self.zfs.available():

@@ -182,26 +182,27 @@ class NetworkService:
                 add(row.name, [], [], list(row.services))
         return restrictions
 
-    def _script(self, session, interfaces) -> tuple[str, builtins.list[Restriction]]:
+    def _script(self, firewall: FirewallDriver, session, interfaces) -> tuple[str, builtins.list[Restriction]]:
         restrictions = self._restrictions(session, interfaces)
-        return render(self.firewall.table, restrictions), restrictions
+        return render(firewall.table, restrictions), restrictions
 
     @staticmethod
     def _describe(restrictions: builtins.list[Restriction]) -> str:
         return "; ".join(f"{r.name}: no {', '.join(r.blocked)}" for r in restrictions) or "nothing restricted"
 
     def _apply_for_update(self, session, interfaces, restricting: bool) -> None:
-        if self.firewall is None:
+        firewall = self.firewall
+        if firewall is None:
             return
-        if not self.firewall.available():
+        if not firewall.available():
             if restricting:
                 raise ServiceUnavailableError(
                     "The packet filter is unavailable on this appliance (nft is not installed: "
                     "install nftables): an interface cannot be kept from serving mgmt, nfs, smb or iscsi")
             return
-        script, restrictions = self._script(session, interfaces)
+        script, restrictions = self._script(firewall, session, interfaces)
         try:
-            self.firewall.apply(script)
+            firewall.apply(script)
         except (FirewallError, ValueError) as exc:
             log.error("network services: the packet filter could not be applied: %s", exc)
             raise ServiceUnavailableError(f"The packet filter could not be changed, so the services "
@@ -213,31 +214,32 @@ class NetworkService:
         addresses there are now: at start-up always, afterwards (the worker, every few seconds)
         only when that differs from what was last applied or the table went missing (a reboot,
         an `nft flush ruleset`). Returns whether it applied anything."""
-        if self.firewall is None:
+        firewall = self.firewall
+        if firewall is None:
             return False
         with self._locked():
             interfaces = self._interfaces()
             with self.store.session() as s:
-                if not self.firewall.available():
+                if not firewall.available():
                     if startup:
                         restricted = self._restrictions(s, interfaces)
                         log.warning("network services: nft is not installed (package nftables): %s",
                                     f"NOT ENFORCED: {self._describe(restricted)}" if restricted
                                     else "no interface can be kept from serving mgmt, nfs, smb or iscsi")
                     return False
-                script, restrictions = self._script(s, interfaces)
+                script, restrictions = self._script(firewall, s, interfaces)
             # (The kernel is asked only when there should be a table: an absent one is the
             # routine state of most appliances, and `nft list` of it fails.)
             why = "at start-up" if startup else None
-            if why is None and script != self.firewall.applied():
+            if why is None and script != firewall.applied():
                 why = "for a change of interfaces, addresses or ports"
-            if why is None and restrictions and not self._table_present():
+            if why is None and restrictions and not self._table_present(firewall):
                 why = "again: its table had been removed from the kernel"
             if why is None:
                 log.debug("network services: packet filter unchanged")
                 return False
             try:
-                self.firewall.apply(script)
+                firewall.apply(script)
             except FirewallError as exc:
                 if startup or str(exc) != self._last_error:  # not every few seconds
                     log.error("network services: the packet filter could not be applied: %s", exc)
@@ -247,9 +249,10 @@ class NetworkService:
             log.info("network services: packet filter applied %s (%s)", why, self._describe(restrictions))
             return True
 
-    def _table_present(self) -> bool:
+    @staticmethod
+    def _table_present(firewall: FirewallDriver) -> bool:
         try:
-            return self.firewall.present()
+            return firewall.present()
         except FirewallError:  # nft did not answer: applying it again says why, once
             return False
 

@@ -324,9 +324,9 @@ class PoolService:
         self._check_syncwrite(syncwrite)
         with self.lock.held():
             row, summary = self._find(pool_id)
-            renaming = name is not None and name != summary.name
-            if renaming:
-                self._check_rename(name)
+            new_name = name if name is not None and name != summary.name else None
+            if new_name is not None:
+                self._check_rename(new_name)
             wanted = {}
             if compression is not None:
                 wanted["compression"] = "on" if compression else "off"
@@ -337,8 +337,8 @@ class PoolService:
             current = self.ops.dataset_props(summary.name, list(wanted)) if wanted else {}
             changes = {prop: [current.get(prop), value] for prop, value in wanted.items()
                        if current.get(prop) != value}
-            if renaming or changes:
-                self._update(row, summary, name if renaming else None, changes)
+            if new_name is not None or changes:
+                self._update(row, summary, new_name, changes)
             self._touch(row.id)
         return self.get(pool_id=pool_id)
 
@@ -407,7 +407,7 @@ class PoolService:
             self._set_ready(row.id, summary.name)
             undo()
             raise ConflictError(f"Pool {summary.name} is busy and cannot be renamed: {describe(exc)}") from exc
-        self._finish_rename(row.id, row.guid, new_name)
+        self._finish_rename(row.id, summary.guid, new_name)  # (summary: ZFS's word for row.guid)
         self._remove_mountpoint(summary.name)
         for hook in self.after_pool_rename:
             hook(summary.name, new_name)
@@ -564,6 +564,7 @@ class PoolService:
                 self._drop_row(row.id)
                 log.info("pool %s: creation never reached ZFS; rolled back", row.name)
         elif row.state == RENAMING:
+            assert row.guid is not None, "only an imported pool (guid known) is ever renamed"
             self._finish_rename(row.id, row.guid, row.pending_name or row.name)
             with self.store.session() as s:
                 name = s.get(Pool, row.id).name
@@ -590,7 +591,9 @@ class PoolService:
         """An update a crash interrupted (after _recover_row settled any rename in flight). The
         rename's export is its point of no return: past it (the pool has its new name now), or
         with no rename asked, the properties are set as asked; before it, put back."""
-        names, changes = row.pending.get("name"), row.pending.get("props") or {}
+        pending = row.pending
+        assert pending is not None, "called for a row with an update in flight"
+        names, changes = pending.get("name"), pending.get("props") or {}
         current = next((p.name for p in self.ops.list() if p.guid == row.guid), None)
         if current is None:
             log.warning("pool %s: not imported; its interrupted update is finished at a later start", row.name)

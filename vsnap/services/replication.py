@@ -1013,9 +1013,11 @@ class ReplicationService:
         """Streams `snap` (its difference from `base`, or in full) to the replica at `address`."""
         with self.store.session() as s:
             s.get(ReplicationSession, session_id).repl_address = address
+        remote_name = row.remote_snap_name
+        assert remote_name is not None, "start_session names the remote snapshot of every session"
         producer = self.ds.send_argv(snap.zfs_name, base.zfs_name if base else None)
         consumer = self.ssh.command(partner.id, address, partner.ssh_port,
-                                    ["recv", rel.id, row.remote_snap_name, "incremental" if base else "full"])
+                                    ["recv", rel.id, remote_name, "incremental" if base else "full"])
 
         def progress(moved: int) -> None:
             with self.store.session() as s:
@@ -1171,7 +1173,7 @@ class ReplicationService:
             s.add(Relationship(id=rel_id, partner_id=partner.id, local_role=REPLICA, local_vol_id=vol_id,
                                remote_pool_id=str(req.get("primary_pool_id")),
                                remote_vol_id=str(req.get("primary_vol_id")), remote_vol_name=primary_name))
-        answer = {"vol_id": str(vol_id), "vol_name": name, "pool_id": str(pool_row.id)}
+        answer: dict[str, object] = {"vol_id": str(vol_id), "vol_name": name, "pool_id": str(pool_row.id)}
         try:  # where its first stream should go; without them the primary asks before it
             answer["repl_addresses"] = self._repl_addresses()
         except (CommandError, OSError) as exc:

@@ -117,12 +117,12 @@ class ShareService:
     def share_name(share: Share, volume: VolumeView) -> str:
         """What a client uses: the export path for NFS, `<pool>_<volume>` for SMB."""
         if share.share_type == "nfs":
-            return volume.props["mountpoint"]
+            return volume.zfs_props["mountpoint"]  # shares are of filesystem volumes
         return f"{volume.pool_name}_{volume.row.name}"
 
     def render(self, share: Share, volume: VolumeView, detail: bool) -> dict:
-        body = {"id": str(share.id), "name": self.share_name(share, volume), "vol_id": str(share.volume_id),
-                "share_type": share.share_type}
+        body: dict[str, object] = {"id": str(share.id), "name": self.share_name(share, volume),
+                                   "vol_id": str(share.volume_id), "share_type": share.share_type}
         if detail:
             body["share_options"] = ({"read_only": share.read_only, "allowed_hosts": list(share.allowed_hosts)}
                                      if share.share_type == "nfs" else {})
@@ -242,7 +242,7 @@ class ShareService:
         for share, volume in self._shares(view):
             if volume.pool_name == exclude_pool or volume.row.id == exclude_volume:
                 continue
-            path = volume.props["mountpoint"]
+            path = volume.zfs_props["mountpoint"]
             if share.share_type == "nfs":
                 clients = ["*"] if ALL in share.allowed_hosts else list(share.allowed_hosts)
                 exports.append(NfsExport(share.id, path, share.read_only, clients))

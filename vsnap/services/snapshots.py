@@ -45,7 +45,8 @@ class SnapshotService:
 
     @staticmethod
     def render(snap: SnapshotView, detail: bool) -> dict:
-        body = {"id": str(snap.row.id), "name": snap.row.name, "parent_id": str(snap.volume.row.id)}
+        body: dict[str, object] = {"id": str(snap.row.id), "name": snap.row.name,
+                                   "parent_id": str(snap.volume.row.id)}
         if detail:
             body.update({
                 "parent_name": snap.volume.row.name,

@@ -8,6 +8,7 @@ import threading
 import uuid
 from importlib import metadata
 from pathlib import Path
+from typing import Callable
 
 from ..config import Settings
 from ..drivers.packages import PackageDriver
@@ -58,7 +59,8 @@ class SystemService:
         self.zfs = zfs
         self.id = load_or_create_system_id(settings.system_id_file)
         self._init_lock = threading.Lock()
-        self.pool_initializer = None  # set by the pool service: creates the default pool
+        # Set by the service wiring to the pool service's create_default (creates the default pool).
+        self.pool_initializer: Callable[[], object] | None = None
 
     # -- settings ---------------------------------------------------------------------------
     def _get(self, session, key: str, default: str | None = None) -> str | None:
@@ -78,7 +80,7 @@ class SystemService:
             return self._get(s, "multipool", "false") == "true"
 
     # -- info -------------------------------------------------------------------------------
-    def _status(self) -> tuple[str, str | None]:
+    def _status(self) -> tuple[str | None, str | None]:  # (status, message); the column is nullable
         with self.store.session() as s:
             status = self._get(s, "init_status", NOT_INITIALIZED)
             message = self._get(s, "init_message")
@@ -181,7 +183,9 @@ class SystemService:
     def _run_init(self, skip_pool: bool) -> Exception | None:
         try:
             if not skip_pool:
-                self.pool_initializer()
+                initializer = self.pool_initializer
+                assert initializer is not None, "Services.build sets it before anything runs init"
+                initializer()
         except Exception as exc:  # reported through init_status, as the spec asks
             log.exception("init failed")
             message = getattr(exc, "message", None) or str(exc) or type(exc).__name__

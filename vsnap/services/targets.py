@@ -87,11 +87,13 @@ class TargetService:
         for host in hosts:
             luns = []
             for m in mappings:
-                if m.host_id != host.id or backing[m.volume_id] is None:
+                served = backing[m.volume_id]
+                if m.host_id != host.id or served is None:
                     continue
-                path, size = backing[m.volume_id]
-                luns.append(LunExport(lun=m.lun, volume_id=m.volume_id, path=path,
-                                      serial=view.volumes[m.volume_id].row.serial, size=size))
+                path, size = served
+                serial = view.volumes[m.volume_id].row.serial
+                assert serial is not None, "every LUN is given a serial when it is made"
+                luns.append(LunExport(lun=m.lun, volume_id=m.volume_id, path=path, serial=serial, size=size))
             result.append(HostExport(host.id, tuple(i.iqn for i in initiators if i.host_id == host.id),
                                      tuple(luns)))
         return result

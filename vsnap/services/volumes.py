@@ -66,9 +66,10 @@ def validate_size(size: int, what: str = "size_total") -> int:
     return size
 
 
-def resolve_inside(root: str, relative: str) -> str:
+def resolve_inside(root: str, relative: object) -> str:
     """A path relative to a filesystem's root, refused when it could leave that filesystem:
-    absolute paths, '..', and symlinks that point outside are all errors."""
+    absolute paths, '..', and symlinks that point outside are all errors. `relative` is
+    checked to be a string, too: it comes from requests (and nullable rows)."""
     if not isinstance(relative, str) or not relative or "\x00" in relative:
         raise ValidationError("parent_path is required")
     if os.path.isabs(relative) or ".." in relative.split("/"):
@@ -274,7 +275,8 @@ class VolumeService:
     def _clone(self, name: str, snapshot_id) -> dict:
         with self.lock.held():
             view = self.catalog.load()
-            snap = view.snapshots.get(parse_id(snapshot_id))
+            snap_key = parse_id(snapshot_id)
+            snap = view.snapshots.get(snap_key) if snap_key is not None else None
             if snap is None:
                 raise NotFoundError(f"Snapshot {snapshot_id} not found")
             source = snap.volume
@@ -307,7 +309,7 @@ class VolumeService:
             parent = self._find(view, parent_id)
             if parent.row.volume_type != "filesystem":
                 raise ValidationError("parent_id must be a filesystem volume")
-            relative = resolve_inside(parent.props["mountpoint"], parent_path)
+            relative = resolve_inside(parent.zfs_props["mountpoint"], parent_path)
             self._check_free(parent.pool_name, name)
             with self.store.session() as s:
                 row = Volume(pool_id=parent.row.pool_id, name=name, volume_type=FILEBACKED,
@@ -321,7 +323,8 @@ class VolumeService:
     def backing(self, v: VolumeView, view: CatalogView) -> tuple[str, int]:
         """The file or device an iSCSI target serves for a LUN volume, and its size in bytes."""
         if v.row.volume_type == FILEBACKED:
-            parent = view.volumes.get(v.row.parent_id)
+            parent_id = v.row.parent_id
+            parent = view.volumes.get(parent_id) if parent_id is not None else None
             if parent is None or parent.props is None:
                 raise ValidationError(f"The parent filesystem of {v.row.name} is not available")
             root = parent.props["mountpoint"]
@@ -375,11 +378,12 @@ class VolumeService:
                 raise ValidationError("A lun needs a size_total")
             return
         validate_size(size_total)
-        used = int(v.props["used"] if kind == "filesystem" else v.props["referenced"])
+        p = v.zfs_props  # not a file-backed LUN (refused above)
+        used = int(p["used"] if kind == "filesystem" else p["referenced"])
         if size_total < used:
             raise ValidationError(f"size_total {size_total} is below what volume {v.row.name} "
                                   f"already uses ({used} bytes)")
-        block = _number(v.props.get("volblocksize")) if v.props.get("type") == "volume" else None
+        block = _number(p.get("volblocksize")) if p.get("type") == "volume" else None
         if block and size_total % block:
             raise ValidationError(f"size_total of lun {v.row.name} must be a multiple of its block "
                                   f"size ({block} bytes)")
@@ -395,7 +399,7 @@ class VolumeService:
         # zfs-fuse refuses outright ('dataset is busy') while a clone is mounted, and the
         # appliance keeps every clone mounted (OpenZFS would unmount them under their users).
         clones = self._clone_names(v, view)
-        if clones and v.props.get("type") == "filesystem":
+        if clones and v.zfs_props.get("type") == "filesystem":  # (a file-backed LUN returned above)
             raise ConflictError(f"Volume {v.row.name} cannot be renamed while snapshots of it have "
                                 f"clones: {', '.join(clones)}; ZFS would have to unmount them. "
                                 "Delete the clones first")
@@ -407,8 +411,8 @@ class VolumeService:
 
     def _size_setting(self, v: VolumeView) -> int | None:
         """The volume's size as _set_size takes it: a filesystem's quota (None: no quota), a
-        LUN's size."""
-        p = v.props
+        LUN's size. Not for a file-backed LUN: it has no size to set."""
+        p = v.zfs_props
         if v.row.volume_type == "filesystem":
             return _number(p.get("quota")) or None
         if p.get("type") == "volume":
@@ -421,6 +425,7 @@ class VolumeService:
         if kind == "filesystem":
             self.ds.set(dataset, "quota", str(size) if size else "none")
             return
+        assert size is not None, "a LUN always has a size (_check_resize refuses none)"
         found = self.ds.get(dataset, ["type", "mountpoint"])
         if found.get("type") == "volume":
             self.ds.set(dataset, "volsize", str(size))
@@ -553,8 +558,10 @@ class VolumeService:
         """An update a crash interrupted. Its rename is the point of no return: done (or none
         asked), the update is finished (the size set again); not done, it is rolled back (the
         size put back: the resize comes after the rename, so this only repeats what is)."""
+        pending = row.pending
+        assert pending is not None, "called for a ready row with an update in flight"
         _, summary = self.pools._find(row.pool_id)
-        names, sizes = row.pending.get("name"), row.pending.get("size_total")
+        names, sizes = pending.get("name"), pending.get("size_total")
 
         def ours(name: str) -> bool:
             dataset = f"{summary.name}/{name}"
