@@ -21,7 +21,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     setup_logging(os.environ.get("VSNAP_LOG_FORMAT", "text"))
     app = Flask("vsnap")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    app.json.sort_keys = False
+    # Flask's documented switch; app.json is typed as the JSONProvider base, which lacks it.
+    app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["vsnap"] = services = services or Services.build(settings)
     try:
         services.recover()
@@ -32,7 +33,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         worker.start()
     if settings.trusted_proxy:
         # Behind nginx: the client address comes from X-Forwarded-For (throttling uses it).
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1)
+        # Flask's documented way to wrap the WSGI app; mypy sees a method being replaced.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1)  # type: ignore[method-assign]
     init_api(app)
 
     return app

@@ -36,13 +36,16 @@ class JsonFormatter(logging.Formatter):
 TEXT_FORMAT = "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"
 
 
+class _Handler(logging.StreamHandler):
+    _vsnap = True  # marks ours; looked up by name, so a reloaded module still recognises it
+
+
 def setup_logging(fmt: str = "text", level: int = logging.INFO) -> None:
     """Configures the root logger once per process."""
     root = logging.getLogger()
     if any(getattr(h, "_vsnap", False) for h in root.handlers):
         return
-    handler = logging.StreamHandler(sys.stderr)
-    handler._vsnap = True
+    handler = _Handler(sys.stderr)
     handler.addFilter(ContextFilter())
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     root.addHandler(handler)

@@ -8,6 +8,7 @@ import json
 import re
 import ssl
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 import requests
@@ -44,7 +45,7 @@ class Reply:
 @dataclass
 class Result:
     """A successful answer: the decoded body, and its text exactly as the API sent it."""
-    data: object
+    data: Any  # what json.loads gives: the API's answer (an object, for every route the CLI calls)
     text: str
 
 

@@ -124,7 +124,7 @@ class Progress:
         self.start = clock.monotonic()
         self.samples: list[tuple[float, int]] = []
         self.tick = 0
-        self.last_line = None
+        self.last_line: tuple[str, object] | None = None  # (status, sent) of the last line written
         self.drawn = False
 
     def rate(self) -> float | None:

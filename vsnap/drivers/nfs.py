@@ -77,7 +77,7 @@ class GaneshaNfsDriver:
     its export ids offset by `id_base` so they never collide."""
     kind = "nfs-ganesha"
 
-    def __init__(self, exports_file: Path, pidfile: Path, id_base: int = 0,
+    def __init__(self, exports_file: Path, pidfile: Path | None, id_base: int = 0,
                  log_file: Path | None = None, reread_timeout: float = 15.0):
         self.exports_file = exports_file
         self.pidfile = pidfile
@@ -122,6 +122,8 @@ class GaneshaNfsDriver:
                     self.reread_timeout)
 
     def _pid(self) -> int | None:
+        if self.pidfile is None:  # no pid file configured: no ganesha known to signal
+            return None
         try:
             pid = int(self.pidfile.read_text().strip())
             if pid <= 0:  # kill(-1) would signal every process
@@ -149,7 +151,7 @@ class KernelNfsDriver:
         self.runner.run(["exportfs", "-ra"])
 
 
-def choose_nfs_driver(runner: Runner, exports_file: Path, pidfile: Path,
+def choose_nfs_driver(runner: Runner, exports_file: Path, pidfile: Path | None,
                       kernel_exports_file: Path = KERNEL_EXPORTS, id_base: int = 0,
                       ganesha_log: Path | None = None):
     """The kernel's NFS server where the kernel has one, nfs-ganesha otherwise."""

@@ -111,7 +111,9 @@ def run_pipeline(producer: list[str], consumer: list[str], *,
                for s, k in ((prod.stderr, "perr"), (cons.stdout, "cout"), (cons.stderr, "cerr"))]
     for r in readers:
         r.start()
-    src, dst = prod.stdout.fileno(), cons.stdin.fileno()
+    prod_out, cons_in = prod.stdout, cons.stdin
+    assert prod_out is not None and cons_in is not None  # both opened with subprocess.PIPE
+    src, dst = prod_out.fileno(), cons_in.fileno()
     _enlarge(src)
     _enlarge(dst)
     watch = _Watch()
@@ -149,10 +151,10 @@ def run_pipeline(producer: list[str], consumer: list[str], *,
         watch.done.set()
         watcher.join()
         try:
-            cons.stdin.close()
+            cons_in.close()
         except BrokenPipeError:
             pass
-        prod.stdout.close()
+        prod_out.close()
     moved = watch.moved
     if watch.error is not None:
         for proc in (prod, cons):
