@@ -64,14 +64,11 @@ setup-test: deps
 	VSNAP_STATE=$(TEST_STATE_B) VSNAP_SSH_PORT=$(TEST_SSH_PORT_B) VSNAP_LAB_SMB_PORT=$(TEST_SMB_PORT_B) VSNAP_LAB_DISKS=3 lab/lab.sh up
 	VSNAP_STATE=$(TEST_STATE_B) $(PY) -m vsnap.bootstrap --no-account
 
-# Lint (ruff: pyflakes, pycodestyle, import order; configured in pyproject.toml). `make test`
-# runs it first and stops on a finding.
-.PHONY: lint typecheck
+# Lint (ruff: pyflakes, pycodestyle, import order) and type checks (mypy on vsnap/), both
+# configured in pyproject.toml. `make test` runs it first and stops on a finding.
+.PHONY: lint
 lint: deps
 	$(PY) -m ruff check vsnap tests/unit
-
-# mypy on vsnap/ (configured in pyproject.toml). Not yet in `make test`: it still has findings.
-typecheck: deps
 	$(PY) -m mypy vsnap
 
 # The whole suite, the kernel lab's production-stack tests included (tests/kernel: the guest
