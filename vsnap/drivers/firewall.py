@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import shutil
+from collections.abc import Container
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,7 +116,7 @@ def render(table: str, restrictions: list[Restriction]) -> str:
     return "\n".join(head + body) + "\n"
 
 
-def parse_rpcinfo(text: str, programs=NFS_RPC_PROGRAMS) -> Ports:
+def parse_rpcinfo(text: str, programs: Container[int] = NFS_RPC_PROGRAMS) -> Ports:
     """The ports `rpcinfo -p` lists for `programs`."""
     tcp: set[int] = set()
     udp: set[int] = set()

@@ -34,14 +34,14 @@ class NoTargetDriver(TargetDriver):
 
     name = "none"
 
-    def apply(self, hosts, refresh=frozenset()):
+    def apply(self, hosts: list[HostExport], refresh: frozenset[int] = frozenset()) -> None:
         if any(h.luns for h in hosts):
             raise TargetError("No iSCSI target (LIO or tgt) is installed on this appliance")
 
-    def state(self):
+    def state(self) -> tuple:
         return ()
 
-    def targets(self):
+    def targets(self) -> list[TargetPort]:
         return []
 
 
@@ -165,17 +165,17 @@ class TgtDriver(TargetDriver):
                 owned[host_id] = target
         return owned
 
-    def state(self):
+    def state(self) -> tuple:
         return tuple(sorted(
             (host_id, t.tid, tuple(sorted(t.acls)),
              tuple(sorted((lun.lun, lun.path, lun.serial, lun.size_mb, lun.read_only) for lun in t.luns.values())))
             for host_id, t in self._owned(self._all()).items()))
 
-    def targets(self):
+    def targets(self) -> list[TargetPort]:
         return [TargetPort(t.name, host_id) for host_id, t in sorted(self._owned(self._all()).items())]
 
     # -- changing -----------------------------------------------------------------------------
-    def apply(self, hosts, refresh=frozenset()):
+    def apply(self, hosts: list[HostExport], refresh: frozenset[int] = frozenset()) -> None:
         everything = self._all()
         owned = self._owned(everything)
         wanted = {h.host_id: h for h in hosts}
@@ -185,17 +185,17 @@ class TgtDriver(TargetDriver):
                 self._delete_target(target)
                 used_tids.discard(target.tid)
         for host in hosts:
-            target = owned.get(host.host_id)
-            if target is None:
-                target = self._new_target(host.host_id, used_tids)
-                used_tids.add(target.tid)
+            existing = owned.get(host.host_id)
+            if existing is None:
+                new = self._new_target(host.host_id, used_tids)
+                used_tids.add(new.tid)
                 # LUNs before ACLs: nobody can see a LUN before its serial is set.
-                self._sync_luns(target, host, refresh)
-                self._sync_acls(target, host)
+                self._sync_luns(new, host, refresh)
+                self._sync_acls(new, host)
             else:
                 # ACLs first: an initiator that lost access must not see a new LUN.
-                self._sync_acls(target, host)
-                self._sync_luns(target, host, refresh)
+                self._sync_acls(existing, host)
+                self._sync_luns(existing, host, refresh)
 
     def _new_target(self, host_id: int, used_tids: set[int]) -> _TgtTarget:
         name = self.target_name(host_id)

@@ -253,7 +253,7 @@ class LioDriver(TargetDriver):
         return volumes, acls
 
     # -- changing -----------------------------------------------------------------------------
-    def apply(self, hosts, refresh=frozenset()):
+    def apply(self, hosts: list[HostExport], refresh: frozenset[int] = frozenset()) -> None:
         volumes, acls = self._wanted(hosts)
         with self._step("looking at the volumes' paths"):
             kinds = {vid: self.path_kind(export.path) for vid, export in volumes.items()}
@@ -290,13 +290,13 @@ class LioDriver(TargetDriver):
                 if norm not in acls:
                     continue  # the whole ACL goes
                 for mlun in acl.mapped_luns:
-                    want = acls[norm].luns.get(mlun.mapped_lun)
-                    index = keep_index.get(want.volume_id) if want is not None else None
+                    wanted = acls[norm].luns.get(mlun.mapped_lun)
+                    index = keep_index.get(wanted.volume_id) if wanted is not None else None
                     # A changed read-only flag re-creates the mapped LUN rather than flipping
                     # write_protect in place: the initiator then gets a "LUNs changed" unit
                     # attention and a reason to look again.
-                    if (index is None or self._mlun_tpg_lun(mlun) != index
-                            or bool(mlun.write_protect) != want.read_only):
+                    if (wanted is None or index is None or self._mlun_tpg_lun(mlun) != index
+                            or bool(mlun.write_protect) != wanted.read_only):
                         drop_mluns.append(mlun)
 
         # Access first: the TPG's own gates, then whole ACLs, then single mapped LUNs;
@@ -409,7 +409,7 @@ class LioDriver(TargetDriver):
         return so
 
     # -- looking ------------------------------------------------------------------------------
-    def state(self):
+    def state(self) -> tuple:
         with self._step("reading the configuration"):
             sos = tuple(sorted(
                 (so.plugin, so.name, so.udev_path, so.wwn,
@@ -435,7 +435,7 @@ class LioDriver(TargetDriver):
                              tuple(sorted(luns.items(), key=lambda kv: kv[0])), acls))
             return (target.wwn, tuple(tpgs), sos)
 
-    def targets(self):
+    def targets(self) -> list[TargetPort]:
         with self._step("reading the configuration"):
             return [TargetPort(self.base_iqn, None)] if self._find_target() is not None else []
 

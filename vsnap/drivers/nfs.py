@@ -153,7 +153,7 @@ class KernelNfsDriver:
 
 def choose_nfs_driver(runner: Runner, exports_file: Path, pidfile: Path | None,
                       kernel_exports_file: Path = KERNEL_EXPORTS, id_base: int = 0,
-                      ganesha_log: Path | None = None):
+                      ganesha_log: Path | None = None) -> GaneshaNfsDriver | KernelNfsDriver:
     """The kernel's NFS server where the kernel has one, nfs-ganesha otherwise."""
     if Path("/proc/fs/nfsd/exports").exists() and Path("/usr/sbin/exportfs").exists():
         return KernelNfsDriver(runner, kernel_exports_file, id_base)

@@ -10,6 +10,7 @@ import base64
 import hashlib
 import http.client
 import json
+import os
 import ssl
 
 
@@ -29,7 +30,7 @@ def certificate_fingerprint(address: str, port: int, timeout: float = 10) -> str
     return hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
 
 
-def file_fingerprint(pem_path) -> str:
+def file_fingerprint(pem_path: str | os.PathLike[str]) -> str:
     with open(pem_path) as f:
         return hashlib.sha256(ssl.PEM_cert_to_DER_cert(f.read())).hexdigest()
 

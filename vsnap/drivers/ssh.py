@@ -23,7 +23,7 @@ _PARTNER_ID = re.compile(r"[0-9a-f]{32}")
 CIPHER = "aes128-gcm@openssh.com"  # AES-NI makes it the fastest of OpenSSH's ciphers here
 
 
-def normalize_public_key(text) -> str:
+def normalize_public_key(text: object) -> str:
     """`<type> <base64>` of an OpenSSH public key, comment dropped. Anything else is refused:
     these keys are written into authorized_keys and known_hosts, where a newline or an option
     would be an injection."""
