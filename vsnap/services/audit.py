@@ -16,7 +16,7 @@ SECRET_WORDS = ("pass", "secret", "token", "key", "credential")
 MAX_VALUE = 256
 
 
-def redact(value, depth: int = 0):
+def redact(value: object, depth: int = 0) -> object:
     """A request body fit for the trail: secrets replaced, long values cut, depth bounded."""
     if depth > 4:
         return "..."
@@ -37,8 +37,8 @@ class AuditService:
         self.store = store
         self._since_prune = 0
 
-    def record(self, *, time: float, user, address, method: str, path: str, detail, status: int,
-               message, request_id) -> None:
+    def record(self, *, time: float, user: str | None, address: str | None, method: str, path: str,
+               detail: object, status: int, message: str | None, request_id: str | None) -> None:
         try:
             with self.store.session() as s:
                 s.add(AuditEvent(time=time, user=(user or None) and str(user)[:256], address=address,

@@ -24,8 +24,10 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TypeVar
 
 from sqlalchemy import select
 
@@ -50,6 +52,12 @@ USER_PROPS = [PROP_VOL_ID, PROP_SNAP_ID, PROP_TYPE, PROP_SERIAL, PROP_VOLSIZE]
 SNAPSHOT_PROPS = {"type", "guid", "used", "referenced", "creation", PROP_SNAP_ID}
 READY, CREATING, DELETING = "ready", "creating", "deleting"
 FILEBACKED = "filebackedlun"
+
+# An object's id as the services take it: the API's decimal string, or the number itself
+# when one service calls another (parse_id reads either).
+ApiId = str | int
+T = TypeVar("T")
+V = TypeVar("V", "VolumeView", "SnapshotView")  # what find_one looks up
 
 
 @dataclass
@@ -90,7 +98,7 @@ class CatalogView:
 
     MEMO_SIZE = 16
 
-    def memo(self, key, build):
+    def memo(self, key: Hashable, build: Callable[[], T]) -> T:
         """What `build()` derives from this view (which never changes), computed once per key:
         a listing asked for many times between two changes is rendered once. The same object
         is handed out each time, so callers must not change it."""
@@ -155,17 +163,18 @@ class _Kept:
     settled: bool = True  # rows brought in line with what was read (see _read)
 
 
-def parse_id(value) -> int | None:
+def parse_id(value: object) -> int | None:
     """A decimal API id as a number; None for anything else ('²' is a digit to str.isdigit(),
     not to int(); 19 digits would overflow SQLite's integers)."""
     text = str(value)
     return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
 
 
-def find_one(objects: dict, obj_id, name, what: str, scope: str):
+def find_one(objects: dict[int, V], obj_id: ApiId | None, name: str | None, what: str, scope: str) -> V:
     """One volume or snapshot of a view by API id, or by name when the name is unambiguous."""
     if obj_id is not None:
-        found = objects.get(parse_id(obj_id))
+        key = parse_id(obj_id)
+        found = objects.get(key) if key is not None else None
         if found:
             return found
         raise NotFoundError(f"{what} {obj_id} not found")

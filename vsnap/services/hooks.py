@@ -13,7 +13,7 @@ Undo = Callable[[], None]
 
 
 class Hooks(list):
-    def run(self, *args, before_undo: Callable[[], None] | None = None) -> Undo:
+    def run(self, *args: object, before_undo: Callable[[], None] | None = None) -> Undo:
         """Calls every hook; returns the undo of them all. If a hook raises, `before_undo`
         runs (e.g. the object is marked as before, so the undos restore it in full), the hooks
         before it are undone, and the error goes on."""

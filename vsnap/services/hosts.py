@@ -13,7 +13,7 @@ import re
 from ..errors import ConflictError, NotFoundError, ValidationError
 from ..store.db import Store
 from ..store.models import Host, HostInitiator, LunMapping, Volume, now, row_fields
-from .catalog import FILEBACKED, READY, Catalog, parse_id
+from .catalog import FILEBACKED, READY, ApiId, Catalog, parse_id
 from .locking import StorageLock
 from .targets import TargetService
 
@@ -33,7 +33,7 @@ _EUI = re.compile(r"eui\.[0-9A-F]{16}")
 _NAA = re.compile(r"naa\.([0-9A-F]{16}|[0-9A-F]{32})")
 
 
-def normalize_iqn(value) -> str:
+def normalize_iqn(value: object) -> str:
     if not isinstance(value, str) or not value:
         raise ValidationError("iqns entries must be non-empty strings")
     if len(value) > MAX_IQN:
@@ -52,7 +52,7 @@ def normalize_iqn(value) -> str:
         "(letters, digits, '-', '.', ':'), eui. and 16 hex digits, or naa. and 16 or 32 hex digits")
 
 
-def normalize_iqns(values) -> list[str]:
+def normalize_iqns(values: object) -> list[str]:
     if values is None:
         return []
     if not isinstance(values, list):
@@ -70,7 +70,7 @@ def normalize_iqns(values) -> list[str]:
 _HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # as every other name: a host name, an FQDN
 
 
-def validate_host_name(name) -> str:
+def validate_host_name(name: object) -> str:
     if not isinstance(name, str) or not name.strip():
         raise ValidationError("Host name is required")
     if len(name) > MAX_HOST_NAME:
@@ -129,7 +129,7 @@ class HostService:
         with self.store.session() as s:
             return [self._render(s, h, False) for h in s.query(Host).order_by(Host.id)]
 
-    def get(self, host_id=None, name=None) -> dict:
+    def get(self, host_id: ApiId | None = None, name: str | None = None) -> dict:
         self.catalog.load()
         with self.store.session() as s:
             return self._render(s, self._row(s, host_id, name), True)
@@ -153,7 +153,7 @@ class HostService:
         if other is not None and other.id != host_id:
             raise ConflictError(f"A host named {name} already exists (id {other.id})")
 
-    def create(self, name, iqns=None) -> dict:
+    def create(self, name: str, iqns: builtins.list[str] | None = None) -> dict:
         validate_host_name(name)
         iqns = normalize_iqns(iqns)
         with self.lock.held():
@@ -168,7 +168,7 @@ class HostService:
             self.targets.apply_or_undo(lambda: self._drop_host(host_id))
         return self.get(host_id)
 
-    def update(self, host_id, name=None, iqns=None) -> dict:
+    def update(self, host_id: ApiId, name: str | None = None, iqns: builtins.list[str] | None = None) -> dict:
         if name is not None:
             validate_host_name(name)
         if iqns is not None:
@@ -191,7 +191,7 @@ class HostService:
                 self.targets.apply_or_undo(lambda: self._restore_host(saved))
         return self.get(host_id)
 
-    def delete(self, host_id) -> None:
+    def delete(self, host_id: ApiId) -> None:
         """Deletes a host; its LUNs are unmapped first (10.7)."""
         with self.lock.held():
             with self.store.session() as s:
@@ -223,7 +223,7 @@ class HostService:
                 s.delete(host)  # initiators and mappings go with it (ON DELETE CASCADE)
 
     # -- mapping ----------------------------------------------------------------------------
-    def map(self, host_id, vol_id) -> dict:
+    def map(self, host_id: ApiId, vol_id: ApiId) -> dict:
         with self.lock.held():
             view = self.catalog.load()
             with self.store.session() as s:
@@ -254,7 +254,7 @@ class HostService:
             self.targets.apply_or_undo(lambda: self._drop_mappings(LunMapping.id == mapping_id), view)
         return {"vol_id": str(volume.row.id), "lun": str(lun)}
 
-    def unmap(self, host_id, vol_id) -> None:
+    def unmap(self, host_id: ApiId, vol_id: ApiId) -> None:
         with self.lock.held():
             view = self.catalog.load()
             with self.store.session() as s:

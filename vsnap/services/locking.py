@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,7 +19,7 @@ class StorageLock:
         self._fd: int | None = None
 
     @contextmanager
-    def held_if_free(self):
+    def held_if_free(self) -> Iterator[bool]:
         """The lock if it can be had without waiting: yields True holding it, else False."""
         if not self._thread_lock.acquire(blocking=False):
             yield False
@@ -40,14 +41,20 @@ class StorageLock:
             finally:
                 self._depth -= 1
                 if self._depth == 0:
-                    fcntl.flock(self._fd, fcntl.LOCK_UN)
-                    os.close(self._fd)
-                    self._fd = None
+                    self._close()
         finally:
             self._thread_lock.release()
 
+    def _close(self) -> None:
+        """Unlocks and closes the file, the outermost hold ending."""
+        fd = self._fd
+        assert fd is not None, "opened when the outermost hold began"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+        self._fd = None
+
     @contextmanager
-    def held(self):
+    def held(self) -> Iterator[None]:
         with self._thread_lock:
             if self._depth == 0:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -59,6 +66,4 @@ class StorageLock:
             finally:
                 self._depth -= 1
                 if self._depth == 0:
-                    fcntl.flock(self._fd, fcntl.LOCK_UN)
-                    os.close(self._fd)
-                    self._fd = None
+                    self._close()

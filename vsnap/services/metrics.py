@@ -3,6 +3,7 @@ replication sessions by state and the bytes they sent."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func
@@ -18,7 +19,7 @@ class StorageCollector:
     def __init__(self, services):
         self.services = services
 
-    def collect(self):
+    def collect(self) -> Iterator[GaugeMetricFamily]:
         size = GaugeMetricFamily("vsnap_pool_size_bytes", "Pool capacity", labels=["pool"])
         used = GaugeMetricFamily("vsnap_pool_used_bytes", "Pool space used", labels=["pool"])
         free = GaugeMetricFamily("vsnap_pool_free_bytes", "Pool space free", labels=["pool"])

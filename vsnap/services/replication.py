@@ -19,8 +19,10 @@ import sys
 import threading
 import time
 import uuid
+from typing import BinaryIO
 
 from sqlalchemy import update
+from sqlalchemy.orm import Session
 
 from ..config import Settings
 from ..drivers.partner_api import PartnerApi, PartnerApiError, certificate_fingerprint, file_fingerprint
@@ -32,7 +34,7 @@ from ..errors import ApiError, ConflictError, NotFoundError, ServiceUnavailableE
 from ..logs import request_id_var
 from ..store.db import Store
 from ..store.models import Partner, Relationship, ReplicationSession, Setting, Volume, now
-from .catalog import DELETING, FILEBACKED, READY, Catalog, parse_id
+from .catalog import DELETING, FILEBACKED, READY, ApiId, Catalog, parse_id
 from .doorbell import Doorbell
 from .locking import StorageLock
 from .owner import current_owner, owner_alive
@@ -96,13 +98,13 @@ def _canceling(row: ReplicationSession) -> bool:
     return row.status == ACTIVE and (row.message or "").startswith(CANCELING)
 
 
-def validate_port(value, what: str) -> int:
+def validate_port(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
         raise ValidationError(f"{what} must be a port number (1-65535)")
     return value
 
 
-def validate_address(value, what: str) -> str:
+def validate_address(value: object, what: str) -> str:
     """A hostname or IP address (never an option-like word: it reaches ssh's argument list)."""
     try:
         address = normalize_host(value) if isinstance(value, str) else None
@@ -203,7 +205,7 @@ class ReplicationService:
         with self.store.session() as s:
             return [self.render_partner(p) for p in s.query(Partner).order_by(Partner.time_created, Partner.id)]
 
-    def get_partner(self, partner_id, check_trust: bool = False) -> dict:
+    def get_partner(self, partner_id: str, check_trust: bool = False) -> dict:
         with self.store.session() as s:
             partner = self._partner(s, partner_id)
             s.expunge(partner)
@@ -239,8 +241,9 @@ class ReplicationService:
         except OSError as exc:
             raise ValidationError(f"No route to {remote}: {exc}") from exc
 
-    def create_partner(self, remote_addr, remote_user, remote_pass, local_addr=None, local_api_port=None,
-                       remote_api_port=None, local_ssh_port=None, remote_ssh_port=None) -> dict:
+    def create_partner(self, remote_addr: str, remote_user: str, remote_pass: str, local_addr: str | None = None,
+                       local_api_port: int | None = None, remote_api_port: int | None = None,
+                       local_ssh_port: int | None = None, remote_ssh_port: int | None = None) -> dict:
         remote_addr = validate_address(remote_addr, "remote_addr")
         local_addr = validate_address(local_addr, "local_addr") if local_addr is not None \
             else self._local_address_towards(remote_addr)
@@ -467,7 +470,7 @@ class ReplicationService:
                 "ssh_public_key": self.ssh.public_key(), "ssh_host_key": self.ssh.host_key(),
                 "ssh_port": self.settings.ssh_port, "api_port": self.settings.port}
 
-    def delete_partner(self, partner_id) -> None:
+    def delete_partner(self, partner_id: str) -> None:
         with self.store.session() as s:
             partner = self._partner(s, partner_id)
             used = s.query(Relationship).filter(Relationship.partner_id == partner.id).count()
@@ -486,8 +489,9 @@ class ReplicationService:
         log.info("partner %s removed", partner.id)
 
     # == relationships ============================================================================
-    def render_relationship(self, s, rel: Relationship) -> dict:
+    def render_relationship(self, s: Session, rel: Relationship) -> dict:
         volume = s.get(Volume, rel.local_vol_id)
+        assert volume is not None, "a relationship goes with its volume (foreign key, on delete cascade)"
         return {
             "id": rel.id, "local_pool_id": str(volume.pool_id), "local_role": rel.local_role,
             "local_vol_id": str(rel.local_vol_id), "local_vol_name": volume.name, "partner_id": rel.partner_id,
@@ -504,7 +508,7 @@ class ReplicationService:
             raise NotFoundError(f"Relationship {rel_id} not found")
         return row
 
-    def list_relationships(self, vol_id=None, vol_name=None) -> list[dict]:
+    def list_relationships(self, vol_id: ApiId | None = None, vol_name: str | None = None) -> list[dict]:
         view = self.catalog.load()  # relationships of volumes destroyed outside the API go with them
         if vol_id is not None or vol_name is not None:
             wanted = self.volumes._find(view, vol_id, vol_name).row.id
@@ -514,12 +518,12 @@ class ReplicationService:
                 q = q.filter(Relationship.local_vol_id == wanted)
             return [self.render_relationship(s, r) for r in q]
 
-    def get_relationship(self, rel_id) -> dict:
+    def get_relationship(self, rel_id: str) -> dict:
         with self.store.session() as s:
             return self.render_relationship(s, self._relationship(s, rel_id))
 
-    def create_relationship(self, vol_id, partner_id, remote_pool_id=None, remote_vol_name=None,
-                            reuse=False) -> dict:
+    def create_relationship(self, vol_id: ApiId, partner_id: str, remote_pool_id: ApiId | None = None,
+                            remote_vol_name: str | None = None, reuse: bool = False) -> dict:
         if remote_vol_name is not None:
             validate_name(remote_vol_name)
         with self.store.session() as s:
@@ -569,7 +573,7 @@ class ReplicationService:
     # no longer knows the relationship never traps the primary: with preserve_replica the
     # relationship goes here alone (the partner is told when it answers again); without it the
     # answer names that choice.
-    def delete_relationship(self, rel_id, preserve_replica: bool = False) -> None:
+    def delete_relationship(self, rel_id: str, preserve_replica: bool = False) -> None:
         rel, partner, resumed = self._mark_deleting(rel_id, bool(preserve_replica))
         try:
             # A transfer in flight ends (the replica may be about to go); queued ones wait, and
@@ -799,18 +803,18 @@ class ReplicationService:
             raise NotFoundError(f"Session {session_id} not found")
         return row
 
-    def list_sessions(self, rel_id=None) -> list[dict]:
+    def list_sessions(self, rel_id: str | None = None) -> list[dict]:
         with self.store.session() as s:
             q = s.query(ReplicationSession).order_by(ReplicationSession.id)
             if rel_id is not None:
                 q = q.filter(ReplicationSession.rel_id == rel_id)
             return [self.render_session(r) for r in q]
 
-    def get_session(self, session_id) -> dict:
+    def get_session(self, session_id: ApiId) -> dict:
         with self.store.session() as s:
             return self.render_session(self._session(s, session_id))
 
-    def start_session(self, rel_id, snap_id=None, remote_snap_name=None) -> dict:
+    def start_session(self, rel_id: str, snap_id: ApiId | None = None, remote_snap_name: str | None = None) -> dict:
         if remote_snap_name is not None:
             validate_name(remote_snap_name, "Snapshot")
         with self.store.session() as s:
@@ -835,7 +839,7 @@ class ReplicationService:
         self.doorbell.ring()  # committed: the worker starts it now, not at its next look
         return body
 
-    def cancel_session(self, session_id, wait: float | None = None) -> dict:
+    def cancel_session(self, session_id: ApiId, wait: float | None = None) -> dict:
         """A queued session ends FAILED at once; a running one stops within a second and
         is answered once it has ended (up to `wait` s; then still ACTIVE, "Canceling"), as
         FAILED "Canceled", or COMPLETED when the snapshot had arrived whole."""
@@ -1071,7 +1075,7 @@ class ReplicationService:
         return None
 
     # == the remote side: requests a partner makes over SSH (vsnap.worker.serve) ===================
-    def serve(self, partner_id: str, words: list[str], stdin) -> dict:
+    def serve(self, partner_id: str, words: list[str], stdin: BinaryIO) -> dict:
         with self.store.session() as s:
             partner = s.get(Partner, partner_id)
             if partner is None:

@@ -23,7 +23,7 @@ from ..drivers.smb import SambaDriver, SmbShare
 from ..errors import ConflictError, NotFoundError, ServiceUnavailableError, ValidationError
 from ..store.db import Store
 from ..store.models import Share, SmbPassword, Volume, now, row_fields
-from .catalog import Catalog, CatalogView, VolumeView
+from .catalog import ApiId, Catalog, CatalogView, VolumeView
 from .locking import StorageLock
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ _HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])
 _SAFE_IN_CONFIG = re.compile(r"[0-9A-Za-z.:/-]+")
 
 
-def normalize_host(entry) -> str:
+def normalize_host(entry: object) -> str:
     """One allowed_hosts entry: 'all', an IP address, a CIDR subnet or a hostname."""
     if not isinstance(entry, str) or not entry.strip():
         raise ValidationError("allowed_hosts entries must be non-empty strings")
@@ -57,7 +57,7 @@ def normalize_host(entry) -> str:
                           "subnet (CIDR) or 'all'")
 
 
-def normalize_options(share_type: str, options) -> tuple[bool, list[str]]:
+def normalize_options(share_type: str, options: object) -> tuple[bool, list[str]]:
     if share_type not in SHARE_TYPES:
         raise ValidationError(f"share_type must be one of: {', '.join(SHARE_TYPES)}")
     options = options or {}
@@ -143,7 +143,8 @@ class ShareService:
     def list(self) -> list[dict]:
         return [self.render(share, volume, False) for share, volume in self._shares(self.catalog.load())]
 
-    def _find(self, share_id=None, vol_id=None, view: CatalogView | None = None) -> tuple[Share, VolumeView]:
+    def _find(self, share_id: ApiId | None = None, vol_id: ApiId | None = None,
+              view: CatalogView | None = None) -> tuple[Share, VolumeView]:
         view = view or self.catalog.load()
         for share, volume in self._shares(view):
             if (share_id is not None and str(share.id) == str(share_id)) or \
@@ -154,11 +155,11 @@ class ShareService:
             raise NotFoundError(f"Volume {vol_id} has no share")
         raise NotFoundError(f"Share {share_id} not found")
 
-    def get(self, share_id=None, vol_id=None) -> dict:
+    def get(self, share_id: ApiId | None = None, vol_id: ApiId | None = None) -> dict:
         return self.render(*self._find(share_id, vol_id), True)
 
     # -- changing ---------------------------------------------------------------------------
-    def create(self, vol_id, share_type: str, share_options=None) -> dict:
+    def create(self, vol_id: ApiId, share_type: str, share_options: object = None) -> dict:
         read_only, hosts = normalize_options(share_type, share_options)
         with self.lock.held():
             volume, view = self.volumes.view(vol_id)
@@ -180,7 +181,7 @@ class ShareService:
             self._apply_or_undo(lambda: self._drop(share_id), view)
         return self.get(share_id=share_id)
 
-    def update(self, vol_id, share_type: str, share_options=None) -> dict:
+    def update(self, vol_id: ApiId, share_type: str, share_options: object = None) -> dict:
         read_only, hosts = normalize_options(share_type, share_options)
         with self.lock.held():
             view = self.catalog.load()
@@ -191,7 +192,7 @@ class ShareService:
             self._apply_or_undo(lambda: self._set(share.id, *before), view)
         return self.get(share_id=share.id)
 
-    def delete(self, share_id=None, vol_id=None) -> None:
+    def delete(self, share_id: ApiId | None = None, vol_id: ApiId | None = None) -> None:
         with self.lock.held():
             share, _ = self._find(share_id, vol_id)
             self._drop(share.id)

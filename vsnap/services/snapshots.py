@@ -17,6 +17,7 @@ from .catalog import (
     PROP_SNAP_ID,
     PROP_VOL_ID,
     READY,
+    ApiId,
     Catalog,
     CatalogView,
     SnapshotView,
@@ -60,10 +61,10 @@ class SnapshotService:
         body["time_updated"] = str(snap.row.time_updated)
         return body
 
-    def _find(self, view: CatalogView, snap_id=None, name=None) -> SnapshotView:
+    def _find(self, view: CatalogView, snap_id: ApiId | None = None, name: str | None = None) -> SnapshotView:
         return find_one(view.snapshots, snap_id, name, "Snapshot", "of different volumes")
 
-    def list(self, parent_id=None) -> list[dict]:
+    def list(self, parent_id: ApiId | None = None) -> list[dict]:
         view = self.catalog.load()
         if parent_id is not None:
             self.volumes._find(view, parent_id)  # 404 for an unknown volume
@@ -74,10 +75,10 @@ class SnapshotService:
         parent = parse_id(parent_id) if parent_id is not None else None  # "01" is volume 1
         return view.memo(("snapshots", parent), render_list)
 
-    def get(self, snap_id=None, name=None) -> dict:
+    def get(self, snap_id: ApiId | None = None, name: str | None = None) -> dict:
         return self.render(self._find(self.catalog.load(), snap_id, name), True)
 
-    def create(self, vol_id, name: str | None = None) -> dict:
+    def create(self, vol_id: ApiId, name: str | None = None) -> dict:
         """Takes a snapshot with two ZFS commands: `zfs snapshot` stamping the id in the same
         step, and one read of what the answer needs (guid, size, time), which also proves the
         dataset is still the volume's (its inherited volume id). No full catalog read: backup
@@ -139,7 +140,7 @@ class SnapshotService:
             row.guid, row.state, row.owner = guid, READY, None
         return row
 
-    def delete(self, snap_id) -> None:
+    def delete(self, snap_id: ApiId) -> None:
         with self.lock.held():
             snap = self._find(self.catalog.load(), snap_id)
             if snap.clones:

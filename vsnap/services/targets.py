@@ -7,6 +7,7 @@ from __future__ import annotations
 import builtins
 import logging
 import threading
+from collections.abc import Callable
 
 from ..config import Settings
 from ..drivers.iscsi_base import HostExport, LunExport, TargetDriver, TargetError
@@ -110,7 +111,7 @@ class TargetService:
                 log.info("iSCSI target configuration applied again")
             self._failing = False
 
-    def apply_or_undo(self, undo, view: CatalogView | None = None) -> None:
+    def apply_or_undo(self, undo: Callable[[], object], view: CatalogView | None = None) -> None:
         """Applies a change already written to the database; if the target refuses it, the
         database change is undone and the target put back as it was."""
         try:

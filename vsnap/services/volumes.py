@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import uuid
+from types import EllipsisType
 
 from ..drivers.lunfile import LunFileDriver
 from ..drivers.runner import CommandError, describe
@@ -23,6 +24,7 @@ from .catalog import (
     PROP_VOL_ID,
     PROP_VOLSIZE,
     READY,
+    ApiId,
     Catalog,
     CatalogView,
     VolumeView,
@@ -43,7 +45,7 @@ MAX_SIZE = 1 << 60
 DEFAULT_BLOCK = 65536
 
 
-def validate_name(name, what: str = "Volume") -> str:
+def validate_name(name: object, what: str = "Volume") -> str:
     if not isinstance(name, str) or not name:
         raise ValidationError(f"{what} name is required")
     if len(name) > MAX_NAME:
@@ -165,17 +167,18 @@ class VolumeService:
                     and (pool_id is None or str(v.row.pool_id) == str(pool_id))]
         return view.memo(("volumes", volume_type, pool_id), render_list)
 
-    def get(self, vol_id=None, name=None) -> dict:
+    def get(self, vol_id: ApiId | None = None, name: str | None = None) -> dict:
         view = self.catalog.load()
         return self.render(self._find(view, vol_id, name), view, True)
 
-    def view(self, vol_id) -> tuple[VolumeView, CatalogView]:
+    def view(self, vol_id: ApiId) -> tuple[VolumeView, CatalogView]:
         view = self.catalog.load()
         return self._find(view, vol_id), view
 
     # -- creating ---------------------------------------------------------------------------
-    def create(self, *, name, volume_type=None, pool_id=None, size_total=None, size_block=None,
-               parent_id=None, parent_path=None, snapshot_id=None) -> dict:
+    def create(self, *, name: str, volume_type: str | None = None, pool_id: ApiId | None = None,
+               size_total: int | None = None, size_block: int | None = None, parent_id: ApiId | None = None,
+               parent_path: str | None = None, snapshot_id: ApiId | None = None) -> dict:
         validate_name(name)
         if snapshot_id is not None:
             return self._clone(name, snapshot_id)
@@ -209,6 +212,7 @@ class VolumeService:
                         props["quota"] = str(size_total)
                     self.ds.create_filesystem(dataset, props)
                 else:
+                    assert size_total is not None  # a lun: required above
                     self._create_lun(dataset, props, size_total, size_block or DEFAULT_BLOCK, row_id)
             except (CommandError, OSError) as exc:
                 self._undo_create(row_id, dataset)
@@ -341,7 +345,8 @@ class VolumeService:
         return self.lunfiles.path(v.props["mountpoint"]), size
 
     # -- updating ---------------------------------------------------------------------------
-    def update(self, vol_id, *, name=None, size_total=...) -> dict:
+    def update(self, vol_id: ApiId, *, name: str | None = None,
+               size_total: int | None | EllipsisType = ...) -> dict:
         """All or nothing. Every check runs before the first change. The rename runs first
         (ZFS may still refuse it: a mount in use), the resize after it; a resize that fails
         renames the volume back. While ZFS changes, the row records the update (`pending`),
@@ -351,17 +356,17 @@ class VolumeService:
             validate_name(name)
         with self.lock.held():
             v, view = self.view(vol_id)
-            renaming = name is not None and name != v.row.name
+            new_name = name if name is not None and name != v.row.name else None
             resizing = size_total is not ...
             if resizing:
                 self._check_resize(v, size_total)
-            if renaming:
-                self._check_rename(v, view, name)
-            if renaming and v.row.volume_type == FILEBACKED:
+            if new_name is not None:
+                self._check_rename(v, view, new_name)
+            if new_name is not None and v.row.volume_type == FILEBACKED:
                 with self.store.session() as s:  # a row change only: no file moves
-                    s.get(Volume, v.row.id).name = name
-            elif renaming or resizing:
-                self._update_dataset(v, name if renaming else None, size_total if resizing else ...)
+                    s.get(Volume, v.row.id).name = new_name
+            elif new_name is not None or resizing:
+                self._update_dataset(v, new_name, size_total if resizing else ...)
             with self.store.session() as s:
                 s.get(Volume, v.row.id).time_updated = now()
             if resizing:
@@ -488,7 +493,7 @@ class VolumeService:
             row.pending, row.owner = pending, owner
 
     # -- deleting ---------------------------------------------------------------------------
-    def delete(self, vol_id) -> None:
+    def delete(self, vol_id: ApiId) -> None:
         with self.lock.held():
             v, view = self.view(vol_id)
             clones = self._clone_names(v, view)
