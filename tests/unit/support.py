@@ -36,21 +36,21 @@ class FakePools:
 
     def __init__(self, store):
         self.store = store
-        self.live: list[tuple[Pool, PoolSummary]] = []
+        self.imported: list[tuple[Pool, PoolSummary]] = []
 
     def add(self, name, guid) -> int:
         with self.store.session() as s:
             row = Pool(name=name, guid=guid, pool_type="raid0", state="ready")
             s.add(row)
             s.flush()
-        self.live.append((row, PoolSummary(name, guid, "ONLINE")))
+        self.imported.append((row, PoolSummary(name, guid, "ONLINE")))
         return row.id
 
-    def _live(self):
-        return list(self.live)
+    def live(self):
+        return list(self.imported)
 
-    def _find(self, pool_id=None, name=None):
-        for row, summary in self._live():
+    def find(self, pool_id=None, name=None):
+        for row, summary in self.live():
             if (pool_id is not None and str(row.id) == str(pool_id)) or \
                     (name is not None and summary.name == name):
                 return row, summary

@@ -173,7 +173,7 @@ class FakeVolumes:
         self.decorators: list = []
         self.backings: dict[int, object] = {}  # vol id -> (path, size), or an exception to raise
 
-    def _find(self, view, vol_id=None, name=None):
+    def find(self, view, vol_id=None, name=None):
         return find_one(view.volumes, vol_id, name, "Volume", "in different pools")
 
     def backing(self, v: VolumeView, view: CatalogView):

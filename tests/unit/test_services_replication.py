@@ -135,7 +135,7 @@ class FakeVolumes:
         self.created: list[dict] = []
         self.deleted: list[int] = []
 
-    def _find(self, view, vol_id=None, name=None):
+    def find(self, view, vol_id=None, name=None):
         return find_one(view.volumes, vol_id, name, "Volume", "in different pools")
 
     def backing(self, v, view):
@@ -149,7 +149,7 @@ class FakeVolumes:
         return {"id": str(vol_id), "name": name}
 
     def delete(self, vol_id) -> None:
-        v = self._find(self.env.catalog.load(), vol_id)
+        v = self.find(self.env.catalog.load(), vol_id)
         self.refuse_volume_delete.run(v.row.id)  # like the real one: the guards may refuse
         self.before_volume_delete.run(v.row.id)
         self.deleted.append(v.row.id)
@@ -179,7 +179,7 @@ class FakePools:
         self.refuse_pool_delete = Hooks()
         self.before_pool_delete = Hooks()
 
-    def _live(self):
+    def live(self):
         return [(row, SimpleNamespace(name=row.name)) for row in self.env.pool_rows]
 
 

@@ -169,12 +169,12 @@ class FakeVolumes:
         self.after_volume_rename: list = []
         self.decorators: list = []
 
-    def _find(self, view, vol_id=None, name=None):
+    def find(self, view, vol_id=None, name=None):
         return find_one(view.volumes, vol_id, name, "Volume", "in different pools")
 
     def view(self, vol_id):
         view = self.catalog.load()
-        return self._find(view, vol_id), view
+        return self.find(view, vol_id), view
 
 
 class FakePools:
@@ -185,7 +185,7 @@ class FakePools:
         self.release_pool: list = []
         self.after_pool_rename: list = []
 
-    def _find(self, pool_id=None, name=None):
+    def find(self, pool_id=None, name=None):
         for pname, row in self.rows.items():
             if (name is not None and pname == name) or (pool_id is not None and str(row.id) == str(pool_id)):
                 return row, PoolSummary(pname, row.guid or "", "ONLINE")

@@ -974,7 +974,7 @@ def test_recover_deleting_lets_shares_and_mappings_go_before_the_destroy(env):
 
 def test_recover_waits_for_a_pool_that_is_not_imported(env, caplog):
     gone = env.pools.add("away")
-    env.pools.live = [(r, summary) for r, summary in env.pools.live if r.id != gone]
+    env.pools.imported = [(r, summary) for r, summary in env.pools.imported if r.id != gone]
     vid = add_row(env.store, pool_id=gone, name="v", state="deleting", owner=DEAD_OWNER, guid="1")
     env.svc.recover()
     assert [(r.id, r.state) for r in rows(env.store)] == [(vid, "deleting")]  # kept for later

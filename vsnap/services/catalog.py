@@ -295,7 +295,7 @@ class Catalog:
         it read and says it is unsettled, and the caller reads again taking the storage lock
         first (_read_settling)."""
         view, settled = CatalogView({}, {}), True
-        for pool_row, summary in self.pools._live():
+        for pool_row, summary in self.pools.live():
             tree = self.ds.tree(summary.name, USER_PROPS, SNAPSHOT_PROPS)
             if self._reconcile(pool_row, summary.name, tree, apply=False):
                 with (self.lock.held() if wait_for_lock else self.lock.held_if_free()) as got:

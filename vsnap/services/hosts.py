@@ -228,7 +228,7 @@ class HostService:
             view = self.catalog.load()
             with self.store.session() as s:
                 host = self._row(s, host_id)
-            volume = self.volumes._find(view, vol_id)
+            volume = self.volumes.find(view, vol_id)
             if volume.row.volume_type not in MAPPABLE:
                 raise ValidationError(f"Volume {volume.row.name} is a {volume.row.volume_type}: only lun "
                                       "and filebackedlun volumes can be mapped to hosts")
@@ -259,7 +259,7 @@ class HostService:
             view = self.catalog.load()
             with self.store.session() as s:
                 host = self._row(s, host_id)
-            volume = self.volumes._find(view, vol_id)
+            volume = self.volumes.find(view, vol_id)
             saved = self._drop_mappings((LunMapping.host_id == host.id) & (LunMapping.volume_id == volume.row.id))
             if not saved:
                 raise NotFoundError(f"Volume {volume.row.name} is not mapped to host {host.name}")

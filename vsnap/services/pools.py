@@ -111,15 +111,15 @@ class PoolService:
         return str(Path(self.settings.mount_root) / name)
 
     # -- finding pools ----------------------------------------------------------------------
-    def _live(self) -> list[tuple[Pool, PoolSummary]]:
+    def live(self) -> list[tuple[Pool, PoolSummary]]:
         """Rows of pools that exist now, with ZFS's summary of each."""
         imported = {p.guid: p for p in self.ops.list()}
         with self.store.session() as s:
             rows = s.query(Pool).filter(Pool.state == READY).order_by(Pool.id).all()
         return [(row, imported[row.guid]) for row in rows if row.guid in imported]
 
-    def _find(self, pool_id: str | None = None, name: str | None = None) -> tuple[Pool, PoolSummary]:
-        for row, summary in self._live():
+    def find(self, pool_id: str | None = None, name: str | None = None) -> tuple[Pool, PoolSummary]:
+        for row, summary in self.live():
             if (pool_id is not None and str(row.id) == str(pool_id)) or \
                     (name is not None and summary.name == name):
                 return row, summary
@@ -209,10 +209,10 @@ class PoolService:
         return details
 
     def list(self) -> list[dict]:
-        return [self._summary(row, summary, self._props(summary.name)) for row, summary in self._live()]
+        return [self._summary(row, summary, self._props(summary.name)) for row, summary in self.live()]
 
     def get(self, pool_id: str | None = None, name: str | None = None) -> dict:
-        return self._details(*self._find(pool_id, name))
+        return self._details(*self.find(pool_id, name))
 
     # -- disks ------------------------------------------------------------------------------
     def _candidates(self, uuids: builtins.list[str] | None, *, required: bool = False) -> builtins.list[BlockDevice]:
@@ -255,7 +255,7 @@ class PoolService:
             existing = self.ops.list()
             if any(p.name == name for p in existing):
                 raise ConflictError(f"A pool named {name} already exists")
-            if self._live() and not self.system.multipool:
+            if self.live() and not self.system.multipool:
                 raise ConflictError("This appliance allows one pool (multipool is off); "
                                     "run init with multipool true to allow more")
             devices = self._candidates(disk_list)
@@ -289,7 +289,7 @@ class PoolService:
 
     def create_default(self) -> None:
         """init without skip_pool: one pool from every unused disk, unless a pool exists."""
-        if self._live():
+        if self.live():
             return
         unused = [dev for dev, used_as, _ in self.disks.inventory() if used_as == UNUSED]
         if not unused:
@@ -323,7 +323,7 @@ class PoolService:
             validate_pool_name(name)
         self._check_syncwrite(syncwrite)
         with self.lock.held():
-            row, summary = self._find(pool_id)
+            row, summary = self.find(pool_id)
             new_name = name if name is not None and name != summary.name else None
             if new_name is not None:
                 self._check_rename(new_name)
@@ -388,7 +388,7 @@ class PoolService:
                 left.append(f"{prop} stays changed")
         if old_name:
             try:
-                row, summary = self._find(str(pool_id))
+                row, summary = self.find(str(pool_id))
                 self._rename(row, summary, old_name)
             except Exception as exc:  # the update's own error is the one to report
                 log.error("pool %s: could not rename it back to %s: %s", current, old_name, exc)
@@ -436,7 +436,7 @@ class PoolService:
     def action(self, pool_id: str, action: str, *, disk_list: builtins.list[str] | None = None,
                disk: str | None = None) -> dict:
         with self.lock.held():
-            row, summary = self._find(pool_id)
+            row, summary = self.find(pool_id)
             status = (self.zfs.pool_status(summary.name) or [PoolStatus(summary.name, None)])[0]
             try:
                 if action == "expand":
@@ -494,7 +494,7 @@ class PoolService:
     # -- delete -----------------------------------------------------------------------------
     def delete(self, pool_id: str) -> None:
         with self.lock.held():
-            row, summary = self._find(pool_id)
+            row, summary = self.find(pool_id)
             self.refuse_pool_delete.run(row.id, summary.name)
             with self.store.session() as s:
                 r = s.get(Pool, row.id)
@@ -544,7 +544,7 @@ class PoolService:
                 except Exception:  # one pool's trouble must not stop the others' recovery
                     log.exception("pool %s (%s): recovery failed", row.id, row.name)
             self._adopt()
-            for row, summary in self._live():
+            for row, summary in self.live():
                 try:  # a crash between creating and mounting leaves a dataset unmounted
                     for name in self.ops.mount_missing(summary.name):
                         log.info("mounted %s", name)

@@ -511,7 +511,7 @@ class ReplicationService:
     def list_relationships(self, vol_id: ApiId | None = None, vol_name: str | None = None) -> list[dict]:
         view = self.catalog.load()  # relationships of volumes destroyed outside the API go with them
         if vol_id is not None or vol_name is not None:
-            wanted = self.volumes._find(view, vol_id, vol_name).row.id
+            wanted = self.volumes.find(view, vol_id, vol_name).row.id
         with self.store.session() as s:
             q = s.query(Relationship).order_by(Relationship.time_created, Relationship.id)
             if vol_id is not None or vol_name is not None:
@@ -530,7 +530,7 @@ class ReplicationService:
             partner = self._partner(s, partner_id)
         with self.lock.held():
             view = self.catalog.load()
-            volume = self.volumes._find(view, vol_id)
+            volume = self.volumes.find(view, vol_id)
             if volume.row.volume_type == FILEBACKED:
                 raise ValidationError("A filebackedlun has no dataset of its own: replicate its parent filesystem")
             with self.store.session() as s:
@@ -1130,7 +1130,7 @@ class ReplicationService:
             raise ValidationError("Only filesystem and lun volumes are replicated")
         primary_name = validate_name(req.get("primary_vol_name"))
         name = validate_name(req.get("name") or f"{primary_name}_replica")
-        live = self.pools._live()
+        live = self.pools.live()
         if req.get("pool_id") is not None:
             matches = [(r, p) for r, p in live if str(r.id) == str(req["pool_id"])]
             if not matches:

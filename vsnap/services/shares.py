@@ -151,7 +151,7 @@ class ShareService:
                     (vol_id is not None and str(share.volume_id) == str(vol_id)):
                 return share, volume
         if vol_id is not None:
-            self.volumes._find(view, vol_id)  # 404 for an unknown volume first
+            self.volumes.find(view, vol_id)  # 404 for an unknown volume first
             raise NotFoundError(f"Volume {vol_id} has no share")
         raise NotFoundError(f"Share {share_id} not found")
 

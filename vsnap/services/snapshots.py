@@ -67,7 +67,7 @@ class SnapshotService:
     def list(self, parent_id: ApiId | None = None) -> list[dict]:
         view = self.catalog.load()
         if parent_id is not None:
-            self.volumes._find(view, parent_id)  # 404 for an unknown volume
+            self.volumes.find(view, parent_id)  # 404 for an unknown volume
 
         def render_list():
             snaps = sorted(view.snapshots.values(), key=lambda s: s.row.id)
@@ -172,9 +172,9 @@ class SnapshotService:
                     log.exception("snapshot %s (%s): recovery failed", row.id, row.name)
 
     def _recover_row(self, row: Snapshot, volume: Volume) -> None:
-        summary = self.volumes.pools._find(volume.pool_id)[1]
+        summary = self.volumes.pools.find(volume.pool_id)[1]
         zfs_name = f"{summary.name}/{volume.name}@{row.name}"
-        found = self.ds.get(zfs_name, [PROP_SNAP_ID, "guid"]) if self.volumes._exists(zfs_name) else {}
+        found = self.ds.get(zfs_name, [PROP_SNAP_ID, "guid"]) if self.volumes.dataset_exists(zfs_name) else {}
         exists = bool(found)
         stamp = found.get(PROP_SNAP_ID, "-")
         with self.store.session() as s:

@@ -109,7 +109,7 @@ class VolumeService:
         self.decorators: list = []  # add share_id / host_ids to a volume's details
 
     # -- reading ----------------------------------------------------------------------------
-    def _find(self, view: CatalogView, vol_id=None, name=None) -> VolumeView:
+    def find(self, view: CatalogView, vol_id=None, name=None) -> VolumeView:
         return find_one(view.volumes, vol_id, name, "Volume", "in different pools")
 
     def _sizes(self, v: VolumeView) -> tuple[str | None, str | None, str | None]:
@@ -169,11 +169,11 @@ class VolumeService:
 
     def get(self, vol_id: ApiId | None = None, name: str | None = None) -> dict:
         view = self.catalog.load()
-        return self.render(self._find(view, vol_id, name), view, True)
+        return self.render(self.find(view, vol_id, name), view, True)
 
     def view(self, vol_id: ApiId) -> tuple[VolumeView, CatalogView]:
         view = self.catalog.load()
-        return self._find(view, vol_id), view
+        return self.find(view, vol_id), view
 
     # -- creating ---------------------------------------------------------------------------
     def create(self, *, name: str, volume_type: str | None = None, pool_id: ApiId | None = None,
@@ -199,7 +199,7 @@ class VolumeService:
         if size_block is not None and volume_type != "lun":
             raise ValidationError("size_block applies to lun volumes only")
         with self.lock.held():
-            pool_row, summary = self.pools._find(pool_id)
+            pool_row, summary = self.pools.find(pool_id)
             self._check_free(summary.name, name)
             row_id = self._begin(pool_row.id, name, volume_type,
                                  serial=str(uuid.uuid4()) if volume_type == "lun" else None,
@@ -235,15 +235,15 @@ class VolumeService:
 
     def _check_free(self, pool: str, name: str) -> None:
         """Unique per pool: no dataset of that name (ours or not) and no file-backed LUN."""
-        taken = self._exists(f"{pool}/{name}")
+        taken = self.dataset_exists(f"{pool}/{name}")
         if not taken:
-            pool_row = self.pools._find(name=pool)[0]
+            pool_row = self.pools.find(name=pool)[0]
             with self.store.session() as s:
                 taken = s.query(Volume).filter(Volume.pool_id == pool_row.id, Volume.name == name).first() is not None
         if taken:
             raise ConflictError(f"Pool {pool} already has a volume named {name}")
 
-    def _exists(self, dataset: str) -> bool:
+    def dataset_exists(self, dataset: str) -> bool:
         try:
             self.ds.get(dataset, ["type"])
             return True
@@ -265,7 +265,7 @@ class VolumeService:
             row.guid, row.state, row.owner = guid, READY, None
 
     def _undo_create(self, row_id: int, dataset: str | None) -> None:
-        if dataset and self._exists(dataset):
+        if dataset and self.dataset_exists(dataset):
             try:
                 self.ds.destroy(dataset, recursive=True)
             except CommandError as exc:
@@ -310,7 +310,7 @@ class VolumeService:
             raise ValidationError("parent_id and parent_path are required for a filebackedlun")
         with self.lock.held():
             view = self.catalog.load()
-            parent = self._find(view, parent_id)
+            parent = self.find(view, parent_id)
             if parent.row.volume_type != "filesystem":
                 raise ValidationError("parent_id must be a filesystem volume")
             relative = resolve_inside(parent.zfs_props["mountpoint"], parent_path)
@@ -549,7 +549,7 @@ class VolumeService:
     def _remount_volumes(self) -> None:
         """Volumes always mount at their inherited place; a rename that a crash interrupted on
         a ZFS that renames only unmounted filesystems may have left one at mountpoint=none."""
-        for _, summary in self.pools._live():
+        for _, summary in self.pools.live():
             for name, props in self.ds.tree(summary.name, []).items():
                 if name.count("/") == 1 and "@" not in name and props.get("type") == "filesystem" \
                         and props.get("mountpoint") == "none":
@@ -565,12 +565,12 @@ class VolumeService:
         size put back: the resize comes after the rename, so this only repeats what is)."""
         pending = row.pending
         assert pending is not None, "called for a ready row with an update in flight"
-        _, summary = self.pools._find(row.pool_id)
+        _, summary = self.pools.find(row.pool_id)
         names, sizes = pending.get("name"), pending.get("size_total")
 
         def ours(name: str) -> bool:
             dataset = f"{summary.name}/{name}"
-            return self._exists(dataset) and self.ds.get(dataset, [PROP_VOL_ID])[PROP_VOL_ID] == str(row.id)
+            return self.dataset_exists(dataset) and self.ds.get(dataset, [PROP_VOL_ID])[PROP_VOL_ID] == str(row.id)
 
         finished = names is None or ours(names[1])
         name = row.name if names is None else names[1] if finished else names[0]
@@ -586,10 +586,10 @@ class VolumeService:
         log.info("volume %s: interrupted update %s", name, "finished" if finished else "rolled back")
 
     def _recover_row(self, row: Volume) -> None:
-        pool_row, summary = self.pools._find(row.pool_id)
+        pool_row, summary = self.pools.find(row.pool_id)
         dataset = f"{summary.name}/{row.name}"
         stamped = self.ds.get(dataset, [PROP_VOL_ID, "guid", "mountpoint", "type", PROP_VOLSIZE]) \
-            if self._exists(dataset) else {}
+            if self.dataset_exists(dataset) else {}
         if row.state == DELETING:
             self.before_volume_delete.run(row.id)  # shares and mappings the crash left behind
             self.release_volume.run(row.id)
