@@ -99,9 +99,11 @@ FREE_TEXT = {
 SERIAL = {("PUT", "/api/pool/{pool_id}"), ("PUT", "/api/volume/{vol_id}")}
 # Query filters on free text: a 200 must hold only objects with exactly that value. A host's name
 # is free text, and the POST /api/host step (on another thread) makes hosts named by each value
-# for a moment, so a lookup by name may rightly find one.
+# for a moment, so a lookup by name may rightly find one; so do the POST /api/volume and snapshot
+# steps with the NAME_LIKE values they accept ("NaN" is a fine volume name).
 FREE_QUERY = {("GET", "/api/audit"): {"user"}, ("GET", "/api/relationship"): {"vol_name"},
-              ("GET", "/api/host"): {"name"}}
+              ("GET", "/api/host"): {"name"}, ("GET", "/api/volume"): {"name"},
+              ("GET", "/api/snapshot"): {"name"}}
 
 
 # -- what must not change ------------------------------------------------------------------------------
