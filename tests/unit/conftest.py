@@ -24,6 +24,10 @@ class FakeRunner:
     def __init__(self):
         self.responses: dict[tuple[str, ...], object] = {}
         self.calls: list[dict] = []
+        self.steps: list[str] = []  # what drivers announced through step_done
+
+    def step_done(self, what: str) -> None:
+        self.steps.append(what)
 
     def on(self, argv_prefix, stdout: str = "", returncode: int = 0, stderr: str = "",
            raises: Exception | None = None) -> "FakeRunner":

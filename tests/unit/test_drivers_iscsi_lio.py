@@ -649,6 +649,15 @@ def test_first_apply_builds_target_tpg_portal_acls_and_luns(lio, driver):
         B1: {0: ("block", so_name(driver, 3), "/dev/zvol/tank/v3", "VSNAP-000003", False)}}
 
 
+def test_each_change_in_configfs_is_announced_as_a_step_and_reads_are_not(lio):
+    steps: list[str] = []
+    d = LioDriver(BASE, rtslib=lio.module, path_kind=lio.path_kind, dbroot=None, on_step=steps.append)
+    d.apply([HostExport(1, (A1,), (vol(0, 1),))])
+    assert steps and all(step.startswith("LIO: ") for step in steps)
+    assert not any(step.startswith(("LIO: reading", "LIO: looking")) for step in steps)
+    assert steps[0] == f"LIO: creating target {BASE}"
+
+
 def test_first_apply_orders_attributes_first_and_enable_last(lio, driver):
     driver.apply([HostExport(1, (A1,), (vol(0, 1),))])
     kinds = [(op, kind) for op, kind, _ in lio.log]

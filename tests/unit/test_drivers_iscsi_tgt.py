@@ -1022,14 +1022,17 @@ def test_choose_nothing(platform, fake_runner):
 
 def test_choose_lio_where_configfs_and_rtslib_are(platform, fake_runner, monkeypatch):
     class FakeLio:
-        def __init__(self, base_iqn):
+        def __init__(self, base_iqn, on_step=None):
             self.base_iqn = base_iqn
+            self.on_step = on_step
     module = types.ModuleType("vsnap.drivers.iscsi_lio")
     module.LioDriver = FakeLio
     monkeypatch.setitem(sys.modules, "vsnap.drivers.iscsi_lio", module)
     platform.update(configfs=True, tgtadm=True)
     d = choose_target_driver(fake_runner, BASE)
     assert isinstance(d, FakeLio) and d.base_iqn == BASE
+    d.on_step("LIO: made a LUN")  # configfs changes are the runner's steps (the crash tests' kill points)
+    assert fake_runner.steps == ["LIO: made a LUN"]
 
 
 def test_choose_tgt_when_rtslib_is_missing(platform, fake_runner, monkeypatch, caplog):

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from vsnap.drivers import nfs as nfs_mod
+from vsnap.drivers.files import write_atomically
 from vsnap.drivers.nfs import (
     GaneshaNfsDriver,
     KernelNfsDriver,
@@ -20,7 +21,6 @@ from vsnap.drivers.nfs import (
     choose_nfs_driver,
     ganesha_exports,
     kernel_exports,
-    write_atomically,
 )
 from vsnap.drivers.runner import CommandError
 from vsnap.drivers.smb import SambaDriver, SmbShare, samba_shares
@@ -323,6 +323,7 @@ def test_kernel_apply_writes_then_reexports(tmp_path, fake_runner):
     KernelNfsDriver(fake_runner, target).apply(exports)
     assert fake_runner.argvs() == [["exportfs", "-ra"]]
     assert fake_runner.calls[0]["check"] is True
+    assert fake_runner.steps == [f"wrote {target}"]  # a kill point of the crash tests
     assert seen == [kernel_exports(exports)]
     assert target.read_text() == kernel_exports(exports)
 
@@ -399,6 +400,7 @@ def test_samba_apply_writes_and_reloads_without_checking(samba, fake_runner):
     assert samba.shares_file.read_text() == samba_shares(shares, "vsnap-admins")
     assert fake_runner.argvs() == [["smbcontrol", "-s", str(samba.conf), "smbd", "reload-config"]]
     assert fake_runner.calls[0]["check"] is False
+    assert fake_runner.steps == [f"wrote {samba.shares_file}"]
 
 
 def test_samba_set_password_feeds_it_twice(samba, fake_runner):

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import FakeRunner
 
 import vsnap.services.replication as repl_mod
 from vsnap.config import Settings
@@ -347,7 +348,7 @@ class Env:
         self.ssh = FakeSsh()
         self.pool_rows: list[Pool] = []
         self.svc = ReplicationService(self.settings, store, self.catalog, self.volumes, self.snapshots, self.pools,
-                                      self.network, self.system, self.ds, self.ssh, runner=None, lock=self.lock)
+                                      self.network, self.system, self.ds, self.ssh, runner=FakeRunner(), lock=self.lock)
         self.link = FakeLink(self.ssh)
         self.svc.link = self.link
         self.api = FakeApi()

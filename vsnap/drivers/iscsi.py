@@ -277,7 +277,7 @@ def choose_target_driver(runner: Runner, base_iqn: str) -> TargetDriver:
     if os.path.isdir(CONFIGFS_TARGET):
         try:
             from .iscsi_lio import LioDriver
-            return LioDriver(base_iqn)
+            return LioDriver(base_iqn, on_step=runner.step_done)
         except ImportError as exc:
             log.warning("configfs target support found, but rtslib-fb is missing (%s); using tgt", exc)
     if shutil.which("tgtadm"):

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .iscsi_base import HostExport, LunExport, TargetDriver, TargetError, TargetPort, numbered
-from .runner import fault_point
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +105,10 @@ class LioDriver(TargetDriver):
     max_lun = 255
 
     def __init__(self, base_iqn: str, rtslib: Any = None,
-                 path_kind: Callable[[str], str] = path_kind, dbroot: str | None = DBROOT):
+                 path_kind: Callable[[str], str] = path_kind, dbroot: str | None = DBROOT,
+                 on_step: Callable[[str], None] | None = None):
         super().__init__(base_iqn)
+        self.on_step = on_step  # told of each change made in configfs (Runner.step_done)
         self.dbroot = dbroot
         if rtslib is None:
             # Imported here so that importing vsnap never needs rtslib-fb (tgt machines).
@@ -131,13 +132,13 @@ class LioDriver(TargetDriver):
     def _step(self, what: str) -> Iterator[None]:
         """rtslib raises RTSLibError for what it checks and OSError for what configfs or
         the kernel refuses; both become TargetError saying what was being done. A step that
-        changed the kernel's configuration is a kill point of the crash tests (fault_point)."""
+        changed the kernel's configuration is told to `on_step` (the crash tests' kill points)."""
         try:
             yield
         except (self.rtslib.RTSLibError, OSError) as exc:
             raise TargetError(f"LIO: {what}: {exc}") from exc
-        if not what.startswith(_READING_STEPS):
-            fault_point(f"LIO: {what}")
+        if self.on_step is not None and not what.startswith(_READING_STEPS):
+            self.on_step(f"LIO: {what}")
 
     # -- reading ------------------------------------------------------------------------------
     def _find_target(self) -> Any:

@@ -9,8 +9,10 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-from .runner import Runner, fault_point
+from .files import write_atomically
+from .runner import Runner
 
 log = logging.getLogger(__name__)
 
@@ -24,18 +26,6 @@ class NfsExport:
     path: str
     read_only: bool
     clients: list[str] = field(default_factory=list)  # "*" for everyone; empty: nobody
-
-
-def write_atomically(path: Path, text: str, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-    fault_point(f"wrote {path}")  # test-only, inert unless armed (runner.py)
 
 
 def ganesha_exports(exports: list[NfsExport], id_base: int = 0) -> str:
@@ -78,8 +68,10 @@ class GaneshaNfsDriver:
     kind = "nfs-ganesha"
 
     def __init__(self, exports_file: Path, pidfile: Path | None, id_base: int = 0,
-                 log_file: Path | None = None, reread_timeout: float = 15.0):
+                 log_file: Path | None = None, reread_timeout: float = 15.0,
+                 on_step: Callable[[str], None] | None = None):
         self.exports_file = exports_file
+        self.on_step = on_step  # told of each change made without a command (Runner.step_done)
         self.pidfile = pidfile
         self.id_base = id_base
         self.max_share_id = MAX_EXPORT_ID - id_base
@@ -88,6 +80,8 @@ class GaneshaNfsDriver:
 
     def apply(self, exports: list[NfsExport]) -> None:
         write_atomically(self.exports_file, ganesha_exports(exports, self.id_base))
+        if self.on_step is not None:
+            self.on_step(f"wrote {self.exports_file}")
         pid = self._pid()
         if pid:
             offset = self._log_size()
@@ -148,6 +142,7 @@ class KernelNfsDriver:
 
     def apply(self, exports: list[NfsExport]) -> None:
         write_atomically(self.exports_file, kernel_exports(exports, self.id_base))
+        self.runner.step_done(f"wrote {self.exports_file}")
         self.runner.run(["exportfs", "-ra"])
 
 
@@ -157,4 +152,4 @@ def choose_nfs_driver(runner: Runner, exports_file: Path, pidfile: Path | None,
     """The kernel's NFS server where the kernel has one, nfs-ganesha otherwise."""
     if Path("/proc/fs/nfsd/exports").exists() and Path("/usr/sbin/exportfs").exists():
         return KernelNfsDriver(runner, kernel_exports_file, id_base)
-    return GaneshaNfsDriver(exports_file, pidfile, id_base, ganesha_log)
+    return GaneshaNfsDriver(exports_file, pidfile, id_base, ganesha_log, on_step=runner.step_done)

@@ -2,11 +2,8 @@
 from __future__ import annotations
 
 import logging
-import os
 import shlex
-import signal
 import subprocess
-import threading
 import time
 from dataclasses import dataclass
 from enum import Enum
@@ -87,47 +84,16 @@ def changes_storage(argv: list[str]) -> bool:
     return reads is not None and (len(argv) < 2 or argv[1] not in reads)
 
 
-# -- a test-only fault point ------------------------------------------------------------------
-# VSNAP_FAULT_KILL_AFTER_COMMANDS=N, read once when this module is first imported, makes the
-# process SIGKILL its whole process group (the gunicorn master and all its workers, as a crash
-# or `kill -9` of the service would) right after the N-th step that changed the system which it
-# took for an API request or a replication session: a storage-changing zfs/zpool command, a
-# tgtadm change, a Samba reload, or a configuration file written (`fault_point`). Steps taken
-# by start-up recovery and the background threads are not counted. The crash tests
-# (tests/integration/test_crash.py) sweep N to land a crash after every step of an operation.
-# Unset (always, outside those tests) it is inert: nothing is counted and nothing is killed.
-def _fault_limit() -> int:
-    value = os.environ.get("VSNAP_FAULT_KILL_AFTER_COMMANDS", "")
-    return int(value) if value.isdigit() else 0
-
-
-_FAULT_KILL_AFTER = _fault_limit()
-_fault_count = 0
-_fault_lock = threading.Lock()
-_BACKGROUND_CONTEXTS = ("worker", "catalog")
-_UNCOUNTED_CONTEXTS = ("-", *_BACKGROUND_CONTEXTS)  # start-up and background threads
+# The background threads' own work: routine reads of theirs are logged at DEBUG.
+BACKGROUND_CONTEXTS = ("worker", "catalog")
 
 
 def changes_system(argv: list[str]) -> bool:
-    """A command that changes storage or a service's configuration (for the fault point)."""
+    """A command that changes storage or a service's configuration (for the logs and the crash tests)."""
     name = argv[0].rsplit("/", 1)[-1] if argv else ""
     if name == "tgtadm":
         return "--op" in argv[:-1] and argv[argv.index("--op") + 1] != "show"
     return changes_storage(argv) or name in ("smbcontrol", "exportfs", "smbpasswd")
-
-
-def fault_point(what: str) -> None:
-    """One system-changing step done (see above); inert unless the fault point is armed."""
-    global _fault_count
-    if not _FAULT_KILL_AFTER or request_id_var.get() in _UNCOUNTED_CONTEXTS:
-        return
-    with _fault_lock:
-        _fault_count += 1
-        if _fault_count < _FAULT_KILL_AFTER:
-            return
-        os.write(2, f"vsnap fault point: SIGKILL of the process group after step {_fault_count}: "
-                    f"{what[:200]}\n".encode("utf-8", "replace"))
-        os.killpg(os.getpgrp(), signal.SIGKILL)
 
 
 class _Unlimited(Enum):
@@ -145,6 +111,11 @@ class Runner:
     def __init__(self, timeout: float = 120.0, on_storage_change=None):
         self.timeout = timeout
         self.on_storage_change = on_storage_change  # called after each zfs/zpool command that may change
+
+    def step_done(self, what: str) -> None:
+        """A driver changed the system without a command: a configuration file replaced, a
+        kernel object made through configfs. Nothing to do here; this is the seam where the
+        crash tests' runner (vsnap/faults.py) counts its kill points."""
 
     def storage_changed(self, argv: list[str]) -> None:
         if self.on_storage_change is not None and changes_storage(argv):
@@ -176,13 +147,11 @@ class Runner:
         duration = time.monotonic() - started
         if changes is not False:
             self.storage_changed(argv)
-        if _FAULT_KILL_AFTER and changes_system(argv):
-            fault_point(summary(argv))
         # Every command, with its exit status and duration; never its input (which may hold
         # a password), and argument lists carry none. The background threads' routine reads
         # (the worker's target check every few seconds) go to DEBUG; what they change or what
         # fails stays at INFO.
-        routine = (request_id_var.get() in _BACKGROUND_CONTEXTS and proc.returncode == 0
+        routine = (request_id_var.get() in BACKGROUND_CONTEXTS and proc.returncode == 0
                    and not changes_system(argv))
         log.log(logging.DEBUG if routine else logging.INFO, "ran %s: rc=%s in %.3fs", summary(argv),
                 proc.returncode, duration,

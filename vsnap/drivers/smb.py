@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .nfs import write_atomically
+from .files import write_atomically
 from .runner import Runner
 
 
@@ -39,6 +39,7 @@ class SambaDriver:
 
     def apply(self, shares: list[SmbShare]) -> None:
         write_atomically(self.shares_file, samba_shares(shares, self.group))
+        self.runner.step_done(f"wrote {self.shares_file}")
         # Fails harmlessly when smbd is not running: it reads the file when it starts.
         self.runner.run(["smbcontrol", "-s", str(self.conf), "smbd", "reload-config"], check=False)
 

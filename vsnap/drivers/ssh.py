@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import tempfile
 from pathlib import Path
 
+from .files import write_atomically
 from .runner import Runner
 
 KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa")
@@ -49,20 +49,9 @@ def _private_dir(path: Path) -> None:
     os.chmod(path, 0o700)
 
 
-def _write_atomically(path: Path, text: str, mode: int = 0o600) -> None:
+def _write_private(path: Path, text: str) -> None:
     _private_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomically(path, text, 0o600)
 
 
 class SshDriver:
@@ -121,13 +110,13 @@ class SshDriver:
         forced = " ".join(shlex.quote(part) for part in command).replace('"', '\\"')
         line = f'restrict,command="{forced}" {key} vsnap-partner:{partner_id}'
         lines = self._lines_without(self.authorized_keys, partner_id) + [line]
-        _write_atomically(self.authorized_keys, "\n".join(lines) + "\n")
+        _write_private(self.authorized_keys, "\n".join(lines) + "\n")
 
     def deauthorize(self, partner_id: str) -> None:
         _check_partner_id(partner_id)
         if self.authorized_keys.exists():
             lines = self._lines_without(self.authorized_keys, partner_id)
-            _write_atomically(self.authorized_keys, "".join(f"{line}\n" for line in lines))
+            _write_private(self.authorized_keys, "".join(f"{line}\n" for line in lines))
 
     def is_authorized(self, partner_id: str) -> bool:
         try:
@@ -140,13 +129,13 @@ class SshDriver:
         _check_partner_id(partner_id)
         line = f"vsnap-partner-{partner_id} {normalize_public_key(host_key)}"
         lines = self._lines_without(self.known_hosts, partner_id) + [line]
-        _write_atomically(self.known_hosts, "\n".join(lines) + "\n")
+        _write_private(self.known_hosts, "\n".join(lines) + "\n")
 
     def unpin_host_key(self, partner_id: str) -> None:
         _check_partner_id(partner_id)
         if self.known_hosts.exists():
             lines = self._lines_without(self.known_hosts, partner_id)
-            _write_atomically(self.known_hosts, "".join(f"{line}\n" for line in lines))
+            _write_private(self.known_hosts, "".join(f"{line}\n" for line in lines))
 
     # -- reaching a partner ---------------------------------------------------------------------
     def command(self, partner_id: str, address: str, port: int, remote: list[str]) -> list[str]:

@@ -18,6 +18,7 @@ from ..drivers.smb import SambaDriver
 from ..drivers.ssh import SshDriver
 from ..drivers.zfs import ZfsDatasetOps, ZfsDriver, ZfsPoolOps
 from ..errors import ApiError, ServiceUnavailableError
+from ..faults import runner_for
 from ..store.db import Store
 from ..store.generation import Generation
 from .audit import AuditService
@@ -59,7 +60,7 @@ class Services:
     @classmethod
     def build(cls, settings: Settings, runner: Runner | None = None) -> "Services":
         generation = Generation(settings.catalog_generation_file)
-        runner = runner or Runner(timeout=settings.command_timeout, on_storage_change=generation.bump)
+        runner = runner or runner_for(settings.command_timeout, on_storage_change=generation.bump)
         store = Store(settings.database_url, on_catalog_change=generation.bump)
         accounts = AccountDriver(runner, settings.pam_service)
         zfs = ZfsDriver(runner)

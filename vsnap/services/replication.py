@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from ..config import Settings
 from ..drivers.partner_api import PartnerApi, PartnerApiError, certificate_fingerprint, file_fingerprint
 from ..drivers.pipeline import PipelineStopped, run_pipeline
-from ..drivers.runner import CommandError, CommandTimeout, Runner, describe, fault_point
+from ..drivers.runner import CommandError, CommandTimeout, Runner, describe
 from ..drivers.ssh import SshDriver, normalize_public_key
 from ..drivers.zfs import ZfsDatasetOps
 from ..errors import ApiError, ConflictError, NotFoundError, ServiceUnavailableError, ValidationError
@@ -175,6 +175,7 @@ class ReplicationService:
         self.system = system
         self.ds = ds
         self.ssh = ssh
+        self.runner = runner
         self.link = PartnerLink(ssh, runner)
         self.lock = lock
         self.doorbell = Doorbell(settings.state_dir / "sessions.bell")  # wakes the queue's worker
@@ -618,7 +619,7 @@ class ReplicationService:
             self.link.call(partner, "delete-relationship", rel.id, "1" if preserve else "0")
         except RemoteError as exc:
             self._partner_could_not_delete(rel, partner, preserve, resumed, exc)
-        fault_point(f"relationship {rel.id}: the partner's side deleted")
+        self.runner.step_done(f"relationship {rel.id}: the partner's side deleted")
         self._drop_relationship(rel.id)
         log.info("relationship %s deleted%s", rel.id, " (replica kept on the partner)" if preserve else "")
 

@@ -1,0 +1,24 @@
+"""Configuration files the appliance owns, replaced whole and atomically: a reader (a server
+rereading its configuration, a crash in the middle) sees the old file or the new one, never a mix."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_atomically(path: Path, text: str, mode: int = 0o644) -> None:
+    """Writes `text` to a temporary file beside `path`, syncs it, and renames it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
