@@ -68,7 +68,7 @@ setup-test: deps
 # configured in pyproject.toml. `make test` runs it first and stops on a finding.
 .PHONY: lint
 lint: deps
-	$(PY) -m ruff check vsnap tests/unit
+	$(PY) -m ruff check vsnap tests bench
 	$(PY) -m mypy vsnap
 
 # The whole suite, the kernel lab's production-stack tests included (tests/kernel: the guest

@@ -169,13 +169,13 @@ def authorize_bench_key():
     if not BENCH_KEY.exists():
         sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", MARK, "-f", str(BENCH_KEY))
     keys = STATE_B / "ssh" / "authorized_keys"
-    lines = [l for l in keys.read_text().splitlines() if MARK not in l]
+    lines = [line for line in keys.read_text().splitlines() if MARK not in line]
     keys.write_text("\n".join(lines + [Path(f"{BENCH_KEY}.pub").read_text().strip()]) + "\n")
 
 
 def unauthorize_bench_key():
     keys = STATE_B / "ssh" / "authorized_keys"
-    keys.write_text("".join(f"{l}\n" for l in keys.read_text().splitlines() if MARK not in l))
+    keys.write_text("".join(f"{line}\n" for line in keys.read_text().splitlines() if MARK not in line))
 
 
 def main():
@@ -250,8 +250,8 @@ def main():
             assert not left, f"snapshots left on the source: {left}"  # syncoid's next full sends the oldest
         print(f"replication of {SIZE >> 20} MiB of random data, {CHANGE}% changed for the incremental; "
               f"median of {ROUNDS}")
-        print(f"| transfer | bytes | raw s | syncoid s | API s | API/raw | API/syncoid |")
-        print(f"| --- | --- | --- | --- | --- | --- | --- |")
+        print("| transfer | bytes | raw s | syncoid s | API s | API/raw | API/syncoid |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
         for kind, r in seconds.items():
             raw, sync, api = (statistics.median(r[k]) for k in KINDS)
             print(f"| {kind} | {int(statistics.median(sent[kind]))} | {raw:.2f} | {sync:.2f} | {api:.2f} "

@@ -49,8 +49,10 @@ def nfs_exports() -> dict[int, str]:
     if not stack.KERNEL:
         text = (STATE / "nfs" / "exports.conf").read_text()
         return {int(i) - base: p for i, p in re.findall(r'Export_Id = (\d+);\s*Path = "([^"]*)";', text)}
-    ours = {int(i): p for p, i in re.findall(r'^"([^"]*)" \S+?\(\S*?fsid=(\d+)', kernel_exports_file().read_text(), re.M)}
-    applied = {(p, int(i)) for p, i in re.findall(r"^(\S+)\t\S+?\(\S*?fsid=(\d+)", Path("/var/lib/nfs/etab").read_text(), re.M)}
+    ours = {int(i): p for p, i in re.findall(r'^"([^"]*)" \S+?\(\S*?fsid=(\d+)',
+                                             kernel_exports_file().read_text(), re.M)}
+    applied = {(p, int(i)) for p, i in re.findall(r"^(\S+)\t\S+?\(\S*?fsid=(\d+)",
+                                                  Path("/var/lib/nfs/etab").read_text(), re.M)}
     missing = {(p, i) for i, p in ours.items()} - applied
     assert not missing, f"exports in {kernel_exports_file()} that the kernel does not serve: {missing}"
     return {i - base: p for i, p in ours.items()}

@@ -127,7 +127,8 @@ class Client(threading.Thread):
 
     def op_clone(self):
         if s := self.snapshot():
-            self.call("clone", "POST", "/api/volume", json={"name": self.rng.choice(CLONE_NAMES), "snapshot_id": s["id"]})
+            self.call("clone", "POST", "/api/volume",
+                      json={"name": self.rng.choice(CLONE_NAMES), "snapshot_id": s["id"]})
 
     def op_share(self):
         if v := self.volume(FS_NAMES + CLONE_NAMES):

@@ -36,11 +36,19 @@ from typing import Callable
 import pytest
 import requests
 
-from .test_replication import (_pids, _thaw, checksums, pair, partner_b, relate,  # noqa: F401 (fixtures)
-                               sha256, wait_session)
 from . import stack
 from .stack import lun_device, size_of
 from .system_state import lio_acls, nfs_exports, smb_shares, tgt_targets, zfs_tree
+from .test_replication import (
+    _pids,
+    _thaw,
+    checksums,
+    pair,  # noqa: F401  a fixture, which pytest finds here by name
+    partner_b,  # noqa: F401  a fixture (pair's), which pytest finds here by name
+    relate,
+    sha256,
+    wait_session,
+)
 from .zfs_tools import PREFIX, unused
 
 FAULT = "VSNAP_FAULT_KILL_AFTER_COMMANDS"
@@ -328,11 +336,11 @@ def _receiving(snap_name: str, timeout: float = 60) -> tuple[int, int]:
 def _snapshot_guids(dataset: str) -> dict[str, str]:
     out = subprocess.run(["zfs", "get", "-Hp", "-r", "-o", "name,value", "guid", dataset],
                          capture_output=True, text=True, check=True, timeout=60).stdout
-    return {n.split("@", 1)[1]: g for n, g in (l.split("\t") for l in out.splitlines()) if "@" in n}
+    return {n.split("@", 1)[1]: g for n, g in (line.split("\t") for line in out.splitlines()) if "@" in n}
 
 
 @pytest.fixture
-def repl(pair):
+def repl(pair):  # noqa: F811  pair: the imported fixture
     """A volume on A with data, its relationship to B and a first (full) session done."""
     a = pair["a"]
     made = []
@@ -372,7 +380,7 @@ def repl(pair):
     a.start()
 
 
-def audit_replication(pair, r: dict) -> None:
+def audit_replication(pair, r: dict) -> None:  # noqa: F811  pair: the pair fixture's value
     """A and B each agree with their ZFS; no session ACTIVE; the replica holds only whole
     snapshots of the primary (same guids); the next session completes and the replica then
     equals the primary's data."""
@@ -399,11 +407,11 @@ def audit_replication(pair, r: dict) -> None:
     audit_pool(b, pair["pool_b"])
 
 
-def _start(pair, r, snap_name):
+def _start(pair, r, snap_name):  # noqa: F811  pair: the pair fixture's value
     return pair["a"].ok("POST", f"/api/relationship/{r['rel']['id']}/session", json={"remote_snap_name": snap_name})
 
 
-def kill_session_at_step(pair, r, n: int) -> bool:
+def kill_session_at_step(pair, r, n: int) -> bool:  # noqa: F811  pair: the pair fixture's value
     """The primary armed to die after step n of starting a session (its snapshot)."""
     a = pair["a"]
     path = f"/api/relationship/{r['rel']['id']}/session"
@@ -413,7 +421,7 @@ def kill_session_at_step(pair, r, n: int) -> bool:
     return outcome.killed
 
 
-def kill_primary_in_flight(pair, r) -> None:
+def kill_primary_in_flight(pair, r) -> None:  # noqa: F811  pair: the pair fixture's value
     """The stream is held on B's side; the primary (server, worker, zfs send, ssh) dies."""
     s = _start(pair, r, "inflight")
     sshd, _ = _receiving("inflight")
@@ -428,7 +436,7 @@ def kill_primary_in_flight(pair, r) -> None:
     assert ended["status"] == "FAILED", ended
 
 
-def kill_receiver_in_flight(pair, r, primary_too: bool) -> None:
+def kill_receiver_in_flight(pair, r, primary_too: bool) -> None:  # noqa: F811  pair: the pair fixture's value
     """B's receiving side (the forced command and its zfs receive) dies mid-stream, alone or
     together with the primary (both machines crash)."""
     a = pair["a"]
@@ -448,7 +456,7 @@ def kill_receiver_in_flight(pair, r, primary_too: bool) -> None:
     assert ended["status"] == "FAILED", ended
 
 
-def kill_primary_after(pair, r, delay: float) -> str:
+def kill_primary_after(pair, r, delay: float) -> str:  # noqa: F811  pair: the pair fixture's value
     a = pair["a"]
     s = _start(pair, r, f"d{int(delay * 1000)}")
     time.sleep(delay)
@@ -462,7 +470,7 @@ REPL_LONG = ("every-step", "primary-in-flight", "receiver", "delays")
 
 
 @pytest.mark.parametrize("variant", [*REPL_SHORT, *(pytest.param(v, marks=pytest.mark.long) for v in REPL_LONG)])
-def test_kill_during_a_replication_session(pair, repl, variant, request):
+def test_kill_during_a_replication_session(pair, repl, variant, request):  # noqa: F811  pair: the imported fixture
     if variant in REPL_LONG and not long_mode(request.config):
         pytest.skip("runs in the long mode (make test-long)")
     started = time.monotonic()
@@ -502,7 +510,7 @@ def _deletes_in_flight(app) -> int:
         return db.execute("SELECT count(*) FROM relationship WHERE state = 'deleting'").fetchone()[0]
 
 
-def audit_relationship_delete(pair, r: dict, preserve: bool) -> bool:
+def audit_relationship_delete(pair, r: dict, preserve: bool) -> bool:  # noqa: F811  pair: the pair fixture's value
     """Once the primary's worker has finished or rolled back an interrupted delete: both sides
     agree whether the relationship exists, each agrees with its ZFS, and no replica is left
     unknown (gone with the relationship, unless kept on purpose; else still replicating, with
@@ -534,7 +542,7 @@ REL_DELETE_LONG = (("primary", True),)  # keeping the replica, the partner chang
 
 @pytest.mark.parametrize("side, preserve", [*REL_DELETE_SHORT,
                                             *(pytest.param(*v, marks=pytest.mark.long) for v in REL_DELETE_LONG)])
-def test_kill_during_a_relationship_delete(pair, repl, side, preserve, request):
+def test_kill_during_a_relationship_delete(pair, repl, side, preserve, request):  # noqa: F811  pair: the imported fixture
     """kill -9 of the primary or of the partner after each step of DELETE /api/relationship:
     afterwards both sides agree and no replica is orphaned."""
     long = long_mode(request.config)

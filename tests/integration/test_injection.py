@@ -174,7 +174,8 @@ def world(appliance):
     pool = app.ok("POST", "/api/pool", json={"name": POOL, "pool_type": "raid0", "disk_list": [disks[0]["uuid"]]})
     try:
         def volume(name, kind, **extra):
-            return app.ok("POST", "/api/volume", json={"name": name, "volume_type": kind, "pool_id": pool["id"], **extra})
+            return app.ok("POST", "/api/volume",
+                          json={"name": name, "volume_type": kind, "pool_id": pool["id"], **extra})
 
         fs0, fs1 = volume("fs0", "filesystem"), volume("fs1", "filesystem")
         lun0 = volume("lun0", "lun", size_total=8 * MIB)
@@ -216,7 +217,8 @@ def base_body(w, method: str, path: str, field: str | None) -> dict:
         return {"action": "addspare", "disk_list": ["00000000-0000-4000-8000-000000000000"]}
     if key == ("POST", "/api/volume"):
         if field in ("parent_id", "parent_path"):
-            return {"name": "injflb", "volume_type": "filebackedlun", "parent_id": w["fs1"]["id"], "parent_path": "img.bin"}
+            return {"name": "injflb", "volume_type": "filebackedlun", "parent_id": w["fs1"]["id"],
+                    "parent_path": "img.bin"}
         if field == "snapshot_id":
             return {"name": "injclone", "snapshot_id": w["snap"]["id"]}
         if field == "size_block":
@@ -439,10 +441,12 @@ def _walk(appliance, world, long: bool) -> dict:
         f.seek(log_start)
         log = f.read().decode(errors="replace")
     corpus = len(STRINGS) + len(WRONG_TYPES) + len(RAW_TOKENS)
-    figures = {"corpus": corpus, "strings": len(STRINGS), "wrong_types": len(WRONG_TYPES), "raw_tokens": len(RAW_TOKENS),
-               "operations": len(operations), **walk.counts, "accepted": walk.accepted}
+    figures = {"corpus": corpus, "strings": len(STRINGS), "wrong_types": len(WRONG_TYPES),
+               "raw_tokens": len(RAW_TOKENS), "operations": len(operations), **walk.counts,
+               "accepted": walk.accepted}
     print(f"\ninjection ({'long' if long else 'short'}): {figures}")
-    assert walk.failures == [], f"{len(walk.failures)} answers were not 4xx error objects:\n" + "\n".join(walk.failures[:40])
+    assert walk.failures == [], (f"{len(walk.failures)} answers were not 4xx error objects:\n"
+                                 + "\n".join(walk.failures[:40]))
     assert canaries() == []
     assert executed_with_hostile_values(log) == []
     assert " ran " in log  # the check above reads real command lines

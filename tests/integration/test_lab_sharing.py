@@ -24,7 +24,12 @@ from . import stack
 from .appliance import ROOT
 from .conftest import STATE
 from .system_state import ganesha_pid, nfs_exports, settings
-from .test_shares import nfs_ls, pool, fs, run  # noqa: F401  (fixtures)
+from .test_shares import (
+    fs,  # noqa: F401  a fixture, which pytest finds here by name
+    nfs_ls,
+    pool,  # noqa: F401  a fixture (fs's), which pytest finds here by name
+    run,
+)
 from .zfs_tools import PREFIX, destroy_pool
 
 pytestmark = pytest.mark.skipif(stack.KERNEL, reason="the kernel stack's NFS server is systemd's, not the lab's")
@@ -84,7 +89,7 @@ def smb_ls(port: int, share: str, account) -> subprocess.CompletedProcess:
                f"{account.name}%{account.password}", "-c", "ls")
 
 
-def test_each_appliance_on_the_machine_is_served(appliance, pool, fs, neighbour, admin):
+def test_each_appliance_on_the_machine_is_served(appliance, pool, fs, neighbour, admin):  # noqa: F811  the imported fixtures
     ours = appliance.ok("POST", f"/api/volume/{fs('labshare')['id']}/share",
                         json={"share_type": "nfs", "share_options": {"allowed_hosts": ["all"]}})
     # Export ids from ranges of their own: the same share id on both is no collision.
@@ -102,7 +107,7 @@ def test_each_appliance_on_the_machine_is_served(appliance, pool, fs, neighbour,
     assert smb_ls(smb_port, "neighbour_share", admin).returncode != 0
 
 
-def test_a_lab_going_down_takes_only_its_own_shares(appliance, pool, fs, neighbour):
+def test_a_lab_going_down_takes_only_its_own_shares(appliance, pool, fs, neighbour):  # noqa: F811  the imported fixtures
     ours = appliance.ok("POST", f"/api/volume/{fs('labshare2')['id']}/share",
                         json={"share_type": "nfs", "share_options": {"allowed_hosts": ["all"]}})
     ganesha = ganesha_pid()

@@ -25,9 +25,9 @@ def test_every_line_of_a_request_carries_its_id_and_commands_are_logged(applianc
     r = appliance.get("/api/pool", headers={"X-Request-Id": rid})
     assert r.status_code == 200 and r.headers["X-Request-Id"] == rid
     time.sleep(0.5)
-    lines = [l for l in appliance.log_path.read_text(errors="replace").splitlines() if f"[{rid}]" in l]
-    assert any(re.search(r"ran zpool .*: rc=0 in \d+\.\d{3}s", l) for l in lines), lines
-    assert any("GET /api/pool -> 200" in l for l in lines), lines
+    lines = [line for line in appliance.log_path.read_text(errors="replace").splitlines() if f"[{rid}]" in line]
+    assert any(re.search(r"ran zpool .*: rc=0 in \d+\.\d{3}s", line) for line in lines), lines
+    assert any("GET /api/pool -> 200" in line for line in lines), lines
     # An id that is not a plain token is replaced, not written into the log.
     r = appliance.get("/api/pool", headers={"X-Request-Id": "bad id;rm -rf /"})
     assert re.fullmatch(r"[0-9a-f]{16}", r.headers["X-Request-Id"])

@@ -4,7 +4,6 @@ agree, the pool is whole or absent, and disks of an absent pool are unused again
 The kill lands at several delays; whichever step it hits, the invariants must hold."""
 from __future__ import annotations
 
-
 import pytest
 
 from .zfs_tools import PREFIX, pool_names, unused, zfs_get

@@ -12,6 +12,7 @@ import pytest
 from . import stack
 from .zfs_tools import PREFIX, layout, pool_names, short, unused, zfs_get, zpool
 
+
 @pytest.mark.guest
 def test_raid6_groups_split_evenly_with_exact_sizes(appliance, pools):
     disks = unused(appliance, 7)
@@ -92,7 +93,8 @@ def test_log_cache_spare_devices(appliance, pools):
     assert layout(pool["name"]) == {f"data:{short(d['name'])}": [] for d in disks[:2]}
     assert pool["disks"] == {"raid0_group1": [d["name"] for d in disks[:2]]}
 
-    r = appliance.ok("POST", f"/api/pool/{pid}", json={"action": "addlog", "disk_list": [d["uuid"] for d in disks[2:4]]})
+    r = appliance.ok("POST", f"/api/pool/{pid}",
+                     json={"action": "addlog", "disk_list": [d["uuid"] for d in disks[2:4]]})
     log_groups = {k: v for k, v in layout(pool["name"]).items() if k.startswith("logs:")}
     assert list(log_groups.values()) == [[short(d["name"]) for d in disks[2:4]]]
     assert list(log_groups)[0].startswith("logs:mirror-")
@@ -102,7 +104,8 @@ def test_log_cache_spare_devices(appliance, pools):
     assert f"\tcache\n\t  {short(disks[4]['name'])}" in zpool("status", pool["name"])
     assert r["disks"]["cache"] == [disks[4]["name"]]
 
-    r = appliance.ok("POST", f"/api/pool/{pid}", json={"action": "addspare", "disk_list": [d["uuid"] for d in disks[5:7]]})
+    r = appliance.ok("POST", f"/api/pool/{pid}",
+                     json={"action": "addspare", "disk_list": [d["uuid"] for d in disks[5:7]]})
     status = zpool("status", pool["name"])
     assert all(re.search(rf"^\s+{short(d['name'])}\s+AVAIL", status, re.M) for d in disks[5:7])
     assert r["disks"]["spare"] == [d["name"] for d in disks[5:7]]
@@ -138,7 +141,8 @@ def test_bad_input_is_refused_and_changes_nothing(appliance, pools):
         ({"name": f"{PREFIX}bad", "pool_type": "raid0", "disk_list": ok_disk}, 409, "ConflictError"),
         ({"name": "x", "pool_type": "raid0", "disk_list": ["no-such-uuid"]}, 400, "InvalidCandidateError"),
         ({"name": "x", "pool_type": "raid0", "disk_list": [disks[0]["uuid"]]}, 400, "InvalidCandidateError"),
-        ({"name": "x", "pool_type": "raid6", "disk_list": [d["uuid"] for d in disks[1:3]]}, 400, "InvalidCandidateError"),
+        ({"name": "x", "pool_type": "raid6", "disk_list": [d["uuid"] for d in disks[1:3]]}, 400,
+         "InvalidCandidateError"),
         ({"name": "x", "pool_type": "raid0", "disk_list": ok_disk * 2}, 400, "ValidationError"),
         ({"name": "x", "pool_type": "raid10", "disk_list": ok_disk}, 400, "ValidationError"),
         ({"pool_type": "raid0", "disk_list": ok_disk}, 400, "ValidationError"),

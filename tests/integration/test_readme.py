@@ -124,7 +124,8 @@ def script_for(text: str, account: OsAccount, smb_port: int, partner: tuple[str,
 def run(argv, env=None, timeout=600, check=True) -> subprocess.CompletedProcess:
     result = subprocess.run([str(a) for a in argv], env=env, capture_output=True, text=True, timeout=timeout)
     if check:
-        assert result.returncode == 0, f"{' '.join(map(str, argv))}: rc {result.returncode}\n{result.stdout}\n{result.stderr}"
+        assert result.returncode == 0, \
+            f"{' '.join(map(str, argv))}: rc {result.returncode}\n{result.stdout}\n{result.stderr}"
     return result
 
 

@@ -253,7 +253,8 @@ def test_a_lun_replicates_block_for_block_and_restores_as_a_lun(pair, volume):
     replica = b.ok("GET", f"/api/volume/{rel['remote_vol_id']}")
     assert (replica["volume_type"], replica["size_total"]) == ("lun", str(32 * MIB))
     if stack.KERNEL:
-        assert subprocess.run(["zfs", "get", "-Hpo", "value", "volblocksize", f"{pair['pool_b']['name']}/repllun_replica"],
+        assert subprocess.run(["zfs", "get", "-Hpo", "value", "volblocksize",
+                               f"{pair['pool_b']['name']}/repllun_replica"],
                               capture_output=True, text=True, check=True).stdout.strip() == "16384"
     dst = lun_device(pair["pool_b"]["name"], "repllun_replica")
 
@@ -354,7 +355,7 @@ def _thaw(pids: list[int]) -> None:
 
 
 def test_cancel_stops_a_running_transfer_and_the_replica_stays_complete(pair, volume):
-    a, b = pair["a"], pair["b"]
+    a = pair["a"]
     _, src, rel, _ = replicated(pair, volume, "repl5", 4 * MIB)
     before = zfs_names(pair["pool_b"]["name"], "snapshot")
     write(f"{src}/g", 48 * MIB)
@@ -426,7 +427,7 @@ def test_kill_9_of_the_primary_during_a_transfer(pair, volume):
 
 
 def test_failures_name_their_cause(pair, volume):
-    a, b = pair["a"], pair["b"]
+    a = pair["a"]
     vol = volume("repl8")
     src = f"/vsnap/{pair['pool_a']['name']}/repl8"
     write(f"{src}/f", 2 * MIB)
@@ -463,7 +464,6 @@ def test_failures_name_their_cause(pair, volume):
 
 
 def test_replica_pool_full(pair, volume):
-    a = pair["a"]
     pool_b = pair["pool_b"]["name"]
     vol = volume("repl9")
     write(f"/vsnap/{pair['pool_a']['name']}/repl9/f", 48 * MIB)

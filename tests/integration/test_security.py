@@ -315,9 +315,11 @@ def test_no_password_or_private_key_in_logs_database_or_answers(appliance, admin
                     server.delete(f"/api/relationship/{rel['id']}")
                 server.delete(f"/api/partner/{partner['id']}")
         body = {"remote_addr": "127.0.0.1", "remote_user": partner_account.name, "remote_api_port": PORT_B}
-        r = keep("partner, wrong password", appliance.post("/api/partner", json={**body, "remote_pass": wrong_password}))
+        r = keep("partner, wrong password",
+                 appliance.post("/api/partner", json={**body, "remote_pass": wrong_password}))
         assert r.status_code == 400, r.text
-        partner = keep("partner", appliance.post("/api/partner", json={**body, "remote_pass": partner_account.password}))
+        partner = keep("partner",
+                       appliance.post("/api/partner", json={**body, "remote_pass": partner_account.password}))
         assert partner.status_code == 200, partner.text
         keep("partner list", appliance.get("/api/partner"))
         keep("partner list B", server_b.get("/api/partner"))

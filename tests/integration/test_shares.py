@@ -312,7 +312,8 @@ def test_shares_follow_pool_and_volume_renames(appliance, pools):
     vol = appliance.ok("POST", "/api/volume", json={"name": "v1", "volume_type": "filesystem", "pool_id": pool["id"]})
     share = appliance.ok("POST", f"/api/volume/{vol['id']}/share",
                          json={"share_type": "nfs", "share_options": {"allowed_hosts": ["127.0.0.1"]}})
-    smb_vol = appliance.ok("POST", "/api/volume", json={"name": "s1", "volume_type": "filesystem", "pool_id": pool["id"]})
+    smb_vol = appliance.ok("POST", "/api/volume",
+                           json={"name": "s1", "volume_type": "filesystem", "pool_id": pool["id"]})
     smb_share = appliance.ok("POST", f"/api/volume/{smb_vol['id']}/share", json={"share_type": "smb"})
     assert nfs_ls(share["name"]).returncode == 0
     appliance.ok("PUT", f"/api/pool/{pool['id']}", json={"name": f"{PREFIX}rn2"})

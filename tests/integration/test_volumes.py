@@ -204,7 +204,8 @@ def test_names_are_checked_and_unique_per_pool(appliance, pool, vol):
                          ("", 400)]:
         r = appliance.post("/api/volume", json={"name": name, "volume_type": "filesystem", "pool_id": pool["id"]})
         assert r.status_code == status, (name, r.text)
-    for body in ({"name": "n1", "volume_type": "filesystem"}, {"name": "n2", "volume_type": "tape", "pool_id": pool["id"]},
+    for body in ({"name": "n1", "volume_type": "filesystem"},
+                 {"name": "n2", "volume_type": "tape", "pool_id": pool["id"]},
                  {"name": "n3", "volume_type": "filesystem", "pool_id": "999999"},
                  {"name": "n4", "snapshot_id": "999999"}, {"name": "n5", "volume_type": "filesystem",
                                                            "pool_id": pool["id"], "size_block": 4096}):
@@ -304,7 +305,8 @@ def test_snapshot_listings(appliance, pool, vol):
     per_volume = appliance.ok("GET", f"/api/volume/{a['id']}/snapshot")
     assert [s["id"] for s in per_volume["snapshots"]] == [sa["id"]] and per_volume["total"] == 1
     assert set(per_volume["snapshots"][0]) == {"id", "name", "parent_id", "time_created", "time_updated"}
-    assert [s["id"] for s in appliance.ok("GET", "/api/snapshot", params={"parent_id": b["id"]})["snapshots"]] == [sb["id"]]
+    by_parent = appliance.ok("GET", "/api/snapshot", params={"parent_id": b["id"]})["snapshots"]
+    assert [s["id"] for s in by_parent] == [sb["id"]]
     assert appliance.ok("GET", "/api/snapshot", params={"name": "two"})["id"] == sb["id"]
     assert appliance.ok("GET", "/api/snapshot", params={"id": sa["id"]})["name"] == "one"
     _error(appliance.post(f"/api/volume/{a['id']}/snapshot", json={"name": "one"}), 409, "ConflictError")
@@ -338,7 +340,8 @@ def test_concurrent_snapshots_and_same_name_races(appliance, pool, vol):
     same = next(body for code, body in results if code == 200)
 
     deletes = []
-    threads = [threading.Thread(target=lambda: deletes.append(appliance.delete(f"/api/snapshot/{same['id']}").status_code))
+    threads = [threading.Thread(
+                   target=lambda: deletes.append(appliance.delete(f"/api/snapshot/{same['id']}").status_code))
                for _ in range(2)]
     [t.start() for t in threads]
     [t.join() for t in threads]
