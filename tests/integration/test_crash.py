@@ -4,7 +4,7 @@ mapping, volume-delete and replication operations; after a restart the API and t
 system agree, with no orphan on either side, and nothing the user made is lost.
 
 Kill points are deterministic: the server is started with VSNAP_FAULT_KILL_AFTER_COMMANDS=N
-(the test-only fault point in vsnap/drivers/runner.py), which kills its process group right
+(the test-only crash injection in vsnap/faults.py), which kills its process group right
 after the N-th system-changing step of the request (a zfs command, a tgtadm or LIO change, a
 configuration file written, exportfs, a Samba reload). For each operation N runs 1, 2, ... until the
 operation completes without being killed: that is its number of kill points. Kills after a

@@ -3,7 +3,7 @@
 absent, in the API and in ZFS alike.
 
 Kill points are deterministic, as in test_crash.py: the server is started with
-VSNAP_FAULT_KILL_AFTER_COMMANDS=N (the test-only fault point in vsnap/drivers/runner.py), which
+VSNAP_FAULT_KILL_AFTER_COMMANDS=N (the test-only crash injection in vsnap/faults.py), which
 kills its process group right after the N-th system-changing step of the request. N runs 1,
 2, ... until the update completes without being killed."""
 from __future__ import annotations
