@@ -5,6 +5,7 @@ from contextlib import contextmanager
 
 from vsnap.drivers.zfs import PoolSummary
 from vsnap.errors import NotFoundError
+from vsnap.services.attachments import Attachment
 from vsnap.services.locking import StorageLock
 from vsnap.store.models import Base, Pool
 
@@ -55,3 +56,12 @@ class FakePools:
                     (name is not None and summary.name == name):
                 return row, summary
         raise NotFoundError(f"Pool {pool_id if pool_id is not None else name} not found")
+
+
+def holder(**reactions) -> Attachment:
+    """An Attachment whose named reactions are the given functions (the others: the defaults)."""
+    made = Attachment()
+    for name, react in reactions.items():
+        assert callable(getattr(Attachment, name, None)), f"no reaction {name} in the protocol"
+        setattr(made, name, react)
+    return made

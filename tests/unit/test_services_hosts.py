@@ -13,8 +13,8 @@ import pytest
 from vsnap.config import Settings
 from vsnap.drivers.iscsi import HostExport, LunExport, TargetDriver, TargetError, TargetPort
 from vsnap.errors import ConflictError, NotFoundError, ServiceUnavailableError, ValidationError
+from vsnap.services.attachments import Attachment
 from vsnap.services.catalog import CatalogView, VolumeView, find_one
-from vsnap.services.hooks import Hooks
 from vsnap.services.hosts import (
     MAX_HOST_NAME,
     MAX_INITIATORS,
@@ -165,12 +165,6 @@ class FakeCatalog:
 class FakeVolumes:
     def __init__(self, catalog: FakeCatalog):
         self.catalog = catalog
-        self.before_volume_delete = Hooks()
-        self.before_volume_rename = Hooks()
-        self.release_volume = Hooks()
-        self.after_volume_rename: list = []
-        self.after_volume_resize: list = []
-        self.decorators: list = []
         self.backings: dict[int, object] = {}  # vol id -> (path, size), or an exception to raise
 
     def find(self, view, vol_id=None, name=None):
@@ -181,14 +175,6 @@ class FakeVolumes:
         if isinstance(found, Exception):
             raise found
         return found
-
-
-class FakePools:
-    def __init__(self):
-        self.before_pool_delete = Hooks()
-        self.before_pool_rename = Hooks()
-        self.release_pool = Hooks()
-        self.after_pool_rename: list = []
 
 
 class FakeTargetDriver(TargetDriver):
@@ -237,7 +223,7 @@ class Env:
         self.lock = SpyLock(tmp_path / "storage.lock")
         self.catalog = FakeCatalog()
         self.volumes = FakeVolumes(self.catalog)
-        self.pools = FakePools()
+
         self.driver = FakeTargetDriver()
         self.chosen: list[str] = []
         self.settings = Settings(state_dir=tmp_path)
@@ -250,7 +236,7 @@ class Env:
 
         self.targets = TargetService(self.settings, self.system, store, self.catalog, self.volumes, self.lock,
                                      choose)
-        self.svc = HostService(store, self.targets, self.catalog, self.volumes, self.pools, self.lock)
+        self.svc = HostService(store, self.targets, self.catalog, self.volumes, self.lock)
         self.pool_ids: dict[str, int] = {}
 
     def pool(self, name: str) -> Pool:
@@ -610,7 +596,7 @@ def test_volume_details_carry_host_ids(env):
     env.svc.create("h3", [INI_3])
     env.svc.map(3, env.v1)
     env.svc.map(1, env.v1)
-    (decorate,) = env.volumes.decorators
+    decorate = env.svc.describe_volume
     body = {}
     decorate(env.catalog.volumes[env.v1].row, body)
     assert body == {"host_ids": ["1", "3"]}
@@ -686,24 +672,20 @@ def test_restored_delete_keeps_ids_and_times(env):
 
 
 # =============================================================================================
-# hooks from volumes and pools
+# what LUN mappings hold: an Attachment of volumes and pools
 # =============================================================================================
 
-def test_hooks_are_registered(env):
-    assert len(env.volumes.before_volume_delete) == 1
-    assert len(env.volumes.before_volume_rename) == 1
-    assert len(env.volumes.after_volume_rename) == 1
-    assert len(env.volumes.after_volume_resize) == 1
-    assert len(env.volumes.decorators) == 1
-    assert len(env.pools.before_pool_delete) == 1
-    assert len(env.pools.before_pool_rename) == 1
-    assert len(env.pools.after_pool_rename) == 1
+def test_lun_mappings_hold_volumes_and_pools_as_an_attachment():
+    assert issubclass(HostService, Attachment)
+    for reaction in ("volume_going", "pool_going", "volume_renaming", "pool_renaming", "volume_renamed", "pool_renamed",
+                     "volume_resized", "volume_released", "pool_released", "describe_volume"):
+        assert getattr(HostService, reaction) is not getattr(Attachment, reaction), reaction
 
 
 def test_volume_delete_hook_unmaps_and_its_undo_maps_back(env):
     _populated(env)
     before = env.dump()
-    undo = env.volumes.before_volume_delete.run(env.v1)
+    undo = env.svc.volume_going(env.v1)
     assert [m[2] for m in env.dump()["mappings"]] == [env.v3]
     assert applied_hosts(env) == {1: ((INI_2, INI_1), (env.lun(3, env.v3),)), 2: ((EUI, INI_3), ())}
     undo()
@@ -715,7 +697,7 @@ def test_volume_delete_hook_unmaps_and_its_undo_maps_back(env):
 def test_volume_delete_hook_for_an_unmapped_volume_does_nothing(env):
     _populated(env)
     applies = len(env.driver.applies)
-    assert env.volumes.before_volume_delete[0](env.v2) is None
+    assert env.svc.volume_going(env.v2) is None
     assert len(env.driver.applies) == applies
 
 
@@ -724,7 +706,7 @@ def test_volume_delete_hook_refused_by_the_target(env):
     before = env.dump()
     env.driver.fail = 1
     with pytest.raises(ServiceUnavailableError):
-        env.volumes.before_volume_delete.run(env.v1)
+        env.svc.volume_going(env.v1)
     assert env.dump() == before
 
 
@@ -732,7 +714,7 @@ def test_pool_delete_hook_unmaps_that_pools_volumes_only(env):
     _populated(env)
     env.svc.map(2, env.fb)
     before = env.dump()
-    undo = env.pools.before_pool_delete.run(env.pool_ids["p"], "p")
+    undo = env.svc.pool_going(env.pool_ids["p"], "p")
     assert [(m[1], m[2], m[3]) for m in env.dump()["mappings"]] == [(1, env.v3, 3)]
     assert applied_hosts(env) == {1: ((INI_2, INI_1), (env.lun(3, env.v3),)), 2: ((EUI, INI_3), ())}
     undo()
@@ -742,17 +724,16 @@ def test_pool_delete_hook_unmaps_that_pools_volumes_only(env):
 def test_volume_rename_hooks(env):
     _populated(env)
     before = env.dump()
-    undo = env.volumes.before_volume_rename.run(env.v1)
+    undo = env.svc.volume_renaming(env.v1)
     # left out of the target so it lets go of the data, but still mapped
     assert applied_hosts(env) == {1: ((INI_2, INI_1), (env.lun(3, env.v3),)), 2: ((EUI, INI_3), ())}
     assert env.dump() == before
     undo()  # the rename failed: back in the target
     full = {1: ((INI_2, INI_1), (env.lun(1, env.v1), env.lun(3, env.v3))), 2: ((EUI, INI_3), (env.lun(1, env.v1),))}
     assert applied_hosts(env) == full
-    env.volumes.before_volume_rename.run(env.v1)
+    env.svc.volume_renaming(env.v1)
     env.volumes.backings[env.v1] = ("/dev/zvol/p/renamed", GIB)
-    for hook in env.volumes.after_volume_rename:
-        hook(env.v1, "p/lun1", "p/renamed")
+    env.svc.volume_renamed(env.v1, "p/lun1", "p/renamed")
     assert applied_hosts(env)[1][1][0].path == "/dev/zvol/p/renamed"
     assert env.dump() == before
 
@@ -760,38 +741,36 @@ def test_volume_rename_hooks(env):
 def test_volume_rename_hook_releases_file_backed_luns_inside_the_volume(env):
     env.svc.create("h1", [INI_1])
     env.svc.map(1, env.fb)  # its image file is inside the filesystem volume fs
-    env.volumes.before_volume_rename.run(env.fs)
+    env.svc.volume_renaming(env.fs)
     assert applied_hosts(env) == {1: ((INI_1,), ())}
 
 
 def test_pool_rename_hooks(env):
     _populated(env)
     env.svc.map(2, env.fb)
-    undo = env.pools.before_pool_rename.run("p")
+    undo = env.svc.pool_renaming("p")
     assert applied_hosts(env) == {1: ((INI_2, INI_1), (env.lun(3, env.v3),)), 2: ((EUI, INI_3), ())}
     undo()
     assert [len(luns) for _, luns in applied_hosts(env).values()] == [2, 2]
-    env.pools.before_pool_rename.run("q")
+    env.svc.pool_renaming("q")
     assert applied_hosts(env) == {1: ((INI_2, INI_1), (env.lun(1, env.v1),)),
                                   2: ((EUI, INI_3), (env.lun(1, env.v1), env.lun(2, env.fb)))}
-    for hook in env.pools.after_pool_rename:
-        hook("q", "q2")
+    env.svc.pool_renamed("q", "q2")
     assert [len(luns) for _, luns in applied_hosts(env).values()] == [2, 2]
 
 
 def test_rename_hook_refused_by_the_target_is_a_target_error(env):
-    # Hooks.run lets it through; the API maps TargetError to 503 (services.system_error).
+    # Attachments let it through; the API maps TargetError to 503 (services.system_error).
     _populated(env)
     env.driver.fail = 1
     with pytest.raises(TargetError):
-        env.volumes.before_volume_rename.run(env.v1)
+        env.svc.volume_renaming(env.v1)
 
 
 def test_resize_hook_refreshes_that_volume(env):
     _populated(env)
     env.volumes.backings[env.v1] = ("/dev/zvol/p/lun1", 2 * GIB)
-    (hook,) = env.volumes.after_volume_resize
-    hook(env.v1)
+    env.svc.volume_resized(env.v1)
     hosts, refresh = env.driver.applies[-1]
     assert refresh == frozenset({env.v1})
     assert {h.host_id: h.luns[0].size for h in hosts} == {1: 2 * GIB, 2: 2 * GIB}

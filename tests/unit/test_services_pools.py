@@ -29,7 +29,7 @@ from vsnap.services.pools import (
 )
 from vsnap.store.models import Pool
 
-from support import empty_tables
+from support import empty_tables, holder
 
 SYSTEM_ID = "0123456789abcdef0123456789abcdef"
 OTHER_SYSTEM_ID = "fedcba9876543210fedcba9876543210"
@@ -724,8 +724,9 @@ def test_recover_deleting_pool_exists(env):
     pool = env.ops.add_pool("tank")
     add_row(env.store, name="tank", guid=pool.guid, state="deleting", owner=DEAD_OWNER)
     hooked = []
-    env.svc.before_pool_delete.append(lambda pool_id, name: hooked.append(("rows", name)))
-    env.svc.release_pool.append(lambda name: hooked.append(("servers", name, list(env.ops.mutations()))))
+    env.svc.attachments.register(holder(
+        pool_going=lambda pool_id, name: hooked.append(("rows", name)),
+        pool_released=lambda name: hooked.append(("servers", name, list(env.ops.mutations())))))
     env.svc.recover()
     assert env.ops.mutations() == [("destroy", "tank")]
     assert hooked == [("rows", "tank"), ("servers", "tank", [])]  # all before the destroy
@@ -962,8 +963,8 @@ def test_update_unknown_pool(env):
 def test_update_rename(env):
     pool_id, pool = make_pool(env, "old")
     events = []
-    env.svc.before_pool_rename.append(lambda name: events.append(("before", name)))
-    env.svc.after_pool_rename.append(lambda old, new: events.append(("after", old, new)))
+    env.svc.attachments.register(holder(pool_renaming=lambda name: events.append(("before", name))))
+    env.svc.attachments.register(holder(pool_renamed=lambda old, new: events.append(("after", old, new))))
     result = env.svc.update(str(pool_id), name="new")
     assert env.ops.mutations() == [("export", "old"), ("import_by_guid", pool.guid, "new"),
                                    ("set", "new", "mountpoint", "/vsnap/new")]
@@ -1002,8 +1003,8 @@ def test_update_rename_export_busy(env):
     env.ops.fail["export"] = CommandError(["zpool", "export", "tank"], 1, "",
                                           "cannot export 'tank': pool is busy\n")
     renamed, undone = [], []
-    env.svc.before_pool_rename.append(lambda name: lambda: undone.append(name))
-    env.svc.after_pool_rename.append(lambda old, new: renamed.append((old, new)))
+    env.svc.attachments.register(holder(pool_renaming=lambda name: lambda: undone.append(name)))
+    env.svc.attachments.register(holder(pool_renamed=lambda old, new: renamed.append((old, new))))
     with pytest.raises(ConflictError, match="busy"):
         env.svc.update(str(pool_id), name="new")
     [row] = rows(env.store)
@@ -1024,7 +1025,7 @@ def test_update_conflicting_rename_changes_nothing(env):
 def test_update_renames_first_then_sets_what_differs_recording_the_update(env):
     pool_id, pool = make_pool(env, "old", props={"compression": "on", "dedup": "off"})
     seen = []
-    env.svc.before_pool_rename.append(lambda name: seen.append(rows(env.store)[0].pending))
+    env.svc.attachments.register(holder(pool_renaming=lambda name: seen.append(rows(env.store)[0].pending)))
     env.svc.update(str(pool_id), name="new", compression=False, deduplication=False, syncwrite=True)
     assert env.ops.mutations() == [("export", "old"), ("import_by_guid", pool.guid, "new"),
                                    ("set", "new", "mountpoint", "/vsnap/new"),
@@ -1060,7 +1061,7 @@ def test_update_whose_property_is_refused_puts_back_what_it_changed(env):
         real_set(dataset, prop, value)
     env.ops.set = set_
     renames = []
-    env.svc.after_pool_rename.append(lambda old, new: renames.append((old, new)))
+    env.svc.attachments.register(holder(pool_renamed=lambda old, new: renames.append((old, new))))
     with pytest.raises(ConflictError, match="suspended"):
         env.svc.update(str(pool_id), name="new", compression=False, deduplication=True)
     assert env.ops.mutations() == [
@@ -1300,7 +1301,7 @@ def test_action_touches_time_updated(env, monkeypatch):
 def test_delete(env):
     pool_id, _ = make_pool(env, "tank")
     hooked = []
-    env.svc.before_pool_delete.append(lambda pool_id, name: hooked.append(name))
+    env.svc.attachments.register(holder(pool_going=lambda pool_id, name: hooked.append(name)))
     env.svc.delete(str(pool_id))
     assert env.ops.mutations() == [("destroy", "tank")]
     assert hooked == ["tank"]
@@ -1323,7 +1324,7 @@ def test_delete_refused_by_a_hook_keeps_the_pool(env):
     def refuse(pool_id, name):
         raise ConflictError(f"a share of {name} is in use")
 
-    env.svc.before_pool_delete.append(refuse)
+    env.svc.attachments.register(holder(pool_going=refuse))
     with pytest.raises(ConflictError):
         env.svc.delete(str(pool_id))
     [row] = rows(env.store)
@@ -1339,8 +1340,8 @@ def test_delete_guard_runs_before_anything_changes(env):
         seen.append(rows(env.store)[0].state)
         raise ConflictError("Pool tank holds volumes in replication relationships")
 
-    env.svc.refuse_pool_delete.append(guard)
-    env.svc.before_pool_delete.append(lambda pool_id, name: hooked.append(name))
+    env.svc.attachments.register(holder(refuse_pool_delete=guard))
+    env.svc.attachments.register(holder(pool_going=lambda pool_id, name: hooked.append(name)))
     with pytest.raises(ConflictError, match="relationships"):
         env.svc.delete(str(pool_id))
     assert seen == ["ready"] and hooked == [] and env.ops.mutations() == []
@@ -1351,6 +1352,6 @@ def test_delete_guard_runs_before_anything_changes(env):
 def test_delete_lets_shares_go_once_the_pool_is_marked_deleting(env):
     pool_id, _ = make_pool(env, "tank")
     seen = []
-    env.svc.before_pool_delete.append(lambda pool_id, name: seen.append(rows(env.store)[0].state))
+    env.svc.attachments.register(holder(pool_going=lambda pool_id, name: seen.append(rows(env.store)[0].state)))
     env.svc.delete(str(pool_id))
     assert seen == ["deleting"]  # a crash from here on finishes the delete at the next start

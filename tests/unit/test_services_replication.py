@@ -26,9 +26,9 @@ from vsnap.drivers.runner import CommandError, CommandTimeout
 from vsnap.drivers.ssh import normalize_public_key
 from vsnap.drivers.zfs import ZfsDatasetOps
 from vsnap.errors import ConflictError, NotFoundError, ServiceUnavailableError, ValidationError
+from vsnap.services.attachments import Attachments
 from vsnap.services.catalog import CatalogView, SnapshotView, VolumeView, find_one
 from vsnap.services.doorbell import Doorbell
-from vsnap.services.hooks import Hooks
 from vsnap.services.owner import current_owner
 from vsnap.services.replication import (
     ACTIVE,
@@ -129,9 +129,6 @@ class FakeCatalog:
 class FakeVolumes:
     def __init__(self, env):
         self.env = env
-        self.refuse_volume_delete = Hooks()
-        self.before_volume_delete = Hooks()
-        self.before_volume_rename = Hooks()
         self.backings: dict[int, tuple[str, int]] = {}
         self.created: list[dict] = []
         self.deleted: list[int] = []
@@ -151,8 +148,8 @@ class FakeVolumes:
 
     def delete(self, vol_id) -> None:
         v = self.find(self.env.catalog.load(), vol_id)
-        self.refuse_volume_delete.run(v.row.id)  # like the real one: the guards may refuse
-        self.before_volume_delete.run(v.row.id)
+        self.env.attachments.refuse_volume_delete(v.row.id)  # like the real one: the guards may refuse
+        self.env.attachments.volume_going(v.row.id)
         self.deleted.append(v.row.id)
         del self.env.catalog.volumes[v.row.id]
         with self.env.store.session() as s:
@@ -177,8 +174,6 @@ class FakeSnapshots:
 class FakePools:
     def __init__(self, env):
         self.env = env
-        self.refuse_pool_delete = Hooks()
-        self.before_pool_delete = Hooks()
 
     def live(self):
         return [(row, SimpleNamespace(name=row.name)) for row in self.env.pool_rows]
@@ -349,6 +344,7 @@ class Env:
         self.pool_rows: list[Pool] = []
         self.svc = ReplicationService(self.settings, store, self.catalog, self.volumes, self.snapshots, self.pools,
                                       self.network, self.system, self.ds, self.ssh, runner=FakeRunner(), lock=self.lock)
+        self.attachments = Attachments(self.svc)  # as Services.build registers it
         self.link = FakeLink(self.ssh)
         self.svc.link = self.link
         self.api = FakeApi()
@@ -1223,8 +1219,8 @@ def test_volume_delete_guard(env):
     env.relationship(replica, P1, REPLICA)
     for vol_id in (env.fs, replica):
         with pytest.raises(ConflictError, match="delete the relationship first"):
-            env.volumes.refuse_volume_delete.run(vol_id)
-    env.volumes.refuse_volume_delete.run(env.lun)  # not replicated: fine
+            env.attachments.refuse_volume_delete(vol_id)
+    env.attachments.refuse_volume_delete(env.lun)  # not replicated: fine
 
 
 def test_rename_guard_only_for_replicas(env):
@@ -1233,9 +1229,9 @@ def test_rename_guard_only_for_replicas(env):
     env.relationship(env.fs, P1)
     env.relationship(replica, P1, REPLICA)
     with pytest.raises(ConflictError, match="cannot be renamed"):
-        env.volumes.before_volume_rename.run(replica)
-    env.volumes.before_volume_rename.run(env.fs)
-    env.volumes.before_volume_rename.run(env.lun)
+        env.attachments.refuse_volume_rename(replica)
+    env.attachments.refuse_volume_rename(env.fs)
+    env.attachments.refuse_volume_rename(env.lun)
     assert env.svc.is_replica(replica) and not env.svc.is_replica(env.fs)
 
 
@@ -1245,11 +1241,11 @@ def test_pool_delete_guard(env):
     other = env.volume(q, "other")
     env.relationship(env.fs, P1)
     with pytest.raises(ConflictError, match="relationships"):
-        env.pools.refuse_pool_delete.run(env.p.id, "p")
-    env.pools.refuse_pool_delete.run(q.id, "q")
+        env.attachments.refuse_pool_delete(env.p.id, "p")
+    env.attachments.refuse_pool_delete(q.id, "q")
     env.relationship(other, P1, REPLICA)
     with pytest.raises(ConflictError):
-        env.pools.refuse_pool_delete.run(q.id, "q")
+        env.attachments.refuse_pool_delete(q.id, "q")
 
 
 # =============================================================================================

@@ -24,6 +24,7 @@ from vsnap.errors import (
     ValidationError,
 )
 from vsnap.services import shares as shares_mod
+from vsnap.services.attachments import Attachment
 from vsnap.services.auth import AuthService
 from vsnap.services.catalog import CatalogView, VolumeView, find_one
 from vsnap.services.locking import StorageLock
@@ -163,11 +164,6 @@ class FakeCatalog:
 class FakeVolumes:
     def __init__(self, catalog: FakeCatalog):
         self.catalog = catalog
-        self.before_volume_delete: list = []
-        self.before_volume_rename: list = []
-        self.release_volume: list = []
-        self.after_volume_rename: list = []
-        self.decorators: list = []
 
     def find(self, view, vol_id=None, name=None):
         return find_one(view.volumes, vol_id, name, "Volume", "in different pools")
@@ -180,10 +176,6 @@ class FakeVolumes:
 class FakePools:
     def __init__(self):
         self.rows: dict[str, Pool] = {}
-        self.before_pool_delete: list = []
-        self.before_pool_rename: list = []
-        self.release_pool: list = []
-        self.after_pool_rename: list = []
 
     def find(self, pool_id=None, name=None):
         for pname, row in self.rows.items():
@@ -248,7 +240,7 @@ class Env:
         self.pools = FakePools()
         self.nfs = FakeDriver()
         self.smb = FakeSmb()
-        self.svc = ShareService(self.store, self.catalog, self.volumes, self.pools, self.nfs, self.smb,
+        self.svc = ShareService(self.store, self.catalog, self.volumes, self.nfs, self.smb,
                                 self.lock, "vsnap-admins")
 
     def pool(self, name: str) -> Pool:
@@ -499,17 +491,13 @@ def test_delete_by_share_id_and_by_volume(env):
         env.svc.delete(vol_id=str(env.v))
 
 
-# -- hooks from volumes and pools ------------------------------------------------------------
+# -- what shares hold: an Attachment of volumes and pools ------------------------------------
 
-def test_hooks_are_registered(env):
-    assert len(env.volumes.before_volume_delete) == 1
-    assert len(env.volumes.before_volume_rename) == 1
-    assert len(env.volumes.after_volume_rename) == 1
-    assert len(env.volumes.decorators) == 1
-    assert len(env.pools.before_pool_delete) == 1
-    assert len(env.pools.before_pool_rename) == 1
-    assert len(env.pools.after_pool_rename) == 1
-    assert len(env.volumes.release_volume) == 1 and len(env.pools.release_pool) == 1
+def test_shares_hold_volumes_and_pools_as_an_attachment():
+    assert issubclass(ShareService, Attachment)
+    for reaction in ("volume_going", "pool_going", "volume_renaming", "pool_renaming", "volume_renamed", "pool_renamed",
+                     "volume_released", "pool_released", "describe_volume"):
+        assert getattr(ShareService, reaction) is not getattr(Attachment, reaction), reaction
 
 
 def test_release_hooks_make_the_servers_let_go_whatever_the_rows_say(env):
@@ -519,10 +507,10 @@ def test_release_hooks_make_the_servers_let_go_whatever_the_rows_say(env):
     env.svc.create(env.w, "smb")
     env.svc.create(env.x, "nfs", {"allowed_hosts": ["h3"]})
     env.reset()
-    env.volumes.release_volume[0](env.v)
+    env.svc.volume_released(env.v)
     assert [e.path for e in env.nfs.applied[-1]] == ["/vsnap/q/x"]
     assert env.smb.applied[-1] == [SmbShare("p_w", "/vsnap/p/w")]
-    env.pools.release_pool[0]("p")
+    env.svc.pool_released("p")
     assert [e.path for e in env.nfs.applied[-1]] == ["/vsnap/q/x"] and env.smb.applied[-1] == []
 
 
@@ -530,7 +518,7 @@ def test_volume_delete_hook_removes_the_share(env):
     env.svc.create(env.v, "nfs", {"allowed_hosts": ["h1"]})
     env.svc.create(env.w, "smb")
     env.reset()
-    env.volumes.before_volume_delete[0](env.v)
+    env.svc.volume_going(env.v)
     assert [r.volume_id for r in env.shares()] == [env.w]
     assert env.nfs.applied == [[]]
     assert env.smb.applied == [[SmbShare("p_w", "/vsnap/p/w")]]
@@ -539,7 +527,7 @@ def test_volume_delete_hook_removes_the_share(env):
 def test_volume_delete_hook_without_a_share_does_nothing(env):
     env.svc.create(env.w, "smb")
     env.reset()
-    env.volumes.before_volume_delete[0](env.v)
+    env.svc.volume_going(env.v)
     assert len(env.shares()) == 1
     assert env.nfs.applied == [] and env.smb.applied == []
 
@@ -549,7 +537,7 @@ def test_pool_delete_hook_removes_that_pools_shares(env):
     env.svc.create(env.w, "smb")
     env.svc.create(env.x, "nfs", {"allowed_hosts": ["h3"]})
     env.reset()
-    env.pools.before_pool_delete[0](env.pools.rows["p"].id, "p")
+    env.svc.pool_going(env.pools.rows["p"].id, "p")
     (left,) = env.shares()
     assert left.volume_id == env.x
     assert env.nfs.applied == [[NfsExport(left.id, "/vsnap/q/x", False, ["h3"])]]
@@ -562,11 +550,11 @@ def test_pool_rename_hooks(env):
     env.svc.create(env.x, "smb")
     ids = {r.volume_id: r.id for r in env.shares()}
     env.reset()
-    env.pools.before_pool_rename[0]("p")
+    env.svc.pool_renaming("p")
     assert env.nfs.applied == [[]]
     assert env.smb.applied == [[SmbShare("q_x", "/vsnap/q/x")]]
     assert len(env.shares()) == 3  # only left out of the servers, not deleted
-    env.pools.after_pool_rename[0]("p", "p")
+    env.svc.pool_renamed("p", "p")
     assert env.nfs.last == [NfsExport(ids[env.v], "/vsnap/p/v", False, ["h1"])]
     assert env.smb.last == [SmbShare("p_w", "/vsnap/p/w"), SmbShare("q_x", "/vsnap/q/x")]
 
@@ -576,11 +564,11 @@ def test_volume_rename_hooks(env):
     env.svc.create(env.w, "nfs", {"allowed_hosts": ["h2"]})
     ids = {r.volume_id: r.id for r in env.shares()}
     env.reset()
-    env.volumes.before_volume_rename[0](env.v)
+    env.svc.volume_renaming(env.v)
     assert env.nfs.applied == [[NfsExport(ids[env.w], "/vsnap/p/w", False, ["h2"])]]
     # renamed: the catalog now shows the new mountpoint
     env.catalog.volumes[env.v].props = {"mountpoint": "/vsnap/p/v2"}
-    env.volumes.after_volume_rename[0](env.v, "p/v", "p/v2")
+    env.svc.volume_renamed(env.v, "p/v", "p/v2")
     assert env.nfs.last == [NfsExport(ids[env.v], "/vsnap/p/v2", False, ["h1"]),
                             NfsExport(ids[env.w], "/vsnap/p/w", False, ["h2"])]
 
@@ -588,7 +576,7 @@ def test_volume_rename_hooks(env):
 def test_decorator_sets_share_id(env):
     env.svc.create(env.v, "nfs")
     (row,) = env.shares()
-    decorate = env.volumes.decorators[0]
+    decorate = env.svc.describe_volume
     body = {}
     decorate(env.catalog.volumes[env.v].row, body)
     assert body == {"share_id": str(row.id)}
@@ -735,7 +723,7 @@ def counted_digest(cheap_digest, monkeypatch):
 
 def _other_process(env) -> ShareService:
     """Another server process: its own ShareService (and memo) over the same database."""
-    return ShareService(env.store, env.catalog, env.volumes, env.pools, FakeDriver(), env.smb, env.lock,
+    return ShareService(env.store, env.catalog, env.volumes, FakeDriver(), env.smb, env.lock,
                         "vsnap-admins")
 
 

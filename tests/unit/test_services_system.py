@@ -77,8 +77,8 @@ class _Zfs:
 @pytest.fixture
 def service(tmp_path, store):
     empty_tables(store)
-    svc = system.SystemService(Settings(state_dir=tmp_path), store, _Packages(), _Zfs())
-    svc.pool_initializer = lambda: None
+    svc = system.SystemService(Settings(state_dir=tmp_path), store, _Packages(), _Zfs(),
+                               make_default_pool=lambda: None)
     yield svc
     empty_tables(store)
 

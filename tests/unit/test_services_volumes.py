@@ -30,7 +30,7 @@ from vsnap.services.volumes import (
 from vsnap.store.models import Pool, Snapshot, Volume
 
 import support
-from support import SpyLock, empty_tables
+from support import SpyLock, empty_tables, holder
 
 DEAD_OWNER = f"{2 ** 22 + 12345}:12345"  # above any Linux pid_max: never a live process
 GIB = 1 << 30
@@ -570,7 +570,7 @@ def test_delete_destroys_dataset_and_row_after_hooks(env):
     def hook(vol_id):
         seen.append((vol_id, list(env.ds.mutations("destroy")), row(env.store, vol_id).state))
 
-    env.svc.before_volume_delete.append(hook)
+    env.svc.attachments.register(holder(volume_going=hook))
     env.svc.delete("1")
     # called before anything is destroyed, once the row says DELETING: a crash from here on
     # finishes the delete instead of leaving the volume without its shares
@@ -588,7 +588,7 @@ def test_delete_refused_when_a_snapshot_has_clones(env):
     env.svc.create(name="clone_b", snapshot_id=str(sid))
     env.svc.create(name="clone_a", snapshot_id=str(sid))
     hooked = []
-    env.svc.before_volume_delete.append(hooked.append)
+    env.svc.attachments.register(holder(volume_going=hooked.append))
     with pytest.raises(ConflictError, match="clone_a, clone_b"):
         env.svc.delete("1")
     assert hooked == [] and env.ds.mutations("destroy") == []
@@ -602,7 +602,7 @@ def test_delete_refused_when_filebacked_luns_use_it(env):
     add_row(env.store, pool_id=env.pool_id, name="flun1", volume_type="filebackedlun", parent_id=1,
             parent_path="b.img")
     hooked = []
-    env.svc.before_volume_delete.append(hooked.append)
+    env.svc.attachments.register(holder(volume_going=hooked.append))
     with pytest.raises(ConflictError, match="flun1, flun2"):
         env.svc.delete("1")
     assert hooked == [] and env.ds.mutations("destroy") == []
@@ -617,8 +617,8 @@ def test_delete_refused_by_a_guard_changes_nothing(env):
         seen.append(row(env.store, vol_id).state)
         raise ConflictError("Volume 1 is the primary of relationship r; delete the relationship first")
 
-    env.svc.refuse_volume_delete.append(guard)
-    env.svc.before_volume_delete.append(hooked.append)
+    env.svc.attachments.register(holder(refuse_volume_delete=guard))
+    env.svc.attachments.register(holder(volume_going=hooked.append))
     with pytest.raises(ConflictError, match="relationship"):
         env.svc.delete("1")
     assert seen == ["ready"] and hooked == [] and env.ds.mutations("destroy") == []
@@ -636,7 +636,7 @@ def test_delete_hook_failure_puts_the_row_back_to_ready_before_the_undo(env):
     def mappings_fail(vol_id):
         raise CommandError(["tgtadm"], 1, "", "tgtadm: failed\n")
 
-    env.svc.before_volume_delete.extend([shares_go, mappings_fail])
+    env.svc.attachments.register(holder(volume_going=shares_go), holder(volume_going=mappings_fail))
     with pytest.raises(CommandError):
         env.svc.delete("1")
     assert undone == ["ready"]  # so a re-apply serves the volume again
@@ -723,7 +723,7 @@ def test_resize_refused_by_zfs_is_a_client_error(env):
 def test_rename_runs_hooks_with_old_and_new_dataset(env):
     make_fs(env, name="old")
     seen = []
-    env.svc.after_volume_rename.append(lambda *args: seen.append(args))
+    env.svc.attachments.register(holder(volume_renamed=lambda *args: seen.append(args)))
     body = env.svc.update("1", name="new")
     assert env.ds.mutations("rename") == [("rename", "tank/old", "tank/new")]
     assert seen == [(1, "tank/old", "tank/new")]
@@ -735,7 +735,7 @@ def test_rename_to_a_taken_name(env):
     make_fs(env, name="a")
     make_fs(env, name="b")
     seen = []
-    env.svc.after_volume_rename.append(lambda *args: seen.append(args))
+    env.svc.attachments.register(holder(volume_renamed=lambda *args: seen.append(args)))
     with pytest.raises(ConflictError):
         env.svc.update("1", name="b")
     assert env.ds.mutations("rename") == [] and seen == []
@@ -745,7 +745,7 @@ def test_rename_to_a_taken_name(env):
 def test_rename_refused_by_zfs(env):
     make_fs(env, name="a")
     seen = []
-    env.svc.after_volume_rename.append(lambda *args: seen.append(args))
+    env.svc.attachments.register(holder(volume_renamed=lambda *args: seen.append(args)))
     env.ds.fail["rename"] = CommandError(["zfs", "rename"], 1, "", "cannot rename: dataset is busy\n")
     with pytest.raises(ConflictError, match="busy"):
         env.svc.update("1", name="b")
@@ -756,11 +756,10 @@ def test_rename_refused_by_zfs(env):
 
 
 def test_before_rename_hooks_run_before_zfs_renames(env):
-    if not hasattr(env.svc, "before_volume_rename"):
-        pytest.skip("no before_volume_rename hooks in this version")
     make_fs(env, name="old")
     seen = []
-    env.svc.before_volume_rename.append(lambda vol_id: seen.append((vol_id, env.ds.mutations("rename"))))
+    env.svc.attachments.register(
+        holder(volume_renaming=lambda vol_id: seen.append((vol_id, env.ds.mutations("rename")))))
     env.svc.update("1", name="new")
     assert seen == [(1, [])]
     assert env.ds.mutations("rename") == [("rename", "tank/old", "tank/new")]
@@ -779,7 +778,7 @@ def test_rename_filebacked_lun_is_a_row_change(env):
     flun = add_row(env.store, pool_id=env.pool_id, name="flun", volume_type="filebackedlun", parent_id=1,
                    parent_path="a.img")
     seen = []
-    env.svc.after_volume_rename.append(lambda *args: seen.append(args))
+    env.svc.attachments.register(holder(volume_renamed=lambda *args: seen.append(args)))
     env.svc.update(str(flun), name="flun2")
     assert row(env.store, flun).name == "flun2"
     assert env.ds.mutations("rename") == [] and seen == []
@@ -814,8 +813,8 @@ def test_zvol_with_clones_can_be_renamed(env):
 def test_update_renames_first_and_records_the_update_while_it_runs(env):
     make_fs(env, name="a", size_total=GIB)
     seen = []
-    env.svc.before_volume_rename.append(
-        lambda vol_id: seen.append((row(env.store, vol_id).pending, row(env.store, vol_id).owner)))
+    env.svc.attachments.register(holder(
+        volume_renaming=lambda vol_id: seen.append((row(env.store, vol_id).pending, row(env.store, vol_id).owner))))
     env.ds.calls.clear()
     body = env.svc.update("1", name="b", size_total=2 * GIB)
     assert env.ds.mutations() == [("rename", "tank/a", "tank/b"), ("set", "tank/b", "quota", str(2 * GIB))]
@@ -841,7 +840,7 @@ def test_update_whose_rename_is_refused_changes_no_size(env):
 def test_update_whose_resize_fails_renames_back(env):
     make_fs(env, name="a", size_total=GIB)
     moves = []
-    env.svc.after_volume_rename.append(lambda *args: moves.append(args))
+    env.svc.attachments.register(holder(volume_renamed=lambda *args: moves.append(args)))
     env.ds.fail["set"] = CommandError(["zfs", "set"], 1, "", "cannot set property: pool I/O is suspended\n")
     env.ds.calls.clear()
     with pytest.raises(ValidationError, match="suspended"):
@@ -965,8 +964,9 @@ def test_recover_deleting_lets_shares_and_mappings_go_before_the_destroy(env):
     vid = add_row(env.store, pool_id=env.pool_id, name="v", state="deleting", owner=DEAD_OWNER, guid="1")
     env.ds.add("tank/v", **{PROP_VOL_ID: str(vid)})
     seen = []
-    env.svc.before_volume_delete.append(lambda vol_id: seen.append(("rows", vol_id, list(env.ds.mutations()))))
-    env.svc.release_volume.append(lambda vol_id: seen.append(("servers", vol_id, list(env.ds.mutations()))))
+    env.svc.attachments.register(holder(
+        volume_going=lambda vol_id: seen.append(("rows", vol_id, list(env.ds.mutations()))),
+        volume_released=lambda vol_id: seen.append(("servers", vol_id, list(env.ds.mutations())))))
     env.svc.recover()
     assert seen == [("rows", vid, []), ("servers", vid, [])]
     assert env.ds.mutations() == [("destroy", "tank/v", True)] and rows(env.store) == []

@@ -21,6 +21,7 @@ from ..errors import ApiError, ServiceUnavailableError
 from ..faults import runner_for
 from ..store.db import Store
 from ..store.generation import Generation
+from .attachments import Attachments
 from .audit import AuditService
 from .auth import AuthService, StoredFailures
 from .catalog import Catalog
@@ -32,7 +33,7 @@ from .pools import PoolService
 from .replication import ReplicationService
 from .shares import ShareService
 from .snapshots import SnapshotService
-from .system import SystemService
+from .system import ApplianceIdentity, SystemService
 from .targets import TargetService
 from .users import UserService
 from .volumes import VolumeService
@@ -66,23 +67,27 @@ class Services:
         zfs = ZfsDriver(runner)
         disk_driver = DiskDriver(runner)
         disks = DiskService(settings, disk_driver, zfs)
-        system = SystemService(settings, store, PackageDriver(runner), zfs)
+        identity = ApplianceIdentity(settings, store)
         lock = StorageLock(settings.lock_file)
-        pools = PoolService(settings, store, zfs, ZfsPoolOps(runner), disks, disk_driver, system, lock)
-        system.pool_initializer = pools.create_default
+        # What holds volumes and pools, or guards them; registered below, once they are built.
+        attachments = Attachments()
+        pools = PoolService(settings, store, zfs, ZfsPoolOps(runner), disks, disk_driver, identity, lock,
+                            attachments)
+        system = SystemService(settings, store, PackageDriver(runner), zfs, identity,
+                               make_default_pool=pools.create_default)
         datasets = ZfsDatasetOps(runner, zfs)
         catalog = Catalog(store, datasets, pools, lock, generation=generation, max_age=settings.catalog_max_age)
-        volumes = VolumeService(store, datasets, LunFileDriver(), catalog, pools, lock)
+        volumes = VolumeService(store, datasets, LunFileDriver(), catalog, pools, lock, attachments)
         snapshots = SnapshotService(store, datasets, catalog, volumes, lock)
         shares = ShareService(
-            store, catalog, volumes, pools,
+            store, catalog, volumes,
             choose_nfs_driver(runner, settings.nfs_exports_file, settings.ganesha_pidfile, settings.kernel_exports,
                               settings.nfs_export_id_base, settings.ganesha_log),
             SambaDriver(runner, settings.smb_conf_file, settings.smb_shares_file, settings.admin_group),
             lock, settings.admin_group)
         targets = TargetService(settings, system, store, catalog, volumes, lock,
                                 lambda base_iqn: choose_target_driver(runner, base_iqn))
-        hosts = HostService(store, targets, catalog, volumes, pools, lock)
+        hosts = HostService(store, targets, catalog, volumes, lock)
         firewall = FirewallDriver(runner, table_name(settings.state_dir),
                                   record=settings.state_dir / "network-filter.nft")
         network = NetworkService(store, NetworkDriver(runner), firewall,
@@ -91,9 +96,12 @@ class Services:
         ssh = SshDriver(runner, settings.ssh_dir, settings.ssh_host_key_files, settings.ssh_user)
         replication = ReplicationService(settings, store, catalog, volumes, snapshots, pools, network, system,
                                          datasets, ssh, runner, lock)
+        # In this order: replication's guards refuse before anything lets go; then the shares
+        # let go of a volume or pool, then its LUN mappings (undone in the reverse order).
+        attachments.register(replication, shares, hosts)
         auth = AuthService(settings, accounts, failures=StoredFailures(
-            store, Generation(settings.state_dir / "auth-failures.generation")))
-        auth.on_login.append(shares.sync_smb_password)
+            store, Generation(settings.state_dir / "auth-failures.generation")),
+            on_login=shares.sync_smb_password)  # Samba keeps the API's passwords
         return cls(
             settings=settings,
             store=store,

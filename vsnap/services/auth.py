@@ -13,6 +13,7 @@ import threading
 import time
 from collections import deque
 from contextlib import contextmanager
+from typing import Callable
 
 from ..config import Settings
 from ..drivers.accounts import AccountDriver
@@ -77,7 +78,8 @@ class StoredFailures:
 
 
 class AuthService:
-    def __init__(self, settings: Settings, accounts: AccountDriver, clock=time.time, failures=None):
+    def __init__(self, settings: Settings, accounts: AccountDriver, clock=time.time, failures=None,
+                 on_login: Callable[[str, str], None] | None = None):
         self.settings = settings
         self.accounts = accounts
         self.clock = clock  # wall time: failures are compared across processes
@@ -86,7 +88,8 @@ class AuthService:
         self._cache: dict[tuple[str, bytes], float] = {}
         self._lock = threading.Lock()
         self._checks: dict[tuple[str, bytes], tuple[threading.Lock, int]] = {}  # checks running, and waiters
-        self.on_login: list = []  # called with (user, password) after a fresh password check
+        # Called with (user, password) after a fresh password check (Samba's copy of the password).
+        self.on_login: list[Callable[[str, str], None]] = [on_login] if on_login else []
 
     def _digest(self, password: str) -> bytes:
         return hmac.new(self._salt, password.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()

@@ -13,6 +13,7 @@ import re
 from ..errors import ConflictError, NotFoundError, ValidationError
 from ..store.db import Store
 from ..store.models import Host, HostInitiator, LunMapping, Volume, now, row_fields
+from .attachments import Attachment, Undo
 from .catalog import FILEBACKED, READY, ApiId, Catalog, parse_id
 from .locking import StorageLock
 from .targets import TargetService
@@ -81,24 +82,13 @@ def validate_host_name(name: object) -> str:
     return name
 
 
-class HostService:
-    def __init__(self, store: Store, targets: TargetService, catalog: Catalog, volumes, pools,
-                 lock: StorageLock):
+class HostService(Attachment):
+    def __init__(self, store: Store, targets: TargetService, catalog: Catalog, volumes, lock: StorageLock):
         self.store = store
         self.targets = targets
         self.catalog = catalog
         self.volumes = volumes
         self.lock = lock
-        volumes.decorators.append(self._decorate)
-        volumes.before_volume_delete.append(self._volume_going)
-        volumes.before_volume_rename.append(self._volume_renaming)
-        volumes.release_volume.append(lambda vol_id: self.targets.apply(exclude_volume=vol_id))
-        volumes.after_volume_rename.append(lambda *_: self.targets.apply())
-        volumes.after_volume_resize.append(lambda vol_id: self.targets.apply(refresh=frozenset({vol_id})))
-        pools.before_pool_delete.append(self._pool_going)
-        pools.before_pool_rename.append(self._pool_renaming)
-        pools.release_pool.append(lambda name: self.targets.apply(exclude_pool=name))
-        pools.after_pool_rename.append(lambda *_: self.targets.apply())
 
     # -- reading ----------------------------------------------------------------------------
     def _row(self, s, host_id=None, name=None) -> Host:
@@ -134,10 +124,10 @@ class HostService:
         with self.store.session() as s:
             return self._render(s, self._row(s, host_id, name), True)
 
-    def _decorate(self, volume: Volume, body: dict) -> None:
+    def describe_volume(self, row: Volume, body: dict) -> None:
         with self.store.session() as s:
             body["host_ids"] = [str(m.host_id) for m in s.query(LunMapping)
-                                .filter(LunMapping.volume_id == volume.id).order_by(LunMapping.host_id)]
+                                .filter(LunMapping.volume_id == row.id).order_by(LunMapping.host_id)]
 
     # -- hosts ------------------------------------------------------------------------------
     def _check_initiators_free(self, s, iqns: builtins.list[str], host_id: int | None) -> None:
@@ -279,8 +269,9 @@ class HostService:
                 if s.get(Host, fields["host_id"]) and s.get(Volume, fields["volume_id"]):
                     s.merge(LunMapping(**fields))
 
-    # -- hooks from volumes and pools: each returns the undo if the delete or rename fails ----
-    def _unmap_all(self, which):
+    # -- what LUN mappings hold: an Attachment of volumes and pools (attachments.py) ----------
+    # Each letting-go returns the undo that puts things back if the delete or rename then fails.
+    def _unmap_all(self, which) -> Undo | None:
         saved = self._drop_mappings(which)
         if not saved:
             return None
@@ -291,19 +282,34 @@ class HostService:
             self.targets.apply()
         return undo
 
-    def _volume_going(self, vol_id: int):
+    def volume_going(self, vol_id: int) -> Undo | None:
         return self._unmap_all(LunMapping.volume_id == vol_id)
 
-    def _pool_going(self, pool_id: int, pool_name: str):
+    def pool_going(self, pool_id: int, pool_name: str) -> Undo | None:
         with self.store.session() as s:
             vol_ids = [v.id for v in s.query(Volume).filter(Volume.pool_id == pool_id)]
         return self._unmap_all(LunMapping.volume_id.in_(vol_ids))
 
-    def _volume_renaming(self, vol_id: int):
+    def volume_renaming(self, vol_id: int) -> Undo | None:
         # The target holds the LUN's file open, which keeps the dataset from unmounting.
         self.targets.apply(exclude_volume=vol_id)
         return self.targets.apply
 
-    def _pool_renaming(self, pool_name: str):
+    def pool_renaming(self, pool_name: str) -> Undo | None:
         self.targets.apply(exclude_pool=pool_name)
         return self.targets.apply
+
+    def volume_renamed(self, vol_id: int, old_dataset: str, new_dataset: str) -> None:
+        self.targets.apply()
+
+    def pool_renamed(self, old_name: str, new_name: str) -> None:
+        self.targets.apply()
+
+    def volume_resized(self, vol_id: int) -> None:
+        self.targets.apply(refresh=frozenset({vol_id}))
+
+    def volume_released(self, vol_id: int) -> None:
+        self.targets.apply(exclude_volume=vol_id)
+
+    def pool_released(self, pool_name: str) -> None:
+        self.targets.apply(exclude_pool=pool_name)

@@ -20,12 +20,12 @@ from ..drivers.zfs import PoolStatus, PoolSummary, ZfsDriver, ZfsPoolOps, device
 from ..errors import ConflictError, InvalidCandidateError, NotFoundError, ValidationError
 from ..store.db import Store
 from ..store.models import Pool, now
+from .attachments import Attachments
 from .catalog import parse_id
 from .disks import UNUSED, DiskService
-from .hooks import Hooks
 from .locking import StorageLock
 from .owner import current_owner, is_current, owner_alive
-from .system import SystemService
+from .system import ApplianceIdentity
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +87,8 @@ def plan_vdevs(pool_type: str, paths: list[str], group_size: int) -> list[str]:
 
 class PoolService:
     def __init__(self, settings: Settings, store: Store, zfs: ZfsDriver, ops: ZfsPoolOps,
-                 disks: DiskService, disk_driver: DiskDriver, system: SystemService,
-                 lock: StorageLock):
+                 disks: DiskService, disk_driver: DiskDriver, system: ApplianceIdentity,
+                 lock: StorageLock, attachments: Attachments | None = None):
         self.settings = settings
         self.store = store
         self.zfs = zfs
@@ -97,15 +97,9 @@ class PoolService:
         self.disk_driver = disk_driver
         self.system = system
         self.lock = lock
-        # Replication may refuse a delete; these hooks only check, before anything changes.
-        # Shares and LUN mappings register to let go of a pool's datasets before it is renamed
-        # (export/import) or destroyed (once it is marked DELETING, so a crash finishes the
-        # delete), and to follow the new name after a rename.
-        self.refuse_pool_delete = Hooks()  # (pool_id, name) -> None, or raises
-        self.before_pool_delete = Hooks()  # (pool_id, name) -> undo
-        self.release_pool = Hooks()  # (name): at a start that finishes a delete, servers let go
-        self.before_pool_rename = Hooks()  # (name) -> undo
-        self.after_pool_rename: list = []  # (old name, new name)
+        # What holds the pool's volumes (shares, LUN mappings) or guards them (replication):
+        # asked before a delete or rename, told after it (attachments.py).
+        self.attachments = attachments if attachments is not None else Attachments()
 
     def mountpoint(self, name: str) -> str:
         return str(Path(self.settings.mount_root) / name)
@@ -397,7 +391,7 @@ class PoolService:
 
     def _rename(self, row: Pool, summary: PoolSummary, new_name: str) -> None:
         """ZFS renames a pool by export and import under the new name."""
-        undo = self.before_pool_rename.run(summary.name)
+        undo = self.attachments.pool_renaming(summary.name)
         with self.store.session() as s:
             r = s.get(Pool, row.id)
             r.state, r.pending_name, r.owner = RENAMING, new_name, current_owner()
@@ -409,8 +403,7 @@ class PoolService:
             raise ConflictError(f"Pool {summary.name} is busy and cannot be renamed: {describe(exc)}") from exc
         self._finish_rename(row.id, summary.guid, new_name)  # (summary: ZFS's word for row.guid)
         self._remove_mountpoint(summary.name)
-        for hook in self.after_pool_rename:
-            hook(summary.name, new_name)
+        self.attachments.pool_renamed(summary.name, new_name)
 
     def _finish_rename(self, pool_id: int, guid: str, new_name: str) -> None:
         imported = {p.guid: p.name for p in self.ops.list()}
@@ -495,11 +488,11 @@ class PoolService:
     def delete(self, pool_id: str) -> None:
         with self.lock.held():
             row, summary = self.find(pool_id)
-            self.refuse_pool_delete.run(row.id, summary.name)
+            self.attachments.refuse_pool_delete(row.id, summary.name)
             with self.store.session() as s:
                 r = s.get(Pool, row.id)
                 r.state, r.owner = DELETING, current_owner()
-            undo = self.before_pool_delete.run(row.id, summary.name,
+            undo = self.attachments.pool_going(row.id, summary.name,
                                                before_undo=lambda: self._set_ready(row.id, summary.name))
             try:
                 self._destroy(row.id, summary.name)
@@ -574,8 +567,8 @@ class PoolService:
                      "finished" if name != row.name else "rolled back (it was not exported yet)")
         elif row.state == DELETING:
             if row.guid in imported:
-                self.before_pool_delete.run(row.id, imported[row.guid].name)
-                self.release_pool.run(imported[row.guid].name)
+                self.attachments.pool_going(row.id, imported[row.guid].name)
+                self.attachments.pool_released(imported[row.guid].name)
                 self._destroy(row.id, imported[row.guid].name)
             else:
                 self._drop_row(row.id)

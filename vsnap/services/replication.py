@@ -34,6 +34,7 @@ from ..errors import ApiError, ConflictError, NotFoundError, ServiceUnavailableE
 from ..logs import request_id_var
 from ..store.db import Store
 from ..store.models import Partner, Relationship, ReplicationSession, Setting, Volume, now
+from .attachments import Attachment
 from .catalog import DELETING, FILEBACKED, READY, ApiId, Catalog, parse_id
 from .doorbell import Doorbell
 from .locking import StorageLock
@@ -162,7 +163,7 @@ def ssh_failure(address: str, port: int, stderr: str) -> RemoteError:
     return RemoteError(f"partner {address}:{port} unreachable over SSH: {reason}", unreachable=True)
 
 
-class ReplicationService:
+class ReplicationService(Attachment):
     def __init__(self, settings: Settings, store: Store, catalog: Catalog, volumes, snapshots, pools,
                  network, system, ds: ZfsDatasetOps, ssh: SshDriver, runner: Runner, lock: StorageLock):
         self.settings = settings
@@ -181,9 +182,6 @@ class ReplicationService:
         self.doorbell = Doorbell(settings.state_dir / "sessions.bell")  # wakes the queue's worker
         self._releasing: set[str] = set()  # relationships whose replica volume is being deleted
         self._releasing_lock = threading.Lock()
-        volumes.refuse_volume_delete.append(self._refuse_if_replicated)
-        volumes.before_volume_rename.append(self._refuse_replica_rename)
-        pools.refuse_pool_delete.append(self._refuse_pool_with_relationships)
 
     def serve_command(self, partner_id: str) -> list[str]:
         """What a partner's key may run here: the replication command, for that partner only."""
@@ -760,21 +758,21 @@ class ReplicationService:
                             getattr(exc, "message", None) or exc)
 
     # -- guards: a replicated volume stays while its relationships do ------------------------
-    def _refuse_if_replicated(self, vol_id: int):
+    def refuse_volume_delete(self, vol_id: int) -> None:
         with self.store.session() as s:
             rel = s.query(Relationship).filter(Relationship.local_vol_id == vol_id).first()
             if rel is not None and rel.id not in self._releasing:
                 raise ConflictError(f"Volume {vol_id} is the {rel.local_role} of relationship {rel.id}; "
                                     "delete the relationship first")
 
-    def _refuse_replica_rename(self, vol_id: int):
+    def refuse_volume_rename(self, vol_id: int) -> None:
         with self.store.session() as s:
             rel = s.query(Relationship).filter(Relationship.local_vol_id == vol_id,
                                                Relationship.local_role == REPLICA).first()
             if rel is not None:
                 raise ConflictError(f"Volume {vol_id} is a replica (relationship {rel.id}) and cannot be renamed")
 
-    def _refuse_pool_with_relationships(self, pool_id: int, pool_name: str):
+    def refuse_pool_delete(self, pool_id: int, pool_name: str) -> None:
         with self.store.session() as s:
             rel = s.query(Relationship).join(Volume, Volume.id == Relationship.local_vol_id) \
                 .filter(Volume.pool_id == pool_id).first()

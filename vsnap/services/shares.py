@@ -23,6 +23,7 @@ from ..drivers.smb import SambaDriver, SmbShare
 from ..errors import ConflictError, NotFoundError, ServiceUnavailableError, ValidationError
 from ..store.db import Store
 from ..store.models import Share, SmbPassword, Volume, now, row_fields
+from .attachments import Attachment, Undo
 from .catalog import ApiId, Catalog, CatalogView, VolumeView
 from .locking import StorageLock
 
@@ -88,13 +89,12 @@ def normalize_options(share_type: str, options: object) -> tuple[bool, list[str]
     return read_only, normalized
 
 
-class ShareService:
-    def __init__(self, store: Store, catalog: Catalog, volumes, pools, nfs, smb: SambaDriver,
+class ShareService(Attachment):
+    def __init__(self, store: Store, catalog: Catalog, volumes, nfs, smb: SambaDriver,
                  lock: StorageLock, group: str):
         self.store = store
         self.catalog = catalog
         self.volumes = volumes
-        self.pools = pools
         self.nfs = nfs
         self.smb = smb
         self.lock = lock
@@ -102,15 +102,6 @@ class ShareService:
         self._smb_sync = threading.Lock()
         self._memo_key = os.urandom(32)
         self._matched: dict[str, tuple[str, bytes]] = {}  # user -> (salt, keyed hash) known to match
-        volumes.before_volume_delete.append(self._volume_going)
-        volumes.before_volume_rename.append(self._volume_renaming)
-        volumes.release_volume.append(lambda vol_id: self.apply(exclude_volume=vol_id))
-        volumes.after_volume_rename.append(lambda *_: self.apply())
-        volumes.decorators.append(self._decorate)
-        pools.before_pool_delete.append(self._pool_going)
-        pools.before_pool_rename.append(self._pool_renaming)
-        pools.release_pool.append(lambda name: self.apply(exclude_pool=name))
-        pools.after_pool_rename.append(lambda *_: self.apply())
 
     # -- rendering --------------------------------------------------------------------------
     @staticmethod
@@ -130,9 +121,9 @@ class ShareService:
         body["time_updated"] = str(share.time_updated)
         return body
 
-    def _decorate(self, volume: Volume, body: dict) -> None:
+    def describe_volume(self, row: Volume, body: dict) -> None:
         with self.store.session() as s:
-            share = s.query(Share).filter(Share.volume_id == volume.id).first()
+            share = s.query(Share).filter(Share.volume_id == row.id).first()
             body["share_id"] = str(share.id) if share else None
 
     def _shares(self, view: CatalogView) -> list[tuple[Share, VolumeView]]:
@@ -252,12 +243,12 @@ class ShareService:
         self.nfs.apply(exports)
         self.smb.apply(smb)
 
-    # -- hooks from volumes and pools -------------------------------------------------------
-    # Each returns the undo that puts things back if the delete or rename then fails.
-    def _volume_going(self, vol_id: int):
+    # -- what shares hold: an Attachment of volumes and pools (attachments.py) ----------------
+    # Each letting-go returns the undo that puts things back if the delete or rename then fails.
+    def volume_going(self, vol_id: int) -> Undo | None:
         return self._drop_and_apply(Share.volume_id == vol_id)
 
-    def _pool_going(self, pool_id: int, pool_name: str):
+    def pool_going(self, pool_id: int, pool_name: str) -> Undo | None:
         return self._drop_and_apply(Share.volume_id.in_(
             select(Volume.id).where(Volume.pool_id == pool_id)))
 
@@ -282,14 +273,26 @@ class ShareService:
                 s.merge(Share(**fields))
         self.apply()
 
-    def _volume_renaming(self, vol_id: int):
+    def volume_renaming(self, vol_id: int) -> Undo | None:
         self.apply(exclude_volume=vol_id)
         return self.apply
 
-    def _pool_renaming(self, pool_name: str):
+    def pool_renaming(self, pool_name: str) -> Undo | None:
         # The pool is exported and imported under its new name: its shares must let go first.
         self.apply(exclude_pool=pool_name)
         return self.apply
+
+    def volume_renamed(self, vol_id: int, old_dataset: str, new_dataset: str) -> None:
+        self.apply()
+
+    def pool_renamed(self, old_name: str, new_name: str) -> None:
+        self.apply()
+
+    def volume_released(self, vol_id: int) -> None:
+        self.apply(exclude_volume=vol_id)
+
+    def pool_released(self, pool_name: str) -> None:
+        self.apply(exclude_pool=pool_name)
 
     # -- Samba's passwords ------------------------------------------------------------------
     def sync_smb_password(self, user: str, password: str) -> None:

@@ -51,16 +51,35 @@ def _valid_system_id(path: Path) -> str:
     return value
 
 
+class ApplianceIdentity:
+    """Who this appliance is (its id, stamped on its pools) and whether it keeps several pools:
+    what the pool service needs of the system, apart from the system's init, which needs pools."""
+
+    def __init__(self, settings: Settings, store: Store):
+        self.store = store
+        self.id = load_or_create_system_id(settings.system_id_file)
+
+    @property
+    def multipool(self) -> bool:
+        with self.store.session() as s:
+            row = s.get(Setting, "multipool")
+            return row is not None and row.value == "true"
+
+
 class SystemService:
-    def __init__(self, settings: Settings, store: Store, packages: PackageDriver, zfs: ZfsDriver):
+    def __init__(self, settings: Settings, store: Store, packages: PackageDriver, zfs: ZfsDriver,
+                 identity: ApplianceIdentity | None = None,
+                 make_default_pool: Callable[[], object] | None = None):
+        """`make_default_pool`: what init runs to make the default pool (the pool service's
+        create_default); without one, init can only be asked with skip_pool."""
         self.settings = settings
         self.store = store
         self.packages = packages
         self.zfs = zfs
-        self.id = load_or_create_system_id(settings.system_id_file)
+        self.identity = identity or ApplianceIdentity(settings, store)
+        self.id = self.identity.id
         self._init_lock = threading.Lock()
-        # Set by the service wiring to the pool service's create_default (creates the default pool).
-        self.pool_initializer: Callable[[], object] | None = None
+        self.make_default_pool = make_default_pool
 
     # -- settings ---------------------------------------------------------------------------
     def _get(self, session, key: str, default: str | None = None) -> str | None:
@@ -76,8 +95,7 @@ class SystemService:
 
     @property
     def multipool(self) -> bool:
-        with self.store.session() as s:
-            return self._get(s, "multipool", "false") == "true"
+        return self.identity.multipool
 
     # -- info -------------------------------------------------------------------------------
     def _status(self) -> tuple[str | None, str | None]:  # (status, message); the column is nullable
@@ -183,9 +201,9 @@ class SystemService:
     def _run_init(self, skip_pool: bool) -> Exception | None:
         try:
             if not skip_pool:
-                initializer = self.pool_initializer
-                assert initializer is not None, "Services.build sets it before anything runs init"
-                initializer()
+                if self.make_default_pool is None:
+                    raise RuntimeError("this appliance was built without a way to make its default pool")
+                self.make_default_pool()
         except Exception as exc:  # reported through init_status, as the spec asks
             log.exception("init failed")
             message = getattr(exc, "message", None) or str(exc) or type(exc).__name__

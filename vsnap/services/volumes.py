@@ -15,6 +15,7 @@ from ..drivers.zfs import ZfsDatasetOps
 from ..errors import ConflictError, NotFoundError, ValidationError
 from ..store.db import Store
 from ..store.models import Volume, now
+from .attachments import Attachments
 from .catalog import (
     CREATING,
     DELETING,
@@ -31,7 +32,6 @@ from .catalog import (
     find_one,
     parse_id,
 )
-from .hooks import Hooks
 from .locking import StorageLock
 from .owner import current_owner, is_current, owner_alive
 
@@ -87,26 +87,16 @@ def resolve_inside(root: str, relative: object) -> str:
 
 class VolumeService:
     def __init__(self, store: Store, ds: ZfsDatasetOps, lunfiles: LunFileDriver, catalog: Catalog,
-                 pools, lock: StorageLock):
+                 pools, lock: StorageLock, attachments: Attachments | None = None):
         self.store = store
         self.ds = ds
         self.lunfiles = lunfiles
         self.catalog = catalog
         self.pools = pools
         self.lock = lock
-        # Replication may refuse a delete; these hooks only check, and run before anything
-        # changes. Shares and LUN mappings then register to be removed before a volume goes
-        # away (once it is marked DELETING, so a crash finishes the delete and never leaves the
-        # volume without them), and are told when its dataset is renamed.
-        self.refuse_volume_delete = Hooks()  # (vol_id) -> None, or raises
-        self.before_volume_delete = Hooks()  # (vol_id) -> undo
-        # At a start that finishes a delete: the NFS, SMB and iSCSI servers let go of the volume
-        # whatever the rows say (the crash may have come between dropping rows and applying).
-        self.release_volume = Hooks()  # (vol_id)
-        self.before_volume_rename = Hooks()  # (vol_id) -> undo
-        self.after_volume_rename: list = []  # (vol_id, old dataset, new dataset)
-        self.after_volume_resize: list = []  # (vol_id)
-        self.decorators: list = []  # add share_id / host_ids to a volume's details
+        # What holds the volume (a share, LUN mappings) or guards it (replication): asked
+        # before a delete or rename, told after it, and asked to describe it (attachments.py).
+        self.attachments = attachments if attachments is not None else Attachments()
 
     # -- reading ----------------------------------------------------------------------------
     def find(self, view: CatalogView, vol_id=None, name=None) -> VolumeView:
@@ -153,8 +143,7 @@ class VolumeService:
             "share_id": None,
             "host_ids": [],
         })
-        for decorate in self.decorators:
-            decorate(row, body)
+        self.attachments.describe_volume(row, body)
         return body
 
     def list(self, *, volume_type: str | None = None, pool_id: str | None = None) -> list[dict]:
@@ -370,8 +359,7 @@ class VolumeService:
             with self.store.session() as s:
                 s.get(Volume, v.row.id).time_updated = now()
             if resizing:
-                for hook in self.after_volume_resize:
-                    hook(v.row.id)
+                self.attachments.volume_resized(v.row.id)
         return self.get(vol_id=vol_id)
 
     def _check_resize(self, v: VolumeView, size_total) -> None:
@@ -476,7 +464,8 @@ class VolumeService:
             return f"; it stays renamed to {dataset.split('/', 1)[1]} (the rename back failed: {exc})"
 
     def _rename_dataset(self, vol_id: int, old: str, new: str) -> None:
-        undo = self.before_volume_rename.run(vol_id)  # servers holding the mount let go
+        self.attachments.refuse_volume_rename(vol_id)
+        undo = self.attachments.volume_renaming(vol_id)  # servers holding the mount let go
         try:
             self.ds.rename(old, new)
         except CommandError as exc:
@@ -484,8 +473,7 @@ class VolumeService:
             raise ConflictError(f"ZFS refused to rename {old}: {describe(exc)}") from exc
         with self.store.session() as s:
             s.get(Volume, vol_id).name = new.split("/", 1)[1]
-        for hook in self.after_volume_rename:
-            hook(vol_id, old, new)
+        self.attachments.volume_renamed(vol_id, old, new)
 
     def _set_pending(self, vol_id: int, pending: dict | None, owner) -> None:
         with self.store.session() as s:
@@ -504,11 +492,11 @@ class VolumeService:
             if dependents:
                 raise ConflictError(f"Volume {v.row.name} holds the files of file-backed LUNs: "
                                     f"{', '.join(dependents)}; delete them first")
-            self.refuse_volume_delete.run(v.row.id)
+            self.attachments.refuse_volume_delete(v.row.id)
             self._set_state(v.row.id, DELETING, current_owner())
             # If a hook fails, the volume is READY again before the others are undone: the
             # target service serves only READY volumes.
-            undo = self.before_volume_delete.run(
+            undo = self.attachments.volume_going(
                 v.row.id, before_undo=lambda: self._set_state(v.row.id, READY, None))
             try:
                 if v.props is not None:
@@ -591,8 +579,8 @@ class VolumeService:
         stamped = self.ds.get(dataset, [PROP_VOL_ID, "guid", "mountpoint", "type", PROP_VOLSIZE]) \
             if self.dataset_exists(dataset) else {}
         if row.state == DELETING:
-            self.before_volume_delete.run(row.id)  # shares and mappings the crash left behind
-            self.release_volume.run(row.id)
+            self.attachments.volume_going(row.id)  # shares and mappings the crash left behind
+            self.attachments.volume_released(row.id)
             if stamped.get(PROP_VOL_ID) == str(row.id):
                 self.ds.destroy(dataset, recursive=True)
             with self.store.session() as s:
