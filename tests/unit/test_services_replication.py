@@ -17,7 +17,9 @@ from types import SimpleNamespace
 
 import pytest
 
-import vsnap.services.replication as repl_mod
+import vsnap.services.replication as replication
+import vsnap.services.replication.partners as partners_mod
+import vsnap.services.replication.sender as sender_mod
 from vsnap.config import Settings
 from vsnap.drivers.partner_api import PartnerApiError
 from vsnap.drivers.pipeline import PipelineResult, PipelineStopped
@@ -43,6 +45,7 @@ from vsnap.services.replication import (
     validate_address,
     validate_port,
 )
+from vsnap.services.replication.partners import Partners
 from vsnap.store.models import Partner, Pool, Relationship, ReplicationSession, Setting, Snapshot, Volume
 
 from support import SpyLock, empty_tables
@@ -346,10 +349,10 @@ class Env:
         self.ds = FakeDs(self)
         self.ssh = FakeSsh()
         self.pool_rows: list[Pool] = []
+        self.link = FakeLink(self.ssh)
+        monkeypatch.setattr(replication, "PartnerLink", lambda ssh, runner: self.link)  # every part's link
         self.svc = ReplicationService(self.settings, store, self.catalog, self.volumes, self.snapshots, self.pools,
                                       self.network, self.system, self.ds, self.ssh, runner=None, lock=self.lock)
-        self.link = FakeLink(self.ssh)
-        self.svc.link = self.link
         self.api = FakeApi()
         self.api.answer = good_answer()
         self.certs: dict[tuple[str, int], object] = {}
@@ -361,9 +364,9 @@ class Env:
             if isinstance(found, Exception):
                 raise found
             return found
-        monkeypatch.setattr(repl_mod, "certificate_fingerprint", certificate_fingerprint)
-        monkeypatch.setattr(repl_mod, "PartnerApi", self.api)
-        monkeypatch.setattr(repl_mod, "file_fingerprint", lambda path: OUR_FP)
+        monkeypatch.setattr(partners_mod, "certificate_fingerprint", certificate_fingerprint)
+        monkeypatch.setattr(partners_mod, "PartnerApi", self.api)
+        monkeypatch.setattr(partners_mod, "file_fingerprint", lambda path: OUR_FP)
 
     # -- rows ---------------------------------------------------------------------------------
     def pool(self, name: str) -> Pool:
@@ -507,14 +510,14 @@ def test_create_partner_ports(env):
 
 def test_create_partner_default_local_address(env, monkeypatch):
     seen = []
-    monkeypatch.setattr(env.svc, "_local_address_towards", lambda remote: seen.append(remote) or "10.9.9.9")
+    monkeypatch.setattr(env.svc.partners, "_local_address_towards", lambda remote: seen.append(remote) or "10.9.9.9")
     env.svc.create_partner("10.0.0.2", "admin", "pw")
     assert seen == ["10.0.0.2"]
     assert env.api.posts[0]["body"]["address"] == "10.9.9.9"
 
 
 def test_local_address_towards_loopback():
-    assert ReplicationService._local_address_towards("127.0.0.1") == "127.0.0.1"
+    assert Partners._local_address_towards("127.0.0.1") == "127.0.0.1"
 
 
 def _nothing_contacted_or_kept(env):
@@ -651,11 +654,11 @@ def test_partnering_again_takes_the_id_the_partner_knows_us_by(env):
 
 def test_an_answer_naming_another_partnerships_id_is_refused_and_withdrawn(env):
     env.partner(P2, system_id="0f" * 8)
-    env.svc._remember_addresses(P2, ["10.9.0.2"])
+    env.svc.partners.remember_addresses(P2, ["10.9.0.2"])
     env.api.answer = good_answer(id=P2)  # a new partnership (not renewed), under P2's id
     with pytest.raises(ConflictError):
         create(env, remote_addr="10.0.0.9")
-    assert env.partners()[P2].system_id == "0f" * 8 and env.svc._remembered_addresses(P2) == ["10.9.0.2"]
+    assert env.partners()[P2].system_id == "0f" * 8 and env.svc.partners.remembered_addresses(P2) == ["10.9.0.2"]
     assert [c.op for c in env.link.calls] == ["unpartner"]
 def test_partnering_again_while_relationships_use_it_keeps_them(env):
     old = create(env)["id"]
@@ -861,11 +864,11 @@ def test_delete_partner_that_no_longer_knows_us_removes_it_here(env):
 
 def test_delete_partner_first_tells_it_of_relationships_deleted_while_it_was_away(env):
     env.partner(P1)
-    env.svc._remember_notice(P1, R1)
+    env.svc.partners.remember_notice(P1, R1)
     env.svc.delete_partner(P1)
     assert [(c.op, c.args) for c in env.link.calls] == [("delete-relationship", [R1, "1"]), ("unpartner", [])]
     with env.store.session() as s:
-        assert s.get(Setting, env.svc._notice_key(P1, R1)) is None
+        assert s.get(Setting, env.svc.partners._notice_key(P1, R1)) is None
 
 
 @pytest.mark.parametrize("error, trust", [(None, "OK"), (RemoteError("refused", untrusted=True), "REFUSED"),
@@ -1108,7 +1111,7 @@ def test_delete_relationship_with_preserve_needs_no_partner(env, error):
     assert set(env.rels()) == {rel}
     env.svc.delete_relationship(rel, preserve_replica=True)
     assert env.rels() == {}
-    notices = env.svc._notice_key(P1, rel)
+    notices = env.svc.partners._notice_key(P1, rel)
     with env.store.session() as s:
         assert (s.get(Setting, notices) is not None) == (not error.untrusted)  # told when it answers
     env.link.answers["delete-relationship"] = {}
@@ -1128,11 +1131,11 @@ def test_delete_relationship_with_preserve_needs_no_partner(env, error):
 ])
 def test_a_notice_is_kept_until_the_partner_answers(env, error, kept):
     env.partner(P1)
-    env.svc._remember_notice(P1, R1)
+    env.svc.partners.remember_notice(P1, R1)
     env.link.answers["delete-relationship"] = error
     env.svc.deliver_notices()
     with env.store.session() as s:
-        assert (s.get(Setting, env.svc._notice_key(P1, R1)) is not None) == kept
+        assert (s.get(Setting, env.svc.partners._notice_key(P1, R1)) is not None) == kept
 
 
 def test_an_interrupted_delete_whose_partner_side_went_is_finished(env):
@@ -1208,7 +1211,7 @@ def test_delete_relationship_on_the_replica_partner_unreachable(env, caplog):
     assert env.rels() == {} and env.volumes.deleted == [replica]
     assert any("told when it answers" in r.getMessage() for r in caplog.records)
     with env.store.session() as s:
-        assert s.get(Setting, env.svc._notice_key(P1, rel)) is not None
+        assert s.get(Setting, env.svc.partners._notice_key(P1, rel)) is not None
 
 
 # =============================================================================================
@@ -1341,9 +1344,9 @@ def test_cancel_a_running_session_answers_how_it_ended(env, rel):
     sid = env.session(rel, env.snapshot(env.fs, "s"), status=ACTIVE, owner=current_owner())
 
     def transfer():  # the running transfer: sees the cancel, stops, ends the session
-        while env.svc._still_active(sid) is None:
+        while env.svc.sessions.still_active(sid) is None:
             time.sleep(0.02)
-        env.svc._end(sid, FAILED, "zfs send failed: Broken pipe")
+        env.svc.sessions.end(sid, FAILED, "zfs send failed: Broken pipe")
 
     worker = threading.Thread(target=transfer)
     worker.start()
@@ -1357,7 +1360,7 @@ def test_cancel_of_a_session_that_does_not_stop_in_time_says_canceling(env, rel)
     sid = env.session(rel, env.snapshot(env.fs, "s"), status=ACTIVE, owner=current_owner())
     body = env.svc.cancel_session(str(sid), wait=0)
     assert (body["status"], body["message"]) == (ACTIVE, "Canceling")
-    assert env.svc._still_active(sid) == CANCELED
+    assert env.svc.sessions.still_active(sid) == CANCELED
 
 
 @pytest.mark.parametrize("status", [COMPLETED, FAILED])
@@ -1407,7 +1410,7 @@ def test_claim_next_order_and_one_active_per_relationship(env, two_rels):
     assert env.svc.claim_next(set()) == b1  # a has one ACTIVE: its next waits
     assert env.svc.claim_next(set()) is None
     assert env.sess(a2).status == PENDING
-    env.svc._end(a1, COMPLETED, None)
+    env.svc.sessions.end(a1, COMPLETED, None)
     assert env.svc.claim_next(set()) == a2
 
 
@@ -1444,7 +1447,7 @@ def test_fail_interrupted(env, two_rels):
 def test_end_completes_and_updates_the_relationship(env, rel):
     snap = env.snapshot(env.fs, "s1")
     sid = env.session(rel, snap, status=ACTIVE, owner=current_owner())
-    env.svc._end(sid, COMPLETED, None, remote_snap_id="88", size_sent=1234)
+    env.svc.sessions.end(sid, COMPLETED, None, remote_snap_id="88", size_sent=1234)
     row = env.sess(sid)
     assert (row.status, row.message, row.remote_snap_id, row.size_sent) == (COMPLETED, None, "88", 1234)
     assert row.time_ended is not None
@@ -1458,11 +1461,11 @@ def test_end_completes_and_updates_the_relationship(env, rel):
 def test_end_never_overwrites_a_canceled_session(env, rel):
     good = env.snapshot(env.fs, "s1")
     first = env.session(rel, good, status=ACTIVE)
-    env.svc._end(first, COMPLETED, None, remote_snap_id="1", size_sent=10)
+    env.svc.sessions.end(first, COMPLETED, None, remote_snap_id="1", size_sent=10)
     snap = env.snapshot(env.fs, "s2")
     sid = env.session(rel, snap, status=ACTIVE, owner=current_owner())
     env.svc.cancel_session(sid)
-    env.svc._end(sid, FAILED, "later failure")
+    env.svc.sessions.end(sid, FAILED, "later failure")
     assert (env.sess(sid).status, env.sess(sid).message) == (FAILED, CANCELED)
     r = env.rels()[rel]
     assert (r.last_sync_status, r.last_attempt_snap_id, r.last_success_snap_id) == (FAILED, snap, good)
@@ -1472,7 +1475,7 @@ def test_a_session_whose_snapshot_arrived_is_completed_though_a_cancel_came_firs
     snap = env.snapshot(env.fs, "s2")
     sid = env.session(rel, snap, status=ACTIVE, owner=current_owner())
     env.svc.cancel_session(sid, wait=0)
-    env.svc._end(sid, COMPLETED, None, remote_snap_id="99", size_sent=5)
+    env.svc.sessions.end(sid, COMPLETED, None, remote_snap_id="99", size_sent=5)
     row = env.sess(sid)
     assert (row.status, row.remote_snap_id) == (COMPLETED, "99") and "when the cancel came" in row.message
     r = env.rels()[rel]
@@ -1481,9 +1484,9 @@ def test_a_session_whose_snapshot_arrived_is_completed_though_a_cancel_came_firs
 
 def test_end_failed_keeps_the_last_success(env, rel):
     good, bad = env.snapshot(env.fs, "s1"), env.snapshot(env.fs, "s2")
-    env.svc._end(env.session(rel, good, status=ACTIVE), COMPLETED, None)
+    env.svc.sessions.end(env.session(rel, good, status=ACTIVE), COMPLETED, None)
     sid = env.session(rel, bad, status=ACTIVE)
-    env.svc._end(sid, FAILED, "zfs send failed: boom")
+    env.svc.sessions.end(sid, FAILED, "zfs send failed: boom")
     row = env.sess(sid)
     assert (row.status, row.message) == (FAILED, "zfs send failed: boom")
     r = env.rels()[rel]
@@ -1518,7 +1521,7 @@ class FakePipeline:
 @pytest.fixture
 def sending(env, rel, monkeypatch):
     pipe = FakePipeline()
-    monkeypatch.setattr(repl_mod, "run_pipeline", pipe)
+    monkeypatch.setattr(sender_mod, "run_pipeline", pipe)
     env.link.answers["info"] = {"system_id": REMOTE_SYS, "repl_addresses": []}
     env.link.answers["snapshots"] = {"snapshots": []}
     return pipe
@@ -1639,7 +1642,7 @@ def test_run_session_canceled_during_the_transfer(env, rel, sending, monkeypatch
         env.svc.cancel_session(sid)
         reason = kwargs["should_stop"]()
         raise PipelineStopped(reason)
-    monkeypatch.setattr(repl_mod, "run_pipeline", cancel_then_stop)
+    monkeypatch.setattr(sender_mod, "run_pipeline", cancel_then_stop)
     env.svc.run_session(sid)
     row = env.sess(sid)
     assert (row.status, row.message) == (FAILED, CANCELED)
@@ -1673,7 +1676,7 @@ def test_progress_is_recorded(env, rel, sending, monkeypatch):
         progress(3000)
         seen.append(env.sess(sid).size_sent)
         return PipelineResult(3000, 0, "", 0, json.dumps({"snap_id": "9"}), "")
-    monkeypatch.setattr(repl_mod, "run_pipeline", pipeline)
+    monkeypatch.setattr(sender_mod, "run_pipeline", pipeline)
     env.svc.run_session(sid)
     assert seen == [1000, 3000]
     assert env.sess(sid).size_sent == 3000
@@ -1682,11 +1685,11 @@ def test_progress_is_recorded(env, rel, sending, monkeypatch):
 # -- after a completed session: the stream goes at once, the partner asked only if it refuses ----
 
 def _completed(env, rel, snap, address="10.5.0.2", remote_id="31"):
-    """A session of `snap` that completed through `address`, as _end leaves it."""
+    """A session of `snap` that completed through `address`, as sessions.end leaves it."""
     sid = env.session(rel, snap, status=ACTIVE, owner=current_owner())
     with env.store.session() as s:
         s.get(ReplicationSession, sid).repl_address = address
-    env.svc._end(sid, COMPLETED, None, remote_snap_id=remote_id, size_sent=100)
+    env.svc.sessions.end(sid, COMPLETED, None, remote_snap_id=remote_id, size_sent=100)
     return sid
 
 
@@ -1903,7 +1906,7 @@ def test_asking_refreshes_the_addresses_for_the_next_first_session(env, sending)
     rel = _new_relationship(env, None)
     env.link.answers["info"] = {"system_id": REMOTE_SYS, "repl_addresses": ["10.8.0.2"]}
     env.svc.run_session(_claimed(env, rel, env.snapshot(env.fs, "s1")))
-    assert env.svc._remembered_addresses(P1) == ["10.8.0.2"]
+    assert env.svc.partners.remembered_addresses(P1) == ["10.8.0.2"]
     env.link.answers["create-replica"] = replica_answer()  # (no addresses: an older partner)
     other = env.svc.create_relationship(str(env.lun), P1)["id"]
     env.link.calls.clear()
@@ -1915,18 +1918,18 @@ def test_asking_refreshes_the_addresses_for_the_next_first_session(env, sending)
 def test_the_addresses_go_with_the_partner(env, sending):
     rel = _new_relationship(env, ["10.7.0.2"])
     env.svc.delete_relationship(rel)
-    assert env.svc._remembered_addresses(P1) == ["10.7.0.2"]
+    assert env.svc.partners.remembered_addresses(P1) == ["10.7.0.2"]
     env.svc.delete_partner(P1)
-    assert env.svc._remembered_addresses(P1) is None
+    assert env.svc.partners.remembered_addresses(P1) is None
     with env.store.session() as s:
         assert s.get(Setting, f"partner-repl-addresses:{P1}") is None
 
 
 def test_partnering_again_keeps_the_partnerships_addresses(env):
     env.partner(P2, system_id=REMOTE_SYS)
-    env.svc._remember_addresses(P2, ["10.9.0.2"])
+    env.svc.partners.remember_addresses(P2, ["10.9.0.2"])
     assert create(env)["id"] == P2  # the same appliance again: the same partnership
-    assert env.svc._remembered_addresses(P2) == ["10.9.0.2"]
+    assert env.svc.partners.remembered_addresses(P2) == ["10.9.0.2"]
 # =============================================================================================
 # serve(): the requests a partner makes over SSH
 # =============================================================================================
