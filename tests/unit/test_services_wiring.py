@@ -19,7 +19,7 @@ def services(tmp_path, monkeypatch):
 def test_guards_come_first_then_shares_then_lun_mappings(services):
     attachments = services.volumes.attachments
     assert services.pools.attachments is attachments  # one registry for volumes and pools
-    assert attachments.holders == [services.replication, services.shares, services.hosts]
+    assert attachments.holders == [services.replication.relationships, services.shares, services.hosts]
 
 
 def test_init_makes_the_default_pool_through_the_pool_service(services):

@@ -98,7 +98,7 @@ class Services:
                                          datasets, ssh, runner, lock)
         # In this order: replication's guards refuse before anything lets go; then the shares
         # let go of a volume or pool, then its LUN mappings (undone in the reverse order).
-        attachments.register(replication, shares, hosts)
+        attachments.register(replication.relationships, shares, hosts)
         auth = AuthService(settings, accounts, failures=StoredFailures(
             store, Generation(settings.state_dir / "auth-failures.generation")),
             on_login=shares.sync_smb_password)  # Samba keeps the API's passwords

@@ -1,0 +1,463 @@
+"""The sending side (sender.py), through ReplicationService.run_session with a fake pipeline: the
+plan (full or incremental, from which base, to which address; the partner asked only when that
+is not known), failures, cancels and progress. Fakes and fixtures: replication_support.py."""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+import vsnap.services.replication.sender as sender_mod
+from vsnap.drivers.pipeline import PipelineResult, PipelineStopped
+from vsnap.services.owner import current_owner
+from vsnap.services.replication import ACTIVE, CANCELED, COMPLETED, FAILED, RemoteError
+from vsnap.store.models import ReplicationSession, Setting
+
+import replication_support
+from replication_support import P1, R1, REMOTE_SYS, replica_answer
+
+# The fixtures of replication_support these tests take, bound here for pytest to find (imported
+# by name, each would read to ruff as redefined by every test's parameter of that name).
+env = replication_support.env
+rel = replication_support.rel
+
+
+# -- run_session / _transfer -------------------------------------------------------------------
+
+class FakePipeline:
+    def __init__(self, result=None, error=None, moves=()):
+        self.result = result or PipelineResult(4096, 0, "", 0, json.dumps({"snap_id": "55"}), "")
+        self.error = error
+        self.moves = moves
+        self.calls: list[dict] = []
+        self.results: list = []  # one per call, first to last (a result or an exception), then `result`
+
+    def __call__(self, producer, consumer, *, progress=None, should_stop=None, stall_seconds=60.0, tick=0.5):
+        self.calls.append({"producer": producer, "consumer": consumer, "stall_seconds": stall_seconds,
+                           "stop": should_stop()})
+        for moved in self.moves:
+            progress(moved)
+        if self.error:
+            raise self.error
+        if self.results:
+            result = self.results.pop(0)
+            if isinstance(result, BaseException):
+                raise result
+            return result
+        return self.result
+
+
+@pytest.fixture
+def sending(env, rel, monkeypatch):
+    pipe = FakePipeline()
+    monkeypatch.setattr(sender_mod, "run_pipeline", pipe)
+    env.link.answers["info"] = {"system_id": REMOTE_SYS, "repl_addresses": []}
+    env.link.answers["snapshots"] = {"snapshots": []}
+    return pipe
+
+
+def _claimed(env, rel, snap):
+    sid = env.session(rel, snap)
+    assert env.svc.claim_next(set()) == sid
+    return sid
+
+
+def test_run_session_full_send(env, rel, sending):
+    snap = env.snapshot(env.fs, "s1", guid="111")
+    sid = _claimed(env, rel, snap)
+    sending.moves = (100, 4096)
+    env.svc.run_session(sid)
+    row = env.sess(sid)
+    assert (row.status, row.remote_snap_id, row.size_sent, row.repl_address) == (COMPLETED, "55", 4096, "10.0.0.2")
+    (call,) = sending.calls
+    assert call["producer"] == ["zfs", "send", "p/fs@s1"]
+    assert call["consumer"] == ["ssh-fake", P1, "10.0.0.2", "8922", "--", "recv", rel, "s1", "full"]
+    assert call["stall_seconds"] == 7.0 and call["stop"] is None
+    assert [(c.op, c.args, c.via) for c in env.link.calls] == [("prepare", [rel], None)]
+    assert env.rels()[rel].last_success_snap_id == snap
+
+
+def test_run_session_incremental_from_the_newest_common_snapshot(env, rel, sending):
+    s1 = env.snapshot(env.fs, "s1", guid="111", creation=100)
+    s2 = env.snapshot(env.fs, "s2", guid="222", creation=200)
+    env.snapshot(env.fs, "s3", guid="333", creation=300)
+    s4 = env.snapshot(env.fs, "s4", guid="444", creation=400)
+    env.snapshot(env.fs, "s5", guid="555", creation=500)  # newer than the one sent: never a base
+    env.link.answers["snapshots"] = {"snapshots": [{"id": "1", "name": "s1", "guid": "111"},
+                                                   {"id": "2", "name": "s2", "guid": "222"},
+                                                   {"id": "5", "name": "s5", "guid": "555"}]}
+    sid = _claimed(env, rel, s4)
+    env.svc.run_session(sid)
+    assert env.sess(sid).status == COMPLETED
+    (call,) = sending.calls
+    assert call["producer"] == ["zfs", "send", "-i", "p/fs@s2", "p/fs@s4"]
+    assert call["consumer"][-4:] == ["recv", rel, "s4", "incremental"]
+    assert env.rels()[rel].last_success_snap_id == s4 and s1 < s2 < s4
+
+
+def test_run_session_already_on_the_replica(env, rel, sending):
+    snap = env.snapshot(env.fs, "s1", guid="111")
+    env.link.answers["snapshots"] = {"snapshots": [{"id": "31", "name": "s1", "guid": "111"}]}
+    sid = _claimed(env, rel, snap)
+    env.svc.run_session(sid)
+    row = env.sess(sid)
+    assert (row.status, row.remote_snap_id, row.size_sent) == (COMPLETED, "31", 0)
+    assert sending.calls == []
+
+
+def test_run_session_no_common_base(env, rel, sending):
+    snap = env.snapshot(env.fs, "s1", guid="111")
+    env.link.answers["snapshots"] = {"snapshots": [{"id": "31", "name": "x", "guid": "999"}]}
+    sid = _claimed(env, rel, snap)
+    env.svc.run_session(sid)
+    row = env.sess(sid)
+    assert row.status == FAILED and "none in common" in row.message
+    assert sending.calls == []
+
+
+def test_run_session_uses_a_replication_address(env, rel, sending):
+    env.link.answers["info"] = {"system_id": REMOTE_SYS, "repl_addresses": ["10.5.0.2", "10.5.0.3"]}
+    sid = _claimed(env, rel, env.snapshot(env.fs, "s1"))
+    env.svc.run_session(sid)
+    assert env.sess(sid).repl_address == "10.5.0.2"
+    assert sending.calls[0]["consumer"][2] == "10.5.0.2"
+
+
+def test_run_session_refuses_an_option_like_replication_address(env, rel, sending):
+    env.link.answers["info"] = {"system_id": REMOTE_SYS, "repl_addresses": ["-oProxyCommand=x"]}
+    sid = _claimed(env, rel, env.snapshot(env.fs, "s1"))
+    env.svc.run_session(sid)
+    assert env.sess(sid).status == FAILED
+    assert sending.calls == []
+
+
+@pytest.mark.parametrize("result, message", [
+    (PipelineResult(10, 0, "", 255, "", "ssh: connect to host 10.0.0.2 port 8922: Connection refused\n"),
+     "Connection refused"),
+    (PipelineResult(10, 1, "cannot open 'p/fs@s1': dataset does not exist\n", -9, "", ""), "zfs send failed"),
+    (PipelineResult(10, 0, "", 1, json.dumps({"error": "The replica already has a snapshot named s1"}), ""),
+     "already has a snapshot"),
+    (PipelineResult(10, 0, "", 0, "not json", ""), "could not receive"),
+])
+def test_run_session_failures(env, rel, sending, result, message):
+    sending.result = result
+    sid = _claimed(env, rel, env.snapshot(env.fs, "s1"))
+    env.svc.run_session(sid)
+    row = env.sess(sid)
+    assert row.status == FAILED and message in row.message
+    assert env.rels()[rel].last_sync_status == FAILED
+
+
+def test_run_session_partner_unreachable(env, rel, sending):
+    env.link.answers["info"] = RemoteError("partner 10.0.0.2:8922 unreachable over SSH: timeout", unreachable=True)
+    sid = _claimed(env, rel, env.snapshot(env.fs, "s1"))
+    env.svc.run_session(sid)
+    row = env.sess(sid)
+    assert row.status == FAILED and "unreachable" in row.message
+
+
+def test_run_session_stall(env, rel, sending):
+    sending.error = PipelineStopped("stalled: no data moved for 7 s")
+    sid = _claimed(env, rel, env.snapshot(env.fs, "s1"))
+    env.svc.run_session(sid)
+    row = env.sess(sid)
+    assert (row.status, row.message) == (FAILED, "stalled: no data moved for 7 s")
+
+
+def test_run_session_canceled_during_the_transfer(env, rel, sending, monkeypatch):
+    sid = _claimed(env, rel, env.snapshot(env.fs, "s1"))
+
+    def cancel_then_stop(*args, **kwargs):
+        env.svc.cancel_session(sid)
+        reason = kwargs["should_stop"]()
+        raise PipelineStopped(reason)
+    monkeypatch.setattr(sender_mod, "run_pipeline", cancel_then_stop)
+    env.svc.run_session(sid)
+    row = env.sess(sid)
+    assert (row.status, row.message) == (FAILED, CANCELED)
+
+
+def test_run_session_snapshot_gone(env, rel, sending):
+    snap = env.snapshot(env.fs, "s1")
+    sid = _claimed(env, rel, snap)
+    del env.catalog.snapshots[snap]
+    env.svc.run_session(sid)
+    row = env.sess(sid)
+    assert row.status == FAILED and "no longer exists" in row.message
+    assert env.link.calls == []
+
+
+def test_run_session_unexpected_error_still_ends_it(env, rel, sending):
+    sending.error = KeyError("bug")
+    sid = _claimed(env, rel, env.snapshot(env.fs, "s1"))
+    env.svc.run_session(sid)
+    row = env.sess(sid)
+    assert row.status == FAILED and row.message.startswith("Internal error")
+
+
+def test_progress_is_recorded(env, rel, sending, monkeypatch):
+    sid = _claimed(env, rel, env.snapshot(env.fs, "s1"))
+    seen = []
+
+    def pipeline(producer, consumer, *, progress, should_stop, stall_seconds):
+        progress(1000)
+        seen.append(env.sess(sid).size_sent)
+        progress(3000)
+        seen.append(env.sess(sid).size_sent)
+        return PipelineResult(3000, 0, "", 0, json.dumps({"snap_id": "9"}), "")
+    monkeypatch.setattr(sender_mod, "run_pipeline", pipeline)
+    env.svc.run_session(sid)
+    assert seen == [1000, 3000]
+    assert env.sess(sid).size_sent == 3000
+
+
+def test_session_reads_only_the_primarys_pool(env, rel, sending):
+    env.volume(env.pool("q"), "elsewhere")
+    sid = _claimed(env, rel, env.snapshot(env.fs, "s1"))
+    env.catalog.load_args.clear()
+    env.svc.run_session(sid)
+    assert env.sess(sid).status == COMPLETED and env.catalog.load_args == [env.p.id]
+
+
+# -- after a completed session: the stream goes at once, the partner asked only if it refuses ----
+
+def _completed(env, rel, snap, address="10.5.0.2", remote_id="31"):
+    """A session of `snap` that completed through `address`, as sessions.end leaves it."""
+    sid = env.session(rel, snap, status=ACTIVE, owner=current_owner())
+    with env.store.session() as s:
+        s.get(ReplicationSession, sid).repl_address = address
+    env.svc.sessions.end(sid, COMPLETED, None, remote_snap_id=remote_id, size_sent=100)
+    return sid
+
+
+def _refused(message):
+    return PipelineResult(10, -9, "", 1, json.dumps({"error": message}), "", producer_killed=True)
+
+
+@pytest.fixture
+def replicated(env, rel, sending):
+    """s1 on the replica, sent by a completed session through 10.5.0.2; s2 newer, to send."""
+    s1 = env.snapshot(env.fs, "s1", guid="111", creation=100)
+    _completed(env, rel, s1)
+    s2 = env.snapshot(env.fs, "s2", guid="222", creation=200)
+    env.link.answers["info"] = {"system_id": REMOTE_SYS, "repl_addresses": ["10.5.0.2"]}
+    env.link.answers["snapshots"] = {"snapshots": [{"id": "31", "name": "s1", "guid": "111"}]}
+    return SimpleNamespace(s1=s1, s2=s2)
+
+
+def test_incremental_after_a_completed_session_asks_the_partner_nothing(env, rel, sending, replicated):
+    sid = _claimed(env, rel, replicated.s2)
+    env.svc.run_session(sid)
+    row = env.sess(sid)
+    assert (row.status, row.remote_snap_id, row.repl_address) == (COMPLETED, "55", "10.5.0.2")
+    assert env.link.calls == []
+    (call,) = sending.calls
+    assert call["producer"] == ["zfs", "send", "-i", "p/fs@s1", "p/fs@s2"]
+    assert call["consumer"] == ["ssh-fake", P1, "10.5.0.2", "8922", "--", "recv", rel, "s2", "incremental"]
+
+
+def test_a_refused_stream_asks_the_partner_and_sends_from_the_base_it_has(env, rel, sending, replicated):
+    # The replica lost s1 (destroyed by hand there) but has s0: the receive refuses the
+    # difference from s1; the partner's answer gives the base.
+    s0 = env.snapshot(env.fs, "s0", guid="100", creation=50)
+    env.link.answers["snapshots"] = {"snapshots": [{"id": "30", "name": "s0", "guid": "100"}]}
+    sending.results = [_refused("cannot receive incremental stream: most recent snapshot does not match")]
+    sid = _claimed(env, rel, replicated.s2)
+    env.svc.run_session(sid)
+    assert env.sess(sid).status == COMPLETED, env.sess(sid).message
+    assert [c.op for c in env.link.calls] == ["prepare"]
+    assert [c["producer"] for c in sending.calls] == [["zfs", "send", "-i", "p/fs@s1", "p/fs@s2"],
+                                                      ["zfs", "send", "-i", "p/fs@s0", "p/fs@s2"]]
+    assert env.rels()[rel].last_success_snap_id == replicated.s2 and s0
+
+
+def test_a_refusal_that_asking_cannot_change_is_not_sent_twice(env, rel, sending, replicated):
+    # The partner confirms s1 and the address: the same stream would be refused the same way.
+    sending.results = [_refused("destination vbenchrb/fs_replica has been modified since most recent snapshot")]
+    sid = _claimed(env, rel, replicated.s2)
+    env.svc.run_session(sid)
+    row = env.sess(sid)
+    assert row.status == FAILED and "modified" in row.message
+    assert [c.op for c in env.link.calls] == ["prepare"] and len(sending.calls) == 1
+
+
+def test_an_address_gone_since_the_last_session_asks_the_partner(env, rel, sending, replicated):
+    env.link.answers["info"] = {"system_id": REMOTE_SYS, "repl_addresses": ["10.6.0.2"]}
+    sending.results = [PipelineResult(0, -9, "", 255, "", "ssh: connect to host 10.5.0.2 port 8922: No route\n",
+                                      producer_killed=True)]
+    sid = _claimed(env, rel, replicated.s2)
+    env.svc.run_session(sid)
+    row = env.sess(sid)
+    assert (row.status, row.repl_address) == (COMPLETED, "10.6.0.2")
+    assert [c["consumer"][2] for c in sending.calls] == ["10.5.0.2", "10.6.0.2"]
+
+
+def test_an_unreachable_partner_is_still_unreachable(env, rel, sending, replicated):
+    sending.results = [PipelineResult(0, -9, "", 255, "", "ssh: connect to host 10.5.0.2: Connection refused\n",
+                                      producer_killed=True)]
+    env.link.answers["info"] = RemoteError("partner 10.0.0.2:8922 unreachable over SSH: refused", unreachable=True)
+    sid = _claimed(env, rel, replicated.s2)
+    env.svc.run_session(sid)
+    row = env.sess(sid)
+    assert row.status == FAILED and "unreachable" in row.message and len(sending.calls) == 1
+
+
+def test_a_snapshot_the_replica_has_already_completes_after_asking(env, rel, sending, replicated):
+    # A retried session: the partner refuses the name, its answer shows the snapshot is there.
+    env.link.answers["snapshots"] = {"snapshots": [{"id": "31", "name": "s1", "guid": "111"},
+                                                   {"id": "32", "name": "s2", "guid": "222"}]}
+    sending.results = [_refused("The replica already has a snapshot named s2")]
+    sid = _claimed(env, rel, replicated.s2)
+    env.svc.run_session(sid)
+    row = env.sess(sid)
+    assert (row.status, row.remote_snap_id, row.size_sent) == (COMPLETED, "32", 0)
+    assert len(sending.calls) == 1
+
+
+def test_a_cancel_during_the_stream_asks_nothing_more(env, rel, sending, replicated):
+    sending.results = [PipelineStopped(CANCELED)]
+    sid = _claimed(env, rel, replicated.s2)
+    env.svc.run_session(sid)
+    assert (env.sess(sid).status, env.sess(sid).message) == (FAILED, CANCELED)
+    # Only whether the stream arrived all the same (once the partner's receive ended): it did not.
+    assert [(c.op, c.args) for c in env.link.calls] == [("snapshots", [rel, "settled"])]
+    assert len(sending.calls) == 1
+
+
+def test_a_stopped_stream_that_arrived_whole_completes_the_session(env, rel, sending, replicated):
+    sending.results = [PipelineStopped(CANCELED, 4096)]
+    env.link.answers["snapshots"] = {"snapshots": [{"id": "31", "name": "s1", "guid": "111"},
+                                                   {"id": "32", "name": "s2", "guid": "222"}]}
+    sid = _claimed(env, rel, replicated.s2)
+    env.svc.run_session(sid)
+    row = env.sess(sid)
+    assert (row.status, row.remote_snap_id, row.size_sent) == (COMPLETED, "32", 4096)
+    assert "received the whole snapshot" in row.message
+
+
+def test_after_a_session_that_did_not_complete_the_partner_is_asked_first(env, rel, sending, replicated):
+    # The failed session's snapshot (s2) arrived all the same: the next one sends from it.
+    failed = env.session(rel, replicated.s2, status=FAILED)
+    env.link.answers["snapshots"] = {"snapshots": [{"id": "31", "name": "s1", "guid": "111"},
+                                                   {"id": "32", "name": "s2", "guid": "222"}]}
+    s3 = env.snapshot(env.fs, "s3", guid="333", creation=300)
+    sid = _claimed(env, rel, s3)
+    assert sid != failed
+    env.svc.run_session(sid)
+    assert env.sess(sid).status == COMPLETED
+    assert env.link.ops() == ["prepare"]
+    (call,) = sending.calls
+    assert call["producer"] == ["zfs", "send", "-i", "p/fs@s2", "p/fs@s3"]
+
+
+def test_the_partner_is_asked_when_the_last_sent_snapshot_is_gone_here(env, rel, sending, replicated):
+    del env.catalog.snapshots[replicated.s1]  # destroyed on the primary since
+    env.snapshot(env.fs, "s0", guid="100", creation=50)
+    env.link.answers["snapshots"] = {"snapshots": [{"id": "30", "name": "s0", "guid": "100"},
+                                                   {"id": "31", "name": "s1", "guid": "111"}]}
+    sid = _claimed(env, rel, replicated.s2)
+    env.svc.run_session(sid)
+    assert env.sess(sid).status == COMPLETED
+    assert [c.op for c in env.link.calls] == ["prepare"]
+    assert [c["producer"] for c in sending.calls] == [["zfs", "send", "-i", "p/fs@s0", "p/fs@s2"]]
+
+
+def test_the_partner_is_asked_when_sending_an_older_snapshot_than_the_last(env, rel, sending, replicated):
+    s05 = env.snapshot(env.fs, "s05", guid="105", creation=60)  # older than s1, the last sent
+    env.link.answers["snapshots"] = {"snapshots": [{"id": "31", "name": "s1", "guid": "111"}]}
+    sid = _claimed(env, rel, s05)
+    env.svc.run_session(sid)
+    row = env.sess(sid)
+    assert row.status == FAILED and "none in common" in row.message
+    assert [c.op for c in env.link.calls] == ["prepare"] and sending.calls == []
+
+
+def test_only_a_completed_session_tells_where_the_replica_stands(env, rel, sending):
+    s1 = env.snapshot(env.fs, "s1", guid="111", creation=100)
+    env.session(rel, s1, status=FAILED, message="stalled")
+    s2 = env.snapshot(env.fs, "s2", guid="222", creation=200)
+    sid = _claimed(env, rel, s2)
+    env.svc.run_session(sid)
+    assert [c.op for c in env.link.calls] == ["prepare"]
+    assert sending.calls[0]["producer"] == ["zfs", "send", "p/fs@s2"]
+
+
+# -- a first session: the replica's addresses, as the partner gave them, spare the round trip -----
+
+def _new_relationship(env, addresses):
+    """A relationship of the filesystem volume with P1 (partnered by the `rel` fixture of
+    `sending`), made through the service, the partner's answer giving `addresses`."""
+    env.svc.delete_relationship(R1)  # the fixture's own, of the same volume
+    answer = replica_answer()
+    if addresses is not None:
+        def answer(partner, args, body, plain=answer(None, [], None)):
+            return {**plain, "repl_addresses": addresses}
+    env.link.answers["create-replica"] = answer
+    rel_id = env.svc.create_relationship(str(env.fs), P1)["id"]
+    env.link.calls.clear()
+    return rel_id
+
+
+def test_a_first_session_streams_at_once_to_the_address_given_with_the_replica(env, sending):
+    rel = _new_relationship(env, ["10.7.0.2", "10.7.0.3"])
+    sid = _claimed(env, rel, env.snapshot(env.fs, "s1", guid="111"))
+    env.svc.run_session(sid)
+    row = env.sess(sid)
+    assert (row.status, row.repl_address) == (COMPLETED, "10.7.0.2")
+    assert env.link.calls == []
+    (call,) = sending.calls
+    assert call["producer"] == ["zfs", "send", "p/fs@s1"]
+    assert call["consumer"][2] == "10.7.0.2" and call["consumer"][-1] == "full"
+
+
+def test_a_first_session_uses_the_partners_address_when_it_carries_replication(env, sending):
+    rel = _new_relationship(env, ["10.0.0.2", "10.7.0.2"])
+    sid = _claimed(env, rel, env.snapshot(env.fs, "s1"))
+    env.svc.run_session(sid)
+    assert env.sess(sid).repl_address == "10.0.0.2" and env.link.calls == []
+
+
+def test_a_first_session_without_known_addresses_asks(env, sending):
+    rel = _new_relationship(env, None)  # a partner that does not give them
+    sid = _claimed(env, rel, env.snapshot(env.fs, "s1"))
+    env.svc.run_session(sid)
+    assert env.sess(sid).status == COMPLETED and [c.op for c in env.link.calls] == ["prepare"]
+
+
+def test_an_adopted_replica_refuses_the_full_stream_and_gets_the_incremental(env, sending):
+    rel = _new_relationship(env, ["10.7.0.2"])
+    s1 = env.snapshot(env.fs, "s1", guid="111", creation=100)
+    s2 = env.snapshot(env.fs, "s2", guid="222", creation=200)
+    env.link.answers["info"] = {"system_id": REMOTE_SYS, "repl_addresses": ["10.7.0.2"]}
+    env.link.answers["snapshots"] = {"snapshots": [{"id": "31", "name": "s1", "guid": "111"}]}
+    sending.results = [_refused("The replica already has snapshots: only an incremental stream can follow")]
+    sid = _claimed(env, rel, s2)
+    env.svc.run_session(sid)
+    assert env.sess(sid).status == COMPLETED
+    assert [c["producer"] for c in sending.calls] == [["zfs", "send", "p/fs@s2"],
+                                                      ["zfs", "send", "-i", "p/fs@s1", "p/fs@s2"]]
+    assert s1
+
+
+def test_asking_refreshes_the_addresses_for_the_next_first_session(env, sending):
+    rel = _new_relationship(env, None)
+    env.link.answers["info"] = {"system_id": REMOTE_SYS, "repl_addresses": ["10.8.0.2"]}
+    env.svc.run_session(_claimed(env, rel, env.snapshot(env.fs, "s1")))
+    assert env.svc.partners.remembered_addresses(P1) == ["10.8.0.2"]
+    env.link.answers["create-replica"] = replica_answer()  # (no addresses: an older partner)
+    other = env.svc.create_relationship(str(env.lun), P1)["id"]
+    env.link.calls.clear()
+    sid = _claimed(env, other, env.snapshot(env.lun, "l1"))
+    env.svc.run_session(sid)
+    assert env.sess(sid).repl_address == "10.8.0.2" and env.link.calls == []
+
+
+def test_the_addresses_go_with_the_partner(env, sending):
+    rel = _new_relationship(env, ["10.7.0.2"])
+    env.svc.delete_relationship(rel)
+    assert env.svc.partners.remembered_addresses(P1) == ["10.7.0.2"]
+    env.svc.delete_partner(P1)
+    assert env.svc.partners.remembered_addresses(P1) is None
+    with env.store.session() as s:
+        assert s.get(Setting, f"partner-repl-addresses:{P1}") is None

@@ -1,0 +1,202 @@
+"""The sending side: runs one claimed session (run_session). It plans the stream (from which
+base, to which address: known from the last completed session, or asked of the partner in one
+round trip), pipes `zfs send` into `ssh <partner> recv`, and ends the session as it went."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from sqlalchemy import update
+
+from ...config import Settings
+from ...drivers.pipeline import PipelineStopped, run_pipeline
+from ...drivers.runner import CommandError, describe
+from ...drivers.ssh import SshDriver
+from ...drivers.zfs import ZfsDatasetOps
+from ...errors import ApiError, ValidationError
+from ...logs import request_id_var
+from ...store.db import Store
+from ...store.models import Partner, Relationship, ReplicationSession, Volume
+from ..catalog import Catalog
+from .common import COMPLETED, FAILED, PartnerLink, RemoteError, Request, validate_address
+from .partners import Partners
+from .sessions import Sessions
+
+log = logging.getLogger(__name__)
+
+
+class Sender:
+    def __init__(self, settings: Settings, store: Store, catalog: Catalog, ds: ZfsDatasetOps, ssh: SshDriver,
+                 link: PartnerLink, partners: Partners, sessions: Sessions):
+        self.settings = settings
+        self.store = store
+        self.catalog = catalog
+        self.ds = ds
+        self.ssh = ssh
+        self.link = link
+        self.partners = partners
+        self.sessions = sessions
+
+    def run_session(self, session_id: int) -> None:
+        """Sends one session's snapshot. Every way out ends the session COMPLETED or FAILED
+        with a message naming the cause."""
+        request_id_var.set(f"session-{session_id}")  # this thread's log lines
+        try:
+            result = self._transfer(session_id)
+        except PipelineStopped as exc:
+            self.sessions.end(session_id, FAILED, str(exc))
+        except (RemoteError, ApiError, CommandError, OSError, ValueError) as exc:
+            self.sessions.end(session_id, FAILED, getattr(exc, "message", None) or describe(exc))
+        except Exception as exc:  # a bug must still end the session
+            log.exception("session %s failed unexpectedly", session_id)
+            self.sessions.end(session_id, FAILED, f"Internal error: {exc}")
+        else:
+            self.sessions.end(session_id, COMPLETED, result.pop("message", None), **result)
+
+    def _transfer(self, session_id: int) -> dict:
+        with self.store.session() as s:
+            row = s.get(ReplicationSession, session_id)
+            rel = s.get(Relationship, row.rel_id)
+            partner = s.get(Partner, rel.partner_id)
+            volume = s.get(Volume, rel.local_vol_id)
+            # The newest ended session: when it did not complete, what the replica holds is
+            # asked of the partner (a stream stopped at its very end may have arrived whole).
+            last = s.query(ReplicationSession).filter(
+                ReplicationSession.rel_id == rel.id, ReplicationSession.status.in_((COMPLETED, FAILED)),
+                ReplicationSession.id != session_id).order_by(ReplicationSession.id.desc()).first()
+            s.expunge_all()
+        view = self.catalog.load(volume.pool_id if volume is not None else None)
+        snap = view.snapshots.get(row.local_snap_id)
+        if snap is None or snap.volume.row.id != rel.local_vol_id:
+            raise ValueError(f"Snapshot {row.local_snap_name} of the primary volume no longer exists")
+        ours = sorted((v for v in view.snapshots.values() if v.volume.row.id == rel.local_vol_id),
+                      key=lambda v: (int(v.props.get("createtxg") or v.props.get("creation") or 0), v.row.id))
+        older = ours[:[v.row.id for v in ours].index(snap.row.id)]
+        tried = None
+        known = self._without_asking(partner, rel, last, older)
+        if known is not None:
+            base, address = known
+            tried = (base.row.id if base else None, address)
+            try:
+                return self._send(session_id, row, rel, partner, snap, base, address)
+            except RemoteError as exc:
+                first_error = exc
+                log.info("session %s: sending %s failed (%s); asking the partner for its snapshots", session_id,
+                         f"the difference from {base.row.name}" if base else "a full stream", exc)
+        # One round trip before the stream: the partner's replication addresses and the
+        # replica's snapshots (each SSH request is a request to the partner's server).
+        remote = self.link.call(partner, Request.PREPARE, rel.id)
+        addresses = [a for a in remote.get("repl_addresses", []) if isinstance(a, str)]
+        self.partners.remember_addresses(partner.id, addresses)
+        address = self._data_address(partner, addresses)
+        remote_by_guid = {str(r.get("guid")): r for r in remote.get("snapshots", [])}
+        if snap.props.get("guid") in remote_by_guid:  # sent before (e.g. a retried session)
+            with self.store.session() as s:
+                s.get(ReplicationSession, session_id).repl_address = address
+            return {"remote_snap_id": str(remote_by_guid[snap.props["guid"]].get("id")), "size_sent": 0}
+        base = None
+        for candidate in older:
+            if candidate.props.get("guid") in remote_by_guid:
+                base = candidate
+        if base is None and remote_by_guid:
+            raise ValueError("The replica has snapshots, but none in common with the primary's snapshots "
+                             f"older than {snap.row.name}: an incremental send has no base")
+        if tried is not None and tried == (base.row.id if base else None, address):
+            raise first_error  # the same stream to the same place: it would fail the same way
+        return self._send(session_id, row, rel, partner, snap, base, address)
+
+    def _without_asking(self, partner: Partner, rel: Relationship, last: ReplicationSession | None,
+                        older: list):
+        """Where the replica stands, when that is known without asking the partner (a round
+        trip before the stream): (base snapshot or None for a full stream, address), or None.
+
+        After a completed session (the newest that ended), the snapshot it sent is the
+        replica's newest and its address carried data. Before the first one, the replica is
+        empty (unless it was adopted with reuse) and the partner's addresses are known if it
+        gave them. A wrong guess costs little: ZFS refuses an incremental whose base is not the
+        replica's newest snapshot, the partner refuses a full stream onto a replica with
+        snapshots, and then it is asked."""
+        try:
+            if last is None:
+                addresses = self.partners.remembered_addresses(partner.id)
+                return None if addresses is None else (None, self._data_address(partner, addresses))
+            if last.status != COMPLETED or last.local_snap_id != rel.last_success_snap_id \
+                    or not last.repl_address:
+                return None
+            base = next((v for v in older if v.row.id == last.local_snap_id), None)
+            if base is None:  # gone, or not older than the snapshot to send
+                return None
+            return base, validate_address(last.repl_address, "the partner's replication address")
+        except ValidationError:
+            return None
+
+    @staticmethod
+    def _data_address(partner: Partner, addresses: list[str]) -> str:
+        """Where a stream goes: the partner's address if it carries replication, else its
+        first replication address."""
+        address = partner.address if partner.address in addresses or not addresses else addresses[0]
+        return validate_address(address, "the partner's replication address")
+
+    def _send(self, session_id: int, row: ReplicationSession, rel: Relationship, partner: Partner, snap,
+              base, address: str) -> dict:
+        """Streams `snap` (its difference from `base`, or in full) to the replica at `address`."""
+        with self.store.session() as s:
+            s.get(ReplicationSession, session_id).repl_address = address
+        remote_name = row.remote_snap_name
+        assert remote_name is not None, "start_session names the remote snapshot of every session"
+        producer = self.ds.send_argv(snap.zfs_name, base.zfs_name if base else None)
+        consumer = self.ssh.command(partner.id, address, partner.ssh_port,
+                                    [Request.RECEIVE, rel.id, remote_name,
+                                     Request.INCREMENTAL if base else Request.FULL])
+
+        def progress(moved: int) -> None:
+            with self.store.session() as s:
+                s.execute(update(ReplicationSession).where(ReplicationSession.id == session_id)
+                          .values(size_sent=moved))
+
+        log.info("session %s: sending %s of %s to %s", session_id,
+                 f"the difference from {base.row.name}" if base else "a full stream", snap.zfs_name, address)
+        started = time.monotonic()
+        try:
+            result = run_pipeline(producer, consumer, progress=progress,
+                                  should_stop=lambda: self.sessions.still_active(session_id),
+                                  stall_seconds=self.settings.repl_stall_seconds)
+        except PipelineStopped as exc:
+            # Stopped (a cancel, a stall) after the last byte left, the receive may have
+            # committed the snapshot all the same: the partner says, once its receive ended.
+            remote_id = self._received_anyway(partner, rel, snap)
+            if remote_id is None:
+                raise
+            log.info("session %s: stopped (%s), but the partner had received %s whole", session_id, exc,
+                     snap.zfs_name)
+            return {"remote_snap_id": remote_id, "size_sent": exc.bytes_moved,
+                    "message": f"Completed: the partner had received the whole snapshot when the transfer "
+                               f"was stopped ({exc})"}
+        log.info("session %s: %d bytes in %.1f s", session_id, result.bytes_moved, time.monotonic() - started)
+        if result.consumer_rc == 255:
+            reason = result.consumer_err.strip().splitlines()[-1] if result.consumer_err.strip() else "ssh failed"
+            raise RemoteError(f"Partner {address}:{partner.ssh_port} unreachable over SSH: {reason}")
+        if result.producer_rc != 0 and not result.producer_killed:
+            raise ValueError(f"zfs send failed: {result.producer_err.strip() or result.producer_rc}")
+        try:
+            answer = json.loads(result.consumer_out)
+        except ValueError:
+            answer = {"error": (result.consumer_err or result.consumer_out).strip() or
+                      f"exit status {result.consumer_rc}"}
+        if result.consumer_rc != 0 or "error" in answer:
+            raise RemoteError(f"The partner could not receive the snapshot: {answer.get('error')}")
+        return {"remote_snap_id": str(answer["snap_id"]), "size_sent": result.bytes_moved}
+
+    def _received_anyway(self, partner: Partner, rel: Relationship, snap) -> str | None:
+        """The replica's id of `snap` if the partner holds it (asked once its receive of this
+        relationship has ended), else None (also when the partner cannot say)."""
+        try:
+            remote = self.link.call(partner, Request.SNAPSHOTS, rel.id, Request.SETTLED)
+        except RemoteError as exc:
+            log.info("relationship %s: the partner cannot say whether the stream arrived: %s", rel.id, exc)
+            return None
+        for r in remote.get("snapshots", []):
+            if isinstance(r, dict) and r.get("guid") == snap.props.get("guid") and r.get("id") is not None:
+                return str(r["id"])
+        return None
