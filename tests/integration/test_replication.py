@@ -585,3 +585,73 @@ def test_cancels_at_any_point_report_the_truth_and_the_next_session_completes(pa
         assert checksums(f"/vsnap/{pool_b}/repl12_restore") == checksums(src)
     finally:
         b.ok("DELETE", f"/api/volume/{restore['id']}")
+
+
+# -- beyond vSnap 1.0: what the appliance offers, bandwidth limits, compressed streams -------------
+
+def test_features_name_what_this_stack_offers(pair):
+    for server in (pair["a"], pair["b"]):
+        features = server.ok("GET", "/api/system")["features"]
+        # The relay's bandwidth limit everywhere; compressed streams where ZFS can send them
+        # (OpenZFS in the guest), never on zfs-fuse.
+        assert features == (["bandwidth_limit", "compressed_send"] if stack.KERNEL else ["bandwidth_limit"])
+
+
+def test_a_bandwidth_limit_keeps_the_stream_under_it_and_the_data_whole(pair, volume):
+    a = pair["a"]
+    vol = volume("ratelimited")
+    src = f"/vsnap/{pair['pool_a']['name']}/ratelimited"
+    write(f"{src}/f", 64 * MIB)  # incompressible: the stream is the data
+    limit = 2 * MIB
+    rel = relate(pair, vol, max_rate=limit)
+    assert rel["max_rate"] == str(limit)
+    assert pair["b"].ok("GET", f"/api/relationship/{rel['id']}")["max_rate"] is None  # the replica sends nothing
+    started = a.ok("POST", f"/api/relationship/{rel['id']}/session", json={})
+    live = wait_session(a, started["id"], statuses=("ACTIVE",), timeout=30)
+    deadline = time.monotonic() + 60
+    while live["status"] == "ACTIVE" and live["rate"] is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+        live = a.ok("GET", f"/api/session/{started['id']}")
+    if live["status"] == "ACTIVE":  # the current rate, over the last seconds
+        assert 0 < int(live["rate"]) <= limit * 1.1, live
+    done = wait_session(a, started["id"], timeout=180)
+    assert done["status"] == "COMPLETED", done
+    sent, average = int(done["size_sent"]), int(done["rate"])
+    assert sent >= 64 * MIB
+    assert limit * 0.9 <= average <= limit * 1.1, done  # over the ~32 s of the stream
+    assert int(done["time_ended"]) - int(done["time_started"]) >= sent / limit * 0.9
+    assert checksums(f"/vsnap/{pair['pool_b']['name']}/ratelimited_replica") == checksums(src)
+    # Changed later, or taken away; the replica's side refuses one (only the primary sends).
+    rel_b = pair["b"].ok("GET", f"/api/relationship/{rel['id']}")
+    assert a.ok("PUT", f"/api/relationship/{rel['id']}", json={"max_rate": None})["max_rate"] is None
+    assert a.ok("PUT", f"/api/relationship/{rel['id']}", json={**rel, "max_rate": "1048576"})["max_rate"] == \
+        "1048576"  # its own representation sent back, with a new limit
+    refused = pair["b"].request("PUT", f"/api/relationship/{rel['id']}", json={"max_rate": limit})
+    assert refused.status_code == 409 and "primary" in refused.json()["error"]["message"]
+    assert pair["b"].ok("GET", f"/api/relationship/{rel['id']}") == rel_b
+    for bad in (0, -1, 1.5, "fast", True, 10**13):
+        r = a.request("PUT", f"/api/relationship/{rel['id']}", json={"max_rate": bad})
+        assert r.status_code == 400 and r.json()["error"]["type"], (bad, r.text)
+    assert a.ok("GET", f"/api/relationship/{rel['id']}")["max_rate"] == "1048576"
+
+
+@pytest.mark.guest
+def test_compressed_data_crosses_the_wire_compressed(pair, volume):
+    if not stack.KERNEL:
+        pytest.skip("zfs-fuse cannot send compressed streams (no zfs send -c): the guest's OpenZFS runs this")
+    vol = volume("compressible")
+    src = f"/vsnap/{pair['pool_a']['name']}/compressible"
+    with open(f"{src}/f", "wb") as f:  # each 128 KiB record: 48 KiB of noise and 80 KiB lz4 takes away
+        for _ in range(256):
+            f.write(os.urandom(48 * 1024) + bytes(80 * 1024))
+    rel = relate(pair, vol)
+    done = replicate(pair, rel["id"])
+    assert done["status"] == "COMPLETED", done
+    snap = f"{pair['pool_a']['name']}/compressible@{done['local_snap_name']}"
+    out = subprocess.run(["zfs", "get", "-Hpo", "value", "referenced,logicalreferenced", snap],
+                         capture_output=True, text=True, check=True).stdout.split()
+    on_disk, logical = int(out[0]), int(out[1])
+    sent = int(done["size_sent"])
+    assert logical >= 2 * on_disk, (logical, on_disk)  # the data did compress
+    assert sent <= 1.05 * on_disk, (sent, on_disk, logical)
+    assert checksums(f"/vsnap/{pair['pool_b']['name']}/compressible_replica") == checksums(src)

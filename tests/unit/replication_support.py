@@ -138,6 +138,8 @@ class FakeDs:
         self.unmount_error: Exception | None = None
         self.set_error: Exception | None = None
         self.has_zvols = True
+        self.zfs = SimpleNamespace(features=frozenset())  # zfs-fuse's: none; tests give OpenZFS's
+        self.zfs.stream_features = lambda: self.zfs.features
 
     def unmount(self, name):
         self.calls.append(("unmount", name))

@@ -442,3 +442,34 @@ def test_undecodable_output_is_replaced_not_fatal():
     result = run_pipeline(["sh", "-c", "printf '\\377\\376' >&2; printf x"], ["cat"], stall_seconds=LOOSE)
     assert result.producer_err == "\ufffd\ufffd"
     assert result.consumer_out == "x"
+
+
+# =============================================================================================
+# bandwidth limit
+# =============================================================================================
+
+def test_max_rate_keeps_the_stream_under_the_limit_and_the_data_whole(tmp_path):
+    data = os.urandom(1_500_000)
+    (tmp_path / "src.bin").write_bytes(data)
+    rate = 1_000_000
+    seen: list[tuple[float, int]] = []
+    started = time.monotonic()
+    result = run_pipeline(["cat", str(tmp_path / "src.bin")], ["md5sum"], max_rate=rate, stall_seconds=LOOSE,
+                          tick=0.05, progress=lambda moved: seen.append((time.monotonic() - started, moved)))
+    elapsed = time.monotonic() - started
+    assert result.bytes_moved == len(data) and result.consumer_out.split()[0] == hashlib.md5(data).hexdigest()
+    # Never ahead of the limit by more than one slice (a tenth of a second's worth), at any
+    # moment: a slow machine only makes the stream slower, so these bounds cannot flake.
+    assert elapsed >= (len(data) - rate // 10) / rate
+    assert all(moved <= rate * at + rate // 10 for at, moved in seen)
+
+
+def test_a_small_limit_still_moves_in_slices_and_a_cancel_is_prompt():
+    stop = threading.Event()
+    threading.Timer(0.5, stop.set).start()
+    started = time.monotonic()
+    with pytest.raises(PipelineStopped) as info:
+        run_pipeline(["head", "-c", "10000000", "/dev/zero"], ["md5sum"], max_rate=10_000, stall_seconds=LOOSE,
+                     tick=0.05, should_stop=lambda: "canceled" if stop.is_set() else None)
+    assert time.monotonic() - started < LOOSE
+    assert 0 < info.value.bytes_moved <= 10_000 * (time.monotonic() - started) + 4096

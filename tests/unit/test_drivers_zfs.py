@@ -448,3 +448,47 @@ def test_driver_label(fake_runner):
     assert zfs.label("/dev/loop0") == Label(LABEL_ACTIVE, "tank", "7425372337392744520")
     assert zfs.label("/dev/loop1") is None
     assert all(c["check"] is False for c in fake_runner.calls)
+
+
+# -- stream features, from the usage text ---------------------------------------------------------
+
+OPENZFS_USAGE = """usage: zfs command args ...
+where 'command' is one of the following:
+
+\tsend [-DnPpRvLecwhb] [-[i|I] snapshot] <snapshot>
+\tsend [-DnvPLecw] [-i snapshot|bookmark] <filesystem|volume|snapshot>
+\tsend [-DnPpvLec] [-i bookmark|snapshot] --redact <bookmark> <snapshot>
+\tsend [-nvPe] -t <receive_resume_token>
+\tsend [-Pnv] --saved filesystem
+\treceive [-vMnsFhu] [-o <property>=<value>] ... [-x <property>] ... <filesystem|volume|snapshot>
+\treceive -A <filesystem|volume>
+\tbookmark <snapshot|bookmark> <newbookmark>
+\tload-key [-rn] [-L <keylocation>] <-a | filesystem|volume>
+"""
+
+ZFS_FUSE_USAGE = """usage: zfs command args ...
+where 'command' is one of the following:
+
+\tsend [-RDp] [-[iI] snapshot] <snapshot>
+\treceive [-vnF] <filesystem|volume|snapshot>
+\treceive [-vnF] -d <filesystem>
+"""
+
+
+def test_stream_features_of_openzfs_and_of_zfs_fuse():
+    from vsnap.drivers.zfs import STREAM_FEATURES, parse_stream_features
+    assert parse_stream_features(OPENZFS_USAGE) == frozenset(STREAM_FEATURES)
+    assert parse_stream_features(ZFS_FUSE_USAGE) == frozenset()
+    # a receive without -s, or a send without -t, is not resumable
+    assert "resumable" not in parse_stream_features(OPENZFS_USAGE.replace("-vMnsFhu", "-vMnFhu"))
+
+
+def test_stream_features_are_read_once_and_missing_zfs_has_none(fake_runner):
+    from vsnap.drivers.runner import CommandNotFound
+    from vsnap.drivers.zfs import ZfsDriver
+    fake_runner.on(["zfs", "-?"], stdout=OPENZFS_USAGE)
+    zfs = ZfsDriver(fake_runner)
+    assert "compressed" in zfs.stream_features() and "compressed" in zfs.stream_features()
+    assert fake_runner.argvs() == [["zfs", "-?"]]
+    fake_runner.on(["zfs", "-?"], raises=CommandNotFound(["zfs"]))
+    assert ZfsDriver(fake_runner).stream_features() == frozenset()

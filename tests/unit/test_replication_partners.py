@@ -422,9 +422,11 @@ def test_accept_partner_offer_must_be_an_object(env, body):
 def test_delete_partner(env):
     env.partner(P1)
     env.partner(P2, system_id="0f" * 8)
+    env.svc.partners.remember_features(P1, ["compressed"])
     env.svc.delete_partner(P1)
     assert set(env.partners()) == {P2}
     assert set(env.ssh.authorized) == {P2} and set(env.ssh.pinned) == {P2}
+    assert env.svc.partners.remembered_features(P1) is None  # forgotten with the partner
     (call,) = env.link.calls
     assert (call.op, call.partner_id, call.address, call.port) == ("unpartner", P1, "10.0.0.2", 8922)
 

@@ -48,7 +48,10 @@ def test_serve_unknown_partner(env, replica, stream):
 
 def test_serve_info(env, replica, stream):
     assert env.svc.serve(P1, ["info"], stream) == {"system_id": OUR_SYS,
-                                                   "repl_addresses": ["10.0.0.1", "10.2.0.1", "10.2.0.9"]}
+                                                   "repl_addresses": ["10.0.0.1", "10.2.0.1", "10.2.0.9"],
+                                                   "stream_features": []}
+    env.ds.zfs.features = frozenset({"compressed", "resumable"})  # OpenZFS's, say
+    assert env.svc.serve(P1, ["info"], stream)["stream_features"] == ["compressed", "resumable"]
 
 
 @pytest.mark.parametrize("words", [

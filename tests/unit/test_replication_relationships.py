@@ -40,7 +40,8 @@ def test_create_relationship_filesystem(env):
         "id": rel_id, "local_pool_id": str(env.p.id), "local_role": PRIMARY, "local_vol_id": str(env.fs),
         "local_vol_name": "fs", "partner_id": P1, "remote_pool_id": "5", "remote_vol_id": "42",
         "remote_vol_name": "fs_replica", "last_sync_status": None, "last_attempt_snap_id": None,
-        "last_success_snap_id": None, "time_created": body["time_created"], "time_updated": body["time_updated"],
+        "last_success_snap_id": None, "max_rate": None, "time_created": body["time_created"],
+        "time_updated": body["time_updated"],
     }
     assert env.svc.get_relationship(rel_id) == body
     assert env.lock.taken >= 1
@@ -346,3 +347,30 @@ def test_pool_delete_guard(env):
     env.relationship(other, P1, REPLICA)
     with pytest.raises(ConflictError):
         env.attachments.refuse_pool_delete(q.id, "q")
+
+
+def test_a_bandwidth_limit_at_create_and_update_on_the_primary_only(env):
+    env.partner(P1)
+    env.link.answers["create-replica"] = replica_answer()
+    body = env.svc.create_relationship(str(env.fs), P1, max_rate=1_000_000)
+    assert body["max_rate"] == "1000000"
+    assert env.rels()[body["id"]].max_rate == 1_000_000
+    changed = env.svc.update_relationship(body["id"], max_rate=5000)
+    assert changed["max_rate"] == "5000" and env.svc.get_relationship(body["id"]) == changed
+    assert env.svc.update_relationship(body["id"], max_rate=None)["max_rate"] is None
+    replica = env.relationship(env.volume(env.p, "fs_replica"), P1, REPLICA)
+    with pytest.raises(ConflictError, match="primary"):
+        env.svc.update_relationship(replica, max_rate=5000)
+    assert env.rels()[replica].max_rate is None
+    with pytest.raises(NotFoundError):
+        env.svc.update_relationship("0" * 32, max_rate=5000)
+
+
+def test_the_replicas_stream_features_are_remembered_at_create(env):
+    env.partner(P1)
+    env.link.answers["create-replica"] = lambda partner, args, body: {
+        **replica_answer()(partner, args, body), "stream_features": ["compressed"]}
+    env.svc.create_relationship(str(env.fs), P1)
+    assert env.svc.partners.remembered_features(P1) == frozenset({"compressed"})
+    env.svc.partners.remember_features(P1, "compressed")  # not a list: an answer that says nothing usable
+    assert env.svc.partners.remembered_features(P1) == frozenset()

@@ -33,9 +33,10 @@ class FakePipeline:
         self.calls: list[dict] = []
         self.results: list = []  # one per call, first to last (a result or an exception), then `result`
 
-    def __call__(self, producer, consumer, *, progress=None, should_stop=None, stall_seconds=60.0, tick=0.5):
+    def __call__(self, producer, consumer, *, progress=None, should_stop=None, stall_seconds=60.0, tick=0.5,
+                 max_rate=None):
         self.calls.append({"producer": producer, "consumer": consumer, "stall_seconds": stall_seconds,
-                           "stop": should_stop()})
+                           "stop": should_stop(), "max_rate": max_rate})
         for moved in self.moves:
             progress(moved)
         if self.error:
@@ -200,16 +201,21 @@ def test_progress_is_recorded(env, rel, sending, monkeypatch):
     sid = _claimed(env, rel, env.snapshot(env.fs, "s1"))
     seen = []
 
-    def pipeline(producer, consumer, *, progress, should_stop, stall_seconds):
+    clock = iter([100.0, 102.0, 104.0, 110.0, 111.0])  # the stream's start, two reports, its end
+    monkeypatch.setattr(sender_mod.time, "monotonic", lambda: next(clock))
+
+    def pipeline(producer, consumer, *, progress, should_stop, stall_seconds, max_rate):
         progress(1000)
-        seen.append(env.sess(sid).size_sent)
+        seen.append((env.sess(sid).size_sent, env.sess(sid).rate))
         progress(3000)
-        seen.append(env.sess(sid).size_sent)
+        seen.append((env.sess(sid).size_sent, env.sess(sid).rate))
         return PipelineResult(3000, 0, "", 0, json.dumps({"snap_id": "9"}), "")
     monkeypatch.setattr(sender_mod, "run_pipeline", pipeline)
     env.svc.run_session(sid)
-    assert seen == [1000, 3000]
-    assert env.sess(sid).size_sent == 3000
+    assert seen == [(1000, None), (3000, 1000)]  # the rate over the last seconds: 2000 bytes in 2 s
+    row = env.sess(sid)
+    assert (row.size_sent, row.rate) == (3000, 300)  # once ended: the stream's average, 3000 bytes in 10 s
+    assert env.svc.get_session(sid)["rate"] == "300"
 
 
 def test_session_reads_only_the_primarys_pool(env, rel, sending):
@@ -461,3 +467,44 @@ def test_the_addresses_go_with_the_partner(env, sending):
     assert env.svc.partners.remembered_addresses(P1) is None
     with env.store.session() as s:
         assert s.get(Setting, f"partner-repl-addresses:{P1}") is None
+
+
+# -- stream options and the bandwidth limit -----------------------------------------------------
+
+def test_compressed_streams_where_both_sides_have_the_flags(env, sending):
+    env.ds.zfs.features = frozenset({"compressed", "large_blocks", "embedded_data", "resumable"})
+    env.svc.delete_relationship(R1)
+    env.link.answers["create-replica"] = lambda partner, args, body: {
+        **replica_answer()(partner, args, body), "repl_addresses": ["10.7.0.2"],
+        "stream_features": ["compressed", "large_blocks", "raw"]}  # this partner lacks embedded data
+    rel = env.svc.create_relationship(str(env.fs), P1)["id"]
+    sid = _claimed(env, rel, env.snapshot(env.fs, "s1", guid="111"))
+    env.svc.run_session(sid)
+    assert env.sess(sid).status == COMPLETED
+    (call,) = sending.calls
+    assert call["producer"] == ["zfs", "send", "-c", "-L", "p/fs@s1"]
+
+
+def test_plain_streams_where_either_side_lacks_the_flags(env, rel, sending):
+    env.ds.zfs.features = frozenset({"compressed", "large_blocks", "embedded_data"})  # ours: OpenZFS
+    sid = _claimed(env, rel, env.snapshot(env.fs, "s1", guid="111"))
+    env.link.answers["prepare"] = {"snapshots": [], "repl_addresses": []}  # an older partner: says nothing
+    env.svc.run_session(sid)
+    assert sending.calls[-1]["producer"] == ["zfs", "send", "p/fs@s1"]
+    env.ds.zfs.features = frozenset()  # ours: zfs-fuse; the partner has them all
+    env.link.answers["prepare"] = {"snapshots": [], "repl_addresses": [],
+                                   "stream_features": ["compressed", "large_blocks", "embedded_data"]}
+    sid = _claimed(env, rel, env.snapshot(env.fs, "s2", guid="222"))
+    env.svc.run_session(sid)
+    assert sending.calls[-1]["producer"][:3] == ["zfs", "send", "-i"]
+
+
+def test_the_relationships_bandwidth_limit_goes_to_the_stream(env, rel, sending):
+    env.svc.update_relationship(rel, max_rate=2_000_000)
+    sid = _claimed(env, rel, env.snapshot(env.fs, "s1", guid="111"))
+    env.svc.run_session(sid)
+    assert sending.calls[-1]["max_rate"] == 2_000_000
+    env.svc.update_relationship(rel, max_rate=None)
+    sid = _claimed(env, rel, env.snapshot(env.fs, "s2", guid="222"))
+    env.svc.run_session(sid)
+    assert sending.calls[-1]["max_rate"] is None

@@ -73,6 +73,9 @@ class _Zfs:
     def version(self):
         return None
 
+    def stream_features(self):
+        return frozenset()
+
 
 @pytest.fixture
 def service(tmp_path, store):
@@ -117,3 +120,12 @@ def test_stats_sums_the_dedup_table_and_says_null_when_zfs_cannot_tell(tmp_path,
     stats = svc.stats(["a", "b"])
     assert (stats["size_ddt_disk"], stats["size_ddt_core"]) == ("150", "15")
     assert svc.stats(["a", "unreadable"])["size_ddt_disk"] is None
+
+
+def test_features_say_what_this_appliance_offers_beyond_the_spec(tmp_path, store):
+    zfs = _Zfs()
+    svc = system.SystemService(Settings(state_dir=tmp_path), store, _Packages(), zfs)
+    assert svc.features() == ["bandwidth_limit"]  # zfs-fuse: the relay's limit only
+    zfs.stream_features = lambda: frozenset({"compressed", "large_blocks", "resumable"})
+    assert svc.features() == ["bandwidth_limit", "compressed_send"]
+    assert svc.info()["features"] == ["bandwidth_limit", "compressed_send"]

@@ -4,7 +4,7 @@ import marshmallow as ma
 from flask import current_app
 
 from ..services.volumes import MAX_NAME
-from .common import Blueprint, EmptyResponse, Id, StrictSchema, list_or_detail
+from .common import Blueprint, EmptyResponse, Id, Size, StrictSchema, accepts_representation, list_or_detail
 from .session import SessionSchema
 
 blp = Blueprint("relationship", __name__, url_prefix="/api/relationship",
@@ -24,6 +24,8 @@ class RelationshipSchema(ma.Schema):
     last_sync_status = ma.fields.String(allow_none=True)
     last_attempt_snap_id = ma.fields.String(allow_none=True)
     last_success_snap_id = ma.fields.String(allow_none=True)
+    max_rate = ma.fields.String(allow_none=True, metadata={
+        "description": "Beyond the spec: the bandwidth limit of its streams, bytes per second (null: none)"})
     time_created = ma.fields.String()
     time_updated = ma.fields.String()
 
@@ -33,6 +35,9 @@ class RelationshipListSchema(ma.Schema):
     total = ma.fields.Integer()
 
 
+MIN_RATE, MAX_RATE = 1024, 10**12  # 1 KiB/s .. 1 TB/s
+
+
 class RelationshipCreateSchema(StrictSchema):
     partner_id = Id(hex32=True, required=True)
     remote_pool_id = Id(allow_none=True, metadata={"description": "Default: the partner's only pool"})
@@ -40,6 +45,13 @@ class RelationshipCreateSchema(StrictSchema):
                                        metadata={"description": "Default: <volume>_replica"})
     reuse = ma.fields.Boolean(load_default=False, metadata={
         "description": "Adopt an existing volume of that name on the partner as the replica"})
+    max_rate = Size(allow_none=True, validate=ma.validate.Range(min=MIN_RATE, max=MAX_RATE), metadata={
+        "description": "Beyond the spec: keep its streams under this many bytes per second (null: no limit)"})
+
+
+class RelationshipUpdateSchema(StrictSchema):
+    max_rate = Size(required=True, allow_none=True, validate=ma.validate.Range(min=MIN_RATE, max=MAX_RATE),
+                    metadata={"description": "Bytes per second (null: no limit); from the next session"})
 
 
 class RelationshipQuerySchema(StrictSchema):
@@ -78,6 +90,17 @@ def list_relationships(query):
 def get_relationship(rel_id):
     """Get relationship details (13.3), from either side"""
     return replication().get_relationship(rel_id)
+
+
+@blp.route("/<string:rel_id>", methods=["PUT"])
+@blp.arguments(RelationshipUpdateSchema)
+@blp.response(200, RelationshipSchema)
+@accepts_representation(RelationshipSchema, lambda rel_id: replication().get_relationship(rel_id),
+                        fixed=("id", "local_pool_id", "local_role", "local_vol_id", "local_vol_name", "partner_id",
+                               "remote_pool_id", "remote_vol_id", "remote_vol_name"))
+def update_relationship(args, rel_id):
+    """Beyond the spec: change a relationship's bandwidth limit (max_rate), on its primary"""
+    return replication().update_relationship(rel_id, max_rate=args["max_rate"])
 
 
 @blp.route("/<string:rel_id>", methods=["DELETE"])

@@ -19,6 +19,9 @@ class SessionSchema(ma.Schema):
     remote_snap_name = ma.fields.String(allow_none=True)
     repl_address = ma.fields.String(allow_none=True)
     size_sent = ma.fields.String(allow_none=True, metadata={"description": "Bytes sent so far"})
+    rate = ma.fields.String(allow_none=True, metadata={
+        "description": "Beyond the spec: bytes per second, over the last seconds while ACTIVE, the stream's "
+                       "average once ended"})
     status = ma.fields.String(metadata={"enum": STATUSES})
     time_queued = ma.fields.String()
     time_started = ma.fields.String(allow_none=True)

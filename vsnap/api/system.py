@@ -25,6 +25,9 @@ class SystemSchema(ma.Schema):
         "description": "Version of the WSGI server (gunicorn) serving the API"})
     vsnap_version = ma.fields.String(allow_none=True)
     zfs_version = ma.fields.String(allow_none=True)
+    features = ma.fields.List(ma.fields.String(), metadata={
+        "description": "Beyond vSnap 1.0: bandwidth_limit (a relationship's max_rate), compressed_send "
+                       "(replication streams cross the wire compressed, where both appliances' ZFS can)"})
 
 
 class InitSchema(StrictSchema):

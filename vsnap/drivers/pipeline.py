@@ -95,11 +95,13 @@ def _watch(watch: _Watch, procs, progress, should_stop, stall_seconds: float, ti
 def run_pipeline(producer: list[str], consumer: list[str], *,
                  progress: Callable[[int], None] | None = None,
                  should_stop: Callable[[], str | None] | None = None,
-                 stall_seconds: float = 60.0, tick: float = 0.5) -> PipelineResult:
+                 stall_seconds: float = 60.0, tick: float = 0.5,
+                 max_rate: int | None = None) -> PipelineResult:
     """Runs producer | consumer. `progress(bytes)` is called about every `tick` seconds while
     data moves; `should_stop()` returning a reason ends both commands and raises
     PipelineStopped(reason), as does no data moving for `stall_seconds`. While the stream flows
-    both are called from a thread of the relay's own, so they must be thread-safe."""
+    both are called from a thread of the relay's own, so they must be thread-safe.
+    `max_rate` (bytes per second) keeps the stream's average under it, from its start."""
     prod = subprocess.Popen(producer, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         cons = subprocess.Popen(consumer, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -122,15 +124,21 @@ def run_pipeline(producer: list[str], consumer: list[str], *,
     watcher.start()
     consumer_gone = False
     flags = os.SPLICE_F_NONBLOCK | os.SPLICE_F_MOVE
+    throttle = _Throttle(max_rate) if max_rate else None
     try:
         while watch.reason is None and watch.error is None:
+            chunk = CHUNK
+            if throttle is not None:
+                chunk = throttle.allowance(watch.moved, tick)
+                if chunk == 0:
+                    continue  # it slept; the watcher's decisions are seen within a tick
             # Wait for data, then for room, a tick at most: never blocked in splice, so the
             # relay ends within a tick of the watcher's decision even if a killed command
             # left its end of a pipe open (in a child of its own, say).
             if not select.select([src], [], [], tick)[0] or not select.select([], [dst], [], tick)[1]:
                 continue
             try:
-                n = os.splice(src, dst, CHUNK, flags=flags)
+                n = os.splice(src, dst, chunk, flags=flags)
             except BlockingIOError:
                 continue
             except BrokenPipeError:  # the consumer gave up (or was killed); its exit status says why
@@ -192,6 +200,25 @@ def run_pipeline(producer: list[str], consumer: list[str], *,
         return b"".join(outputs[key]).decode(errors="replace")
     return PipelineResult(moved, prod_rc, text("perr"), cons_rc, text("cout"), text("cerr"),
                           producer_killed, consumer_killed)
+
+
+class _Throttle:
+    """Keeps a stream's average since its start under `rate` bytes per second: each splice may
+    move only what the time so far allows, in slices of a tenth of a second's worth at most, so
+    the average stays within a slice of the limit."""
+
+    def __init__(self, rate: int):
+        self.rate = rate
+        self.slice = max(4096, min(CHUNK, rate // 10))
+        self.started = time.monotonic()
+
+    def allowance(self, moved: int, tick: float) -> int:
+        """How much the next splice may move; 0 after sleeping (at most `tick`) when it is ahead."""
+        ahead = moved - self.rate * (time.monotonic() - self.started)
+        if ahead > 0:
+            time.sleep(min(tick, ahead / self.rate))
+            return 0
+        return self.slice
 
 
 def _wait(proc: subprocess.Popen, should_stop, stall_seconds: float, tick: float,

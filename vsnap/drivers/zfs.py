@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .runner import NO_TIMEOUT, CommandError, CommandNotFound, Runner
@@ -150,10 +151,49 @@ def parse_zdb_label(text: str) -> Label | None:
     return Label(state, pool, pool_guid) if state is not None else None
 
 
+# What a ZFS's streams can do, as `stream_features` names it: compressed (send -c), large
+# blocks (-L), embedded data (-e), raw (-w), resumable (receive -s, send -t), bookmarks, and
+# native encryption (load-key). OpenZFS has them all; zfs-fuse none.
+STREAM_FEATURES = ("compressed", "large_blocks", "embedded_data", "raw", "resumable", "bookmarks", "encryption")
+
+
+def parse_stream_features(usage: str) -> frozenset[str]:
+    """The stream features a `zfs` usage text (`zfs -?`) shows: its commands and their flags."""
+    send_flags, receive_flags, commands = set(), set(), set()
+    resume_token = False
+    for line in usage.splitlines():
+        words = line.split()
+        if not line.startswith("\t") or not words:
+            continue
+        commands.add(words[0])
+        flags = {c for group in re.findall(r"\[-([A-Za-z]+)\]", line) for c in group}
+        if words[0] == "send":
+            send_flags |= flags
+            resume_token = resume_token or "-t" in words
+        elif words[0] in ("receive", "recv"):
+            receive_flags |= flags
+    found = {"compressed": "c" in send_flags, "large_blocks": "L" in send_flags, "embedded_data": "e" in send_flags,
+             "raw": "w" in send_flags, "resumable": resume_token and "s" in receive_flags,
+             "bookmarks": "bookmark" in commands, "encryption": "load-key" in commands}
+    return frozenset(name for name, present in found.items() if present)
+
+
 class ZfsDriver:
     def __init__(self, runner: Runner):
         self.runner = runner
         self._status_full_paths: bool | None = None  # OpenZFS has `zpool status -P`; zfs-fuse not
+        self._stream_features: frozenset[str] | None = None
+
+    def stream_features(self) -> frozenset[str]:
+        """What this ZFS's send and receive can do (STREAM_FEATURES), read once from its own
+        usage text, so that a feature is used only where the command has it."""
+        if self._stream_features is None:
+            try:
+                out = self.runner.run(["zfs", "-?"], check=False, timeout=15, changes=False)
+            except CommandNotFound:
+                return frozenset()
+            self._stream_features = parse_stream_features(out.stdout + out.stderr)
+        return self._stream_features
 
     def version(self) -> str | None:
         """The running ZFS's version: OpenZFS's kernel module, or the zfs-fuse daemon's package."""
@@ -520,10 +560,10 @@ class ZfsDatasetOps(ZfsCommands):
 
     # -- replication streams: argument lists for the pipeline that carries them -------------
     @staticmethod
-    def send_argv(snapshot: str, base: str | None = None) -> list[str]:
+    def send_argv(snapshot: str, base: str | None = None, options: Sequence[str] = ()) -> list[str]:
         """A full stream of `snapshot`, or only its difference from `base` (a snapshot of the
-        same dataset)."""
-        return ["zfs", "send", *(["-i", base] if base else []), snapshot]
+        same dataset); `options`: stream flags both sides have (-c, -L, -e)."""
+        return ["zfs", "send", *options, *(["-i", base] if base else []), snapshot]
 
     @staticmethod
     def receive_argv(snapshot: str, *, full: bool) -> list[str]:

@@ -171,10 +171,20 @@ class SystemService:
             "uwsgi_version": gunicorn_version,
             "vsnap_version": vsnap_version,
             "zfs_version": self.zfs.version(),
+            "features": self.features(),
         }
         if message:
             info["message"] = message
         return info
+
+    def features(self) -> list[str]:
+        """What this appliance offers beyond vSnap 1.0, so clients can tell: a bandwidth limit
+        per relationship (the appliance's own relay: everywhere), and compressed replication
+        streams where ZFS can send them (OpenZFS; zfs-fuse cannot)."""
+        found = ["bandwidth_limit"]
+        if "compressed" in self.zfs.stream_features():
+            found.append("compressed_send")
+        return sorted(found)
 
     # -- init -------------------------------------------------------------------------------
     def init(self, *, run_async: bool, multipool: bool | None, skip_pool: bool) -> dict:

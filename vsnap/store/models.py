@@ -204,6 +204,7 @@ class Relationship(Base):
     last_sync_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
     last_attempt_snap_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     last_success_snap_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_rate: Mapped[int | None] = mapped_column(Integer, nullable=True)  # bytes per second; None: no limit
     # The intent record of a delete in flight (state deleting, whether the replica is kept, the
     # process doing it): a start after a crash finishes it with the partner or rolls it back.
     state: Mapped[str] = mapped_column(String(16), default="ready", server_default="ready")
@@ -227,6 +228,7 @@ class ReplicationSession(Base):
     remote_snap_name: Mapped[str | None] = mapped_column(String(256), nullable=True)
     repl_address: Mapped[str | None] = mapped_column(String(255), nullable=True)
     size_sent: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    rate: Mapped[int | None] = mapped_column(Integer, nullable=True)  # bytes per second, now or on average
     status: Mapped[str] = mapped_column(String(16), default="PENDING", index=True)
     message: Mapped[str | None] = mapped_column(Text, nullable=True)
     owner: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the process sending it

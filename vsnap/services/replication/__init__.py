@@ -102,9 +102,14 @@ class ReplicationService:
         return self.relationships.get_relationship(rel_id)
 
     def create_relationship(self, vol_id: ApiId, partner_id: str, remote_pool_id: ApiId | None = None,
-                            remote_vol_name: str | None = None, reuse: bool = False) -> dict:
+                            remote_vol_name: str | None = None, reuse: bool = False,
+                            max_rate: int | None = None) -> dict:
         return self.relationships.create_relationship(vol_id, partner_id, remote_pool_id=remote_pool_id,
-                                                      remote_vol_name=remote_vol_name, reuse=reuse)
+                                                      remote_vol_name=remote_vol_name, reuse=reuse,
+                                                      max_rate=max_rate)
+
+    def update_relationship(self, rel_id: str, *, max_rate: int | None) -> dict:
+        return self.relationships.update_relationship(rel_id, max_rate=max_rate)
 
     def delete_relationship(self, rel_id: str, preserve_replica: bool = False) -> None:
         self.relationships.delete_relationship(rel_id, preserve_replica)

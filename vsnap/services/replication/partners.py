@@ -223,6 +223,9 @@ class Partners:
             if row is not None:
                 s.delete(row)
             self._forget_addresses(s, partner_id)
+            row = s.get(Setting, self._features_key(partner_id))
+            if row is not None:
+                s.delete(row)
             s.query(Setting).filter(Setting.key.like(f"partner-notice:{partner_id}:%")).delete(
                 synchronize_session=False)
         self._drop_trust(partner_id)
@@ -251,6 +254,30 @@ class Partners:
             try:
                 return json.loads(row.value) if row is not None and row.value else None
             except ValueError:
+                return None
+
+    # The partner's stream features (ZfsDriver.stream_features), as it last gave them before a
+    # stream: which stream flags it can receive. An appliance that never says has none.
+    @staticmethod
+    def _features_key(partner_id: str) -> str:
+        return f"partner-stream-features:{partner_id}"
+
+    def remember_features(self, partner_id: str, features) -> None:
+        value = json.dumps(sorted({f for f in features if isinstance(f, str)})[:32]
+                           if isinstance(features, list) else [])
+        with self.store.session() as s:
+            row = s.get(Setting, self._features_key(partner_id))
+            if row is None:
+                s.add(Setting(key=self._features_key(partner_id), value=value))
+            elif row.value != value:
+                row.value = value
+
+    def remembered_features(self, partner_id: str) -> frozenset[str] | None:
+        with self.store.session() as s:
+            row = s.get(Setting, self._features_key(partner_id))
+            try:
+                return frozenset(json.loads(row.value)) if row is not None and row.value else None
+            except (ValueError, TypeError):
                 return None
 
     def _forget_addresses(self, s, partner_id: str) -> None:

@@ -54,7 +54,8 @@ class Receiver:
             s.expunge(partner)
         op, args = (words[0], words[1:]) if words else ("", [])
         if op == Request.INFO:
-            return {"system_id": self.system.id, "repl_addresses": self._repl_addresses()}
+            return {"system_id": self.system.id, "repl_addresses": self._repl_addresses(),
+                    "stream_features": self._stream_features()}
         if op == Request.UNPARTNER:
             return self._serve_unpartner(partner)
         if op == Request.CREATE_REPLICA:
@@ -65,7 +66,8 @@ class Receiver:
             with self._receiving(hex_id(args[0], "Relationship"), wait=self.settings.repl_stall_seconds * 2):
                 return self._serve_snapshots(partner, args[0])
         if op == Request.PREPARE and len(args) == 1:
-            return {"repl_addresses": self._repl_addresses(), **self._serve_snapshots(partner, args[0])}
+            return {"repl_addresses": self._repl_addresses(), "stream_features": self._stream_features(),
+                    **self._serve_snapshots(partner, args[0])}
         if op == Request.RECEIVE and len(args) == 3 and args[2] in (Request.FULL, Request.INCREMENTAL):
             return self._serve_receive(partner, args[0], validate_name(args[1], "Snapshot"),
                                        args[2] == Request.FULL, stdin.fileno())
@@ -73,6 +75,10 @@ class Receiver:
                 and args[1] in (Request.DELETE_REPLICA, Request.PRESERVE_REPLICA):
             return self._serve_delete_relationship(partner, args[0], args[1] == Request.PRESERVE_REPLICA)
         raise ValidationError(f"Unknown replication request: {' '.join(words)[:100]!r}")
+
+    def _stream_features(self) -> list[str]:
+        """What streams this appliance's ZFS can receive (the sender picks its flags by them)."""
+        return sorted(self.ds.zfs.stream_features())
 
     def _repl_addresses(self) -> list[str]:
         return [a for iface in self.network.list() if "repl" in iface["services"] for a in iface["ip4_addrs"]]
@@ -152,6 +158,7 @@ class Receiver:
         answer: dict[str, object] = {"vol_id": str(vol_id), "vol_name": name, "pool_id": str(pool_row.id)}
         try:  # where its first stream should go; without them the primary asks before it
             answer["repl_addresses"] = self._repl_addresses()
+            answer["stream_features"] = self._stream_features()
         except (CommandError, OSError) as exc:
             log.warning("replica %s made; its replication addresses are unknown: %s", name, describe(exc))
         return answer

@@ -15,7 +15,7 @@ from ...config import Settings
 from ...drivers.runner import CommandError, Runner
 from ...errors import ApiError, ConflictError, NotFoundError, ServiceUnavailableError, ValidationError
 from ...store.db import Store
-from ...store.models import Partner, Relationship, Volume
+from ...store.models import Partner, Relationship, Volume, now
 from ..attachments import Attachment
 from ..catalog import DELETING, FILEBACKED, READY, ApiId, Catalog
 from ..locking import StorageLock
@@ -67,6 +67,7 @@ class Relationships(Attachment):
             "remote_vol_name": rel.remote_vol_name, "last_sync_status": rel.last_sync_status,
             "last_attempt_snap_id": text_or_none(rel.last_attempt_snap_id),
             "last_success_snap_id": text_or_none(rel.last_success_snap_id),
+            "max_rate": text_or_none(rel.max_rate),
             "time_created": str(rel.time_created), "time_updated": str(rel.time_updated),
         }
 
@@ -85,7 +86,8 @@ class Relationships(Attachment):
             return self.render_relationship(s, relationship_row(s, rel_id))
 
     def create_relationship(self, vol_id: ApiId, partner_id: str, remote_pool_id: ApiId | None = None,
-                            remote_vol_name: str | None = None, reuse: bool = False) -> dict:
+                            remote_vol_name: str | None = None, reuse: bool = False,
+                            max_rate: int | None = None) -> dict:
         if remote_vol_name is not None:
             validate_name(remote_vol_name)
         with self.store.session() as s:
@@ -121,11 +123,25 @@ class Relationships(Attachment):
             with self.store.session() as s:
                 s.add(Relationship(id=rel_id, partner_id=partner.id, local_role=PRIMARY,
                                    local_vol_id=volume.row.id, remote_pool_id=str(answer["pool_id"]),
-                                   remote_vol_id=str(answer["vol_id"]), remote_vol_name=str(answer["vol_name"])))
+                                   remote_vol_id=str(answer["vol_id"]), remote_vol_name=str(answer["vol_name"]),
+                                   max_rate=max_rate))
         except Exception:
             self._remote_forget(partner, rel_id, preserve=bool(reuse))
             raise
         self.partners.remember_addresses(partner.id, answer.get("repl_addresses"))
+        self.partners.remember_features(partner.id, answer.get("stream_features"))
+        return self.get_relationship(rel_id)
+
+    def update_relationship(self, rel_id: str, *, max_rate: int | None) -> dict:
+        """The bandwidth limit of the relationship's streams, from its next session. Only the
+        primary sends, so only the primary's side takes one."""
+        with self.store.session() as s:
+            rel = relationship_row(s, rel_id)
+            if rel.local_role != PRIMARY:
+                raise ConflictError(f"Relationship {rel.id} is a replica here: its primary's appliance sends the "
+                                    "streams, so its bandwidth limit is set there")
+            if rel.max_rate != max_rate:
+                rel.max_rate, rel.time_updated = max_rate, now()
         return self.get_relationship(rel_id)
 
     # -- deleting -------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import deque
 
 from sqlalchemy import update
 
@@ -24,6 +25,11 @@ from .partners import Partners
 from .sessions import Sessions
 
 log = logging.getLogger(__name__)
+
+RATE_WINDOW = 5.0  # seconds: a session's current rate is its stream's average over the last few
+# Stream flags used where both appliances' ZFS have the feature (ZfsDriver.stream_features):
+# compressed blocks cross the wire as stored, large blocks whole, embedded data as is.
+STREAM_OPTIONS = (("compressed", "-c"), ("large_blocks", "-L"), ("embedded_data", "-e"))
 
 
 class Sender:
@@ -89,6 +95,7 @@ class Sender:
         remote = self.link.call(partner, Request.PREPARE, rel.id)
         addresses = [a for a in remote.get("repl_addresses", []) if isinstance(a, str)]
         self.partners.remember_addresses(partner.id, addresses)
+        self.partners.remember_features(partner.id, remote.get("stream_features", []))
         address = self._data_address(partner, addresses)
         remote_by_guid = {str(r.get("guid")): r for r in remote.get("snapshots", [])}
         if snap.props.get("guid") in remote_by_guid:  # sent before (e.g. a retried session)
@@ -145,15 +152,23 @@ class Sender:
             s.get(ReplicationSession, session_id).repl_address = address
         remote_name = row.remote_snap_name
         assert remote_name is not None, "start_session names the remote snapshot of every session"
-        producer = self.ds.send_argv(snap.zfs_name, base.zfs_name if base else None)
+        producer = self.ds.send_argv(snap.zfs_name, base.zfs_name if base else None, self._stream_options(partner))
         consumer = self.ssh.command(partner.id, address, partner.ssh_port,
                                     [Request.RECEIVE, rel.id, remote_name,
                                      Request.INCREMENTAL if base else Request.FULL])
 
+        recent: deque[tuple[float, int]] = deque()  # (when, bytes moved) over the last RATE_WINDOW
+
         def progress(moved: int) -> None:
+            at = time.monotonic()
+            recent.append((at, moved))
+            while at - recent[0][0] > RATE_WINDOW:
+                recent.popleft()
+            since, then = recent[0]
+            rate = int((moved - then) / (at - since)) if at > since else None
             with self.store.session() as s:
                 s.execute(update(ReplicationSession).where(ReplicationSession.id == session_id)
-                          .values(size_sent=moved))
+                          .values(size_sent=moved, rate=rate))
 
         log.info("session %s: sending %s of %s to %s", session_id,
                  f"the difference from {base.row.name}" if base else "a full stream", snap.zfs_name, address)
@@ -161,7 +176,7 @@ class Sender:
         try:
             result = run_pipeline(producer, consumer, progress=progress,
                                   should_stop=lambda: self.sessions.still_active(session_id),
-                                  stall_seconds=self.settings.repl_stall_seconds)
+                                  stall_seconds=self.settings.repl_stall_seconds, max_rate=rel.max_rate)
         except PipelineStopped as exc:
             # Stopped (a cancel, a stall) after the last byte left, the receive may have
             # committed the snapshot all the same: the partner says, once its receive ended.
@@ -173,7 +188,8 @@ class Sender:
             return {"remote_snap_id": remote_id, "size_sent": exc.bytes_moved,
                     "message": f"Completed: the partner had received the whole snapshot when the transfer "
                                f"was stopped ({exc})"}
-        log.info("session %s: %d bytes in %.1f s", session_id, result.bytes_moved, time.monotonic() - started)
+        took = time.monotonic() - started
+        log.info("session %s: %d bytes in %.1f s", session_id, result.bytes_moved, took)
         if result.consumer_rc == 255:
             reason = result.consumer_err.strip().splitlines()[-1] if result.consumer_err.strip() else "ssh failed"
             raise RemoteError(f"Partner {address}:{partner.ssh_port} unreachable over SSH: {reason}")
@@ -186,7 +202,12 @@ class Sender:
                       f"exit status {result.consumer_rc}"}
         if result.consumer_rc != 0 or "error" in answer:
             raise RemoteError(f"The partner could not receive the snapshot: {answer.get('error')}")
-        return {"remote_snap_id": str(answer["snap_id"]), "size_sent": result.bytes_moved}
+        return {"remote_snap_id": str(answer["snap_id"]), "size_sent": result.bytes_moved,
+                "rate": int(result.bytes_moved / took) if took > 0 else None}  # the stream's average
+
+    def _stream_options(self, partner: Partner) -> list[str]:
+        both = self.ds.zfs.stream_features() & (self.partners.remembered_features(partner.id) or frozenset())
+        return [flag for feature, flag in STREAM_OPTIONS if feature in both]
 
     def _received_anyway(self, partner: Partner, rel: Relationship, snap) -> str | None:
         """The replica's id of `snap` if the partner holds it (asked once its receive of this

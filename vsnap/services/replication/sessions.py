@@ -51,7 +51,8 @@ class Sessions:
         return {"id": str(row.id), "rel_id": row.rel_id, "local_snap_id": text_or_none(row.local_snap_id),
                 "remote_snap_id": row.remote_snap_id, "local_snap_name": row.local_snap_name,
                 "remote_snap_name": row.remote_snap_name, "repl_address": row.repl_address,
-                "size_sent": text_or_none(row.size_sent), "status": row.status, "time_queued": str(row.time_queued),
+                "size_sent": text_or_none(row.size_sent), "rate": text_or_none(row.rate), "status": row.status,
+                "time_queued": str(row.time_queued),
                 "time_started": text_or_none(row.time_started), "time_ended": text_or_none(row.time_ended),
                 "message": row.message}
 
