@@ -422,7 +422,14 @@ def test_kill_9_of_the_primary_during_a_transfer(pair, volume):
     again = wait_session(a, queued["id"], timeout=120)
     assert again["status"] == "COMPLETED", again
     snaps = zfs_names(pair["pool_b"]["name"], "snapshot")
-    assert not any("@killed" in n for n in snaps) and f"{pair['pool_b']['name']}/repl7_replica@queued" in snaps
+    assert f"{pair['pool_b']['name']}/repl7_replica@queued" in snaps
+    killed = f"{pair['pool_b']['name']}/repl7_replica@killed"
+    if stack.KERNEL and killed in snaps:
+        # OpenZFS kept what had arrived (receive -s): the next session finished that stream
+        # first, then sent the difference.
+        assert "resumed the interrupted transfer of" in again["message"], again
+    else:  # zfs-fuse keeps nothing of a broken stream (nor OpenZFS, when nothing had arrived)
+        assert killed not in snaps
     assert_replica_matches(pair, "repl7", src)
 
 
@@ -592,9 +599,10 @@ def test_cancels_at_any_point_report_the_truth_and_the_next_session_completes(pa
 def test_features_name_what_this_stack_offers(pair):
     for server in (pair["a"], pair["b"]):
         features = server.ok("GET", "/api/system")["features"]
-        # The relay's bandwidth limit everywhere; compressed streams where ZFS can send them
-        # (OpenZFS in the guest), never on zfs-fuse.
-        assert features == (["bandwidth_limit", "compressed_send"] if stack.KERNEL else ["bandwidth_limit"])
+        # The relay's bandwidth limit everywhere; compressed and resumable streams where ZFS
+        # can (OpenZFS in the guest), never on zfs-fuse.
+        assert features == (["bandwidth_limit", "compressed_send", "resumable_send"] if stack.KERNEL
+                            else ["bandwidth_limit"])
 
 
 def test_a_bandwidth_limit_keeps_the_stream_under_it_and_the_data_whole(pair, volume):
@@ -655,3 +663,41 @@ def test_compressed_data_crosses_the_wire_compressed(pair, volume):
     assert logical >= 2 * on_disk, (logical, on_disk)  # the data did compress
     assert sent <= 1.05 * on_disk, (sent, on_disk, logical)
     assert checksums(f"/vsnap/{pair['pool_b']['name']}/compressible_replica") == checksums(src)
+
+
+@pytest.mark.guest
+def test_a_transfer_killed_half_way_resumes_where_it_stopped(pair, volume):
+    if not stack.KERNEL:
+        pytest.skip("zfs-fuse cannot resume a stream (no receive -s, send -t): the guest's OpenZFS runs this")
+    a, b = pair["a"], pair["b"]
+    vol = volume("resumes")
+    src = f"/vsnap/{pair['pool_a']['name']}/resumes"
+    for part in range(16):
+        write(f"{src}/part{part}", 64 * MIB)  # 1 GiB, incompressible
+    # A limit makes the stream's pace known, so the kill lands about half way.
+    rel = relate(pair, vol, max_rate=24 * MIB)
+    s = a.ok("POST", f"/api/relationship/{rel['id']}/session", json={"remote_snap_name": "big"})
+    deadline = time.monotonic() + 300
+    while True:
+        now = a.ok("GET", f"/api/session/{s['id']}")
+        assert now["status"] in ("PENDING", "ACTIVE") and time.monotonic() < deadline, now
+        if int(now["size_sent"] or 0) >= 512 * MIB:
+            break
+        time.sleep(0.1)
+    a.stop(signal.SIGKILL)  # the primary and everything it started: the stream breaks
+    a.start()
+    broken = wait_session(a, s["id"], timeout=60)
+    assert broken["status"] == "FAILED", broken
+    a.ok("PUT", f"/api/relationship/{rel['id']}", json={"max_rate": None})
+    again = replicate(pair, rel["id"], snap_id=broken["local_snap_id"], remote_snap_name="big")
+    assert again["status"] == "COMPLETED", again
+    assert "resumed the interrupted transfer" in again["message"], again
+    stream, after_break = int(again["size_sent_total"]), int(again["size_sent"])
+    assert stream >= 1024 * MIB
+    assert after_break <= 0.55 * stream, (after_break, stream)
+    # The replica's data is whole: a clone of its snapshot reads as the source does.
+    clone = b.ok("POST", "/api/volume", json={"name": "resumes_restore", "snapshot_id": again["remote_snap_id"]})
+    try:
+        assert checksums(f"/vsnap/{pair['pool_b']['name']}/resumes_restore") == checksums(src)
+    finally:
+        b.ok("DELETE", f"/api/volume/{clone['id']}")

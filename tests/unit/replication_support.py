@@ -130,6 +130,7 @@ class FakeNetwork:
 
 class FakeDs:
     send_argv = staticmethod(ZfsDatasetOps.send_argv)
+    send_resume_argv = staticmethod(ZfsDatasetOps.send_resume_argv)
 
     def __init__(self, env):
         self.env = env
@@ -140,6 +141,18 @@ class FakeDs:
         self.has_zvols = True
         self.zfs = SimpleNamespace(features=frozenset())  # zfs-fuse's: none; tests give OpenZFS's
         self.zfs.stream_features = lambda: self.zfs.features
+        self.tokens: dict[str, str] = {}  # dataset -> the resume token an interrupted receive left
+        self.targets: dict[str, tuple[str, int]] = {}  # token -> (its snapshot's guid, bytes kept): the sender's
+
+    def resume_token(self, dataset):
+        return self.tokens.get(dataset)
+
+    def abort_resumable(self, dataset):
+        self.calls.append(("abort", dataset))
+        self.tokens.pop(dataset, None)
+
+    def resume_target(self, token):
+        return self.targets.get(token)
 
     def unmount(self, name):
         self.calls.append(("unmount", name))
@@ -154,8 +167,8 @@ class FakeDs:
     def mount(self, name):
         self.calls.append(("mount", name))
 
-    def receive(self, target, *, full, stdin):
-        self.calls.append(("receive", target, full, stdin))
+    def receive(self, target, *, full, stdin, resumable=False):
+        self.calls.append(("receive", target, full, stdin) + (("resumable",) if resumable else ()))
         if self.receive_error:
             raise self.receive_error
         dataset, _, snap_name = target.partition("@")

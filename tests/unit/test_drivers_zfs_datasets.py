@@ -410,3 +410,65 @@ def test_lunfile_resize_of_missing_file_raises(tmp_path):
     with pytest.raises(FileNotFoundError):
         LunFileDriver().resize(str(tmp_path), 1 << 20)
     assert not (tmp_path / IMAGE_NAME).exists()  # never created by a resize
+
+
+# -- resumable streams --------------------------------------------------------------------------
+
+TOKEN = "1-e3b1d5f9a-c8-789c636064000310a500c4ec50360710e72765a5269740f80cd8e4d3d28a534b40"
+RESUME_CONTENTS = """resume token contents:
+nvlist version: 0
+\tobject = 0x3
+\toffset = 0x20000
+\tbytes = 0x1f4000
+\ttoguid = 0x6a3b5f1e2d4c8b97
+\ttoname = tank/v@s1
+full send of tank/v@s1 estimated size is 4.00M
+"""
+
+
+def test_receive_keeps_what_arrives_only_when_asked():
+    assert ZfsDatasetOps.receive_argv("tank/v@s1", full=True) == ["zfs", "receive", "-F", "tank/v@s1"]
+    assert ZfsDatasetOps.receive_argv("tank/v@s1", full=True, resumable=True) == \
+        ["zfs", "receive", "-s", "-F", "tank/v@s1"]
+    assert ZfsDatasetOps.receive_argv("tank/v@s2", full=False, resumable=True) == ["zfs", "receive", "-s", "tank/v@s2"]
+
+
+def test_a_resumed_send_takes_only_a_well_formed_token():
+    assert ZfsDatasetOps.send_resume_argv(TOKEN) == ["zfs", "send", "-t", TOKEN]
+    for bad in ("", "-", "1-2-3", f"{TOKEN} x", f"{TOKEN};rm", "--help", "1-ABC-c8-789c"):
+        with pytest.raises(ValueError):
+            ZfsDatasetOps.send_resume_argv(bad)
+
+
+def test_the_resume_token_of_a_dataset(fake_runner):
+    ops = ZfsDatasetOps(fake_runner, None)
+    argv = ["zfs", "get", "-H", "-o", "value", "receive_resume_token", "tank/v"]
+    fake_runner.on(argv, stdout="-\n")
+    assert ops.resume_token("tank/v") is None
+    fake_runner.on(argv, stdout=f"{TOKEN}\n")
+    assert ops.resume_token("tank/v") == TOKEN
+    fake_runner.on(argv, stdout="1-x-y; not a token\n")
+    assert ops.resume_token("tank/v") is None
+    fake_runner.on(argv, returncode=1, stderr="bad property list: invalid property 'receive_resume_token'\n")
+    assert ops.resume_token("tank/v") is None  # a ZFS without resumable receives
+
+
+def test_dropping_a_partial_receive(fake_runner):
+    ops = ZfsDatasetOps(fake_runner, None)
+    fake_runner.on(["zfs", "receive", "-A", "tank/v"], returncode=1,
+                   stderr="'tank/v' does not have any resumable receive state to abort\n")
+    ops.abort_resumable("tank/v")  # nothing to drop: fine
+    fake_runner.on(["zfs", "receive", "-A", "tank/v"], returncode=1, stderr="cannot open 'tank/v': I/O error\n")
+    with pytest.raises(CommandError):
+        ops.abort_resumable("tank/v")
+
+
+def test_what_a_token_carries_is_read_by_this_sides_zfs(fake_runner):
+    ops = ZfsDatasetOps(fake_runner, None)
+    fake_runner.on(["zfs", "send", "-nv", "-t", TOKEN], stdout=RESUME_CONTENTS)
+    assert ops.resume_target(TOKEN) == (str(0x6a3b5f1e2d4c8b97), 0x1f4000)
+    fake_runner.on(["zfs", "send", "-nv", "-t", TOKEN], returncode=255,
+                   stderr="cannot resume send: 'tank/v@s1' used in the initial send no longer exists\n")
+    assert ops.resume_target(TOKEN) is None
+    calls = len(fake_runner.calls)
+    assert ops.resume_target("; rm -rf /") is None and len(fake_runner.calls) == calls  # never reaches zfs

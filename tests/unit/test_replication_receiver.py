@@ -304,3 +304,48 @@ def test_serve_create_replica_bad_requests(env, replica, stream, change):
     with pytest.raises(ValidationError):
         _create_replica(env, stream, **change)
     assert env.volumes.created == [] and R2 not in env.rels()
+
+
+# -- resumable receives (OpenZFS: receive -s) -------------------------------------------------
+
+TOKEN = "1-e3b1d5f9a-c8-789c636064000310a500c4ec50360710e72765a5269740f80cd8e4d3d28a534b40"
+
+
+@pytest.fixture
+def resumable(env):
+    env.ds.zfs.features = frozenset({"resumable"})
+    return env
+
+
+def test_the_replicas_resume_token_is_told_where_zfs_resumes(env, replica, stream):
+    assert "resume_token" not in env.svc.serve(P1, ["prepare", R1], stream)  # zfs-fuse: nothing to tell
+    env.ds.zfs.features = frozenset({"resumable"})
+    assert env.svc.serve(P1, ["prepare", R1], stream)["resume_token"] is None
+    env.ds.tokens["p/fs_replica"] = TOKEN
+    assert env.svc.serve(P1, ["snapshots", R1], stream)["resume_token"] == TOKEN
+
+
+def test_receives_keep_what_arrives_where_zfs_resumes(resumable, replica, stream):
+    env = resumable
+    env.svc.serve(P1, ["recv", R1, "s1", "full"], stream)
+    assert [c for c in env.ds.calls if c[0] == "receive"] == [
+        ("receive", "p/fs_replica@s1", True, stream.fileno(), "resumable")]
+
+
+def test_a_stream_from_the_start_drops_an_interrupted_ones_state_first(resumable, replica, stream):
+    env = resumable
+    env.ds.tokens["p/fs_replica"] = TOKEN
+    env.svc.serve(P1, ["recv", R1, "s1", "full"], stream)
+    kinds = [c[0] for c in env.ds.calls if c[0] in ("abort", "receive")]
+    assert kinds == ["abort", "receive"] and env.ds.calls[[c[0] for c in env.ds.calls].index("abort")][1] == \
+        "p/fs_replica"
+
+
+def test_a_resumed_stream_goes_on_from_the_token_and_needs_one(resumable, replica, stream):
+    env = resumable
+    with pytest.raises(ConflictError, match="no interrupted transfer"):
+        env.svc.serve(P1, ["recv", R1, "s1", "resume"], stream)
+    assert not [c for c in env.ds.calls if c[0] in ("abort", "receive")]
+    env.ds.tokens["p/fs_replica"] = TOKEN
+    env.svc.serve(P1, ["recv", R1, "s1", "resume"], stream)
+    assert [c[0] for c in env.ds.calls if c[0] in ("abort", "receive")] == ["receive"]

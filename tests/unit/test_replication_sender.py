@@ -508,3 +508,80 @@ def test_the_relationships_bandwidth_limit_goes_to_the_stream(env, rel, sending)
     sid = _claimed(env, rel, env.snapshot(env.fs, "s2", guid="222"))
     env.svc.run_session(sid)
     assert sending.calls[-1]["max_rate"] is None
+
+
+# -- resuming an interrupted transfer (OpenZFS: receive -s, send -t) -----------------------------
+
+TOKEN = "1-e3b1d5f9a-c8-789c636064000310a500c4ec50360710e72765a5269740f80cd8e4d3d28a534b40"
+
+
+@pytest.fixture
+def broken_off(env, rel, sending):
+    """Both sides resume; the replica kept part of a stream (the partner tells its token)."""
+    env.ds.zfs.features = frozenset({"resumable"})
+    env.link.answers["snapshots"] = {"snapshots": [], "resume_token": TOKEN}
+    return sending
+
+
+def test_the_same_snapshot_goes_on_where_the_stream_stopped(env, rel, broken_off):
+    snap = env.snapshot(env.fs, "s1", guid="111")
+    env.ds.targets[TOKEN] = ("111", 600_000)
+    sid = _claimed(env, rel, snap)
+    env.svc.run_session(sid)
+    row = env.sess(sid)
+    assert row.status == COMPLETED, row.message
+    (call,) = broken_off.calls
+    assert call["producer"] == ["zfs", "send", "-t", TOKEN]
+    assert call["consumer"][-3:] == [rel, "s1", "resume"]
+    body = env.svc.get_session(sid)
+    assert (body["size_sent"], body["size_sent_total"]) == ("4096", str(600_000 + 4096))
+    assert "resumed the interrupted transfer, 600000 bytes" in row.message
+
+
+def test_an_older_snapshots_stream_is_finished_first_then_the_difference_is_sent(env, rel, broken_off):
+    s1 = env.snapshot(env.fs, "s1", guid="111", creation=100)
+    first = _claimed(env, rel, s1)
+    env.svc.sessions.end(first, "FAILED", "Interrupted")  # it broke off; the replica kept part of it
+    s2 = env.snapshot(env.fs, "s2", guid="222", creation=200)
+    env.ds.targets[TOKEN] = ("111", 50_000)
+    sid = _claimed(env, rel, s2)
+    env.svc.run_session(sid)
+    row = env.sess(sid)
+    assert row.status == COMPLETED, row.message
+    resumed, incremental = broken_off.calls
+    assert resumed["producer"] == ["zfs", "send", "-t", TOKEN] and resumed["consumer"][-3:] == [rel, "s1", "resume"]
+    assert incremental["producer"] == ["zfs", "send", "-i", "p/fs@s1", "p/fs@s2"]
+    assert incremental["consumer"][-1] == "incremental"
+    assert row.size_sent == 2 * 4096 and "of s1" in row.message and row.message.endswith("first")
+
+
+def test_a_token_that_no_longer_works_is_dropped_and_the_snapshot_sent_from_the_start(env, rel, broken_off):
+    sid = _claimed(env, rel, env.snapshot(env.fs, "s1", guid="111"))  # no target: its snapshot is gone here
+    env.svc.run_session(sid)
+    row = env.sess(sid)
+    assert row.status == COMPLETED and "no longer works" in row.message and "from the start" in row.message
+    (call,) = broken_off.calls
+    assert call["producer"] == ["zfs", "send", "p/fs@s1"] and call["consumer"][-1] == "full"
+    assert env.svc.get_session(sid)["size_sent_total"] == "4096"
+
+
+def test_a_resume_the_partner_refuses_falls_back_to_the_whole_stream(env, rel, broken_off):
+    env.ds.targets[TOKEN] = ("111", 600_000)
+    broken_off.results = [PipelineResult(10, 0, "", 1, "", json.dumps({"error": "checksum mismatch"}))]
+    sid = _claimed(env, rel, env.snapshot(env.fs, "s1", guid="111"))
+    env.svc.run_session(sid)
+    row = env.sess(sid)
+    assert row.status == COMPLETED and "resuming the interrupted transfer failed" in row.message
+    resumed, whole = broken_off.calls
+    assert resumed["consumer"][-1] == "resume" and whole["consumer"][-1] == "full"
+    assert row.size_resumed is None and env.svc.get_session(sid)["size_sent_total"] == "4096"
+
+
+def test_without_resumable_zfs_here_the_token_is_dropped(env, rel, broken_off):
+    env.ds.zfs.features = frozenset()
+    env.ds.targets[TOKEN] = ("111", 600_000)
+    sid = _claimed(env, rel, env.snapshot(env.fs, "s1", guid="111"))
+    env.svc.run_session(sid)
+    row = env.sess(sid)
+    assert row.status == COMPLETED and "cannot resume" in row.message
+    assert broken_off.calls[0]["consumer"][-1] == "full"

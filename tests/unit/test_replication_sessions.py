@@ -36,8 +36,8 @@ def test_start_session_takes_a_snapshot(env, rel):
     assert body["local_snap_id"] == str(snap_id)
     assert body["local_snap_name"] == name and body["remote_snap_name"] == name
     assert set(body) == {"id", "rel_id", "local_snap_id", "remote_snap_id", "local_snap_name", "remote_snap_name",
-                         "repl_address", "size_sent", "rate", "status", "time_queued", "time_started", "time_ended",
-                         "message"}
+                         "repl_address", "size_sent", "size_sent_total", "rate", "status", "time_queued",
+                         "time_started", "time_ended", "message"}
     assert body["time_started"] is None and body["time_ended"] is None and body["message"] is None
     assert env.svc.get_session(body["id"]) == body
     assert env.svc.list_sessions(rel) == [body]

@@ -127,5 +127,5 @@ def test_features_say_what_this_appliance_offers_beyond_the_spec(tmp_path, store
     svc = system.SystemService(Settings(state_dir=tmp_path), store, _Packages(), zfs)
     assert svc.features() == ["bandwidth_limit"]  # zfs-fuse: the relay's limit only
     zfs.stream_features = lambda: frozenset({"compressed", "large_blocks", "resumable"})
-    assert svc.features() == ["bandwidth_limit", "compressed_send"]
-    assert svc.info()["features"] == ["bandwidth_limit", "compressed_send"]
+    assert svc.features() == ["bandwidth_limit", "compressed_send", "resumable_send"]
+    assert svc.info()["features"] == ["bandwidth_limit", "compressed_send", "resumable_send"]

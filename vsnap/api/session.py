@@ -19,6 +19,9 @@ class SessionSchema(ma.Schema):
     remote_snap_name = ma.fields.String(allow_none=True)
     repl_address = ma.fields.String(allow_none=True)
     size_sent = ma.fields.String(allow_none=True, metadata={"description": "Bytes sent so far"})
+    size_sent_total = ma.fields.String(allow_none=True, metadata={
+        "description": "Beyond the spec: the bytes of this snapshot's stream the replica holds, with what it kept of "
+                       "an interrupted transfer this session resumed (else size_sent)"})
     rate = ma.fields.String(allow_none=True, metadata={
         "description": "Beyond the spec: bytes per second, over the last seconds while ACTIVE, the stream's "
                        "average once ended"})

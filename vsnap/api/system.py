@@ -27,7 +27,8 @@ class SystemSchema(ma.Schema):
     zfs_version = ma.fields.String(allow_none=True)
     features = ma.fields.List(ma.fields.String(), metadata={
         "description": "Beyond vSnap 1.0: bandwidth_limit (a relationship's max_rate), compressed_send "
-                       "(replication streams cross the wire compressed, where both appliances' ZFS can)"})
+                       "(replication streams cross the wire compressed, where both appliances' ZFS can), "
+                       "resumable_send (a broken transfer goes on where it stopped)"})
 
 
 class InitSchema(StrictSchema):

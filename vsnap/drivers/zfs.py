@@ -157,6 +157,11 @@ def parse_zdb_label(text: str) -> Label | None:
 STREAM_FEATURES = ("compressed", "large_blocks", "embedded_data", "raw", "resumable", "bookmarks", "encryption")
 
 
+# `zfs receive -s` tokens: a version, a checksum, a length, and the packed (compressed) nvlist
+# in hex, dash-separated. Checked before a token from a partner reaches a command.
+RESUME_TOKEN = re.compile(r"[0-9]{1,3}-[0-9a-f]{1,64}-[0-9a-f]{1,16}-[0-9a-f]{1,65536}")
+
+
 def parse_stream_features(usage: str) -> frozenset[str]:
     """The stream features a `zfs` usage text (`zfs -?`) shows: its commands and their flags."""
     send_flags, receive_flags, commands = set(), set(), set()
@@ -566,10 +571,44 @@ class ZfsDatasetOps(ZfsCommands):
         return ["zfs", "send", *options, *(["-i", base] if base else []), snapshot]
 
     @staticmethod
-    def receive_argv(snapshot: str, *, full: bool) -> list[str]:
+    def receive_argv(snapshot: str, *, full: bool, resumable: bool = False) -> list[str]:
         """Receives a stream as `snapshot`. A full stream replaces the (empty) replica dataset
-        (-F); an incremental one is refused when the replica changed since its last snapshot."""
-        return ["zfs", "receive", *(["-F"] if full else []), snapshot]
+        (-F); an incremental one is refused when the replica changed since its last snapshot.
+        `resumable` (-s): what arrived of a stream that breaks is kept, with a resume token."""
+        return ["zfs", "receive", *(["-s"] if resumable else []), *(["-F"] if full else []), snapshot]
+
+    @staticmethod
+    def send_resume_argv(token: str) -> list[str]:
+        """The rest of an interrupted stream, from where the receiving side's token says."""
+        if not RESUME_TOKEN.fullmatch(token):
+            raise ValueError("not a resume token")
+        return ["zfs", "send", "-t", token]
+
+    def resume_token(self, dataset: str) -> str | None:
+        """The token of an interrupted `receive -s` into `dataset`, or None."""
+        out = self.runner.run(["zfs", "get", "-H", "-o", "value", "receive_resume_token", dataset], check=False)
+        token = out.stdout.strip()
+        return token if out.returncode == 0 and RESUME_TOKEN.fullmatch(token) else None
+
+    def abort_resumable(self, dataset: str) -> None:
+        """Drops what an interrupted `receive -s` kept (the dataset is as before it)."""
+        out = self.runner.run(["zfs", "receive", "-A", dataset], check=False)
+        if out.returncode != 0 and "does not have any resumable receive state" not in out.stderr:
+            raise out.error()
+
+    def resume_target(self, token: str) -> tuple[str, int] | None:
+        """(guid of the snapshot the stream carries, bytes already received) of a resume token,
+        read by this side's `zfs send -nvt`; None where the stream cannot go on from here (its
+        snapshot is gone, or the token is not one ZFS reads)."""
+        if not RESUME_TOKEN.fullmatch(token):
+            return None
+        out = self.runner.run(["zfs", "send", "-nv", "-t", token], check=False, changes=False)
+        if out.returncode != 0:
+            return None
+        fields = dict(re.findall(r"^\s*(toguid|bytes) = (0x[0-9a-fA-F]+|\d+)\s*$", out.stdout + out.stderr, re.M))
+        if "toguid" not in fields:
+            return None
+        return str(int(fields["toguid"], 0)), int(fields.get("bytes", "0"), 0)
 
     def unmount(self, name: str) -> None:
         run_retrying_busy(self.runner, ["zfs", "unmount", name], gone=("not currently mounted",))
@@ -579,8 +618,9 @@ class ZfsDatasetOps(ZfsCommands):
         if out.returncode != 0 and "already mounted" not in out.stderr:
             raise out.error()
 
-    def receive(self, snapshot: str, *, full: bool, stdin: int) -> None:
+    def receive(self, snapshot: str, *, full: bool, stdin: int, resumable: bool = False) -> None:
         """Receives the stream on file descriptor `stdin` as `snapshot`. No timeout: a stream
         takes as long as it takes, and the sender's watchdog ends one that stalls (the receive
         then sees the end of its input and fails, leaving nothing half-received)."""
-        self.runner.run(self.receive_argv(snapshot, full=full), stdin=stdin, timeout=NO_TIMEOUT)
+        self.runner.run(self.receive_argv(snapshot, full=full, resumable=resumable), stdin=stdin,
+                        timeout=NO_TIMEOUT)

@@ -179,11 +179,14 @@ class SystemService:
 
     def features(self) -> list[str]:
         """What this appliance offers beyond vSnap 1.0, so clients can tell: a bandwidth limit
-        per relationship (the appliance's own relay: everywhere), and compressed replication
-        streams where ZFS can send them (OpenZFS; zfs-fuse cannot)."""
+        per relationship (the appliance's own relay: everywhere); where ZFS can (OpenZFS, not
+        zfs-fuse), compressed replication streams and transfers that resume where they broke off."""
         found = ["bandwidth_limit"]
-        if "compressed" in self.zfs.stream_features():
+        streams = self.zfs.stream_features()
+        if "compressed" in streams:
             found.append("compressed_send")
+        if "resumable" in streams:
+            found.append("resumable_send")
         return sorted(found)
 
     # -- init -------------------------------------------------------------------------------

@@ -229,6 +229,7 @@ class ReplicationSession(Base):
     repl_address: Mapped[str | None] = mapped_column(String(255), nullable=True)
     size_sent: Mapped[int | None] = mapped_column(Integer, nullable=True)
     rate: Mapped[int | None] = mapped_column(Integer, nullable=True)  # bytes per second, now or on average
+    size_resumed: Mapped[int | None] = mapped_column(Integer, nullable=True)  # kept from an interrupted try
     status: Mapped[str] = mapped_column(String(16), default="PENDING", index=True)
     message: Mapped[str | None] = mapped_column(Text, nullable=True)
     owner: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the process sending it

@@ -36,8 +36,9 @@ class Request:
     SNAPSHOTS = "snapshots"  # <rel id> [settled]: the replica's snapshots,
     SETTLED = "settled"  # ... once no stream into the replica is being received
     PREPARE = "prepare"  # <rel id>: INFO's addresses and the replica's SNAPSHOTS, in one round trip
-    RECEIVE = "recv"  # <rel id> <snapshot name> full|incremental: the stream on stdin
+    RECEIVE = "recv"  # <rel id> <snapshot name> full|incremental|resume: the stream on stdin
     FULL, INCREMENTAL = "full", "incremental"
+    RESUME = "resume"  # the rest of an interrupted stream (`zfs send -t`), from the replica's token
     DELETE_RELATIONSHIP = "delete-relationship"  # <rel id> 1|0: the replica volume is kept (1), or not
     PRESERVE_REPLICA, DELETE_REPLICA = "1", "0"
 

@@ -68,9 +68,9 @@ class Receiver:
         if op == Request.PREPARE and len(args) == 1:
             return {"repl_addresses": self._repl_addresses(), "stream_features": self._stream_features(),
                     **self._serve_snapshots(partner, args[0])}
-        if op == Request.RECEIVE and len(args) == 3 and args[2] in (Request.FULL, Request.INCREMENTAL):
-            return self._serve_receive(partner, args[0], validate_name(args[1], "Snapshot"),
-                                       args[2] == Request.FULL, stdin.fileno())
+        if op == Request.RECEIVE and len(args) == 3 and args[2] in (Request.FULL, Request.INCREMENTAL,
+                                                                    Request.RESUME):
+            return self._serve_receive(partner, args[0], validate_name(args[1], "Snapshot"), args[2], stdin.fileno())
         if op == Request.DELETE_RELATIONSHIP and len(args) == 2 \
                 and args[1] in (Request.DELETE_REPLICA, Request.PRESERVE_REPLICA):
             return self._serve_delete_relationship(partner, args[0], args[1] == Request.PRESERVE_REPLICA)
@@ -177,22 +177,39 @@ class Receiver:
 
     def _serve_snapshots(self, partner: Partner, rel_id: str) -> dict:
         rel = self._partner_relationship(partner, rel_id, REPLICA)
-        _, snaps = self._replica_snapshots(rel)
-        return {"snapshots": [{"id": str(v.row.id), "name": v.row.name, "guid": v.props.get("guid")}
-                              for v in snaps]}
+        volume, snaps = self._replica_snapshots(rel)
+        answer: dict[str, object] = {"snapshots": [
+            {"id": str(v.row.id), "name": v.row.name, "guid": v.props.get("guid")} for v in snaps]}
+        if self._resumable():  # what an interrupted stream left: the sender may go on from there
+            answer["resume_token"] = self.ds.resume_token(volume.dataset)
+        return answer
 
-    def _serve_receive(self, partner: Partner, rel_id: str, snap_name: str, full: bool, stdin: int) -> dict:
+    def _resumable(self) -> bool:
+        return "resumable" in self.ds.zfs.stream_features()
+
+    def _serve_receive(self, partner: Partner, rel_id: str, snap_name: str, mode: str, stdin: int) -> dict:
         rel = self._partner_relationship(partner, rel_id, REPLICA)
         volume, snaps = self._replica_snapshots(rel)
+        full = mode == Request.FULL
         if any(v.row.name == snap_name for v in snaps):
             raise ConflictError(f"The replica already has a snapshot named {snap_name}")
         if full and snaps:
             raise ConflictError("The replica already has snapshots: only an incremental stream can follow")
         target = f"{volume.dataset}@{snap_name}"
+        resumable = self._resumable()
         with self._receiving(rel.id, wait=0):
-            return self._receive_into(volume, target, snap_name, full, stdin)
+            kept = self.ds.resume_token(volume.dataset) if resumable else None
+            if mode == Request.RESUME and kept is None:
+                raise ConflictError("The replica holds no interrupted transfer to resume")
+            if mode != Request.RESUME and kept is not None:
+                # A stream from the start: what an interrupted one left is dropped first, as
+                # ZFS refuses any other stream while it is there.
+                log.info("replica %s: dropping the partial state of an interrupted transfer", volume.dataset)
+                self.ds.abort_resumable(volume.dataset)
+            return self._receive_into(volume, target, snap_name, full, stdin, resumable)
 
-    def _receive_into(self, volume, target: str, snap_name: str, full: bool, stdin: int) -> dict:
+    def _receive_into(self, volume, target: str, snap_name: str, full: bool, stdin: int,
+                      resumable: bool = False) -> dict:
         # A zvol (a LUN on OpenZFS) is never mounted: it is received as it is.
         mounted = (volume.props or {}).get("type") != "volume"
         try:
@@ -206,7 +223,7 @@ class Receiver:
                     if full:
                         raise
             try:
-                self.ds.receive(target, full=full, stdin=stdin)
+                self.ds.receive(target, full=full, stdin=stdin, resumable=resumable)
             finally:
                 if mounted:
                     self.ds.mount(volume.dataset)

@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from collections import deque
+from typing import Any
 
 from sqlalchemy import update
 
@@ -102,6 +103,15 @@ class Sender:
             with self.store.session() as s:
                 s.get(ReplicationSession, session_id).repl_address = address
             return {"remote_snap_id": str(remote_by_guid[snap.props["guid"]].get("id")), "size_sent": 0}
+        dropped = earlier = None
+        if remote.get("resume_token") is not None:  # a transfer broke off: go on where it stopped
+            resumed, of, dropped = self._resume(session_id, row, rel, partner, [snap, *older], address,
+                                                remote["resume_token"])
+            if of is snap and resumed is not None:
+                return resumed
+            if of is not None and resumed is not None:  # an older snapshot's, finished first: now a common one
+                remote_by_guid[of.props["guid"]] = {"id": resumed["remote_snap_id"]}
+                earlier = resumed
         base = None
         for candidate in older:
             if candidate.props.get("guid") in remote_by_guid:
@@ -109,9 +119,55 @@ class Sender:
         if base is None and remote_by_guid:
             raise ValueError("The replica has snapshots, but none in common with the primary's snapshots "
                              f"older than {snap.row.name}: an incremental send has no base")
-        if tried is not None and tried == (base.row.id if base else None, address):
+        if tried is not None and tried == (base.row.id if base else None, address) and dropped is None:
             raise first_error  # the same stream to the same place: it would fail the same way
-        return self._send(session_id, row, rel, partner, snap, base, address)
+        result = self._send(session_id, row, rel, partner, snap, base, address)
+        if earlier is not None:
+            result["size_sent"] += earlier["size_sent"]
+            result["message"] = f"Completed: {earlier['message'].removeprefix('Completed: ')} first"
+        elif dropped is not None:
+            result["message"] = f"Completed: {dropped}; the snapshot was sent from the start"
+        return result
+
+    def _resume(self, session_id: int, row: ReplicationSession, rel: Relationship, partner: Partner,
+                candidates: list, address: str, token) -> tuple[dict | None, Any, str | None]:
+        """Sends the rest of an interrupted stream, from where the replica's resume token says,
+        if it carries one of `candidates` (the session's snapshot, or an older one a session
+        began to send): (the result, the snapshot it completed, None). Otherwise (None, None,
+        why the replica's partial state is dropped: it is, before a stream from the start)."""
+        if "resumable" not in self.ds.zfs.stream_features():
+            return None, None, "this appliance cannot resume the interrupted transfer the replica kept"
+        target = self.ds.resume_target(token) if isinstance(token, str) else None
+        if target is None:
+            return None, None, "the interrupted transfer the replica kept no longer works here (its snapshot is gone)"
+        guid, kept = target
+        of = next((c for c in candidates if c.props.get("guid") == guid), None)
+        remote_name = row.remote_snap_name if of is candidates[0] else self._sent_as(rel.id, of)
+        if of is None or remote_name is None:
+            return None, None, "the interrupted transfer the replica kept was of a snapshot this session does not send"
+        if of is candidates[0]:
+            with self.store.session() as s:
+                s.get(ReplicationSession, session_id).size_resumed = kept
+        try:
+            result = self._send(session_id, row, rel, partner, of, None, address, resume_token=token,
+                                remote_name=remote_name)
+        except (RemoteError, ValueError) as exc:
+            log.info("session %s: resuming failed (%s); sending from the start", session_id, exc)
+            with self.store.session() as s:
+                s.get(ReplicationSession, session_id).size_resumed = None
+            return None, None, f"resuming the interrupted transfer failed ({getattr(exc, 'message', None) or exc})"
+        what = "" if of is candidates[0] else f" of {of.row.name}"
+        result["message"] = (f"Completed: resumed the interrupted transfer{what}, {kept} bytes of which the "
+                             f"replica had kept; {result['size_sent']} bytes sent now")
+        return result, of, None
+
+    def _sent_as(self, rel_id: str, snap) -> str | None:
+        """The replica's name for `snap`, as the newest session that sent it asked."""
+        with self.store.session() as s:
+            row = s.query(ReplicationSession).filter(ReplicationSession.rel_id == rel_id,
+                                                     ReplicationSession.local_snap_id == snap.row.id) \
+                .order_by(ReplicationSession.id.desc()).first()
+            return row.remote_snap_name if row is not None else None
 
     def _without_asking(self, partner: Partner, rel: Relationship, last: ReplicationSession | None,
                         older: list):
@@ -146,16 +202,21 @@ class Sender:
         return validate_address(address, "the partner's replication address")
 
     def _send(self, session_id: int, row: ReplicationSession, rel: Relationship, partner: Partner, snap,
-              base, address: str) -> dict:
-        """Streams `snap` (its difference from `base`, or in full) to the replica at `address`."""
+              base, address: str, resume_token: str | None = None, remote_name: str | None = None) -> dict:
+        """Streams `snap` (its difference from `base`, or in full; or the rest of an interrupted
+        stream, by the replica's token) to the replica at `address`."""
         with self.store.session() as s:
             s.get(ReplicationSession, session_id).repl_address = address
-        remote_name = row.remote_snap_name
+        remote_name = remote_name or row.remote_snap_name
         assert remote_name is not None, "start_session names the remote snapshot of every session"
-        producer = self.ds.send_argv(snap.zfs_name, base.zfs_name if base else None, self._stream_options(partner))
-        consumer = self.ssh.command(partner.id, address, partner.ssh_port,
-                                    [Request.RECEIVE, rel.id, remote_name,
-                                     Request.INCREMENTAL if base else Request.FULL])
+        if resume_token is not None:
+            producer = self.ds.send_resume_argv(resume_token)  # the flags it was begun with are in the token
+            mode = Request.RESUME
+        else:
+            producer = self.ds.send_argv(snap.zfs_name, base.zfs_name if base else None,
+                                         self._stream_options(partner))
+            mode = Request.INCREMENTAL if base else Request.FULL
+        consumer = self.ssh.command(partner.id, address, partner.ssh_port, [Request.RECEIVE, rel.id, remote_name, mode])
 
         recent: deque[tuple[float, int]] = deque()  # (when, bytes moved) over the last RATE_WINDOW
 
@@ -171,6 +232,7 @@ class Sender:
                           .values(size_sent=moved, rate=rate))
 
         log.info("session %s: sending %s of %s to %s", session_id,
+                 "the rest of an interrupted stream" if resume_token else
                  f"the difference from {base.row.name}" if base else "a full stream", snap.zfs_name, address)
         started = time.monotonic()
         try:

@@ -51,7 +51,10 @@ class Sessions:
         return {"id": str(row.id), "rel_id": row.rel_id, "local_snap_id": text_or_none(row.local_snap_id),
                 "remote_snap_id": row.remote_snap_id, "local_snap_name": row.local_snap_name,
                 "remote_snap_name": row.remote_snap_name, "repl_address": row.repl_address,
-                "size_sent": text_or_none(row.size_sent), "rate": text_or_none(row.rate), "status": row.status,
+                "size_sent": text_or_none(row.size_sent),
+                "size_sent_total": text_or_none(None if row.size_sent is None
+                                                else row.size_sent + (row.size_resumed or 0)),
+                "rate": text_or_none(row.rate), "status": row.status,
                 "time_queued": str(row.time_queued),
                 "time_started": text_or_none(row.time_started), "time_ended": text_or_none(row.time_ended),
                 "message": row.message}
