@@ -148,6 +148,11 @@ def table_present() -> bool:
 def ready(appliance, iface, served):
     if run("nft", "list", "tables").returncode != 0:
         pytest.fail("nft is not usable on this machine (install nftables)")
+    # Every interface serves everything to begin with (an interrupted earlier run may have
+    # left one restricted in the appliance's database, and with it the table in the kernel).
+    for network in appliance.ok("GET", "/api/network")["networks"]:
+        if network["name"] != "lo" and set(network["services"]) != {"mgmt", "nfs", "smb", "iscsi", "repl"}:
+            set_services(appliance, network["id"], ["all"])
     assert state(appliance, served) == {s: True for s in FILTERED}, "not served before any change"
     assert_local_all_served(appliance, served)
     return iface

@@ -473,3 +473,16 @@ def test_a_small_limit_still_moves_in_slices_and_a_cancel_is_prompt():
                      tick=0.05, should_stop=lambda: "canceled" if stop.is_set() else None)
     assert time.monotonic() - started < LOOSE
     assert 0 < info.value.bytes_moved <= 10_000 * (time.monotonic() - started) + 4096
+
+
+def test_time_spent_waiting_for_data_is_not_saved_up_for_a_burst():
+    rate = 1_000_000
+    seen: list[tuple[float, int]] = []
+    started = time.monotonic()
+    # Nothing for a second, then 1.2 MB at once: it still moves at the limit, not in a burst.
+    producer = ["sh", "-c", "sleep 1; head -c 1200000 /dev/zero"]
+    result = run_pipeline(producer, ["md5sum"], max_rate=rate, stall_seconds=LOOSE, tick=0.05,
+                          progress=lambda moved: seen.append((time.monotonic() - started, moved)))
+    assert result.bytes_moved == 1_200_000
+    first = next(at for at, moved in seen if moved > 0)  # when data began to move
+    assert all(moved <= rate * (at - first) + 2 * (rate // 10) for at, moved in seen if at >= first)

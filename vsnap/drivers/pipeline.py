@@ -101,7 +101,7 @@ def run_pipeline(producer: list[str], consumer: list[str], *,
     data moves; `should_stop()` returning a reason ends both commands and raises
     PipelineStopped(reason), as does no data moving for `stall_seconds`. While the stream flows
     both are called from a thread of the relay's own, so they must be thread-safe.
-    `max_rate` (bytes per second) keeps the stream's average under it, from its start."""
+    `max_rate` (bytes per second) keeps the stream under it, over any stretch of it."""
     prod = subprocess.Popen(producer, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         cons = subprocess.Popen(consumer, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -129,7 +129,7 @@ def run_pipeline(producer: list[str], consumer: list[str], *,
         while watch.reason is None and watch.error is None:
             chunk = CHUNK
             if throttle is not None:
-                chunk = throttle.allowance(watch.moved, tick)
+                chunk = throttle.allowance(tick)
                 if chunk == 0:
                     continue  # it slept; the watcher's decisions are seen within a tick
             # Wait for data, then for room, a tick at most: never blocked in splice, so the
@@ -148,6 +148,8 @@ def run_pipeline(producer: list[str], consumer: list[str], *,
                 break  # end of the stream (or the producer was killed)
             watch.moved += n
             watch.last_move = time.monotonic()
+            if throttle is not None:
+                throttle.moved(n)
     except BaseException:
         # Whatever went wrong here, a half-relayed stream must not end as a clean one.
         watch.done.set()
@@ -203,22 +205,25 @@ def run_pipeline(producer: list[str], consumer: list[str], *,
 
 
 class _Throttle:
-    """Keeps a stream's average since its start under `rate` bytes per second: each splice may
-    move only what the time so far allows, in slices of a tenth of a second's worth at most, so
-    the average stays within a slice of the limit."""
+    """Keeps a stream under `rate` bytes per second, over any stretch of it: each slice (a tenth
+    of a second's worth at most) is moved no earlier than the rate allows after the one before.
+    Time the stream spent waiting for data is not saved up for a burst after it."""
 
     def __init__(self, rate: int):
         self.rate = rate
         self.slice = max(4096, min(CHUNK, rate // 10))
-        self.started = time.monotonic()
+        self.free_at = time.monotonic()
 
-    def allowance(self, moved: int, tick: float) -> int:
-        """How much the next splice may move; 0 after sleeping (at most `tick`) when it is ahead."""
-        ahead = moved - self.rate * (time.monotonic() - self.started)
-        if ahead > 0:
-            time.sleep(min(tick, ahead / self.rate))
+    def allowance(self, tick: float) -> int:
+        """How much the next splice may move; 0 after sleeping (at most `tick`) when it is early."""
+        early = self.free_at - time.monotonic()
+        if early > 0:
+            time.sleep(min(tick, early))
             return 0
         return self.slice
+
+    def moved(self, n: int) -> None:
+        self.free_at = max(self.free_at, time.monotonic()) + n / self.rate
 
 
 def _wait(proc: subprocess.Popen, should_stop, stall_seconds: float, tick: float,
