@@ -348,4 +348,11 @@ def test_a_resumed_stream_goes_on_from_the_token_and_needs_one(resumable, replic
     assert not [c for c in env.ds.calls if c[0] in ("abort", "receive")]
     env.ds.tokens["p/fs_replica"] = TOKEN
     env.svc.serve(P1, ["recv", R1, "s1", "resume"], stream)
-    assert [c[0] for c in env.ds.calls if c[0] in ("abort", "receive")] == ["receive"]
+    # The rest of a full stream (the replica has no snapshot yet) replaces it as its start did.
+    assert [c for c in env.ds.calls if c[0] in ("abort", "receive")] == [
+        ("receive", "p/fs_replica@s1", True, stream.fileno(), "resumable")]
+    env.ds.calls.clear()
+    env.ds.tokens["p/fs_replica"] = TOKEN
+    env.svc.serve(P1, ["recv", R1, "s2", "resume"], stream)  # the rest of an incremental one
+    assert [c for c in env.ds.calls if c[0] == "receive"] == [
+        ("receive", "p/fs_replica@s2", False, stream.fileno(), "resumable")]

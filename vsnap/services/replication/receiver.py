@@ -190,12 +190,13 @@ class Receiver:
     def _serve_receive(self, partner: Partner, rel_id: str, snap_name: str, mode: str, stdin: int) -> dict:
         rel = self._partner_relationship(partner, rel_id, REPLICA)
         volume, snaps = self._replica_snapshots(rel)
-        full = mode == Request.FULL
         if any(v.row.name == snap_name for v in snaps):
             raise ConflictError(f"The replica already has a snapshot named {snap_name}")
-        if full and snaps:
+        if mode == Request.FULL and snaps:
             raise ConflictError("The replica already has snapshots: only an incremental stream can follow")
         target = f"{volume.dataset}@{snap_name}"
+        # The rest of a full stream replaces the (empty) replica as its start would (-F).
+        full = mode == Request.FULL or (mode == Request.RESUME and not snaps)
         resumable = self._resumable()
         with self._receiving(rel.id, wait=0):
             kept = self.ds.resume_token(volume.dataset) if resumable else None
