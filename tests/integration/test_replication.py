@@ -596,6 +596,7 @@ def test_cancels_at_any_point_report_the_truth_and_the_next_session_completes(pa
 
 # -- beyond vSnap 1.0: what the appliance offers, bandwidth limits, compressed streams -------------
 
+@pytest.mark.guest
 def test_features_name_what_this_stack_offers(pair):
     for server in (pair["a"], pair["b"]):
         features = server.ok("GET", "/api/system")["features"]
