@@ -238,23 +238,12 @@ class Partners:
         return f"partner-repl-addresses:{partner_id}"
 
     def remember_addresses(self, partner_id: str, addresses) -> None:
-        if not isinstance(addresses, list):
-            return
-        value = json.dumps([a for a in addresses if isinstance(a, str)][:64])
-        with self.store.session() as s:
-            row = s.get(Setting, self._addresses_key(partner_id))
-            if row is None:
-                s.add(Setting(key=self._addresses_key(partner_id), value=value))
-            elif row.value != value:
-                row.value = value
+        if isinstance(addresses, list):
+            self._remember(self._addresses_key(partner_id), [a for a in addresses if isinstance(a, str)][:64])
 
     def remembered_addresses(self, partner_id: str) -> list[str] | None:
-        with self.store.session() as s:
-            row = s.get(Setting, self._addresses_key(partner_id))
-            try:
-                return json.loads(row.value) if row is not None and row.value else None
-            except ValueError:
-                return None
+        found = self._remembered(self._addresses_key(partner_id))
+        return found if isinstance(found, list) else None
 
     # The partner's stream features (ZfsDriver.stream_features), as it last gave them before a
     # stream: which stream flags it can receive. An appliance that never says has none.
@@ -263,21 +252,29 @@ class Partners:
         return f"partner-stream-features:{partner_id}"
 
     def remember_features(self, partner_id: str, features) -> None:
-        value = json.dumps(sorted({f for f in features if isinstance(f, str)})[:32]
-                           if isinstance(features, list) else [])
-        with self.store.session() as s:
-            row = s.get(Setting, self._features_key(partner_id))
-            if row is None:
-                s.add(Setting(key=self._features_key(partner_id), value=value))
-            elif row.value != value:
-                row.value = value
+        self._remember(self._features_key(partner_id), sorted({f for f in features if isinstance(f, str)})[:32]
+                       if isinstance(features, list) else [])
 
     def remembered_features(self, partner_id: str) -> frozenset[str] | None:
+        found = self._remembered(self._features_key(partner_id))
+        return frozenset(f for f in found if isinstance(f, str)) if isinstance(found, list) else None
+
+    def _remember(self, key: str, value: list) -> None:
+        """What a partner said, kept in the settings table (no schema change) as JSON."""
+        text = json.dumps(value)
         with self.store.session() as s:
-            row = s.get(Setting, self._features_key(partner_id))
+            row = s.get(Setting, key)
+            if row is None:
+                s.add(Setting(key=key, value=text))
+            elif row.value != text:
+                row.value = text
+
+    def _remembered(self, key: str):
+        with self.store.session() as s:
+            row = s.get(Setting, key)
             try:
-                return frozenset(json.loads(row.value)) if row is not None and row.value else None
-            except (ValueError, TypeError):
+                return json.loads(row.value) if row is not None and row.value else None
+            except ValueError:
                 return None
 
     def _forget_addresses(self, s, partner_id: str) -> None:
