@@ -483,6 +483,9 @@ def test_replica_pool_full(pair, volume):
         full = replicate(pair, rel["id"])
         assert full["status"] == "FAILED" and "space" in full["message"], full
         assert not [n for n in zfs_names(pool_b, "snapshot") if "repl9_replica@" in n]
+        a_rel = pair["a"].ok("GET", f"/api/relationship/{rel['id']}")  # the primary's record says so
+        assert (a_rel["last_sync_status"], a_rel["last_attempt_snap_id"], a_rel["last_success_snap_id"]) == \
+            ("FAILED", full["local_snap_id"], None)
     finally:
         destroy_dataset(filler)
     assert replicate(pair, rel["id"])["status"] == "COMPLETED"
