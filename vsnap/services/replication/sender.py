@@ -105,13 +105,15 @@ class Sender:
             return {"remote_snap_id": str(remote_by_guid[snap.props["guid"]].get("id")), "size_sent": 0}
         dropped = earlier = None
         if remote.get("resume_token") is not None:  # a transfer broke off: go on where it stopped
-            resumed, of, dropped = self._resume(session_id, row, rel, partner, [snap, *older], address,
-                                                remote["resume_token"])
-            if of is snap and resumed is not None:
-                return resumed
-            if of is not None and resumed is not None:  # an older snapshot's, finished first: now a common one
-                remote_by_guid[of.props["guid"]] = {"id": resumed["remote_snap_id"]}
-                earlier = resumed
+            resumed = self._resume(session_id, row, rel, partner, [snap, *older], address, remote["resume_token"])
+            if isinstance(resumed, str):
+                dropped = resumed
+            else:
+                earlier, of = resumed
+                if of is snap:
+                    earlier["message"] = f"Completed: {earlier['message']}"
+                    return earlier
+                remote_by_guid[of.props["guid"]] = {"id": earlier["remote_snap_id"]}  # now a common one
         base = None
         for candidate in older:
             if candidate.props.get("guid") in remote_by_guid:
@@ -119,32 +121,33 @@ class Sender:
         if base is None and remote_by_guid:
             raise ValueError("The replica has snapshots, but none in common with the primary's snapshots "
                              f"older than {snap.row.name}: an incremental send has no base")
-        if tried is not None and tried == (base.row.id if base else None, address) and dropped is None:
+        if tried is not None and tried == (base.row.id if base else None, address):
             raise first_error  # the same stream to the same place: it would fail the same way
         result = self._send(session_id, row, rel, partner, snap, base, address)
         if earlier is not None:
             result["size_sent"] += earlier["size_sent"]
-            result["message"] = f"Completed: {earlier['message'].removeprefix('Completed: ')} first"
+            result["message"] = f"Completed: {earlier['message']} first"
         elif dropped is not None:
             result["message"] = f"Completed: {dropped}; the snapshot was sent from the start"
         return result
 
     def _resume(self, session_id: int, row: ReplicationSession, rel: Relationship, partner: Partner,
-                candidates: list, address: str, token) -> tuple[dict | None, Any, str | None]:
+                candidates: list, address: str, token) -> tuple[dict, Any] | str:
         """Sends the rest of an interrupted stream, from where the replica's resume token says,
         if it carries one of `candidates` (the session's snapshot, or an older one a session
-        began to send): (the result, the snapshot it completed, None). Otherwise (None, None,
-        why the replica's partial state is dropped: it is, before a stream from the start)."""
+        began to send): (the result, its message saying so, and the snapshot it completed).
+        Otherwise why the replica's partial state is dropped (it is, before a stream from the
+        start)."""
         if "resumable" not in self.ds.zfs.stream_features():
-            return None, None, "this appliance cannot resume the interrupted transfer the replica kept"
+            return "this appliance cannot resume the interrupted transfer the replica kept"
         target = self.ds.resume_target(token) if isinstance(token, str) else None
         if target is None:
-            return None, None, "the interrupted transfer the replica kept no longer works here (its snapshot is gone)"
+            return "the interrupted transfer the replica kept no longer works here (its snapshot is gone)"
         guid, kept = target
         of = next((c for c in candidates if c.props.get("guid") == guid), None)
         remote_name = row.remote_snap_name if of is candidates[0] else self._sent_as(rel.id, of)
         if of is None or remote_name is None:
-            return None, None, "the interrupted transfer the replica kept was of a snapshot this session does not send"
+            return "the interrupted transfer the replica kept was of a snapshot this session does not send"
         if of is candidates[0]:
             with self.store.session() as s:
                 s.get(ReplicationSession, session_id).size_resumed = kept
@@ -155,11 +158,11 @@ class Sender:
             log.info("session %s: resuming failed (%s); sending from the start", session_id, exc)
             with self.store.session() as s:
                 s.get(ReplicationSession, session_id).size_resumed = None
-            return None, None, f"resuming the interrupted transfer failed ({getattr(exc, 'message', None) or exc})"
+            return f"resuming the interrupted transfer failed ({getattr(exc, 'message', None) or exc})"
         what = "" if of is candidates[0] else f" of {of.row.name}"
-        result["message"] = (f"Completed: resumed the interrupted transfer{what}, {kept} bytes of which the "
-                             f"replica had kept; {result['size_sent']} bytes sent now")
-        return result, of, None
+        result["message"] = (f"resumed the interrupted transfer{what}, {kept} bytes of which the replica had "
+                             f"kept; {result['size_sent']} bytes sent now")
+        return result, of
 
     def _sent_as(self, rel_id: str, snap) -> str | None:
         """The replica's name for `snap`, as the newest session that sent it asked."""
