@@ -144,6 +144,50 @@ class FakeDs:
         self.tokens: dict[str, str] = {}  # dataset -> the resume token an interrupted receive left
         self.targets: dict[str, tuple[str, int]] = {}  # token -> (its snapshot's guid, bytes kept): the sender's
 
+        self.bookmarked: dict[str, dict[str, tuple[str, int]]] = {}  # dataset -> {name: (guid, createtxg)}
+        self.held: dict[str, set[str]] = {}  # snapshot -> hold tags
+
+    def _snap(self, zfs_name):
+        return next(v for v in self.env.catalog.snapshots.values() if v.zfs_name == zfs_name)
+
+    def get(self, name, props):
+        return {"createtxg": self._snap(name).props["creation"]} if props == ["createtxg"] else {}
+
+    def bookmark(self, snapshot, bookmark):
+        self.calls.append(("bookmark", snapshot, bookmark))
+        snap = self._snap(snapshot)
+        dataset, name = bookmark.split("#")
+        self.bookmarked.setdefault(dataset, {})[name] = (snap.props["guid"], int(snap.props["creation"]))
+
+    def bookmarks(self, dataset):
+        return dict(self.bookmarked.get(dataset, {}))
+
+    def destroy_bookmark(self, bookmark):
+        self.calls.append(("destroy-bookmark", bookmark))
+        dataset, name = bookmark.split("#")
+        self.bookmarked.get(dataset, {}).pop(name, None)
+
+    def hold(self, tag, snapshot):
+        self.calls.append(("hold", tag, snapshot))
+        self.held.setdefault(snapshot, set()).add(tag)
+
+    def release(self, tag, snapshot):
+        self.calls.append(("release", tag, snapshot))
+        self.held.get(snapshot, set()).discard(tag)
+
+    def snapshot_numbers(self, dataset, prop):
+        snaps = [v for v in self.env.catalog.snapshots.values() if v.volume.dataset == dataset]
+        if prop == "userrefs":
+            return {v.row.name: len(self.held.get(v.zfs_name, ())) for v in snaps}
+        return {v.row.name: int(v.props["creation"]) for v in snaps}
+
+    def rollback(self, snapshot):
+        self.calls.append(("rollback", snapshot))
+        to = self._snap(snapshot)
+        for key, v in list(self.env.catalog.snapshots.items()):
+            if v.volume is to.volume and int(v.props["creation"]) > int(to.props["creation"]):
+                del self.env.catalog.snapshots[key]
+
     def resume_token(self, dataset):
         return self.tokens.get(dataset)
 

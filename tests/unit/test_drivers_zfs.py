@@ -463,6 +463,7 @@ where 'command' is one of the following:
 \treceive [-vMnsFhu] [-o <property>=<value>] ... [-x <property>] ... <filesystem|volume|snapshot>
 \treceive -A <filesystem|volume>
 \tbookmark <snapshot|bookmark> <newbookmark>
+\thold [-r] <tag> <snapshot> ...
 \tload-key [-rn] [-L <keylocation>] <-a | filesystem|volume>
 """
 
@@ -472,13 +473,15 @@ where 'command' is one of the following:
 \tsend [-RDp] [-[iI] snapshot] <snapshot>
 \treceive [-vnF] <filesystem|volume|snapshot>
 \treceive [-vnF] -d <filesystem>
+\thold [-r] <tag> <snapshot> ...
+\tholds [-r] <snapshot> ...
 """
 
 
 def test_stream_features_of_openzfs_and_of_zfs_fuse():
     from vsnap.drivers.zfs import STREAM_FEATURES, parse_stream_features
     assert parse_stream_features(OPENZFS_USAGE) == frozenset(STREAM_FEATURES)
-    assert parse_stream_features(ZFS_FUSE_USAGE) == frozenset()
+    assert parse_stream_features(ZFS_FUSE_USAGE) == frozenset({"holds"})
     # a receive without -s, or a send without -t, is not resumable
     assert "resumable" not in parse_stream_features(OPENZFS_USAGE.replace("-vMnsFhu", "-vMnFhu"))
 

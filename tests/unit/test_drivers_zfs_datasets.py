@@ -472,3 +472,67 @@ def test_what_a_token_carries_is_read_by_this_sides_zfs(fake_runner):
     assert ops.resume_target(TOKEN) is None
     calls = len(fake_runner.calls)
     assert ops.resume_target("; rm -rf /") is None and len(fake_runner.calls) == calls  # never reaches zfs
+
+
+# -- bookmarks and holds: what keeps an incremental possible (OpenZFS's messages, seen in the guest)
+
+def test_bookmarks_of_a_dataset(fake_runner):
+    ops = ZfsDatasetOps(fake_runner, None)
+    argv = ["zfs", "list", "-H", "-p", "-t", "bookmark", "-d", "1", "-o", "name,guid,createtxg", "tank/v"]
+    fake_runner.on(argv, stdout="tank/v#vsnap-repl-x-1\t1722298711007232351\t9\ntank/v#b\t5\t12\n")
+    assert ops.bookmarks("tank/v") == {"vsnap-repl-x-1": ("1722298711007232351", 9), "b": ("5", 12)}
+    fake_runner.on(argv, returncode=1, stderr="cannot open 'tank/v': dataset does not exist\n")
+    assert ops.bookmarks("tank/v") == {}
+    fake_runner.on(argv, returncode=1, stderr="cannot open 'tank/v': I/O error\n")
+    with pytest.raises(CommandError):
+        ops.bookmarks("tank/v")
+
+
+def test_a_bookmark_made_twice_is_no_error_but_a_clash_is(fake_runner):
+    ops = ZfsDatasetOps(fake_runner, None)
+    make = ["zfs", "bookmark", "tank/v@s1", "tank/v#m"]
+    listing = ["zfs", "list", "-H", "-p", "-t", "bookmark", "-d", "1", "-o", "name,guid,createtxg", "tank/v"]
+    fake_runner.on(make, returncode=1, stderr="cannot create bookmark 'tank/v#m': bookmark exists\n")
+    fake_runner.on(listing, stdout="tank/v#m\t5\t12\n")
+    ops.bookmark("tank/v@s1", "tank/v#m")
+    fake_runner.on(make, returncode=1, stderr="cannot create bookmark: snapshot does not exist\n")
+    with pytest.raises(CommandError):
+        ops.bookmark("tank/v@s1", "tank/v#m")
+
+
+def test_destroying_a_bookmark_that_is_gone_is_no_error(fake_runner):
+    ops = ZfsDatasetOps(fake_runner, None)
+    fake_runner.on(["zfs", "destroy", "tank/v#m"], returncode=1, stderr="bookmark 'tank/v#m' does not exist.\n")
+    ops.destroy_bookmark("tank/v#m")
+    fake_runner.on(["zfs", "destroy", "tank/v#m"], returncode=1, stderr="I/O error\n")
+    with pytest.raises(CommandError):
+        ops.destroy_bookmark("tank/v#m")
+
+
+def test_holds_taken_twice_or_released_twice_are_no_error(fake_runner):
+    ops = ZfsDatasetOps(fake_runner, None)
+    fake_runner.on(["zfs", "hold", "t", "tank/v@s1"], returncode=1,
+                   stderr="cannot hold snapshot 'tank/v@s1': tag already exists on this dataset\n")
+    ops.hold("t", "tank/v@s1")
+    fake_runner.on(["zfs", "release", "t", "tank/v@s1"], returncode=1,
+                   stderr="cannot release hold from snapshot 'tank/v@s1': no such tag on this dataset\n")
+    ops.release("t", "tank/v@s1")
+    fake_runner.on(["zfs", "hold", "t", "tank/v@s1"], returncode=1, stderr="cannot open 'tank/v@s1': I/O error\n")
+    with pytest.raises(CommandError):
+        ops.hold("t", "tank/v@s1")
+
+
+def test_holds_listed_and_zfs_fuse_that_cannot_list_them(fake_runner):
+    ops = ZfsDatasetOps(fake_runner, None)
+    fake_runner.on(["zfs", "holds", "-H", "tank/v@s1"], stdout="tank/v@s1\tvsnap-repl-x\tSun Dec  6 01:33 2026\n")
+    assert ops.holds("tank/v@s1") == ["vsnap-repl-x"]
+    fake_runner.on(["zfs", "holds", "-H", "tank/v@s1"], returncode=2,
+                   stderr="internal error: /usr/lib/zfs/pyzfs.py not found\n")
+    assert ops.holds("tank/v@s1") == []
+
+
+def test_a_numeric_property_of_each_snapshot(fake_runner):
+    ops = ZfsDatasetOps(fake_runner, None)
+    fake_runner.on(["zfs", "get", "-H", "-p", "-r", "-d", "1", "-o", "name,value", "userrefs", "tank/v"],
+                   stdout="tank/v\t-\ntank/v@a\t1\ntank/v@b\t0\ntank/v#m\t-\n")
+    assert ops.snapshot_numbers("tank/v", "userrefs") == {"a": 1, "b": 0}

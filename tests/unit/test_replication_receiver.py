@@ -67,10 +67,13 @@ def test_serve_refuses_unknown_requests(env, replica, stream, words):
 
 
 def test_serve_snapshots(env, replica, stream):
-    a = env.snapshot(env.replica_vol, "s1", guid="111")
+    b = env.snapshot(env.replica_vol, "s2", guid="222", creation=20)
+    a = env.snapshot(env.replica_vol, "s1", guid="111", creation=10)
     env.snapshot(env.fs, "other", guid="999")
-    assert env.svc.serve(P1, ["snapshots", R1], stream) == {"snapshots": [{"id": str(a), "name": "s1",
-                                                                           "guid": "111"}]}
+    # oldest first, by when each was taken (its createtxg), whatever their ids
+    assert env.svc.serve(P1, ["snapshots", R1], stream) == {"snapshots": [
+        {"id": str(a), "name": "s1", "guid": "111", "createtxg": 10},
+        {"id": str(b), "name": "s2", "guid": "222", "createtxg": 20}]}
 
 
 def test_serve_relationship_of_another_partner(env, replica, stream):
@@ -356,3 +359,47 @@ def test_a_resumed_stream_goes_on_from_the_token_and_needs_one(resumable, replic
     env.svc.serve(P1, ["recv", R1, "s2", "resume"], stream)  # the rest of an incremental one
     assert [c for c in env.ds.calls if c[0] == "receive"] == [
         ("receive", "p/fs_replica@s2", False, stream.fileno(), "resumable")]
+
+
+# -- a replica that diverged: rolled back only when the primary's session asks -----------------
+
+def test_serve_receive_rolls_back_to_the_named_snapshot_first_when_asked(env, replica, stream):
+    env.snapshot(env.replica_vol, "s1", guid="111", creation=10)
+    env.snapshot(env.replica_vol, "made-there", guid="777", creation=20)
+    answer = env.svc.serve(P1, ["recv", R1, "s2", "incremental", "rollback-to", "s1"], stream)
+    assert env.ds.calls[0] == ("rollback", "p/fs_replica@s1")
+    assert [c[0] for c in env.ds.calls[1:]] == ["unmount", "receive", "mount"]
+    names = {s.row.name for s in env.catalog.snapshots.values() if s.volume.row.id == env.replica_vol}
+    assert names == {"s1", "s2"} and answer == {"snap_id": str(max(env.catalog.snapshots))}
+
+
+def test_serve_receive_refuses_a_rollback_to_a_snapshot_the_replica_lacks(env, replica, stream):
+    env.snapshot(env.replica_vol, "s1", guid="111")
+    with pytest.raises(ConflictError, match="no snapshot s0 to roll back to"):
+        env.svc.serve(P1, ["recv", R1, "s2", "incremental", "rollback-to", "s0"], stream)
+    assert env.ds.calls == []
+
+
+@pytest.mark.parametrize("words", [["recv", R1, "s2", "full", "rollback-to", "s1"],
+                                   ["recv", R1, "s2", "incremental", "rollback", "s1"],
+                                   ["recv", R1, "s2", "incremental", "rollback-to"]])
+def test_serve_receive_rollback_words_are_exact(env, replica, stream, words):
+    env.snapshot(env.replica_vol, "s1", guid="111")
+    with pytest.raises(ValidationError, match="Unknown replication request"):
+        env.svc.serve(P1, words, stream)
+    assert env.ds.calls == []
+
+
+@pytest.mark.parametrize("name", ["-F", "a@b", "$(id)"])
+def test_serve_receive_bad_rollback_snapshot_name(env, replica, stream, name):
+    env.snapshot(env.replica_vol, "s1", guid="111")
+    with pytest.raises(ValidationError):
+        env.svc.serve(P1, ["recv", R1, "s2", "incremental", "rollback-to", name], stream)
+    assert env.ds.calls == []
+
+
+def test_a_received_snapshot_is_the_replicas_last_common_one(env, replica, stream):
+    env.svc.serve(P1, ["recv", R1, "s1", "full"], stream)
+    rel = env.svc.get_relationship(R1)
+    (snap,) = [s for s in env.catalog.snapshots.values() if s.volume.row.id == env.replica_vol]
+    assert rel["last_common_snapshot"] == {"name": "s1", "guid": snap.props["guid"]}

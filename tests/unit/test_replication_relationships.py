@@ -40,7 +40,8 @@ def test_create_relationship_filesystem(env):
         "id": rel_id, "local_pool_id": str(env.p.id), "local_role": PRIMARY, "local_vol_id": str(env.fs),
         "local_vol_name": "fs", "partner_id": P1, "remote_pool_id": "5", "remote_vol_id": "42",
         "remote_vol_name": "fs_replica", "last_sync_status": None, "last_attempt_snap_id": None,
-        "last_success_snap_id": None, "max_rate": None, "time_created": body["time_created"],
+        "last_success_snap_id": None, "max_rate": None, "last_common_snapshot": None,
+        "time_created": body["time_created"],
         "time_updated": body["time_updated"],
     }
     assert env.svc.get_relationship(rel_id) == body
@@ -374,3 +375,28 @@ def test_the_replicas_stream_features_are_remembered_at_create(env):
     assert env.svc.partners.remembered_features(P1) == frozenset({"compressed"})
     env.svc.partners.remember_features(P1, "compressed")  # not a list: an answer that says nothing usable
     assert env.svc.partners.remembered_features(P1) == frozenset()
+
+
+def test_deleting_a_relationship_removes_its_bookmarks_and_holds_and_no_one_elses(env):
+    env.ds.zfs.features = frozenset({"bookmarks", "holds"})
+    env.partner(P1)
+    rel = env.relationship(env.fs, P1, rel_id=R1)
+    env.snapshot(env.fs, "s1", guid="111", creation=10)
+    env.ds.bookmarked["p/fs"] = {f"vsnap-repl-{R1}-111": ("111", 10), f"vsnap-repl-{R2}-111": ("111", 10),
+                                 "admins-own": ("111", 10)}
+    env.ds.held["p/fs@s1"] = {f"vsnap-repl-{R1}", "admins-own"}
+    env.svc.delete_relationship(rel)
+    assert env.rels() == {}
+    assert set(env.ds.bookmarked["p/fs"]) == {f"vsnap-repl-{R2}-111", "admins-own"}
+    assert env.ds.held["p/fs@s1"] == {"admins-own"}
+
+
+def test_a_refused_delete_keeps_the_bookmarks(env):
+    env.ds.zfs.features = frozenset({"bookmarks", "holds"})
+    env.partner(P1)
+    rel = env.relationship(env.fs, P1, rel_id=R1)
+    env.ds.bookmarked["p/fs"] = {f"vsnap-repl-{R1}-111": ("111", 10)}
+    env.link.answers["delete-relationship"] = RemoteError("partner refused delete-relationship: busy")
+    with pytest.raises(ConflictError):
+        env.svc.delete_relationship(rel)
+    assert set(env.ds.bookmarked["p/fs"]) == {f"vsnap-repl-{R1}-111"}

@@ -85,9 +85,8 @@ def test_run_session_incremental_from_the_newest_common_snapshot(env, rel, sendi
     env.snapshot(env.fs, "s3", guid="333", creation=300)
     s4 = env.snapshot(env.fs, "s4", guid="444", creation=400)
     env.snapshot(env.fs, "s5", guid="555", creation=500)  # newer than the one sent: never a base
-    env.link.answers["snapshots"] = {"snapshots": [{"id": "1", "name": "s1", "guid": "111"},
-                                                   {"id": "2", "name": "s2", "guid": "222"},
-                                                   {"id": "5", "name": "s5", "guid": "555"}]}
+    env.link.answers["snapshots"] = {"snapshots": [{"id": "2", "name": "s2", "guid": "222", "createtxg": 20},
+                                                   {"id": "1", "name": "s1", "guid": "111", "createtxg": 10}]}
     sid = _claimed(env, rel, s4)
     env.svc.run_session(sid)
     assert env.sess(sid).status == COMPLETED
@@ -360,13 +359,135 @@ def test_after_a_session_that_did_not_complete_the_partner_is_asked_first(env, r
 def test_the_partner_is_asked_when_the_last_sent_snapshot_is_gone_here(env, rel, sending, replicated):
     del env.catalog.snapshots[replicated.s1]  # destroyed on the primary since
     env.snapshot(env.fs, "s0", guid="100", creation=50)
-    env.link.answers["snapshots"] = {"snapshots": [{"id": "30", "name": "s0", "guid": "100"},
-                                                   {"id": "31", "name": "s1", "guid": "111"}]}
+    env.link.answers["snapshots"] = {"snapshots": [{"id": "30", "name": "s0", "guid": "100"}]}
     sid = _claimed(env, rel, replicated.s2)
     env.svc.run_session(sid)
     assert env.sess(sid).status == COMPLETED
     assert [c.op for c in env.link.calls] == ["prepare"]
     assert [c["producer"] for c in sending.calls] == [["zfs", "send", "-i", "p/fs@s0", "p/fs@s2"]]
+
+
+def test_without_a_bookmark_a_deleted_last_common_snapshot_leaves_no_base_and_the_answer_says_why(
+        env, rel, sending, replicated):
+    del env.catalog.snapshots[replicated.s1]  # deleted here (zfs-fuse: no bookmarks)
+    env.snapshot(env.fs, "s0", guid="100", creation=50)
+    env.link.answers["snapshots"] = {"snapshots": [{"id": "30", "name": "s0", "guid": "100", "createtxg": 5},
+                                                   {"id": "31", "name": "s1", "guid": "111", "createtxg": 9}]}
+    sid = _claimed(env, rel, replicated.s2)
+    env.svc.run_session(sid)
+    row = env.sess(sid)
+    assert row.status == FAILED and sending.calls == []
+    assert "snapshots newer than s0, the newest snapshot both sides hold: s1" in row.message
+    assert "rollback_replica" in row.message
+
+
+# -- bookmarks and holds: incrementals survive retention (OpenZFS) ---------------------------------
+
+@pytest.fixture
+def openzfs(env):
+    env.ds.zfs.features = frozenset({"bookmarks", "holds"})
+    return env
+
+
+def test_a_completed_session_bookmarks_its_snapshot_and_drops_the_older_bookmark(openzfs, rel, sending):
+    env = openzfs
+    s1 = env.snapshot(env.fs, "s1", guid="111", creation=100)
+    sid = _claimed(env, rel, s1)
+    env.svc.run_session(sid)
+    assert env.ds.bookmarks("p/fs") == {f"vsnap-repl-{rel}-111": ("111", 100)}
+    s2 = env.snapshot(env.fs, "s2", guid="222", creation=200)
+    env.svc.run_session(_claimed(env, rel, s2))
+    assert env.ds.bookmarks("p/fs") == {f"vsnap-repl-{rel}-222": ("222", 200)}
+    assert env.svc.get_relationship(rel)["last_common_snapshot"] == {"name": "s2", "guid": "222"}
+    # held while sent (and its base while sent from), all released at the end
+    holds = [c for c in env.ds.calls if c[0] == "hold"]
+    assert holds == [("hold", f"vsnap-repl-{rel}", "p/fs@s1"), ("hold", f"vsnap-repl-{rel}", "p/fs@s2"),
+                     ("hold", f"vsnap-repl-{rel}", "p/fs@s1")]
+    assert not any(env.ds.held.values())
+
+
+def test_the_next_incremental_goes_from_the_bookmark_once_the_snapshot_is_deleted(openzfs, rel, sending):
+    env = openzfs
+    s1 = env.snapshot(env.fs, "s1", guid="111", creation=100)
+    env.svc.run_session(_claimed(env, rel, s1))
+    env.link.calls.clear()
+    del env.catalog.snapshots[s1]  # backup software's retention deleted it
+    s2 = env.snapshot(env.fs, "s2", guid="222", creation=200)
+    sid = _claimed(env, rel, s2)
+    env.svc.run_session(sid)
+    row = env.sess(sid)
+    assert row.status == COMPLETED, row.message
+    assert sending.calls[-1]["producer"] == ["zfs", "send", "-i", f"p/fs#vsnap-repl-{rel}-111", "p/fs@s2"]
+    assert env.link.calls == []  # known without asking: the last session's snapshot, by its bookmark
+    assert "bookmark of s1" in row.message
+
+
+def test_the_bookmark_is_a_base_when_the_partner_is_asked_too(openzfs, rel, sending):
+    env = openzfs
+    s1 = env.snapshot(env.fs, "s1", guid="111", creation=100)
+    env.svc.run_session(_claimed(env, rel, s1))
+    env.link.calls.clear()
+    del env.catalog.snapshots[s1]
+    env.session(rel, env.snapshot(env.fs, "x", guid="999", creation=150), status=FAILED, message="stalled")
+    env.link.answers["snapshots"] = {"snapshots": [{"id": "31", "name": "s1", "guid": "111", "createtxg": 9}]}
+    s2 = env.snapshot(env.fs, "s2", guid="222", creation=200)
+    sid = _claimed(env, rel, s2)
+    env.svc.run_session(sid)
+    assert env.sess(sid).status == COMPLETED
+    assert [c.op for c in env.link.calls] == ["prepare"]
+    assert sending.calls[-1]["producer"] == ["zfs", "send", "-i", f"p/fs#vsnap-repl-{rel}-111", "p/fs@s2"]
+
+
+def test_a_bookmark_not_older_than_the_snapshot_is_never_its_base(openzfs, rel, sending):
+    env = openzfs
+    s0 = env.snapshot(env.fs, "s0", guid="100", creation=50)
+    s1 = env.snapshot(env.fs, "s1", guid="111", creation=100)
+    env.svc.run_session(_claimed(env, rel, s1))
+    env.link.calls.clear()
+    del env.catalog.snapshots[s1]
+    env.link.answers["snapshots"] = {"snapshots": [{"id": "31", "name": "s1", "guid": "111", "createtxg": 9}]}
+    sid = _claimed(env, rel, s0)
+    env.svc.run_session(sid)
+    row = env.sess(sid)
+    assert row.status == FAILED and "none in common" in row.message
+
+
+def test_stale_holds_a_crash_left_are_released_before_a_session(openzfs, rel, sending):
+    env = openzfs
+    s1 = env.snapshot(env.fs, "s1", guid="111", creation=100)
+    env.ds.held["p/fs@s1"] = {f"vsnap-repl-{rel}", "someone-else"}
+    s2 = env.snapshot(env.fs, "s2", guid="222", creation=200)
+    env.svc.run_session(_claimed(env, rel, s2))
+    assert env.ds.held["p/fs@s1"] == {"someone-else"}  # only ours goes
+    assert s1
+
+
+def test_a_diverged_replica_fails_the_session_naming_its_snapshots(openzfs, rel, sending, replicated):
+    env = openzfs
+    env.link.answers["snapshots"] = {"snapshots": [{"id": "31", "name": "s1", "guid": "111", "createtxg": 9},
+                                                   {"id": "32", "name": "made-there", "guid": "777", "createtxg": 12}]}
+    env.session(rel, env.snapshot(env.fs, "x", guid="999", creation=150), status=FAILED, message="stalled")
+    sid = _claimed(env, rel, replicated.s2)
+    env.svc.run_session(sid)
+    row = env.sess(sid)
+    assert row.status == FAILED and sending.calls == []
+    assert "newer than s1, the newest snapshot both sides hold: made-there" in row.message
+
+
+def test_a_diverged_replica_is_rolled_back_only_when_the_session_asks(openzfs, rel, sending, replicated):
+    env = openzfs
+    env.link.answers["snapshots"] = {"snapshots": [{"id": "31", "name": "s1", "guid": "111", "createtxg": 9},
+                                                   {"id": "32", "name": "made-there", "guid": "777", "createtxg": 12}]}
+    env.session(rel, env.snapshot(env.fs, "x", guid="999", creation=150), status=FAILED, message="stalled")
+    sid = env.session(rel, replicated.s2)
+    with env.store.session() as s:
+        s.get(ReplicationSession, sid).rollback_replica = True
+    assert env.svc.claim_next(set()) == sid
+    env.svc.run_session(sid)
+    row = env.sess(sid)
+    assert row.status == COMPLETED
+    assert sending.calls[-1]["consumer"][-6:] == ["recv", rel, "s2", "incremental", "rollback-to", "s1"]
+    assert "rolled back to s1 as asked" in row.message and "made-there" in row.message
 
 
 def test_the_partner_is_asked_when_sending_an_older_snapshot_than_the_last(env, rel, sending, replicated):

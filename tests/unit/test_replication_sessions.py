@@ -254,3 +254,12 @@ def test_end_failed_keeps_the_last_success(env, rel):
     assert (row.status, row.message) == (FAILED, "zfs send failed: boom")
     r = env.rels()[rel]
     assert (r.last_sync_status, r.last_attempt_snap_id, r.last_success_snap_id) == (FAILED, bad, good)
+
+
+def test_fail_interrupted_releases_the_holds_the_dead_session_kept(env, rel):
+    env.ds.zfs.features = frozenset({"holds"})
+    snap = env.snapshot(env.fs, "s1")
+    env.session(rel, snap, status=ACTIVE, owner=None)
+    env.ds.held["p/fs@s1"] = {f"vsnap-repl-{rel}", "admins-own"}
+    env.svc.fail_interrupted()
+    assert env.ds.held["p/fs@s1"] == {"admins-own"}

@@ -48,6 +48,7 @@ def test_split_realistic_tree():
         "tank/fs1/child/grandchild": {"type": "filesystem"},
         "tank/lun1": {"type": "volume", "guid": "4"},
         "tank/lun1@s1": {"type": "snapshot", "guid": "5"},
+        "tank/fs1#vsnap-repl-1-2": {"type": "bookmark", "guid": "2"},  # `zfs get -r` lists bookmarks too
         "tankother/x": {"type": "filesystem"},  # another pool whose name starts alike
         "other/x@s": {"type": "snapshot"},
     }

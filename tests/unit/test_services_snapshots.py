@@ -65,6 +65,10 @@ class FakeDatasets:
         self.lock: StorageLock | None = None
         self.unlocked: list[str] = []
         self._guid = 7000
+        self.held: dict[str, list[str]] = {}  # snapshot -> its user holds' tags
+
+    def holds(self, name):
+        return self.held.get(name, [])
 
     def guid(self) -> str:
         self._guid += 1
@@ -365,6 +369,17 @@ def test_delete_zfs_failure_keeps_the_row_ready(env):
         env.svc.delete(str(sid))
     [r] = snaps(env.store)
     assert (r.id, r.state, r.owner) == (sid, "ready", None)
+
+
+def test_delete_of_a_held_snapshot_says_who_holds_it(env):
+    vol = add_volume(env, "v")
+    sid = int(env.svc.create(str(vol), "s1")["id"])
+    env.ds.fail["destroy"] = CommandError(["zfs", "destroy"], 1, "", "cannot destroy snapshot: dataset is busy\n")
+    env.ds.held["tank/v@s1"] = ["vsnap-repl-" + "1" * 32]
+    with pytest.raises(ConflictError, match="is held .vsnap-repl-1+: in use by a replication session.; try again"):
+        env.svc.delete(str(sid))
+    [r] = snaps(env.store)
+    assert (r.id, r.state) == (sid, "ready")
 
 
 def test_delete_unknown(env):

@@ -11,6 +11,11 @@ blp = Blueprint("relationship", __name__, url_prefix="/api/relationship",
                 description="Replication relationships (spec 13)")
 
 
+class CommonSnapshotSchema(ma.Schema):
+    name = ma.fields.String()
+    guid = ma.fields.String()
+
+
 class RelationshipSchema(ma.Schema):
     id = ma.fields.String()
     local_pool_id = ma.fields.String()
@@ -26,6 +31,10 @@ class RelationshipSchema(ma.Schema):
     last_success_snap_id = ma.fields.String(allow_none=True)
     max_rate = ma.fields.String(allow_none=True, metadata={
         "description": "Beyond the spec: the bandwidth limit of its streams, bytes per second (null: none)"})
+    last_common_snapshot = ma.fields.Nested(CommonSnapshotSchema, allow_none=True, metadata={
+        "description": "Beyond the spec: the newest snapshot both sides hold (the primary keeps a bookmark of "
+                       "it, so the next incremental goes from there even once it is deleted); null before the "
+                       "first session completes"})
     time_created = ma.fields.String()
     time_updated = ma.fields.String()
 
@@ -68,6 +77,9 @@ class SessionStartSchema(StrictSchema):
     snap_id = Id(allow_none=True, metadata={"description": "Default: a new snapshot of the volume"})
     remote_snap_name = ma.fields.String(allow_none=True, validate=ma.validate.Length(min=1, max=MAX_NAME),
                                         metadata={"description": "Default: the local snapshot's name"})
+    rollback_replica = ma.fields.Boolean(load_default=False, metadata={
+        "description": "Beyond the spec: a replica with snapshots newer than the last one both sides hold is "
+                       "rolled back to it, destroying them (without it, such a session fails naming them)"})
 
 
 def replication():
@@ -117,4 +129,5 @@ def delete_relationship(query, rel_id):
 @blp.response(200, SessionSchema)
 def start_session(args, rel_id):
     """Start a replication session (14.1): queued, then sent by the worker"""
-    return replication().start_session(rel_id, args.get("snap_id"), args.get("remote_snap_name"))
+    return replication().start_session(rel_id, args.get("snap_id"), args.get("remote_snap_name"),
+                                       args["rollback_replica"])

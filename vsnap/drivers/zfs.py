@@ -152,9 +152,10 @@ def parse_zdb_label(text: str) -> Label | None:
 
 
 # What a ZFS's streams can do, as `stream_features` names it: compressed (send -c), large
-# blocks (-L), embedded data (-e), raw (-w), resumable (receive -s, send -t), bookmarks, and
-# native encryption (load-key). OpenZFS has them all; zfs-fuse none.
-STREAM_FEATURES = ("compressed", "large_blocks", "embedded_data", "raw", "resumable", "bookmarks", "encryption")
+# blocks (-L), embedded data (-e), raw (-w), resumable (receive -s, send -t), bookmarks, user
+# holds (zfs hold) and native encryption (load-key). OpenZFS has them all; zfs-fuse only holds.
+STREAM_FEATURES = ("compressed", "large_blocks", "embedded_data", "raw", "resumable", "bookmarks", "holds",
+                   "encryption")
 
 
 # `zfs receive -s` tokens: a version, a checksum, a length, and the packed (compressed) nvlist
@@ -179,7 +180,7 @@ def parse_stream_features(usage: str) -> frozenset[str]:
             receive_flags |= flags
     found = {"compressed": "c" in send_flags, "large_blocks": "L" in send_flags, "embedded_data": "e" in send_flags,
              "raw": "w" in send_flags, "resumable": resume_token and "s" in receive_flags,
-             "bookmarks": "bookmark" in commands, "encryption": "load-key" in commands}
+             "bookmarks": "bookmark" in commands, "holds": "hold" in commands, "encryption": "load-key" in commands}
     return frozenset(name for name, present in found.items() if present)
 
 
@@ -609,6 +610,75 @@ class ZfsDatasetOps(ZfsCommands):
         if "toguid" not in fields:
             return None
         return str(int(fields["toguid"], 0)), int(fields.get("bytes", "0"), 0)
+
+    # -- what keeps an incremental possible: bookmarks and holds ---------------------------------
+    def bookmark(self, snapshot: str, bookmark: str) -> None:
+        """Bookmarks `snapshot` (dataset@snap) as `bookmark` (dataset#name): an incremental can
+        be sent from it after the snapshot is gone. One already there is left as it is."""
+        out = self.runner.run(["zfs", "bookmark", snapshot, bookmark], check=False)
+        if out.returncode != 0 and not ("exists" in out.stderr and self.bookmarks(bookmark.split("#", 1)[0])
+                                        .get(bookmark.split("#", 1)[1]) is not None):
+            raise out.error()
+
+    def bookmarks(self, dataset: str) -> dict[str, tuple[str, int]]:
+        """The bookmarks of `dataset`: {name after '#': (guid of the snapshot it marks, the
+        transaction group that snapshot was taken in)}."""
+        out = self.runner.run(["zfs", "list", "-H", "-p", "-t", "bookmark", "-d", "1", "-o", "name,guid,createtxg",
+                               dataset], check=False, changes=False)
+        if out.returncode != 0:
+            if "does not exist" in out.stderr:
+                return {}
+            raise out.error()
+        found = {}
+        for line in out.stdout.splitlines():
+            fields = line.split("\t")
+            if len(fields) == 3 and "#" in fields[0] and fields[2].strip().isdigit():
+                found[fields[0].split("#", 1)[1]] = (fields[1].strip(), int(fields[2]))
+        return found
+
+    def destroy_bookmark(self, bookmark: str) -> None:
+        out = self.runner.run(["zfs", "destroy", bookmark], check=False)
+        if out.returncode != 0 and "does not exist" not in out.stderr and "could not find" not in out.stderr:
+            raise out.error()
+
+    def hold(self, tag: str, snapshot: str) -> None:
+        """A user hold: ZFS refuses to destroy the snapshot until it is released. Holding it
+        again under the same tag is no error."""
+        out = self.runner.run(["zfs", "hold", tag, snapshot], check=False)
+        if out.returncode != 0 and "tag already exists" not in out.stderr:
+            raise out.error()
+
+    def release(self, tag: str, snapshot: str) -> None:
+        out = self.runner.run(["zfs", "release", tag, snapshot], check=False)
+        if out.returncode != 0 and not any(word in out.stderr for word in ("no such tag", "does not exist",
+                                                                           "could not find")):
+            raise out.error()
+
+    def holds(self, snapshot: str) -> list[str]:
+        """The tags of the user holds on `snapshot` (none where ZFS cannot list them: zfs-fuse's
+        `zfs holds` needs a pyzfs it lacks)."""
+        out = self.runner.run(["zfs", "holds", "-H", snapshot], check=False, changes=False)
+        if out.returncode != 0:
+            return []
+        return [line.split("\t")[1] for line in out.stdout.splitlines() if line.count("\t") >= 2]
+
+    def snapshot_numbers(self, dataset: str, prop: str) -> dict[str, int]:
+        """{snapshot name after '@': its numeric `prop`} for the snapshots of `dataset` (one
+        command; zfs-fuse's `zfs get` has no -t, so the dataset's own line is left out here)."""
+        out = self.runner.run(["zfs", "get", "-H", "-p", "-r", "-d", "1", "-o", "name,value", prop, dataset],
+                              check=False, changes=False)
+        if out.returncode != 0:
+            return {}
+        found = {}
+        for line in out.stdout.splitlines():
+            name, _, value = line.partition("\t")
+            if "@" in name and "#" not in name and value.strip().isdigit():
+                found[name.split("@", 1)[1]] = int(value)
+        return found
+
+    def rollback(self, snapshot: str) -> None:
+        """Rolls the dataset back to `snapshot`, destroying its later snapshots (-r)."""
+        self.runner.run(["zfs", "rollback", "-r", snapshot])
 
     def unmount(self, name: str) -> None:
         run_retrying_busy(self.runner, ["zfs", "unmount", name], gone=("not currently mounted",))

@@ -187,9 +187,12 @@ def find_one(objects: dict[int, V], obj_id: ApiId | None, name: str | None, what
 
 
 def _split(tree: dict[str, dict[str, str]], pool: str):
-    """Volume datasets (directly under the pool) and their snapshots."""
+    """Volume datasets (directly under the pool) and their snapshots; bookmarks (dataset#name,
+    which `zfs get -r` lists too) are the appliance's own and no volume."""
     datasets, snapshots = {}, {}
     for name, props in tree.items():
+        if "#" in name:
+            continue
         base, _, snap = name.partition("@")
         if base.count("/") != 1 or not base.startswith(pool + "/"):
             continue

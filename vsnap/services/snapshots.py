@@ -155,6 +155,10 @@ class SnapshotService:
                 with self.store.session() as s:
                     row = s.get(Snapshot, snap.row.id)
                     row.state, row.owner = READY, None
+                holds = self.ds.holds(snap.zfs_name)  # e.g. a replication session's, while it sends
+                if holds:
+                    raise ConflictError(f"Snapshot {snap.row.name} is held ({', '.join(holds)}: in use by a "
+                                        "replication session); try again when it ends") from exc
                 raise ConflictError(f"Snapshot {snap.row.name} could not be destroyed: {describe(exc)}") from exc
             with self.store.session() as s:
                 s.delete(s.get(Snapshot, snap.row.id))

@@ -205,6 +205,9 @@ class Relationship(Base):
     last_attempt_snap_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     last_success_snap_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     max_rate: Mapped[int | None] = mapped_column(Integer, nullable=True)  # bytes per second; None: no limit
+    # The newest snapshot both sides hold (the primary bookmarks it: see replication.relationships).
+    common_snap_name: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    common_snap_guid: Mapped[str | None] = mapped_column(String(32), nullable=True)
     # The intent record of a delete in flight (state deleting, whether the replica is kept, the
     # process doing it): a start after a crash finishes it with the partner or rolls it back.
     state: Mapped[str] = mapped_column(String(16), default="ready", server_default="ready")
@@ -230,6 +233,7 @@ class ReplicationSession(Base):
     size_sent: Mapped[int | None] = mapped_column(Integer, nullable=True)
     rate: Mapped[int | None] = mapped_column(Integer, nullable=True)  # bytes per second, now or on average
     size_resumed: Mapped[int | None] = mapped_column(Integer, nullable=True)  # kept from an interrupted try
+    rollback_replica: Mapped[bool | None] = mapped_column(Boolean, nullable=True)  # asked for a diverged replica
     status: Mapped[str] = mapped_column(String(16), default="PENDING", index=True)
     message: Mapped[str | None] = mapped_column(Text, nullable=True)
     owner: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the process sending it

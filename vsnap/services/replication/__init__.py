@@ -21,6 +21,7 @@ from ...store.models import Partner, Relationship, ReplicationSession
 from ..catalog import ApiId, Catalog
 from ..doorbell import Doorbell
 from ..locking import StorageLock
+from .bookmarks import Bookmarks
 from .common import (
     ACTIVE,
     CANCELED,
@@ -55,11 +56,13 @@ class ReplicationService:
         self.doorbell = Doorbell(settings.state_dir / "sessions.bell")  # wakes the queue's worker
         self.partners = Partners(settings, store, system, ssh, self.link, lock)
         self.sessions = Sessions(settings, store, snapshots, self.doorbell)
+        self.bookmarks = Bookmarks(store, ds)
         self.relationships = Relationships(settings, store, catalog, volumes, self.link, lock, self.partners,
-                                           self.sessions, runner)
-        self.sender = Sender(settings, store, catalog, ds, ssh, self.link, self.partners, self.sessions)
+                                           self.sessions, runner, self.bookmarks)
+        self.sender = Sender(settings, store, catalog, ds, ssh, self.link, self.partners, self.sessions,
+                             self.bookmarks)
         self.receiver = Receiver(settings, store, catalog, volumes, pools, network, system, ds, lock,
-                                 self.partners, self.relationships, self.sessions)
+                                 self.partners, self.relationships, self.sessions, self.bookmarks)
 
     # == partners ===============================================================================
     def serve_command(self, partner_id: str) -> list[str]:
@@ -131,15 +134,18 @@ class ReplicationService:
     def get_session(self, session_id: ApiId) -> dict:
         return self.sessions.get_session(session_id)
 
-    def start_session(self, rel_id: str, snap_id: ApiId | None = None, remote_snap_name: str | None = None) -> dict:
-        return self.sessions.start_session(rel_id, snap_id, remote_snap_name)
+    def start_session(self, rel_id: str, snap_id: ApiId | None = None, remote_snap_name: str | None = None,
+                      rollback_replica: bool = False) -> dict:
+        return self.sessions.start_session(rel_id, snap_id, remote_snap_name, rollback_replica)
 
     def cancel_session(self, session_id: ApiId, wait: float | None = None) -> dict:
         return self.sessions.cancel_session(session_id, wait)
 
     # -- the queue (run by the worker) ----------------------------------------------------------
     def fail_interrupted(self) -> None:
-        self.sessions.fail_interrupted()
+        """Interrupted sessions end FAILED, and let go of the snapshots they held."""
+        for rel_id in self.sessions.fail_interrupted():
+            self.relationships.release_holds(rel_id)
 
     def claim_next(self, busy_rels: set[str]) -> int | None:
         return self.sessions.claim_next(busy_rels)

@@ -39,6 +39,7 @@ class Request:
     RECEIVE = "recv"  # <rel id> <snapshot name> full|incremental|resume: the stream on stdin
     FULL, INCREMENTAL = "full", "incremental"
     RESUME = "resume"  # the rest of an interrupted stream (`zfs send -t`), from the replica's token
+    ROLLBACK_TO = "rollback-to"  # after RECEIVE's words: <snapshot name>, the replica rolled back to it first
     DELETE_RELATIONSHIP = "delete-relationship"  # <rel id> 1|0: the replica volume is kept (1), or not
     PRESERVE_REPLICA, DELETE_REPLICA = "1", "0"
 

@@ -21,6 +21,7 @@ from ...store.models import Partner, Relationship, Volume
 from ..catalog import Catalog
 from ..locking import StorageLock
 from ..volumes import validate_name
+from .bookmarks import Bookmarks
 from .common import _HEX32, REPLICA, Request, hex_id, receive_lock_path
 from .partners import Partners
 from .relationships import Relationships
@@ -32,7 +33,8 @@ log = logging.getLogger(__name__)
 class Receiver:
     def __init__(self, settings: Settings, store: Store, catalog: Catalog, volumes, pools, network, system,
                  ds: ZfsDatasetOps, lock: StorageLock, partners: Partners, relationships: Relationships,
-                 sessions: Sessions):
+                 sessions: Sessions, bookmarks: Bookmarks):
+        self.bookmarks = bookmarks
         self.settings = settings
         self.store = store
         self.catalog = catalog
@@ -71,6 +73,10 @@ class Receiver:
         if op == Request.RECEIVE and len(args) == 3 and args[2] in (Request.FULL, Request.INCREMENTAL,
                                                                     Request.RESUME):
             return self._serve_receive(partner, args[0], validate_name(args[1], "Snapshot"), args[2], stdin.fileno())
+        if op == Request.RECEIVE and len(args) == 5 and args[2] == Request.INCREMENTAL \
+                and args[3] == Request.ROLLBACK_TO:
+            return self._serve_receive(partner, args[0], validate_name(args[1], "Snapshot"), args[2], stdin.fileno(),
+                                       rollback_to=validate_name(args[4], "Snapshot"))
         if op == Request.DELETE_RELATIONSHIP and len(args) == 2 \
                 and args[1] in (Request.DELETE_REPLICA, Request.PRESERVE_REPLICA):
             return self._serve_delete_relationship(partner, args[0], args[1] == Request.PRESERVE_REPLICA)
@@ -178,8 +184,11 @@ class Receiver:
     def _serve_snapshots(self, partner: Partner, rel_id: str) -> dict:
         rel = self._partner_relationship(partner, rel_id, REPLICA)
         volume, snaps = self._replica_snapshots(rel)
+        # Oldest first, with when each was taken: the sender's base is the newest it shares.
+        txgs = self.ds.snapshot_numbers(volume.dataset, "createtxg") if snaps else {}
         answer: dict[str, object] = {"snapshots": [
-            {"id": str(v.row.id), "name": v.row.name, "guid": v.props.get("guid")} for v in snaps]}
+            {"id": str(v.row.id), "name": v.row.name, "guid": v.props.get("guid"), "createtxg": txg}
+            for txg, v in sorted(((txgs.get(v.row.name, 0), v) for v in snaps), key=lambda p: (p[0], p[1].row.id))]}
         if self._resumable():  # what an interrupted stream left: the sender may go on from there
             answer["resume_token"] = self.ds.resume_token(volume.dataset)
         return answer
@@ -187,13 +196,16 @@ class Receiver:
     def _resumable(self) -> bool:
         return "resumable" in self.ds.zfs.stream_features()
 
-    def _serve_receive(self, partner: Partner, rel_id: str, snap_name: str, mode: str, stdin: int) -> dict:
+    def _serve_receive(self, partner: Partner, rel_id: str, snap_name: str, mode: str, stdin: int,
+                       rollback_to: str | None = None) -> dict:
         rel = self._partner_relationship(partner, rel_id, REPLICA)
         volume, snaps = self._replica_snapshots(rel)
         if any(v.row.name == snap_name for v in snaps):
             raise ConflictError(f"The replica already has a snapshot named {snap_name}")
         if mode == Request.FULL and snaps:
             raise ConflictError("The replica already has snapshots: only an incremental stream can follow")
+        if rollback_to is not None and not any(v.row.name == rollback_to for v in snaps):
+            raise ConflictError(f"The replica has no snapshot {rollback_to} to roll back to")
         target = f"{volume.dataset}@{snap_name}"
         # The rest of a full stream replaces the (empty) replica as its start would (-F).
         full = mode == Request.FULL or (mode == Request.RESUME and not snaps)
@@ -207,7 +219,17 @@ class Receiver:
                 # ZFS refuses any other stream while it is there.
                 log.info("replica %s: dropping the partial state of an interrupted transfer", volume.dataset)
                 self.ds.abort_resumable(volume.dataset)
-            return self._receive_into(volume, target, snap_name, full, stdin, resumable)
+            if rollback_to is not None:  # asked for: the replica's later snapshots are destroyed
+                log.info("replica %s: rolling back to %s as the primary asked", volume.dataset, rollback_to)
+                try:
+                    with self.lock.held():
+                        self.ds.rollback(f"{volume.dataset}@{rollback_to}")
+                except CommandError as exc:
+                    raise ConflictError(f"The replica could not be rolled back to {rollback_to}: "
+                                        f"{describe(exc)}") from exc
+            answer = self._receive_into(volume, target, snap_name, full, stdin, resumable)
+            self.bookmarks.remember_common(rel.id, None, snap_name, answer.pop("guid", None))
+            return answer
 
     def _receive_into(self, volume, target: str, snap_name: str, full: bool, stdin: int,
                       resumable: bool = False) -> dict:
@@ -234,7 +256,7 @@ class Receiver:
             view = self.catalog.load(volume.row.pool_id)
         for snap in view.snapshots.values():
             if snap.volume.row.id == volume.row.id and snap.row.name == snap_name:
-                return {"snap_id": str(snap.row.id)}
+                return {"snap_id": str(snap.row.id), "guid": snap.props.get("guid")}
         raise ConflictError(f"The received snapshot {snap_name} is not in the catalog")
 
 

@@ -21,6 +21,7 @@ from ..catalog import DELETING, FILEBACKED, READY, ApiId, Catalog
 from ..locking import StorageLock
 from ..owner import current_owner, owner_alive
 from ..volumes import validate_name
+from .bookmarks import Bookmarks
 from .common import (
     ACTIVE,
     PRIMARY,
@@ -44,8 +45,9 @@ class Relationships(Attachment):
     rename a replica, or delete the pool under either."""
 
     def __init__(self, settings: Settings, store: Store, catalog: Catalog, volumes, link: PartnerLink,
-                 lock: StorageLock, partners: Partners, sessions: Sessions, runner: Runner):
-        self.runner = runner  # told of the partner's side deleted (a kill point of the crash tests)
+                 lock: StorageLock, partners: Partners, sessions: Sessions, runner: Runner, bookmarks: Bookmarks):
+        self.runner = runner
+        self.bookmarks = bookmarks  # told of the partner's side deleted (a kill point of the crash tests)
         self.settings = settings
         self.store = store
         self.catalog = catalog
@@ -68,6 +70,8 @@ class Relationships(Attachment):
             "last_attempt_snap_id": text_or_none(rel.last_attempt_snap_id),
             "last_success_snap_id": text_or_none(rel.last_success_snap_id),
             "max_rate": text_or_none(rel.max_rate),
+            "last_common_snapshot": {"name": rel.common_snap_name, "guid": rel.common_snap_guid}
+            if rel.common_snap_name and rel.common_snap_guid else None,
             "time_created": str(rel.time_created), "time_updated": str(rel.time_updated),
         }
 
@@ -239,11 +243,44 @@ class Relationships(Attachment):
         raise ConflictError(f"The partner refused to delete the relationship: {exc.reason}")
 
     def drop_relationship(self, rel_id: str) -> None:
+        """The row goes (its sessions with it), and the relationship's bookmarks and holds on
+        its primary volume."""
+        where = self._primary_volume(rel_id)
+        if where is not None:
+            self._forget_bookmarks(rel_id, *where)
         with self.store.session() as s:
             row = s.get(Relationship, rel_id)
             if row is not None:
                 s.delete(row)  # its sessions go with it
         receive_lock_path(self.settings.state_dir, rel_id).unlink(missing_ok=True)
+
+    def _forget_bookmarks(self, rel_id: str, pool_id: int, vol_id: int, holds_only: bool = False) -> None:
+        """Its bookmarks and holds go with it (or only the holds, those of an interrupted
+        session). One that cannot be removed now (ZFS failing) is logged and left: named for
+        the relationship, it keeps nothing anyone else needs, and its holds are released again
+        before its next session."""
+        try:
+            volume = self.catalog.load(pool_id).volumes.get(vol_id)
+            if volume is not None:
+                if holds_only:
+                    self.bookmarks.release_all(rel_id, volume.dataset)
+                else:
+                    self.bookmarks.forget(rel_id, volume.dataset)
+        except (CommandError, OSError) as exc:
+            log.warning("relationship %s: its bookmarks and holds could not be removed: %s", rel_id, exc)
+
+    def release_holds(self, rel_id: str) -> None:
+        """Lets go of the snapshots an interrupted session of the relationship held."""
+        where = self._primary_volume(rel_id)
+        if where is not None:
+            self._forget_bookmarks(rel_id, *where, holds_only=True)
+
+    def _primary_volume(self, rel_id: str) -> tuple[int, int] | None:
+        """(pool id, volume id) of the relationship's volume where it is the primary here."""
+        with self.store.session() as s:
+            row = s.get(Relationship, rel_id)
+            volume = s.get(Volume, row.local_vol_id) if row is not None and row.local_role == PRIMARY else None
+            return (volume.pool_id, volume.id) if volume is not None else None
 
     def drop_replica_side(self, rel_id: str, preserve: bool) -> None:
         """The replica volume goes first (its shares and mappings with it), then the row: if

@@ -21,6 +21,7 @@ from ...logs import request_id_var
 from ...store.db import Store
 from ...store.models import Partner, Relationship, ReplicationSession, Volume
 from ..catalog import Catalog
+from .bookmarks import Bookmark, Bookmarks
 from .common import COMPLETED, FAILED, PartnerLink, RemoteError, Request, validate_address
 from .partners import Partners
 from .sessions import Sessions
@@ -33,10 +34,30 @@ RATE_WINDOW = 5.0  # seconds: a session's current rate is its stream's average o
 STREAM_OPTIONS = (("compressed", "-c"), ("large_blocks", "-L"), ("embedded_data", "-e"))
 
 
+def base_label(base) -> str:
+    """How a log line or message names an incremental's base: a snapshot or a bookmark."""
+    return base.label if isinstance(base, Bookmark) else base.row.name
+
+
+def base_guid(base) -> str:
+    return base.guid if isinstance(base, Bookmark) else base.props.get("guid")
+
+
+def replica_snapshots(answer) -> list[dict]:
+    """The replica's snapshots as the partner listed them, oldest first (by the transaction
+    group each was taken in, where it says; else in the order given), with a guid each."""
+    found = [r for r in answer if isinstance(r, dict) and r.get("guid") is not None] \
+        if isinstance(answer, list) else []
+    for r in found:
+        r["guid"] = str(r["guid"])
+    return sorted(found, key=lambda r: int(r["createtxg"]) if str(r.get("createtxg", "")).isdigit() else 0)
+
+
 class Sender:
     def __init__(self, settings: Settings, store: Store, catalog: Catalog, ds: ZfsDatasetOps, ssh: SshDriver,
-                 link: PartnerLink, partners: Partners, sessions: Sessions):
+                 link: PartnerLink, partners: Partners, sessions: Sessions, bookmarks: Bookmarks):
         self.settings = settings
+        self.bookmarks = bookmarks
         self.store = store
         self.catalog = catalog
         self.ds = ds
@@ -80,17 +101,42 @@ class Sender:
         ours = sorted((v for v in view.snapshots.values() if v.volume.row.id == rel.local_vol_id),
                       key=lambda v: (int(v.props.get("createtxg") or v.props.get("creation") or 0), v.row.id))
         older = ours[:[v.row.id for v in ours].index(snap.row.id)]
+        dataset = snap.volume.dataset
+        # Held while it is sent, and its base while it is sent from: a snapshot deleted
+        # meanwhile would break the stream. Holds a crash left are released first.
+        self.bookmarks.release_all(rel.id, dataset)
+        try:
+            self.bookmarks.hold(rel.id, snap.zfs_name)
+            result = self._plan_and_send(session_id, row, rel, partner, snap, older, last)
+        finally:
+            try:
+                self.bookmarks.release_all(rel.id, dataset)
+            except (CommandError, OSError) as exc:  # released before the next session
+                log.warning("session %s: could not release its holds: %s", session_id, describe(exc))
+        problem = self.bookmarks.remember_common(rel.id, dataset, snap.row.name, snap.props.get("guid"))
+        if problem is not None:
+            result["message"] = (f"{result.get('message') or 'Completed'}; the snapshot could not be bookmarked "
+                                 f"({problem}), so the next incremental needs it kept")
+        return result
+
+    def _plan_and_send(self, session_id: int, row: ReplicationSession, rel: Relationship, partner: Partner,
+                       snap, older: list, last: ReplicationSession | None) -> dict:
+        """Sends `snap` from the newest snapshot (or bookmark) both sides hold, to an address of
+        the partner's: as the last completed session left it, else as the partner says."""
+        bookmark = self.bookmarks.bookmark_of_common(rel, snap.volume.dataset)
+        if bookmark is not None and bookmark.createtxg >= self._createtxg(snap):
+            bookmark = None  # not older than the snapshot to send: no base for it
         tried = None
-        known = self._without_asking(partner, rel, last, older)
+        known = self._without_asking(partner, rel, last, older, bookmark)
         if known is not None:
             base, address = known
-            tried = (base.row.id if base else None, address)
+            tried = (base.zfs_name if base else None, address)
             try:
-                return self._send(session_id, row, rel, partner, snap, base, address)
+                return self._from_bookmark_said(self._send(session_id, row, rel, partner, snap, base, address), base)
             except RemoteError as exc:
                 first_error = exc
                 log.info("session %s: sending %s failed (%s); asking the partner for its snapshots", session_id,
-                         f"the difference from {base.row.name}" if base else "a full stream", exc)
+                         f"the difference from {base_label(base)}" if base else "a full stream", exc)
         # One round trip before the stream: the partner's replication addresses and the
         # replica's snapshots (each SSH request is a request to the partner's server).
         remote = self.link.call(partner, Request.PREPARE, rel.id)
@@ -98,7 +144,8 @@ class Sender:
         self.partners.remember_addresses(partner.id, addresses)
         self.partners.remember_features(partner.id, remote.get("stream_features", []))
         address = self._data_address(partner, addresses)
-        remote_by_guid = {str(r.get("guid")): r for r in remote.get("snapshots", [])}
+        replica = replica_snapshots(remote.get("snapshots", []))
+        remote_by_guid = {r["guid"]: r for r in replica}
         if snap.props.get("guid") in remote_by_guid:  # sent before (e.g. a retried session)
             with self.store.session() as s:
                 s.get(ReplicationSession, session_id).repl_address = address
@@ -113,23 +160,62 @@ class Sender:
                 if of is snap:
                     earlier["message"] = f"Completed: {earlier['message']}"
                     return earlier
-                remote_by_guid[of.props["guid"]] = {"id": earlier["remote_snap_id"]}  # now a common one
-        base = None
-        for candidate in older:
-            if candidate.props.get("guid") in remote_by_guid:
-                base = candidate
-        if base is None and remote_by_guid:
-            raise ValueError("The replica has snapshots, but none in common with the primary's snapshots "
-                             f"older than {snap.row.name}: an incremental send has no base")
-        if tried is not None and tried == (base.row.id if base else None, address):
+                # now the replica's newest, and one both hold
+                replica.append({"id": earlier["remote_snap_id"], "name": self._sent_as(rel.id, of),
+                                "guid": of.props["guid"]})
+        base, newer = self._common_base(snap, older, bookmark, replica)
+        rollback_to = None
+        if newer:
+            names = ", ".join(str(r.get("name")) for r in newer)
+            if not row.rollback_replica:
+                raise ValueError(f"The replica has diverged: it has snapshots newer than {base_label(base)}, the "
+                                 f"newest snapshot both sides hold: {names}. A replica is never rolled back unless "
+                                 "asked: start a session with rollback_replica true to destroy them on the replica "
+                                 "and send from there")
+            rollback_to = str(next(r for r in replica if r["guid"] == base_guid(base))["name"])
+            log.info("session %s: rolling the replica back to %s, destroying %s, as asked", session_id,
+                     rollback_to, names)
+        if tried is not None and tried == (base.zfs_name if base else None, address) and rollback_to is None:
             raise first_error  # the same stream to the same place: it would fail the same way
-        result = self._send(session_id, row, rel, partner, snap, base, address)
+        result = self._send(session_id, row, rel, partner, snap, base, address, rollback_to=rollback_to)
         if earlier is not None:
             result["size_sent"] += earlier["size_sent"]
             result["message"] = f"Completed: {earlier['message']} first"
         elif dropped is not None:
             result["message"] = f"Completed: {dropped}; the snapshot was sent from the start"
+        elif rollback_to is not None:
+            result["message"] = (f"Completed: the replica was rolled back to {rollback_to} as asked, destroying its "
+                                 f"later snapshots {', '.join(str(r.get('name')) for r in newer)}")
+        return self._from_bookmark_said(result, base)
+
+    @staticmethod
+    def _from_bookmark_said(result: dict, base) -> dict:
+        if isinstance(base, Bookmark) and "message" not in result:
+            result["message"] = f"Completed: sent from {base.label} (the snapshot itself was deleted)"
         return result
+
+    def _createtxg(self, snap) -> int:
+        """When `snap` was taken, in ZFS's transaction groups (asked only where a bookmark may
+        be its base; 0 where ZFS cannot say)."""
+        value = snap.props.get("createtxg") or self.ds.get(snap.zfs_name, ["createtxg"]).get("createtxg", "")
+        return int(value) if value.isdigit() else 0
+
+    @staticmethod
+    def _common_base(snap, older: list, bookmark: Bookmark | None, replica: list[dict]):
+        """(the newest of the primary's snapshots older than `snap`, or its bookmark, that the
+        replica holds: the base of the incremental, None for a full stream; the replica's
+        snapshots newer than it, which the primary did not send after it)."""
+        candidates: dict[str, Any] = {}
+        if bookmark is not None:
+            candidates[bookmark.guid] = bookmark
+        candidates.update((v.props.get("guid"), v) for v in older)  # the snapshot itself before its bookmark
+        common = [i for i, r in enumerate(replica) if r["guid"] in candidates]
+        if not common:
+            if replica:
+                raise ValueError("The replica has snapshots, but none in common with the primary's snapshots "
+                                 f"older than {snap.row.name}: an incremental send has no base")
+            return None, []
+        return candidates[replica[common[-1]]["guid"]], replica[common[-1] + 1:]
 
     def _resume(self, session_id: int, row: ReplicationSession, rel: Relationship, partner: Partner,
                 candidates: list, address: str, token) -> tuple[dict, Any] | str:
@@ -173,16 +259,17 @@ class Sender:
             return row.remote_snap_name if row is not None else None
 
     def _without_asking(self, partner: Partner, rel: Relationship, last: ReplicationSession | None,
-                        older: list):
+                        older: list, bookmark: Bookmark | None):
         """Where the replica stands, when that is known without asking the partner (a round
         trip before the stream): (base snapshot or None for a full stream, address), or None.
 
         After a completed session (the newest that ended), the snapshot it sent is the
         replica's newest and its address carried data. Before the first one, the replica is
         empty (unless it was adopted with reuse) and the partner's addresses are known if it
-        gave them. A wrong guess costs little: ZFS refuses an incremental whose base is not the
-        replica's newest snapshot, the partner refuses a full stream onto a replica with
-        snapshots, and then it is asked."""
+        gave them. When that snapshot was deleted since, its bookmark is the base. A wrong
+        guess costs little: ZFS refuses an incremental whose base is not the replica's newest
+        snapshot, the partner refuses a full stream onto a replica with snapshots, and then it
+        is asked."""
         try:
             if last is None:
                 addresses = self.partners.remembered_addresses(partner.id)
@@ -191,6 +278,9 @@ class Sender:
                     or not last.repl_address:
                 return None
             base = next((v for v in older if v.row.id == last.local_snap_id), None)
+            if base is None and bookmark is not None and bookmark.snap_name == last.local_snap_name \
+                    and last.local_snap_id not in {v.row.id for v in older}:
+                base = bookmark  # the snapshot was deleted (it is not among the older ones)
             if base is None:  # gone, or not older than the snapshot to send
                 return None
             return base, validate_address(last.repl_address, "the partner's replication address")
@@ -205,9 +295,11 @@ class Sender:
         return validate_address(address, "the partner's replication address")
 
     def _send(self, session_id: int, row: ReplicationSession, rel: Relationship, partner: Partner, snap,
-              base, address: str, resume_token: str | None = None, remote_name: str | None = None) -> dict:
-        """Streams `snap` (its difference from `base`, or in full; or the rest of an interrupted
-        stream, by the replica's token) to the replica at `address`."""
+              base, address: str, resume_token: str | None = None, remote_name: str | None = None,
+              rollback_to: str | None = None) -> dict:
+        """Streams `snap` (its difference from `base`, a snapshot or a bookmark, or in full; or
+        the rest of an interrupted stream, by the replica's token) to the replica at `address`;
+        `rollback_to`: the replica's snapshot it is first rolled back to (asked for)."""
         with self.store.session() as s:
             s.get(ReplicationSession, session_id).repl_address = address
         remote_name = remote_name or row.remote_snap_name
@@ -216,10 +308,15 @@ class Sender:
             producer = self.ds.send_resume_argv(resume_token)  # the flags it was begun with are in the token
             mode = Request.RESUME
         else:
+            if base is not None and not isinstance(base, Bookmark):
+                self.bookmarks.hold(rel.id, base.zfs_name)
             producer = self.ds.send_argv(snap.zfs_name, base.zfs_name if base else None,
                                          self._stream_options(partner))
             mode = Request.INCREMENTAL if base else Request.FULL
-        consumer = self.ssh.command(partner.id, address, partner.ssh_port, [Request.RECEIVE, rel.id, remote_name, mode])
+        words = [Request.RECEIVE, rel.id, remote_name, mode]
+        if rollback_to is not None:
+            words += [Request.ROLLBACK_TO, rollback_to]
+        consumer = self.ssh.command(partner.id, address, partner.ssh_port, words)
 
         recent: deque[tuple[float, int]] = deque()  # (when, bytes moved) over the last RATE_WINDOW
 
@@ -236,7 +333,7 @@ class Sender:
 
         log.info("session %s: sending %s of %s to %s", session_id,
                  "the rest of an interrupted stream" if resume_token else
-                 f"the difference from {base.row.name}" if base else "a full stream", snap.zfs_name, address)
+                 f"the difference from {base_label(base)}" if base else "a full stream", snap.zfs_name, address)
         started = time.monotonic()
         try:
             result = run_pipeline(producer, consumer, progress=progress,

@@ -77,7 +77,11 @@ class Sessions:
         with self.store.session() as s:
             return self.render_session(self._session(s, session_id))
 
-    def start_session(self, rel_id: str, snap_id: ApiId | None = None, remote_snap_name: str | None = None) -> dict:
+    def start_session(self, rel_id: str, snap_id: ApiId | None = None, remote_snap_name: str | None = None,
+                      rollback_replica: bool = False) -> dict:
+        """Queues a transfer of the snapshot (a new one by default). `rollback_replica`: a replica
+        that has snapshots newer than the last one both sides hold is rolled back to it (those
+        are destroyed); without it such a session fails, naming them."""
         if remote_snap_name is not None:
             validate_name(remote_snap_name, "Snapshot")
         with self.store.session() as s:
@@ -95,7 +99,8 @@ class Sessions:
                 raise ValidationError(f"Snapshot {snap_id} is not a snapshot of the relationship's volume")
         with self.store.session() as s:
             row = ReplicationSession(rel_id=rel.id, local_snap_id=int(snap["id"]), local_snap_name=snap["name"],
-                                     remote_snap_name=remote_snap_name or snap["name"], status=PENDING)
+                                     remote_snap_name=remote_snap_name or snap["name"], status=PENDING,
+                                     rollback_replica=bool(rollback_replica) or None)
             s.add(row)
             s.flush()
             body = self.render_session(row)
@@ -124,14 +129,18 @@ class Sessions:
             stop_open_sessions(s, ReplicationSession.rel_id == rel_id, reason, statuses or (PENDING, ACTIVE))
 
     # -- the queue (run by the worker) ----------------------------------------------------------
-    def fail_interrupted(self) -> None:
-        """Sessions that were ACTIVE in a process that died can never finish: FAILED."""
+    def fail_interrupted(self) -> set[str]:
+        """Sessions that were ACTIVE in a process that died can never finish: FAILED. Returns
+        their relationships."""
+        interrupted = set()
         with self.store.session() as s:
             for row in s.query(ReplicationSession).filter(ReplicationSession.status == ACTIVE):
                 if not owner_alive(row.owner):
                     row.status, row.time_ended = FAILED, now()
                     row.message = "Interrupted: the appliance stopped during the transfer; start a new session"
                     log.info("session %s: interrupted by a stop; failed", row.id)
+                    interrupted.add(row.rel_id)
+        return interrupted
 
     def claim_next(self, busy_rels: set[str]) -> int | None:
         """Marks the oldest PENDING session of a relationship with nothing running ACTIVE and
