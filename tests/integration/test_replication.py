@@ -605,8 +605,8 @@ def test_features_name_what_this_stack_offers(pair):
         features = server.ok("GET", "/api/system")["features"]
         # The relay's bandwidth limit everywhere; compressed and resumable streams where ZFS
         # can (OpenZFS in the guest), never on zfs-fuse.
-        assert features == (["bandwidth_limit", "compressed_send", "resumable_send"] if stack.KERNEL
-                            else ["bandwidth_limit"])
+        assert features == (["bandwidth_limit", "compressed_send", "replication_bookmarks", "resumable_send"]
+                            if stack.KERNEL else ["bandwidth_limit"])
 
 
 def test_a_bandwidth_limit_keeps_the_stream_under_it_and_the_data_whole(pair, volume):
@@ -705,3 +705,91 @@ def test_a_transfer_killed_half_way_resumes_where_it_stopped(pair, volume):
         assert checksums(f"/vsnap/{pair['pool_b']['name']}/resumes_restore") == checksums(src)
     finally:
         b.ok("DELETE", f"/api/volume/{clone['id']}")
+
+
+# -- incrementals that survive retention: bookmarks, holds, and a replica that diverged ------------
+
+def userrefs(snapshot: str) -> int:
+    return int(subprocess.run(["zfs", "get", "-Hpo", "value", "userrefs", snapshot],
+                              capture_output=True, text=True, check=True).stdout.strip())
+
+
+def bookmarks_of(dataset: str) -> set[str]:
+    out = subprocess.run(["zfs", "list", "-H", "-o", "name", "-t", "bookmark", "-d", "1", dataset],
+                         capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+@pytest.mark.guest
+def test_deleting_the_last_common_snapshot_leaves_the_next_incremental_its_bookmark(pair, volume):
+    a = pair["a"]
+    vol, src, rel, first = replicated(pair, volume, "retained", 8 * MIB)
+    dataset = f"{pair['pool_a']['name']}/retained"
+    guid = subprocess.run(["zfs", "get", "-Hpo", "value", "guid", f"{dataset}@{first['local_snap_name']}"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    common = a.ok("GET", f"/api/relationship/{rel['id']}")["last_common_snapshot"]
+    assert common == {"name": first["local_snap_name"], "guid": guid}
+    assert pair["b"].ok("GET", f"/api/relationship/{rel['id']}")["last_common_snapshot"] == common
+    # Backup software's retention deletes the only snapshot both sides hold.
+    a.ok("DELETE", f"/api/snapshot/{first['local_snap_id']}")
+    write(f"{src}/g", 1 * MIB)
+    second = replicate(pair, rel["id"])
+    if not stack.KERNEL:  # zfs-fuse has no bookmarks: the session says why it cannot go on
+        assert second["status"] == "FAILED" and "none in common" in second["message"], second
+        return
+    assert second["status"] == "COMPLETED", second
+    assert "bookmark of " + first["local_snap_name"] in second["message"]
+    assert int(second["size_sent"]) < 3 * MIB, "an incremental from the bookmark, not a full stream"
+    assert checksums(f"/vsnap/{pair['pool_b']['name']}/retained_replica") == checksums(src)
+    # One bookmark of ours, of the new common snapshot; none of the data's snapshots held.
+    new_guid = subprocess.run(["zfs", "get", "-Hpo", "value", "guid", f"{dataset}@{second['local_snap_name']}"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    assert bookmarks_of(dataset) == {f"{dataset}#vsnap-repl-{rel['id']}-{new_guid}"}
+    assert a.ok("GET", f"/api/relationship/{rel['id']}")["last_common_snapshot"]["guid"] == new_guid
+    assert userrefs(f"{dataset}@{second['local_snap_name']}") == 0
+    # No bookmark shows as a volume or a snapshot.
+    assert {v["name"] for v in a.ok("GET", "/api/volume")["volumes"]} >= {"retained"}
+    assert not any("#" in v["name"] for v in a.ok("GET", "/api/volume")["volumes"])
+    # The relationship's bookmarks go with it.
+    a.ok("DELETE", f"/api/relationship/{rel['id']}")
+    assert bookmarks_of(dataset) == set()
+
+
+@pytest.mark.guest
+def test_a_diverged_replica_is_rolled_back_only_when_asked_and_a_snapshot_sent_from_is_held(pair, volume):
+    a, b = pair["a"], pair["b"]
+    vol, src, rel, first = replicated(pair, volume, "diverges", 4 * MIB)
+    # Someone snapshots the replica on the partner, outside the API: it diverged.
+    replica = f"{pair['pool_b']['name']}/diverges_replica"
+    subprocess.run(["zfs", "snapshot", f"{replica}@made-there"], check=True)
+    write(f"{src}/g", 1 * MIB)
+    failed = replicate(pair, rel["id"])
+    assert failed["status"] == "FAILED" and "made-there" in failed["message"], failed
+    assert "rollback_replica" in failed["message"]
+    assert f"{replica}@made-there" in zfs_names(pair["pool_b"]["name"], "snapshot")  # never rolled back unasked
+    bad = a.request("POST", f"/api/relationship/{rel['id']}/session", json={"rollback_replica": "sometimes"})
+    assert bad.status_code == 400 and bad.json()["error"]["type"]
+    rolled = replicate(pair, rel["id"], rollback_replica=True)
+    assert rolled["status"] == "COMPLETED", rolled
+    assert "rolled back" in rolled["message"] and "made-there" in rolled["message"]
+    assert f"{replica}@made-there" not in zfs_names(pair["pool_b"]["name"], "snapshot")
+    assert checksums(f"/vsnap/{pair['pool_b']['name']}/diverges_replica") == checksums(src)
+    assert b.ok("GET", f"/api/relationship/{rel['id']}")["last_common_snapshot"]["name"] == \
+        rolled["remote_snap_name"]
+    # While a session sends from it, the base cannot be deleted (a hold); once the session
+    # ends (here canceled) it is let go.
+    base = f"{pair['pool_a']['name']}/diverges@{rolled['local_snap_name']}"
+    write(f"{src}/h", 32 * MIB)
+    a.ok("PUT", f"/api/relationship/{rel['id']}", json={"max_rate": 1 * MIB})
+    s = a.ok("POST", f"/api/relationship/{rel['id']}/session", json={})
+    deadline = time.monotonic() + 30  # held once the session has chosen it as its base
+    while userrefs(base) == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert a.ok("GET", f"/api/session/{s['id']}")["status"] == "ACTIVE"
+    assert userrefs(base) >= 1
+    if stack.KERNEL:  # zfs-fuse's destroy waits for a send of the dataset to end, held or not
+        refused = a.request("DELETE", f"/api/snapshot/{rolled['local_snap_id']}")
+        assert refused.status_code == 409 and "held" in refused.json()["error"]["message"], refused.text
+    assert a.ok("POST", f"/api/session/{s['id']}", json={"action": "cancel"})["status"] == "FAILED"
+    assert userrefs(base) == 0
+    a.ok("DELETE", f"/api/snapshot/{rolled['local_snap_id']}")

@@ -382,7 +382,9 @@ def test_serve_receive_refuses_a_rollback_to_a_snapshot_the_replica_lacks(env, r
 
 @pytest.mark.parametrize("words", [["recv", R1, "s2", "full", "rollback-to", "s1"],
                                    ["recv", R1, "s2", "incremental", "rollback", "s1"],
-                                   ["recv", R1, "s2", "incremental", "rollback-to"]])
+                                   ["recv", R1, "s2", "incremental", "rollback-to"],
+                                   ["recv", R1, "s2", "incremental", "from", "111", "from", "111"],
+                                   ["recv", R1, "s2", "resume", "from", "111"]])
 def test_serve_receive_rollback_words_are_exact(env, replica, stream, words):
     env.snapshot(env.replica_vol, "s1", guid="111")
     with pytest.raises(ValidationError, match="Unknown replication request"):
@@ -403,3 +405,17 @@ def test_a_received_snapshot_is_the_replicas_last_common_one(env, replica, strea
     rel = env.svc.get_relationship(R1)
     (snap,) = [s for s in env.catalog.snapshots.values() if s.volume.row.id == env.replica_vol]
     assert rel["last_common_snapshot"] == {"name": "s1", "guid": snap.props["guid"]}
+
+
+def test_an_incremental_follows_only_the_replicas_newest_snapshot_its_base(env, replica, stream):
+    env.snapshot(env.replica_vol, "s1", guid="111", creation=10)
+    env.snapshot(env.replica_vol, "made-there", guid="777", creation=20)
+    with pytest.raises(ConflictError, match="newer than the stream's base s1: made-there"):
+        env.svc.serve(P1, ["recv", R1, "s2", "incremental", "from", "111"], stream)
+    with pytest.raises(ConflictError, match="does not hold the stream's base"):
+        env.svc.serve(P1, ["recv", R1, "s2", "incremental", "from", "555"], stream)
+    with pytest.raises(ValidationError, match="not a snapshot guid"):
+        env.svc.serve(P1, ["recv", R1, "s2", "incremental", "from", "-F"], stream)
+    assert env.ds.calls == []
+    env.svc.serve(P1, ["recv", R1, "s2", "incremental", "from", "777"], stream)
+    assert [c[0] for c in env.ds.calls] == ["unmount", "receive", "mount"]

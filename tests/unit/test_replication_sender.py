@@ -92,7 +92,7 @@ def test_run_session_incremental_from_the_newest_common_snapshot(env, rel, sendi
     assert env.sess(sid).status == COMPLETED
     (call,) = sending.calls
     assert call["producer"] == ["zfs", "send", "-i", "p/fs@s2", "p/fs@s4"]
-    assert call["consumer"][-4:] == ["recv", rel, "s4", "incremental"]
+    assert call["consumer"][-6:] == ["recv", rel, "s4", "incremental", "from", "222"]  # its base, by guid
     assert env.rels()[rel].last_success_snap_id == s4 and s1 < s2 < s4
 
 
@@ -259,7 +259,8 @@ def test_incremental_after_a_completed_session_asks_the_partner_nothing(env, rel
     assert env.link.calls == []
     (call,) = sending.calls
     assert call["producer"] == ["zfs", "send", "-i", "p/fs@s1", "p/fs@s2"]
-    assert call["consumer"] == ["ssh-fake", P1, "10.5.0.2", "8922", "--", "recv", rel, "s2", "incremental"]
+    assert call["consumer"] == ["ssh-fake", P1, "10.5.0.2", "8922", "--", "recv", rel, "s2", "incremental",
+                                "from", "111"]
 
 
 def test_a_refused_stream_asks_the_partner_and_sends_from_the_base_it_has(env, rel, sending, replicated):
@@ -418,6 +419,7 @@ def test_the_next_incremental_goes_from_the_bookmark_once_the_snapshot_is_delete
     row = env.sess(sid)
     assert row.status == COMPLETED, row.message
     assert sending.calls[-1]["producer"] == ["zfs", "send", "-i", f"p/fs#vsnap-repl-{rel}-111", "p/fs@s2"]
+    assert sending.calls[-1]["consumer"][-2:] == ["from", "111"]  # the snapshot it marks, by guid
     assert env.link.calls == []  # known without asking: the last session's snapshot, by its bookmark
     assert "bookmark of s1" in row.message
 
@@ -672,7 +674,7 @@ def test_an_older_snapshots_stream_is_finished_first_then_the_difference_is_sent
     resumed, incremental = broken_off.calls
     assert resumed["producer"] == ["zfs", "send", "-t", TOKEN] and resumed["consumer"][-3:] == [rel, "s1", "resume"]
     assert incremental["producer"] == ["zfs", "send", "-i", "p/fs@s1", "p/fs@s2"]
-    assert incremental["consumer"][-1] == "incremental"
+    assert incremental["consumer"][-3:] == ["incremental", "from", "111"]
     assert row.size_sent == 2 * 4096 and "of s1" in row.message and row.message.endswith("first")
 
 

@@ -39,7 +39,9 @@ class Request:
     RECEIVE = "recv"  # <rel id> <snapshot name> full|incremental|resume: the stream on stdin
     FULL, INCREMENTAL = "full", "incremental"
     RESUME = "resume"  # the rest of an interrupted stream (`zfs send -t`), from the replica's token
-    ROLLBACK_TO = "rollback-to"  # after RECEIVE's words: <snapshot name>, the replica rolled back to it first
+    # After an incremental RECEIVE's words, each optional and followed by its value:
+    FROM = "from"  # <guid>: the stream's base, which must be the replica's newest snapshot
+    ROLLBACK_TO = "rollback-to"  # <snapshot name>: the replica is rolled back to it first (asked for)
     DELETE_RELATIONSHIP = "delete-relationship"  # <rel id> 1|0: the replica volume is kept (1), or not
     PRESERVE_REPLICA, DELETE_REPLICA = "1", "0"
 

@@ -73,10 +73,16 @@ class Receiver:
         if op == Request.RECEIVE and len(args) == 3 and args[2] in (Request.FULL, Request.INCREMENTAL,
                                                                     Request.RESUME):
             return self._serve_receive(partner, args[0], validate_name(args[1], "Snapshot"), args[2], stdin.fileno())
-        if op == Request.RECEIVE and len(args) == 5 and args[2] == Request.INCREMENTAL \
-                and args[3] == Request.ROLLBACK_TO:
-            return self._serve_receive(partner, args[0], validate_name(args[1], "Snapshot"), args[2], stdin.fileno(),
-                                       rollback_to=validate_name(args[4], "Snapshot"))
+        if op == Request.RECEIVE and len(args) in (5, 7) and args[2] == Request.INCREMENTAL:
+            options = dict(zip(args[3::2], args[4::2], strict=True))
+            if len(options) * 2 == len(args) - 3 and set(options) <= {Request.FROM, Request.ROLLBACK_TO}:
+                base = options.get(Request.FROM)
+                if base is not None and not base.isdigit():
+                    raise ValidationError("The stream's base is not a snapshot guid")
+                rollback_to = options.get(Request.ROLLBACK_TO)
+                return self._serve_receive(partner, args[0], validate_name(args[1], "Snapshot"), args[2],
+                                           stdin.fileno(), base_guid=base,
+                                           rollback_to=validate_name(rollback_to, "Snapshot") if rollback_to else None)
         if op == Request.DELETE_RELATIONSHIP and len(args) == 2 \
                 and args[1] in (Request.DELETE_REPLICA, Request.PRESERVE_REPLICA):
             return self._serve_delete_relationship(partner, args[0], args[1] == Request.PRESERVE_REPLICA)
@@ -193,11 +199,24 @@ class Receiver:
             answer["resume_token"] = self.ds.resume_token(volume.dataset)
         return answer
 
+    def _refuse_diverged(self, volume, snaps: list, base_guid: str) -> None:
+        """An incremental follows only the replica's newest snapshot, its base (OpenZFS checks
+        this itself; zfs-fuse would receive it after snapshots the primary never sent)."""
+        base = next((v.row.name for v in snaps if v.props.get("guid") == base_guid), None)
+        if base is None:
+            raise ConflictError("The replica does not hold the stream's base snapshot")
+        txgs = self.ds.snapshot_numbers(volume.dataset, "createtxg")  # ZFS's own list: one made a moment ago too
+        newer = sorted((txg, name) for name, txg in txgs.items() if base in txgs and txg > txgs[base])
+        if newer:
+            raise ConflictError(f"The replica has snapshots newer than the stream's base {base}: "
+                                f"{', '.join(name for _, name in newer)} (a session with rollback_replica true "
+                                "rolls it back, destroying them)")
+
     def _resumable(self) -> bool:
         return "resumable" in self.ds.zfs.stream_features()
 
     def _serve_receive(self, partner: Partner, rel_id: str, snap_name: str, mode: str, stdin: int,
-                       rollback_to: str | None = None) -> dict:
+                       base_guid: str | None = None, rollback_to: str | None = None) -> dict:
         rel = self._partner_relationship(partner, rel_id, REPLICA)
         volume, snaps = self._replica_snapshots(rel)
         if any(v.row.name == snap_name for v in snaps):
@@ -227,6 +246,8 @@ class Receiver:
                 except CommandError as exc:
                     raise ConflictError(f"The replica could not be rolled back to {rollback_to}: "
                                         f"{describe(exc)}") from exc
+            elif base_guid is not None:
+                self._refuse_diverged(volume, snaps, base_guid)
             answer = self._receive_into(volume, target, snap_name, full, stdin, resumable)
             self.bookmarks.remember_common(rel.id, None, snap_name, answer.pop("guid", None))
             return answer

@@ -316,6 +316,8 @@ class Sender:
         words = [Request.RECEIVE, rel.id, remote_name, mode]
         if rollback_to is not None:
             words += [Request.ROLLBACK_TO, rollback_to]
+        elif base is not None and resume_token is None and base_guid(base):
+            words += [Request.FROM, str(base_guid(base))]
         consumer = self.ssh.command(partner.id, address, partner.ssh_port, words)
 
         recent: deque[tuple[float, int]] = deque()  # (when, bytes moved) over the last RATE_WINDOW
