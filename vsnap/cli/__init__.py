@@ -262,6 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--remote-pool", metavar="POOL_ID", help="the partner's pool (default: its only pool)")
     p.add_argument("--remote-name", metavar="NAME", help="the replica's name (default <volume>_replica)")
     p.add_argument("--reuse", action="store_true", help="adopt an existing volume of that name as the replica")
+    p.add_argument("--max-rate", type=c.size_arg, metavar="RATE",
+                   help="keep its streams under this many bytes per second: bytes or 10M (default: no limit)")
+    p = verb(r, "update", c.relationship_update, "change a relationship's bandwidth limit (PUT /api/relationship/<id>)")
+    p.add_argument("ident", metavar="ID", help="the relationship's id (on the primary's appliance)")
+    p.add_argument("--max-rate", type=c.rate_arg, metavar="RATE", required=True,
+                   help="bytes per second, or 10M; 'none' for no limit (from the next session)")
     p = verb(r, "show", c.relationship_show, "list relationships, or show one (GET /api/relationship)")
     p.add_argument("ident", nargs="?", metavar="ID", help="the relationship's id")
     p.add_argument("--volume", metavar="VOLUME_ID", help="only this volume's relationships")
@@ -277,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ident", metavar="RELATIONSHIP_ID", help="the relationship")
     p.add_argument("--snapshot", metavar="SNAPSHOT_ID", help="the snapshot to send (default: a new one)")
     p.add_argument("--remote-snap-name", metavar="NAME", help="its name on the replica")
+    p.add_argument("--rollback-replica", action="store_true",
+                   help="roll a replica that has snapshots newer than the last common one back to it, "
+                        "destroying them (without it such a session fails, naming them)")
     p.add_argument("--wait", action="store_true",
                    help="show progress until the session ends; exit 1 if it fails")
     wait_options(p, "session")

@@ -97,6 +97,11 @@ def listing(key: str, columns):
 SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgtpe]?)(?:i?b)?\s*", re.I)
 
 
+def rate_arg(text: str) -> str | None:
+    """A size_arg per second, or 'none' (no limit)."""
+    return None if text.strip().lower() == "none" else size_arg(text)
+
+
 def size_arg(text: str) -> str:
     """'100G', '1.5T', '512K' (binary units) or plain bytes -> a decimal string of bytes."""
     match = SIZE_RE.fullmatch(text)
@@ -468,10 +473,14 @@ def partner_create(ctx, a):
 
 def relationship_create(ctx, a):
     body = {"partner_id": a.partner}
-    put_fields(body, a, {"remote_pool": "remote_pool_id", "remote_name": "remote_vol_name"})
+    put_fields(body, a, {"remote_pool": "remote_pool_id", "remote_name": "remote_vol_name", "max_rate": "max_rate"})
     if a.reuse:
         body["reuse"] = True
     ctx.show(ctx.client.post(f"/api/volume/{a.volume}/relationship", body), detail)
+
+
+def relationship_update(ctx, a):
+    ctx.show(ctx.client.put(f"/api/relationship/{a.ident}", {"max_rate": a.max_rate}), detail)
 
 
 def relationship_show(ctx, a):
@@ -495,6 +504,8 @@ def relationship_delete(ctx, a):
 
 def session_start(ctx, a):
     body = put_fields({}, a, {"snapshot": "snap_id", "remote_snap_name": "remote_snap_name"})
+    if a.rollback_replica:
+        body["rollback_replica"] = True
     result = ctx.client.post(f"/api/relationship/{a.ident}/session", body)
     if not a.wait:
         return ctx.show(result, detail)
