@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from . import stack
 from .appliance import Appliance
 from .zfs_tools import PREFIX, destroy_pool, pool_names
 
@@ -88,7 +89,8 @@ def appliance(admin):
     server = Appliance(STATE, PORT, ssh_port=SSH_PORT, env={"VSNAP_AUTH_FAIL_LIMIT": "100000",
                                                                 "VSNAP_TARGET_CHECK_INTERVAL": "1",
                                                                 "VSNAP_TARGET_RESYNC_INTERVAL": "5",
-                                                                "VSNAP_REPL_STALL_SECONDS": "5"}).start()
+                                                                "VSNAP_REPL_STALL_SECONDS": stack.REPL_STALL_SECONDS}
+                       ).start()
     server.account = admin
     try:
         sweep_test_pools(server)  # an interrupted earlier run may have left some

@@ -29,7 +29,8 @@ def partner_b(appliance, admin):
     if not (STATE_B / "lab" / "lab.env").exists():
         pytest.fail(f"the partner's lab is not set up for {STATE_B}: run the suite with `make test`")
     server = Appliance(STATE_B, PORT_B, ssh_port=SSH_PORT_B, log_name="server-b",
-                       env={"VSNAP_AUTH_FAIL_LIMIT": "100000", "VSNAP_REPL_STALL_SECONDS": "5"}).start()
+                       env={"VSNAP_AUTH_FAIL_LIMIT": "100000",
+                            "VSNAP_REPL_STALL_SECONDS": stack.REPL_STALL_SECONDS}).start()
     server.account = admin
     try:
         sweep_test_pools(server, machine_wide=False)  # A's pools are A's (the session start swept)
