@@ -99,6 +99,23 @@ guest-suite:
 	VSNAP_LAB_STACK=kernel VSNAP_STATE=$(TEST_STATE) lab/lab.sh down; \
 	exit $$rc
 
+# Compressed and resumed stream figures (bench/bench_streams.py): OpenZFS only, so run inside
+# the kernel lab's guest (lab/kernel-lab.sh ssh "cd /root/vsnap-src && make guest-bench"), on the
+# test appliances as guest-suite sets them up.
+.PHONY: guest-bench
+guest-bench:
+	VSNAP_LAB_STACK=kernel VSNAP_STATE=$(TEST_STATE) VSNAP_SSH_PORT=$(TEST_SSH_PORT) VSNAP_LAB_SMB_PORT=$(TEST_SMB_PORT) lab/lab.sh up
+	VSNAP_STATE=$(TEST_STATE) $(GUEST_PY) -m vsnap.bootstrap --no-account
+	VSNAP_LAB_STACK=kernel VSNAP_STATE=$(TEST_STATE_B) VSNAP_SSH_PORT=$(TEST_SSH_PORT_B) VSNAP_LAB_SMB_PORT=$(TEST_SMB_PORT_B) VSNAP_LAB_DISKS=3 lab/lab.sh up
+	VSNAP_STATE=$(TEST_STATE_B) $(GUEST_PY) -m vsnap.bootstrap --no-account
+	VSNAP_LAB_STACK=kernel VSNAP_STATE=$(TEST_STATE) VSNAP_PORT=$(TEST_PORT) VSNAP_SSH_PORT=$(TEST_SSH_PORT) \
+	VSNAP_STATE_B=$(TEST_STATE_B) VSNAP_PORT_B=$(TEST_PORT_B) VSNAP_SSH_PORT_B=$(TEST_SSH_PORT_B) \
+		$(GUEST_PY) bench/bench_streams.py; \
+	rc=$$?; \
+	VSNAP_LAB_STACK=kernel VSNAP_STATE=$(TEST_STATE_B) lab/lab.sh down; \
+	VSNAP_LAB_STACK=kernel VSNAP_STATE=$(TEST_STATE) lab/lab.sh down; \
+	exit $$rc
+
 # The kernel lab's tests alone.
 .PHONY: test-kernel
 test-kernel: deps $(STAMPS)/apt-kernel-lab

@@ -8,7 +8,7 @@ import os
 KERNEL = os.environ.get("VSNAP_LAB_STACK") == "kernel"
 # How long a replication stream may move nothing before it counts as stalled: short, so the
 # stall test is quick; longer in the emulated guest, where a partner's first bytes come late.
-REPL_STALL_SECONDS = "15" if KERNEL else "5"
+REPL_STALL_SECONDS = "30" if KERNEL else "5"
 
 # LIO numbers a target's LUNs from 0; tgt's controller holds LUN 0, so ours start at 1.
 FIRST_LUN = 0 if KERNEL else 1
