@@ -85,6 +85,8 @@ test: lint setup-test $(STAMPS)/apt-kernel-lab
 # their labs go down afterwards.
 GUEST_PY ?= /opt/vsnap/venv/bin/python
 GUEST_TESTS ?= tests/integration
+# What runs on the two test appliances once their labs are up (guest-bench runs a benchmark).
+GUEST_RUN ?= $(GUEST_PY) -m pytest -ra -p no:cacheprovider -m 'guest or kernel_stack' $(GUEST_TESTS) $(PYTEST_ARGS)
 .PHONY: guest-suite
 guest-suite:
 	VSNAP_LAB_STACK=kernel VSNAP_STATE=$(TEST_STATE) VSNAP_SSH_PORT=$(TEST_SSH_PORT) VSNAP_LAB_SMB_PORT=$(TEST_SMB_PORT) lab/lab.sh up
@@ -93,7 +95,7 @@ guest-suite:
 	VSNAP_STATE=$(TEST_STATE_B) $(GUEST_PY) -m vsnap.bootstrap --no-account
 	VSNAP_LAB_STACK=kernel VSNAP_STATE=$(TEST_STATE) VSNAP_PORT=$(TEST_PORT) VSNAP_SSH_PORT=$(TEST_SSH_PORT) \
 	VSNAP_STATE_B=$(TEST_STATE_B) VSNAP_PORT_B=$(TEST_PORT_B) VSNAP_SSH_PORT_B=$(TEST_SSH_PORT_B) \
-		$(GUEST_PY) -m pytest -ra -p no:cacheprovider -m 'guest or kernel_stack' $(GUEST_TESTS) $(PYTEST_ARGS); \
+		$(GUEST_RUN); \
 	rc=$$?; \
 	VSNAP_LAB_STACK=kernel VSNAP_STATE=$(TEST_STATE_B) lab/lab.sh down; \
 	VSNAP_LAB_STACK=kernel VSNAP_STATE=$(TEST_STATE) lab/lab.sh down; \
@@ -104,17 +106,7 @@ guest-suite:
 # test appliances as guest-suite sets them up.
 .PHONY: guest-bench
 guest-bench:
-	VSNAP_LAB_STACK=kernel VSNAP_STATE=$(TEST_STATE) VSNAP_SSH_PORT=$(TEST_SSH_PORT) VSNAP_LAB_SMB_PORT=$(TEST_SMB_PORT) lab/lab.sh up
-	VSNAP_STATE=$(TEST_STATE) $(GUEST_PY) -m vsnap.bootstrap --no-account
-	VSNAP_LAB_STACK=kernel VSNAP_STATE=$(TEST_STATE_B) VSNAP_SSH_PORT=$(TEST_SSH_PORT_B) VSNAP_LAB_SMB_PORT=$(TEST_SMB_PORT_B) VSNAP_LAB_DISKS=3 lab/lab.sh up
-	VSNAP_STATE=$(TEST_STATE_B) $(GUEST_PY) -m vsnap.bootstrap --no-account
-	VSNAP_LAB_STACK=kernel VSNAP_STATE=$(TEST_STATE) VSNAP_PORT=$(TEST_PORT) VSNAP_SSH_PORT=$(TEST_SSH_PORT) \
-	VSNAP_STATE_B=$(TEST_STATE_B) VSNAP_PORT_B=$(TEST_PORT_B) VSNAP_SSH_PORT_B=$(TEST_SSH_PORT_B) \
-		$(GUEST_PY) bench/bench_streams.py; \
-	rc=$$?; \
-	VSNAP_LAB_STACK=kernel VSNAP_STATE=$(TEST_STATE_B) lab/lab.sh down; \
-	VSNAP_LAB_STACK=kernel VSNAP_STATE=$(TEST_STATE) lab/lab.sh down; \
-	exit $$rc
+	$(MAKE) guest-suite GUEST_RUN="$(GUEST_PY) bench/bench_streams.py"
 
 # The kernel lab's tests alone.
 .PHONY: test-kernel

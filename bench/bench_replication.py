@@ -178,12 +178,18 @@ def unauthorize_bench_key():
     keys.write_text("".join(f"{line}\n" for line in keys.read_text().splitlines() if MARK not in line))
 
 
-def main():
-    admin = OsAccount("vsnapbenchr-admin", ["vsnap"])
+def start_pair(account: str):
+    """An admin account of its own and the two appliances, started: (admin, a, b)."""
+    admin = OsAccount(account, ["vsnap"])
     a = Appliance(STATE_A, PORT_A, ssh_port=SSH_A, log_name="bench")
     b = Appliance(STATE_B, PORT_B, ssh_port=SSH_B, log_name="bench-b")
     a.account = b.account = admin
     a.start(), b.start()
+    return admin, a, b
+
+
+def main():
+    admin, a, b = start_pair("vsnapbenchr-admin")
     made = []
     workdir = Path(tempfile.mkdtemp(prefix="vsnap-bench-"))
     try:
@@ -259,17 +265,23 @@ def main():
         print(f"incremental bytes / changed bytes: "
               f"{statistics.median(sent['incremental']) / (SIZE * CHANGE / 100):.2f}")
     finally:
-        unauthorize_bench_key()
         shutil.rmtree(workdir, ignore_errors=True)
-        for server in (a, b):
-            for rel in server.ok("GET", "/api/relationship")["relationships"]:
-                server.delete(f"/api/relationship/{rel['id']}")
-            for p in server.ok("GET", "/api/partner")["partners"]:
-                server.delete(f"/api/partner/{p['id']}")
-        for server, pool in reversed(made):
-            server.delete(f"/api/pool/{pool['id']}")
-        a.stop(), b.stop()
-        admin.remove()
+        tear_down(a, b, made, admin)
+
+
+def tear_down(a, b, made: list, admin) -> None:
+    """What a benchmark made goes: the bench key, relationships, partners, the pools in
+    `made` ((server, pool) pairs), the servers and the account."""
+    unauthorize_bench_key()
+    for server in (a, b):
+        for rel in server.ok("GET", "/api/relationship")["relationships"]:
+            server.delete(f"/api/relationship/{rel['id']}")
+        for p in server.ok("GET", "/api/partner")["partners"]:
+            server.delete(f"/api/partner/{p['id']}")
+    for server, pool in reversed(made):
+        server.delete(f"/api/pool/{pool['id']}")
+    a.stop(), b.stop()
+    admin.remove()
 
 
 if __name__ == "__main__":

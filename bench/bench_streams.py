@@ -35,22 +35,16 @@ sys.path.insert(0, str(ROOT / "bench"))
 from bench_replication import (  # noqa: E402
     BENCH_KEY,
     CIPHER,
-    PORT_A,
     PORT_B,
-    SSH_A,
     SSH_B,
     SSH_OPTIONS,
-    STATE_A,
-    STATE_B,
     authorize_bench_key,
     destroy,
     sh,
-    unauthorize_bench_key,
+    start_pair,
+    tear_down,
     wait,
 )
-
-from tests.integration.appliance import Appliance  # noqa: E402
-from tests.integration.conftest import OsAccount  # noqa: E402
 
 SIZE = int(os.environ.get("BENCH_SIZE_MIB", 256)) << 20
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", 2))
@@ -96,17 +90,22 @@ def write_data(path: str, compressible: bool) -> None:
         os.fsync(f.fileno())
 
 
+def volume_with_snapshot(a, pool: dict, name: str, compressible: bool) -> tuple[dict, dict, str]:
+    """A filesystem volume on A holding SIZE bytes, and a snapshot of it: (volume, snapshot,
+    the snapshot's ZFS name)."""
+    vol = a.ok("POST", "/api/volume", json={"name": name, "volume_type": "filesystem", "pool_id": pool["id"]})
+    write_data(f"/vsnap/{POOL_A}/{name}/data.bin", compressible)
+    snap = a.ok("POST", f"/api/volume/{vol['id']}/snapshot", json={"name": "s"})
+    return vol, snap, f"{POOL_A}/{name}@s"
+
+
 def session(a, rel_id: str, **body) -> dict:
     s = a.ok("POST", f"/api/relationship/{rel_id}/session", json=body)
     return wait(a, s["id"])
 
 
 def compressed_round(a, pool_a: dict, partner: dict, round_: int, results: dict) -> None:
-    vol = a.ok("POST", "/api/volume", json={"name": f"comp{round_}", "volume_type": "filesystem",
-                                             "pool_id": pool_a["id"]})
-    write_data(f"/vsnap/{POOL_A}/comp{round_}/data.bin", compressible=True)
-    snap = a.ok("POST", f"/api/volume/{vol['id']}/snapshot", json={"name": "c"})
-    source = f"{POOL_A}/comp{round_}@c"
+    vol, snap, source = volume_with_snapshot(a, pool_a, f"comp{round_}", compressible=True)
     results["on_disk"].append(int(sh("zfs", "get", "-Hpo", "value", "referenced", source).stdout))
     results["logical"].append(int(sh("zfs", "get", "-Hpo", "value", "logicalreferenced", source).stdout))
     rel = a.ok("POST", f"/api/volume/{vol['id']}/relationship", json={"partner_id": partner["id"]})
@@ -119,27 +118,23 @@ def compressed_round(a, pool_a: dict, partner: dict, round_: int, results: dict)
             results["api"].append((time.monotonic() - t, int(done["size_sent"])))
         else:
             flags = ["-c", "-L", "-e"] if kind == "compressed" else []
-            results[kind].append(raw([*flags, source], ["-F", f"{SCRATCH}/{kind}{round_}@c"]))
+            results[kind].append(raw([*flags, source], ["-F", f"{SCRATCH}/{kind}{round_}@s"]))
             destroy(f"{SCRATCH}/{kind}{round_}")
     a.ok("DELETE", f"/api/relationship/{rel['id']}")
     a.ok("DELETE", f"/api/volume/{vol['id']}")
 
 
 def resumed_round(a, pool_a: dict, partner: dict, round_: int, results: dict) -> None:
-    vol = a.ok("POST", "/api/volume", json={"name": f"res{round_}", "volume_type": "filesystem",
-                                             "pool_id": pool_a["id"]})
-    write_data(f"/vsnap/{POOL_A}/res{round_}/data.bin", compressible=False)
-    snap = a.ok("POST", f"/api/volume/{vol['id']}/snapshot", json={"name": "r"})
-    source = f"{POOL_A}/res{round_}@r"
+    vol, snap, source = volume_with_snapshot(a, pool_a, f"res{round_}", compressible=False)
     target = f"{SCRATCH}/resumed{round_}"
-    results["full"].append(raw([source], ["-F", f"{target}@r"])[0])
+    results["full"].append(raw([source], ["-F", f"{target}@s"])[0])
     destroy(target)
     rel = a.ok("POST", f"/api/volume/{vol['id']}/relationship", json={"partner_id": partner["id"]})
     for kind in ("raw", "api") if round_ % 2 == 0 else ("api", "raw"):
         if kind == "raw":
-            raw([source], ["-s", "-F", f"{target}@r"], limit=SIZE // 2)  # breaks off half way
+            raw([source], ["-s", "-F", f"{target}@s"], limit=SIZE // 2)  # breaks off half way
             token = sh("zfs", "get", "-Hpo", "value", "receive_resume_token", target).stdout.strip()
-            results["raw"].append(raw(["-t", token], ["-s", f"{target}@r"]))
+            results["raw"].append(raw(["-t", token], ["-s", f"{target}@s"]))
             destroy(target)
         else:
             a.ok("PUT", f"/api/relationship/{rel['id']}", json={"max_rate": 16 << 20})
@@ -158,11 +153,7 @@ def resumed_round(a, pool_a: dict, partner: dict, round_: int, results: dict) ->
 
 
 def main():
-    admin = OsAccount("vsnapbenchs-admin", ["vsnap"])
-    a = Appliance(STATE_A, PORT_A, ssh_port=SSH_A, log_name="bench")
-    b = Appliance(STATE_B, PORT_B, ssh_port=SSH_B, log_name="bench-b")
-    a.account = b.account = admin
-    a.start(), b.start()
+    admin, a, b = start_pair("vsnapbenchs-admin")
     made = []
     try:
         for server in (a, b):
@@ -209,17 +200,8 @@ def main():
         print(f"session: bytes after the break / whole stream: "
               f"{med(res['api'], 1) / statistics.median(res['total']):.2f}")
     finally:
-        unauthorize_bench_key()
-        for server in (a, b):
-            for rel in server.ok("GET", "/api/relationship")["relationships"]:
-                server.delete(f"/api/relationship/{rel['id']}")
-            for p in server.ok("GET", "/api/partner")["partners"]:
-                server.delete(f"/api/partner/{p['id']}")
         subprocess.run(["zfs", "destroy", "-r", SCRATCH], capture_output=True)
-        for server, pool in reversed(made):
-            server.delete(f"/api/pool/{pool['id']}")
-        a.stop(), b.stop()
-        admin.remove()
+        tear_down(a, b, made, admin)
 
 
 if __name__ == "__main__":
