@@ -30,6 +30,11 @@ def bookmark_name(rel_id: str, guid: str) -> str:
     return f"{PREFIX}{rel_id}-{guid}"
 
 
+def is_relationships_bookmark(rel_id: str, name: str) -> bool:
+    """Whether `name` (after '#') is one of the relationship's bookmarks."""
+    return name.startswith(f"{PREFIX}{rel_id}-")
+
+
 @dataclass(frozen=True)
 class Bookmark:
     """A base an incremental can be sent from in place of the snapshot it marks."""
@@ -68,7 +73,7 @@ class Bookmarks:
             try:
                 self.ds.bookmark(f"{dataset}@{snap_name}", f"{dataset}#{ours}")
                 for name in self.ds.bookmarks(dataset):
-                    if name.startswith(f"{PREFIX}{rel_id}-") and name != ours:
+                    if is_relationships_bookmark(rel_id, name) and name != ours:
                         self.ds.destroy_bookmark(f"{dataset}#{name}")
             except CommandError as exc:
                 problem = describe(exc)
@@ -114,5 +119,5 @@ class Bookmarks:
         self.release_all(rel_id, dataset)
         if self.can_bookmark:
             for name in self.ds.bookmarks(dataset):
-                if name.startswith(f"{PREFIX}{rel_id}-"):
+                if is_relationships_bookmark(rel_id, name):
                     self.ds.destroy_bookmark(f"{dataset}#{name}")
