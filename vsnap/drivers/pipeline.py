@@ -159,12 +159,14 @@ def run_pipeline(producer: list[str], consumer: list[str], *,
         raise
     finally:
         watch.done.set()
-        watcher.join()
+        # The consumer sees the end of the stream now, not once a progress report (which may
+        # be waiting on the database) has returned.
         try:
             cons_in.close()
         except BrokenPipeError:
             pass
         prod_out.close()
+        watcher.join()
     moved = watch.moved
     if watch.error is not None:
         for proc in (prod, cons):
