@@ -975,6 +975,20 @@ disks_down() {
     fi
 }
 
+# kernel_exports_down: the kernel NFS server lets go of this appliance's exports (the lab's own
+# file under /etc/exports.d, named in lab.env): its pools can then be exported, and exportfs
+# does not fail for every other appliance on paths that went with them.
+kernel_exports_down() {
+    local file=/etc/exports.d/${STATE##*/}.exports
+    [[ -e $file ]] || return 0
+    rm -f -- "$file"
+    if exportfs -ra; then
+        log "withdrew this appliance's NFS exports ($file)"
+    else
+        warn "exportfs -ra failed after removing $file"
+    fi
+}
+
 cmd_down() {
     [[ -d $LAB ]] || { log "no lab at $LAB"; return 0; }
     mkdir -p "$RUN" "$SHARED_NFS"
@@ -993,6 +1007,8 @@ cmd_down() {
                 stop_ours "${SHARED_SERVICES[i]}"
             done
         fi
+    else
+        kernel_exports_down
     fi
     disks_down
     log "down: done (disk images kept in $DISKS)"

@@ -322,7 +322,7 @@ def test_kernel_apply_writes_then_reexports(tmp_path, fake_runner):
     exports = [NfsExport(3, "/vsnap/p/v", True, ["host1"])]
     KernelNfsDriver(fake_runner, target).apply(exports)
     assert fake_runner.argvs() == [["exportfs", "-ra"]]
-    assert fake_runner.calls[0]["check"] is True
+    assert fake_runner.calls[0]["check"] is False  # its failures are judged (below)
     assert fake_runner.steps == [f"wrote {target}"]  # a kill point of the crash tests
     assert seen == [kernel_exports(exports)]
     assert target.read_text() == kernel_exports(exports)
@@ -332,6 +332,21 @@ def test_kernel_apply_reports_exportfs_failure(tmp_path, fake_runner):
     fake_runner.on(["exportfs"], returncode=1, stderr="exportfs: bad line")
     with pytest.raises(CommandError):
         KernelNfsDriver(fake_runner, tmp_path / "vsnap.exports").apply([])
+
+
+def test_kernel_apply_fails_when_one_of_ours_fails_to_stat(tmp_path, fake_runner):
+    fake_runner.on(["exportfs"], returncode=1,
+                   stderr="exportfs: Failed to stat /vsnap/p/v: No such file or directory\n")
+    with pytest.raises(CommandError, match="Failed to stat /vsnap/p/v"):
+        KernelNfsDriver(fake_runner, tmp_path / "vsnap.exports").apply([NfsExport(3, "/vsnap/p/v", True, ["h"])])
+
+
+def test_kernel_apply_stands_when_only_other_files_paths_fail_to_stat(tmp_path, fake_runner, caplog):
+    # exportfs exported ours and exits 1 for a line of another file under /etc/exports.d
+    fake_runner.on(["exportfs"], returncode=1,
+                   stderr="exportfs: Failed to stat /vsnap/gone/nfs4: No such file or directory\n")
+    KernelNfsDriver(fake_runner, tmp_path / "vsnap.exports").apply([NfsExport(3, "/vsnap/p/v", True, ["h"])])
+    assert "/vsnap/gone/nfs4" in caplog.text
 
 
 def test_kernel_driver_default_file():

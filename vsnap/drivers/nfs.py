@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import time
 from dataclasses import dataclass, field
@@ -143,7 +144,30 @@ class KernelNfsDriver:
     def apply(self, exports: list[NfsExport]) -> None:
         write_atomically(self.exports_file, kernel_exports(exports, self.id_base))
         self.runner.step_done(f"wrote {self.exports_file}")
-        self.runner.run(["exportfs", "-ra"])
+        result = self.runner.run(["exportfs", "-ra"], check=False)
+        if result.returncode == 0:
+            return
+        # exportfs exports every line it can and exits 1 if any failed, including lines of
+        # other files under /etc/exports.d (another appliance's, an admin's) whose path is
+        # gone: those are not ours to fail for, since ours took effect.
+        foreign = others_stat_failures(result.stderr, {e.path for e in exports})
+        if foreign is None:
+            raise result.error()
+        log.warning("exportfs -ra: exports not of this appliance failed (theirs to fix): %s",
+                    "; ".join(foreign))
+
+
+STAT_FAILURE = re.compile(r"^exportfs: Failed to stat (/\S*): .*$")
+
+
+def others_stat_failures(stderr: str, ours: set[str]) -> list[str] | None:
+    """The error lines of exportfs when each is a path that is not one of `ours` failing to
+    stat; None when any line is something else (ours failed, or an error of another kind)."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    matches = [STAT_FAILURE.match(line) for line in lines]
+    if not lines or any(m is None or m.group(1) in ours for m in matches):
+        return None
+    return lines
 
 
 def choose_nfs_driver(runner: Runner, exports_file: Path, pidfile: Path | None,
