@@ -151,7 +151,7 @@ def status_from_vdevs(name: str, vdevs: list[str]) -> PoolStatus:
 class FakeOps:
     """ZfsPoolOps over an in-memory set of pools. Changes are recorded in `calls`."""
 
-    MUTATING = ("create", "add", "remove", "set", "export", "import_by_guid", "destroy")
+    MUTATING = ("create", "add", "remove", "set", "export", "import_by_guid", "destroy", "load_key")
 
     def __init__(self):
         self.has_sync = True
@@ -162,6 +162,7 @@ class FakeOps:
         self.fail: dict[str, Exception] = {}
         self.mount_checks: list[str] = []  # pools whose unmounted datasets were mounted
         self.unmounted: dict[str, list[str]] = {}
+        self.locked: dict[str, list[tuple[str, str]]] = {}  # pool -> (encryption root, keylocation) locked
         self._guid = 9000000000000000000
 
     def add_pool(self, name, guid=None, *, health="ONLINE", imported=True, props=None,
@@ -199,7 +200,16 @@ class FakeOps:
         self._imported(pool)
         return {"dedupratio": "1.00x"}
 
-    def mount_missing(self, pool):
+    def locked_keys(self, pool):
+        self.reads.append(("locked_keys", pool))
+        return [(name, loc) for name, loc in self.locked.get(pool, [])]
+
+    def load_key(self, dataset, location=None):
+        self._do("load_key", dataset)
+        self.locked[dataset.split("/")[0]] = [(n, loc) for n, loc in self.locked.get(dataset.split("/")[0], [])
+                                              if n != dataset]
+
+    def mount_missing(self, pool, encryption=False):
         self.mount_checks.append(pool)
         if "mount_missing" in self.fail:
             raise self.fail["mount_missing"]
@@ -244,6 +254,11 @@ class FakeZfs:
         self.ops = ops
         self.up = True
         self.cleared: list[str] = []
+        self.has_encryption = False  # zfs-fuse's; the encryption tests give OpenZFS's
+        self.exported: set[str] = set()  # names of pools `zpool import` would list
+
+    def importable_names(self):
+        return {p.name for p in self.ops.pools if p.imported} | self.exported
 
     def available(self):
         return self.up

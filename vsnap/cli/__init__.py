@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     bool_flag(p, "compression", "compression (default on)")
     bool_flag(p, "dedup", "deduplication (default off)", dest="deduplication")
     bool_flag(p, "syncwrite", "synchronous writes (default on)")
+    p.add_argument("--encrypted", action="store_true",
+                   help="encrypt the pool at rest (OpenZFS only; see `vsnap key export`)")
     p = verb(r, "show", c.pool_show, "list pools, or show one pool's details (GET /api/pool); with --json "
                                      "every pool in full (GET /api/pool/<id> each, with encryption)")
     c.selector(p, "pool", required=False)

@@ -180,13 +180,16 @@ class SystemService:
     def features(self) -> list[str]:
         """What this appliance offers beyond vSnap 1.0, so clients can tell: a bandwidth limit
         per relationship (the appliance's own relay: everywhere); where ZFS can (OpenZFS, not
-        zfs-fuse), compressed replication streams and transfers that resume where they broke off."""
+        zfs-fuse), compressed replication streams, transfers that resume where they broke off, and
+        encrypted pools."""
         found = ["bandwidth_limit"]
         streams = self.zfs.stream_features()
         if "compressed" in streams:
             found.append("compressed_send")
         if "resumable" in streams:
             found.append("resumable_send")
+        if "encryption" in streams and "raw" in streams:  # encrypted pools, replicated raw (send -w)
+            found.append("encryption")
         return sorted(found)
 
     # -- init -------------------------------------------------------------------------------
