@@ -38,6 +38,9 @@ class Request:
     PREPARE = "prepare"  # <rel id>: INFO's addresses and the replica's SNAPSHOTS, in one round trip
     RECEIVE = "recv"  # <rel id> <snapshot name> full|incremental|resume: the stream on stdin
     FULL, INCREMENTAL = "full", "incremental"
+    # A raw full stream of an encrypted volume (send -w): received as a new encrypted dataset in
+    # place of the empty replica (ZFS refuses it over an existing one, even with -F).
+    FULL_RAW = "full-raw"
     RESUME = "resume"  # the rest of an interrupted stream (`zfs send -t`), from the replica's token
     DELETE_RELATIONSHIP = "delete-relationship"  # <rel id> 1|0: the replica volume is kept (1), or not
     PRESERVE_REPLICA, DELETE_REPLICA = "1", "0"
