@@ -605,7 +605,7 @@ def test_features_name_what_this_stack_offers(pair):
         features = server.ok("GET", "/api/system")["features"]
         # The relay's bandwidth limit everywhere; compressed and resumable streams where ZFS
         # can (OpenZFS in the guest), never on zfs-fuse.
-        assert features == (["bandwidth_limit", "compressed_send", "resumable_send"] if stack.KERNEL
+        assert features == (["bandwidth_limit", "compressed_send", "encryption", "resumable_send"] if stack.KERNEL
                             else ["bandwidth_limit"])
 
 
