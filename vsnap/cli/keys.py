@@ -39,7 +39,8 @@ def _zfs(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     except subprocess.TimeoutExpired:
         raise KeyError_(f"zfs {args[0]} did not answer in {TIMEOUT} s") from None
     if check and out.returncode != 0:
-        raise KeyError_(f"zfs {args[0]}: {((out.stderr or out.stdout).strip().splitlines() or [str(out.returncode)])[0]}")
+        said = (out.stderr or out.stdout).strip().splitlines() or [str(out.returncode)]
+        raise KeyError_(f"zfs {args[0]}: {said[0]}")
     return out
 
 
@@ -78,7 +79,7 @@ def _need_root() -> None:
                         "appliance's keys in its state directory)", 2)
 
 
-def export_key(pool: str, file: str | None, out=sys.stdout) -> None:
+def export_key(pool: str, file: str | None, out=None) -> None:
     _need_root()
     _dataset(pool)
     if "/" in pool:
@@ -92,7 +93,7 @@ def export_key(pool: str, file: str | None, out=sys.stdout) -> None:
                         f"{props.get('keylocation')})")
     text = path.read_bytes().hex() + "\n"
     if file is None:
-        out.write(text)
+        (out or sys.stdout).write(text)
         return
     try:
         fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
