@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -277,7 +278,7 @@ def test_keys_are_loaded_at_start_and_go_with_their_pool(enc):
     # Exported while the server is down: the next start imports it, loads its key, mounts it.
     a.stop()
     subprocess.run(["zpool", "export", name], check=True, timeout=120)
-    a.start()
+    a.start(timeout=240)  # a loaded guest under TCG starts slowly
     deadline = time.monotonic() + 60
     while zfs_get(f"{name}/v", "mounted") != "yes" and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -289,3 +290,102 @@ def test_keys_are_loaded_at_start_and_go_with_their_pool(enc):
         a.ok("DELETE", f"/api/volume/{v['id']}")
     a.ok("DELETE", f"/api/pool/{made['id']}")
     assert not key_path.exists()
+
+
+@pytest.mark.guest
+def test_replicas_in_an_encrypted_partner_pool(enc):
+    """The partner's own pool is encrypted: a plain volume's replica is encrypted there with the
+    partner's key (readable there), an encrypted volume's stays raw with the primary's key
+    (not readable there). Both full streams replace the replica's empty (encrypted) dataset."""
+    a, b = enc["a"], enc["b"]
+    pool_b2 = b.ok("POST", "/api/pool", json={"name": f"{PREFIX}encb2", "pool_type": "raid0",
+                                              "disk_list": [unused(b, 1)[0]["uuid"]], "encryption": {"enabled": True}})
+    try:
+        plain = a.ok("POST", "/api/volume", json={"name": "plain2", "volume_type": "filesystem",
+                                                  "pool_id": enc["ctl"]["id"]})
+        secret = a.ok("POST", "/api/volume", json={"name": "secret2", "volume_type": "filesystem",
+                                                   "pool_id": enc["enc"]["id"]})
+        _, plain_digest = put_marker(f"/vsnap/{enc['ctl']['name']}/plain2")
+        put_marker(f"/vsnap/{enc['enc']['name']}/secret2")
+        for vol in (plain, secret):
+            rel = a.ok("POST", f"/api/volume/{vol['id']}/relationship",
+                       json={"partner_id": enc["partner"]["id"], "remote_pool_id": pool_b2["id"]})
+            for name in ("one", "two"):
+                s = a.ok("POST", f"/api/relationship/{rel['id']}/session", json={"remote_snap_name": name})
+                done = wait_session(a, s["id"])
+                assert done["status"] == "COMPLETED", done
+        b2 = pool_b2["name"]
+        assert zfs_get(f"{b2}/plain2_replica", "encryptionroot") == b2
+        assert zfs_get(f"{b2}/plain2_replica", "keystatus") == "available"
+        with open(f"/vsnap/{b2}/plain2_replica/secret", "rb") as f:
+            assert hashlib.sha256(f.read()).hexdigest() == plain_digest
+        assert zfs_get(f"{b2}/secret2_replica", "encryptionroot") == f"{b2}/secret2_replica"
+        assert zfs_get(f"{b2}/secret2_replica", "keystatus") == "unavailable"
+        names = {v["name"] for v in b.ok("GET", "/api/volume", params={"pool_id": pool_b2["id"]})["volumes"]}
+        assert names == {"plain2_replica", "secret2_replica"}
+    finally:
+        for rel in a.ok("GET", "/api/relationship")["relationships"]:
+            if rel["remote_pool_id"] == pool_b2["id"]:
+                a.ok("DELETE", f"/api/relationship/{rel['id']}")
+        for v in b.ok("GET", "/api/volume", params={"pool_id": pool_b2["id"]})["volumes"]:
+            b.ok("DELETE", f"/api/volume/{v['id']}")
+        b.ok("DELETE", f"/api/pool/{pool_b2['id']}")
+
+
+def _receive_processes(snap_name: str, timeout: float = 60) -> tuple[int, int, list[int]]:
+    """The partner's side of a stream of `snap_name`, once it runs: (its sshd session, the serve
+    process, the serve process's children: the zfs receive)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(["pgrep", "-f", "vsnap.worker.serve"], capture_output=True, text=True).stdout
+        for pid in (int(p) for p in out.split()):
+            try:
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+            except (OSError, ValueError, IndexError):
+                continue
+            if children and any(e.startswith(b"SSH_ORIGINAL_COMMAND=recv ") and e.split()[2] == snap_name.encode()
+                                for e in environ):
+                return ppid, pid, children
+        time.sleep(0.05)
+    raise AssertionError(f"no receive of {snap_name} appeared")
+
+
+@pytest.mark.guest
+@pytest.mark.parametrize("settled_by", ["the next session", "a restart of the partner"])
+def test_a_raw_first_receive_killed_half_way_leaves_the_replica_whole(enc, settled_by):
+    """kill -9 of the partner's receive after the empty replica made way for the raw stream:
+    the replica is made again (empty), by the next request for it or at the partner's next
+    start, and the next session sends the stream again."""
+    a, b = enc["a"], enc["b"]
+    name = "crash1" if settled_by == "the next session" else "crash2"
+    vol = a.ok("POST", "/api/volume", json={"name": name, "volume_type": "filesystem", "pool_id": enc["enc"]["id"]})
+    with open(f"/vsnap/{enc['enc']['name']}/{name}/f", "wb") as f:
+        for _ in range(40):
+            f.write(os.urandom(1 << 20))
+    rel = a.ok("POST", f"/api/volume/{vol['id']}/relationship", json={"partner_id": enc["partner"]["id"]})
+    replica = f"{enc['pool_b']['name']}/{name}_replica"
+    s = a.ok("POST", f"/api/relationship/{rel['id']}/session", json={"remote_snap_name": "killed"})
+    session, serve, children = _receive_processes("killed")
+    os.kill(session, signal.SIGSTOP)  # the stream stops where it is
+    for pid in (serve, *children, session):
+        os.kill(pid, signal.SIGKILL)
+    ended = wait_session(a, s["id"], timeout=120)
+    assert ended["status"] == "FAILED", ended
+    # ZFS removed the half-received dataset; the empty replica is not there either (or made
+    # again already, if a request for it came)
+    listed = subprocess.run(["zfs", "list", "-H", "-o", "name", replica], capture_output=True, text=True)
+    assert listed.returncode != 0 or zfs_get(replica, "encryption") == "off", listed.stdout
+    if settled_by == "a restart of the partner":
+        b.stop(signal.SIGKILL)
+        b.start(timeout=240)
+        assert zfs_get(replica, "encryption") == "off" and zfs_get(replica, "readonly") == "on"  # empty again
+    again = a.ok("POST", f"/api/relationship/{rel['id']}/session", json={"remote_snap_name": "again"})
+    done = wait_session(a, again["id"], timeout=300)
+    assert done["status"] == "COMPLETED", done
+    assert zfs_get(replica, "encryption") == "aes-256-gcm" and zfs_get(replica, "keystatus") == "unavailable"
+    assert name + "_replica" in {v["name"] for v in b.ok("GET", "/api/volume")["volumes"]}
+    snaps = subprocess.run(["zfs", "list", "-H", "-t", "snapshot", "-o", "name", "-r", replica],
+                           capture_output=True, text=True, check=True).stdout.split()
+    assert snaps == [f"{replica}@again"]

@@ -1163,3 +1163,17 @@ def test_a_live_receive_in_place_is_left_alone(env):
         s.get(Volume, vid).owner = live_other_owner()
     env.svc.settle_replacement(vid)
     assert row(env.store, vid).state == "receiving" and "tank/r" not in env.ds.data
+
+
+def test_settling_leaves_a_receive_that_still_runs_alone(env):
+    vid = _replica(env)
+    props = env.svc.begin_replacement(vid, "tank/r")
+    with env.store.session() as s:
+        s.get(Volume, vid).owner = DEAD_OWNER  # its process died; its zfs receive did not
+    env.ds.add("tank/r", guid="4444", inconsistent="1", **props)
+    env.svc.settle_replacement(vid)
+    assert row(env.store, vid).state == "receiving"
+    env.ds.data["tank/r"]["inconsistent"] = "0"  # it ended
+    env.svc.settle_replacement(vid)
+    r = row(env.store, vid)
+    assert (r.state, r.guid) == ("ready", "4444")

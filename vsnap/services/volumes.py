@@ -549,17 +549,25 @@ class VolumeService:
                 raise
         return dict(props)
 
-    def end_replacement(self, vol_id: int, dataset: str) -> bool:
-        """After the receive (or at a start after a crash): the received dataset is the
-        replica's now; where there is none, the placeholder is made again. True when received."""
+    def end_replacement(self, vol_id: int, dataset: str, *, settling: bool = False) -> bool | None:
+        """After the receive (or, `settling`, for one whose process died): the received dataset
+        is the replica's now; where there is none, the placeholder is made again. True when
+        received, False when made again; None when settling finds a receive still running (a
+        `zfs receive` its dead process left: ZFS marks its dataset inconsistent until it ends),
+        which a later request or start settles."""
         with self.lock.held():
             with self.store.session() as s:
                 row = s.get(Volume, vol_id)
                 placeholder = (row.pending or {}).get("placeholder") or {}
-            received = self.dataset_exists(dataset) and \
-                self.ds.get(dataset, [PROP_VOL_ID]).get(PROP_VOL_ID) == str(vol_id)
+            try:  # one command: the receive's peer waits for this answer
+                found = self.ds.get(dataset, [PROP_VOL_ID, "guid", "inconsistent"])
+            except CommandError:
+                found = {}
+            if settling and found.get("inconsistent") == "1":
+                return None
+            received = found.get(PROP_VOL_ID) == str(vol_id)
             if not received:
-                if self.dataset_exists(dataset):  # not ours: never touched; the row goes
+                if found:  # not ours: never touched; the row goes
                     log.error("volume %s: %s is not the replica received for it; the row is dropped",
                               vol_id, dataset)
                     with self.store.session() as s:
@@ -571,15 +579,14 @@ class VolumeService:
                                         int(placeholder.get("block") or DEFAULT_BLOCK), props)
                 else:
                     self.ds.create_filesystem(dataset, props)
-                    row_kind = props.get(PROP_TYPE)
-                    if row_kind == "lun":  # zfs-fuse: a LUN's image file in its dataset
+                    if props.get(PROP_TYPE) == "lun":  # zfs-fuse: a LUN's image file in its dataset
                         self.lunfiles.create(self.ds.get(dataset, ["mountpoint"])["mountpoint"],
                                              int(props.get(PROP_VOLSIZE) or MIN_SIZE))
                 log.info("volume %s: its placeholder %s was made again", vol_id, dataset)
-            guid = self.ds.get(dataset, ["guid"])["guid"]
+                found = self.ds.get(dataset, ["guid"])
             with self.store.session() as s:
                 row = s.get(Volume, vol_id)
-                row.guid, row.state, row.owner, row.pending = guid, READY, None, None
+                row.guid, row.state, row.owner, row.pending = found["guid"], READY, None, None
         return received
 
     def settle_replacement(self, vol_id: int) -> None:
@@ -590,7 +597,10 @@ class VolumeService:
                 return
             s.expunge(row)
         _, summary = self.pools.find(row.pool_id)
-        kept = self.end_replacement(row.id, f"{summary.name}/{row.name}")
+        kept = self.end_replacement(row.id, f"{summary.name}/{row.name}", settling=True)
+        if kept is None:
+            log.info("volume %s: a receive in place of its placeholder is still running; settled later", row.name)
+            return
         log.info("volume %s: interrupted receive in place of its placeholder settled (%s)", row.name,
                  "the received replica kept" if kept else "placeholder made again")
 
