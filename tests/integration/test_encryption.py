@@ -16,14 +16,9 @@ from pathlib import Path
 import pytest
 
 from . import stack
-from .conftest import STATE
-from .test_replication import (  # noqa: F401  (partner_b: a fixture this module uses)
-    PORT_B,
-    STATE_B,
-    _forget_everything,
-    partner_b,
-    wait_session,
-)
+from .appliance import Appliance
+from .conftest import STATE, sweep_test_pools
+from .test_replication import PORT_B, SSH_PORT_B, STATE_B, _forget_everything, wait_session
 from .zfs_tools import PREFIX, unused, zfs_get
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,7 +117,23 @@ def cli(state: Path, *args: str, stdin: bytes | None = None) -> subprocess.Compl
 
 
 @pytest.fixture(scope="module")
-def enc(appliance, partner_b, admin):  # noqa: F811  (the imported fixture, asked for)
+def partner_b(appliance, admin):
+    """Appliance B, as test_replication's fixture makes it, given the time a loaded guest takes
+    to start it (OpenZFS under TCG)."""
+    if not stack.KERNEL:
+        pytest.skip("zfs-fuse has no native encryption: the guest's OpenZFS runs this")
+    server = Appliance(STATE_B, PORT_B, ssh_port=SSH_PORT_B, log_name="server-b",
+                       env={"VSNAP_AUTH_FAIL_LIMIT": "100000", "VSNAP_REPL_STALL_SECONDS": "5"}).start(timeout=240)
+    server.account = admin
+    try:
+        sweep_test_pools(server, machine_wide=False)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def enc(appliance, partner_b, admin):
     """A with an encrypted pool and an unencrypted control pool, B with a plain pool, partnered."""
     if not stack.KERNEL:
         pytest.skip("zfs-fuse has no native encryption: the guest's OpenZFS runs this")
