@@ -35,7 +35,9 @@ class Appliance:
     def cert(self) -> str:
         return str(self.state / "tls" / "vsnap.crt")
 
-    def start(self, timeout: float = 60) -> "Appliance":
+    def start(self, timeout: float | None = None) -> "Appliance":
+        # VSNAP_TEST_START_TIMEOUT: a loaded kernel lab guest (TCG) may need more than 60 s
+        timeout = timeout if timeout is not None else float(os.environ.get("VSNAP_TEST_START_TIMEOUT", "60"))
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "VSNAP_STATE": str(self.state), "VSNAP_PORT": str(self.port),
                "VSNAP_SSH_PORT": str(self.ssh_port), **self.extra_env}

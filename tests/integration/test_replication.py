@@ -606,8 +606,8 @@ def test_features_name_what_this_stack_offers(pair):
         features = server.ok("GET", "/api/system")["features"]
         # The relay's bandwidth limit everywhere; compressed and resumable streams where ZFS
         # can (OpenZFS in the guest), never on zfs-fuse.
-        assert features == (["bandwidth_limit", "compressed_send", "replication_bookmarks", "resumable_send"]
-                            if stack.KERNEL else ["bandwidth_limit"])
+        assert features == (["bandwidth_limit", "compressed_send", "encryption", "replication_bookmarks",
+                             "resumable_send"] if stack.KERNEL else ["bandwidth_limit"])
 
 
 def test_a_bandwidth_limit_keeps_the_stream_under_it_and_the_data_whole(pair, volume):

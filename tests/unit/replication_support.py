@@ -83,6 +83,21 @@ class FakeVolumes:
         vol_id = self.env.volume(pool, name, volume_type)
         return {"id": str(vol_id), "name": name}
 
+    # A replica's placeholder replaced by a received dataset (VolumeService's own are tested in
+    # test_services_volumes.py): recorded in `replacements`.
+    def begin_replacement(self, vol_id, dataset):
+        self.env.replacements.append(("begin", vol_id, dataset))
+        if self.env.begin_error:
+            raise self.env.begin_error
+        return {"com.vsnap:vol_id": str(vol_id), "readonly": "on", "atime": "off"}
+
+    def end_replacement(self, vol_id, dataset):
+        self.env.replacements.append(("end", vol_id, dataset))
+        return True
+
+    def settle_replacement(self, vol_id):
+        self.env.replacements.append(("settle", vol_id))
+
     def delete(self, vol_id) -> None:
         v = self.find(self.env.catalog.load(), vol_id)
         self.env.attachments.refuse_volume_delete(v.row.id)  # like the real one: the guards may refuse
@@ -141,6 +156,7 @@ class FakeDs:
         self.has_zvols = True
         self.zfs = SimpleNamespace(features=frozenset())  # zfs-fuse's: none; tests give OpenZFS's
         self.zfs.stream_features = lambda: self.zfs.features
+        self.encrypted_datasets: set[str] = set()
         self.tokens: dict[str, str] = {}  # dataset -> the resume token an interrupted receive left
         self.targets: dict[str, tuple[str, int]] = {}  # token -> (its snapshot's guid, bytes kept): the sender's
 
@@ -210,6 +226,17 @@ class FakeDs:
 
     def mount(self, name):
         self.calls.append(("mount", name))
+
+    def encrypted(self, name):
+        return name in self.encrypted_datasets
+
+    def receive_new(self, target, *, stdin, props):
+        self.calls.append(("receive_new", target, stdin, dict(props)))
+        if self.receive_error:
+            raise self.receive_error
+        dataset, _, snap_name = target.partition("@")
+        vol = next(v for v in self.env.catalog.volumes.values() if v.dataset == dataset)
+        self.env.snapshot(vol.row.id, snap_name)
 
     def receive(self, target, *, full, stdin, resumable=False):
         self.calls.append(("receive", target, full, stdin) + (("resumable",) if resumable else ()))
@@ -329,6 +356,8 @@ class Env:
         self.network = FakeNetwork()
         self.system = SimpleNamespace(id=OUR_SYS)
         self.ds = FakeDs(self)
+        self.replacements: list[tuple] = []
+        self.begin_error: Exception | None = None
         self.ssh = FakeSsh()
         self.pool_rows: list[Pool] = []
         self.link = FakeLink(self.ssh)

@@ -536,3 +536,38 @@ def test_a_numeric_property_of_each_snapshot(fake_runner):
     fake_runner.on(["zfs", "get", "-H", "-p", "-r", "-d", "1", "-o", "name,value", "userrefs", "tank/v"],
                    stdout="tank/v\t-\ntank/v@a\t1\ntank/v@b\t0\ntank/v#m\t-\n")
     assert ops.snapshot_numbers("tank/v", "userrefs") == {"a": 1, "b": 0}
+
+
+# -- encryption: raw replicas received as new datasets, keys ------------------------------------
+
+def test_receive_new_sets_its_properties_as_it_is_made_without_f_or_s():
+    calls = []
+
+    class Runner:
+        def run(self, argv, **kw):
+            calls.append((argv, kw))
+
+    ds = ZfsDatasetOps(Runner(), FakeZfsDriver("2.1.11"))
+    ds.receive_new("p/r@s1", stdin=5, props={"com.vsnap:vol_id": "7", "readonly": "on"})
+    assert calls == [(["zfs", "receive", "-o", "com.vsnap:vol_id=7", "-o", "readonly=on", "p/r@s1"],
+                      {"stdin": 5, "timeout": zfs_mod.NO_TIMEOUT})]
+
+
+def test_mount_leaves_a_dataset_whose_key_is_not_loaded_unmounted(fake_runner):
+    fake_runner.on(["zfs", "mount"], returncode=1, stderr="cannot mount 'p/r': encryption key not loaded\n")
+    ZfsDatasetOps(fake_runner, FakeZfsDriver("2.1.11")).mount("p/r")  # no error
+    fake_runner.on(["zfs", "mount"], returncode=1, stderr="cannot mount 'p/r': mountpoint not empty\n")
+    with pytest.raises(CommandError):
+        ZfsDatasetOps(fake_runner, FakeZfsDriver("2.1.11")).mount("p/r")
+
+
+def test_encrypted_is_asked_only_where_zfs_has_encryption(fake_runner):
+    zfs = FakeZfsDriver("2.1.11")
+    zfs.has_encryption = False
+    ds = ZfsDatasetOps(fake_runner, zfs)
+    assert ds.encrypted("p/r") is False and fake_runner.calls == []  # zfs-fuse: no such property
+    zfs.has_encryption = True
+    fake_runner.on(GET, stdout="p/r\tencryption\taes-256-gcm\n")
+    assert ds.encrypted("p/r") is True
+    fake_runner.on(GET, stdout="p/r\tencryption\toff\n")
+    assert ds.encrypted("p/r") is False

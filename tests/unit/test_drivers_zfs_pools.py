@@ -414,3 +414,46 @@ def test_mount_missing_mount_failure_raises(fake_runner):
     fake_runner.on(["zfs", "mount"], returncode=1, stderr="cannot mount '/vsnap/tank': directory is not empty\n")
     with pytest.raises(CommandError):
         ZfsPoolOps(fake_runner).mount_missing("tank")
+
+
+# -- keys of encrypted pools --------------------------------------------------------------------
+
+def test_locked_keys_are_the_encryption_roots_without_their_key(fake_runner):
+    from vsnap.drivers.zfs import ZfsPoolOps
+    fake_runner.on(["zfs", "get"], stdout="\n".join([
+        "t\tencryptionroot\tt", "t\tkeystatus\tunavailable", "t\tkeylocation\tfile:///s/keys/pool-1.key",
+        "t/a\tencryptionroot\tt", "t/a\tkeystatus\tunavailable", "t/a\tkeylocation\tnone",
+        "t/r\tencryptionroot\tt/r", "t/r\tkeystatus\tunavailable", "t/r\tkeylocation\tprompt",
+        "t/o\tencryptionroot\tt/o", "t/o\tkeystatus\tavailable", "t/o\tkeylocation\tfile:///x",
+        "t/p\tencryptionroot\t-", "t/p\tkeystatus\t-", "t/p\tkeylocation\tnone"]) + "\n")
+    ops = ZfsPoolOps(fake_runner)
+    assert ops.locked_keys("t") == [("t", "file:///s/keys/pool-1.key"), ("t/r", "prompt")]
+    assert fake_runner.argvs()[0] == ["zfs", "get", "-Hp", "-r", "-o", "name,property,value",
+                                      "encryptionroot,keystatus,keylocation", "t"]
+    fake_runner.on(["zfs", "load-key"])
+    ops.load_key("t")
+    ops.load_key("t/r", "file:///s/keys/imported-1.key")
+    assert fake_runner.argvs()[-2:] == [["zfs", "load-key", "t"],
+                                        ["zfs", "load-key", "-L", "file:///s/keys/imported-1.key", "t/r"]]
+
+
+def test_mount_missing_skips_datasets_whose_key_is_not_loaded(fake_runner):
+    from vsnap.drivers.zfs import ZfsPoolOps
+    rows = []
+    for name, key in (("t", "available"), ("t/a", "available"), ("t/r", "unavailable")):
+        rows += [f"{name}\tmounted\tno", f"{name}\tcanmount\ton", f"{name}\tmountpoint\t/vsnap/{name}",
+                 f"{name}\tkeystatus\t{key}"]
+    fake_runner.on(["zfs", "get"], stdout="\n".join(rows) + "\n")
+    fake_runner.on(["zfs", "mount"])
+    assert ZfsPoolOps(fake_runner).mount_missing("t", encryption=True) == ["t", "t/a"]
+    assert fake_runner.argvs()[0][-2] == "mounted,canmount,mountpoint,keystatus"
+    fake_runner.calls.clear()
+    ZfsPoolOps(fake_runner).mount_missing("t")  # zfs-fuse: keystatus is not a property there
+    assert fake_runner.argvs()[0][-2] == "mounted,canmount,mountpoint"
+
+
+def test_importable_names_are_imported_and_exported_pools(fake_runner):
+    from vsnap.drivers.zfs import ZfsDriver
+    fake_runner.on(["zpool", "list"], stdout="tank\n")
+    fake_runner.on(["zpool", "import"], stdout="   pool: old\n     id: 123\n  state: ONLINE\n")
+    assert ZfsDriver(fake_runner).importable_names() == {"tank", "old"}

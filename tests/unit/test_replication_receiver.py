@@ -11,6 +11,7 @@ import pytest
 from vsnap.drivers.runner import CommandError
 from vsnap.errors import ConflictError, NotFoundError, ValidationError
 from vsnap.services.replication import PRIMARY, REPLICA
+from vsnap.store.models import Volume
 
 import replication_support
 from replication_support import GIB, OUR_SYS, P1, P2, R1, R2
@@ -419,3 +420,52 @@ def test_an_incremental_follows_only_the_replicas_newest_snapshot_its_base(env, 
     assert env.ds.calls == []
     env.svc.serve(P1, ["recv", R1, "s2", "incremental", "from", "777"], stream)
     assert [c[0] for c in env.ds.calls] == ["unmount", "receive", "mount"]
+
+
+# -- a raw (encrypted) full stream: received as a new dataset in place of the placeholder -------
+
+def test_serve_raw_full_receive_replaces_the_placeholder(env, replica, stream):
+    answer = env.svc.serve(P1, ["recv", R1, "s1", "full-raw"], stream)
+    (snap,) = [s for s in env.catalog.snapshots.values() if s.volume.row.id == env.replica_vol]
+    assert answer == {"snap_id": str(snap.row.id)}
+    assert env.replacements == [("begin", env.replica_vol, "p/fs_replica"), ("end", env.replica_vol, "p/fs_replica")]
+    # no -F, no -s (a broken stream leaves nothing to resume); the stamps set as it is made
+    assert env.ds.calls == [("receive_new", "p/fs_replica@s1", stream.fileno(),
+                             {"com.vsnap:vol_id": str(env.replica_vol), "readonly": "on", "atime": "off"})]
+
+
+def test_serve_plain_full_stream_into_an_encrypted_placeholder_replaces_it_too(env, replica, stream):
+    # The partner's pool is encrypted: its placeholder is, and ZFS refuses -F over it.
+    env.ds.encrypted_datasets.add("p/fs_replica")
+    env.svc.serve(P1, ["recv", R1, "s1", "full"], stream)
+    assert [c[0] for c in env.ds.calls] == ["receive_new"]
+    assert [r[0] for r in env.replacements] == ["begin", "end"]
+
+
+def test_serve_raw_full_receive_that_fails_puts_the_placeholder_back(env, replica, stream):
+    env.ds.receive_error = CommandError(["zfs", "receive"], 1, "", "cannot receive: invalid stream")
+    with pytest.raises(ConflictError, match="invalid stream"):
+        env.svc.serve(P1, ["recv", R1, "s1", "full-raw"], stream)
+    assert [r[0] for r in env.replacements] == ["begin", "end"]  # end: the placeholder made again
+
+
+def test_serve_raw_full_receive_whose_placeholder_cannot_go(env, replica, stream):
+    env.begin_error = CommandError(["zfs", "destroy"], 1, "", "cannot destroy: dataset is busy")
+    with pytest.raises(ConflictError, match="could not make way.*busy"):
+        env.svc.serve(P1, ["recv", R1, "s1", "full-raw"], stream)
+    assert env.ds.calls == [] and [r[0] for r in env.replacements] == ["begin"]
+
+
+def test_serve_raw_full_stream_onto_a_replica_with_snapshots(env, replica, stream):
+    env.snapshot(env.replica_vol, "s1")
+    with pytest.raises(ConflictError, match="only an incremental"):
+        env.svc.serve(P1, ["recv", R1, "s2", "full-raw"], stream)
+    assert env.ds.calls == [] and env.replacements == []
+
+
+def test_a_replica_left_receiving_by_a_dead_receive_is_settled_before_it_is_read(env, replica, stream):
+    with env.store.session() as s:
+        v = s.get(Volume, env.replica_vol)
+        v.state, v.owner = "receiving", "999999999:1"
+    env.svc.serve(P1, ["snapshots", R1], stream)
+    assert env.replacements == [("settle", env.replica_vol)]

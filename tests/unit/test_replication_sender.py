@@ -708,3 +708,46 @@ def test_without_resumable_zfs_here_the_token_is_dropped(env, rel, broken_off):
     row = env.sess(sid)
     assert row.status == COMPLETED and "cannot resume" in row.message
     assert broken_off.calls[0]["consumer"][-1] == "full"
+
+
+# -- an encrypted volume: raw, or not at all ----------------------------------------------------
+
+def test_an_encrypted_volume_is_sent_raw_to_a_partner_that_receives_raw(env, rel, sending):
+    env.ds.zfs.features = frozenset({"compressed", "raw", "encryption"})
+    env.ds.encrypted_datasets.add("p/fs")
+    env.link.answers["prepare"] = {"snapshots": [], "repl_addresses": [], "stream_features": ["compressed", "raw"]}
+    s1 = _claimed(env, rel, env.snapshot(env.fs, "s1", guid="111", creation=100))
+    env.svc.run_session(s1)
+    assert env.sess(s1).status == COMPLETED
+    (call,) = sending.calls
+    assert call["producer"] == ["zfs", "send", "-w", "-c", "p/fs@s1"]
+    assert call["consumer"][-4:] == ["recv", rel, "s1", "full-raw"]
+    s2 = _claimed(env, rel, env.snapshot(env.fs, "s2", guid="222", creation=200))
+    env.svc.run_session(s2)
+    assert sending.calls[-1]["producer"] == ["zfs", "send", "-w", "-c", "-i", "p/fs@s1", "p/fs@s2"]
+    assert sending.calls[-1]["consumer"][-3:] == ["incremental", "from", "111"]
+
+
+@pytest.mark.parametrize("partner_says", [None, ["compressed", "large_blocks"]])
+def test_an_encrypted_volume_is_never_sent_decrypted(env, rel, sending, partner_says):
+    """A partner that does not say it receives raw (an older one, or zfs-fuse) gets nothing: it
+    is asked before any stream leaves, and the session fails naming why."""
+    env.ds.zfs.features = frozenset({"compressed", "large_blocks", "raw", "encryption"})
+    env.ds.encrypted_datasets.add("p/fs")
+    env.link.answers["prepare"] = {"snapshots": [], "repl_addresses": [],
+                                   **({"stream_features": partner_says} if partner_says is not None else {})}
+    sid = _claimed(env, rel, env.snapshot(env.fs, "s1", guid="111"))
+    env.svc.run_session(sid)
+    row = env.sess(sid)
+    assert row.status == FAILED and "encrypted" in row.message and "never sent decrypted" in row.message
+    assert sending.calls == []
+    assert [c.op for c in env.link.calls] == ["prepare"]
+
+
+def test_an_encrypted_volume_is_not_sent_where_this_zfs_cannot_send_raw(env, rel, sending):
+    env.ds.zfs.features = frozenset({"compressed"})
+    env.ds.encrypted_datasets.add("p/fs")
+    env.link.answers["prepare"] = {"snapshots": [], "repl_addresses": [], "stream_features": ["raw"]}
+    sid = _claimed(env, rel, env.snapshot(env.fs, "s1", guid="111"))
+    env.svc.run_session(sid)
+    assert env.sess(sid).status == FAILED and sending.calls == []

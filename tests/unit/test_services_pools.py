@@ -151,7 +151,7 @@ def status_from_vdevs(name: str, vdevs: list[str]) -> PoolStatus:
 class FakeOps:
     """ZfsPoolOps over an in-memory set of pools. Changes are recorded in `calls`."""
 
-    MUTATING = ("create", "add", "remove", "set", "export", "import_by_guid", "destroy")
+    MUTATING = ("create", "add", "remove", "set", "export", "import_by_guid", "destroy", "load_key")
 
     def __init__(self):
         self.has_sync = True
@@ -162,6 +162,7 @@ class FakeOps:
         self.fail: dict[str, Exception] = {}
         self.mount_checks: list[str] = []  # pools whose unmounted datasets were mounted
         self.unmounted: dict[str, list[str]] = {}
+        self.locked: dict[str, list[tuple[str, str]]] = {}  # pool -> (encryption root, keylocation) locked
         self._guid = 9000000000000000000
 
     def add_pool(self, name, guid=None, *, health="ONLINE", imported=True, props=None,
@@ -199,7 +200,16 @@ class FakeOps:
         self._imported(pool)
         return {"dedupratio": "1.00x"}
 
-    def mount_missing(self, pool):
+    def locked_keys(self, pool):
+        self.reads.append(("locked_keys", pool))
+        return [(name, loc) for name, loc in self.locked.get(pool, [])]
+
+    def load_key(self, dataset, location=None):
+        self._do("load_key", dataset)
+        self.locked[dataset.split("/")[0]] = [(n, loc) for n, loc in self.locked.get(dataset.split("/")[0], [])
+                                              if n != dataset]
+
+    def mount_missing(self, pool, encryption=False):
         self.mount_checks.append(pool)
         if "mount_missing" in self.fail:
             raise self.fail["mount_missing"]
@@ -244,6 +254,11 @@ class FakeZfs:
         self.ops = ops
         self.up = True
         self.cleared: list[str] = []
+        self.has_encryption = False  # zfs-fuse's; the encryption tests give OpenZFS's
+        self.exported: set[str] = set()  # names of pools `zpool import` would list
+
+    def importable_names(self):
+        return {p.name for p in self.ops.pools if p.imported} | self.exported
 
     def available(self):
         return self.up
@@ -1355,3 +1370,156 @@ def test_delete_lets_shares_go_once_the_pool_is_marked_deleting(env):
     env.svc.attachments.register(holder(pool_going=lambda pool_id, name: seen.append(rows(env.store)[0].state)))
     env.svc.delete(str(pool_id))
     assert seen == ["deleting"]  # a crash from here on finishes the delete at the next start
+
+
+# =============================================================================================
+# encrypted pools
+# =============================================================================================
+
+def _keys_dir(env):
+    return env.svc.keys.dir
+
+
+def test_create_encrypted_writes_a_root_only_key_and_points_the_pool_at_it(env):
+    env.zfs.has_encryption = True
+    result = env.svc.create(name="tank", pool_type="raid0", disk_list=["SER-sdb"], encryption={"enabled": True})
+    [call] = env.ops.mutations()
+    props = call[4]
+    assert (props["encryption"], props["keyformat"]) == ("aes-256-gcm", "raw")
+    [key] = list(_keys_dir(env).iterdir())
+    assert props["keylocation"] == f"file://{key}" and key.name.startswith("pool-") and key.suffix == ".key"
+    assert key.stat().st_mode & 0o777 == 0o600 and _keys_dir(env).stat().st_mode & 0o777 == 0o700
+    assert len(key.read_bytes()) == 32
+    assert not any(p.name.startswith(".") for p in _keys_dir(env).iterdir())  # no temporary file left
+    [row] = rows(env.store)
+    assert (row.state, row.pending) == ("ready", None)  # the intent is gone; the key's bytes never in it
+    env.ops.pools[0].props["encryption"] = "aes-256-gcm"
+    assert env.svc.get(pool_id=result["id"])["encryption"] == {"enabled": True}
+    assert env.svc.list()[0]["encryption"] == {"enabled": True}
+
+
+def test_a_plain_pool_says_it_is_not_encrypted_and_has_no_key(env):
+    env.zfs.has_encryption = True
+    result = env.svc.create(name="tank", pool_type="raid0", disk_list=["SER-sdb"], encryption={"enabled": False})
+    assert "encryption" not in env.ops.mutations()[0][4]
+    assert not _keys_dir(env).exists()
+    env.ops.pools[0].props["encryption"] = "off"
+    assert result["encryption"] == {"enabled": False}
+
+
+def test_encryption_where_zfs_has_none_is_refused_by_name_and_changes_nothing(env):
+    with pytest.raises(ValidationError, match="encryption.*zfs-fuse"):
+        env.svc.create(name="tank", pool_type="raid0", disk_list=["SER-sdb"], encryption={"enabled": True})
+    assert rows(env.store) == [] and env.ops.mutations() == [] and not _keys_dir(env).exists()
+    # off is fine everywhere, and the view says so without asking ZFS for a property it lacks
+    result = env.svc.create(name="tank", pool_type="raid0", disk_list=["SER-sdb"], encryption={"enabled": False})
+    assert result["encryption"] == {"enabled": False}
+    assert not any("encryption" in read[2] for read in env.ops.reads if read[0] == "dataset_props")
+
+
+@pytest.mark.parametrize("bad", [True, "yes", {"enabled": "yes"}, {}, {"enabled": None}])
+def test_encryption_must_be_an_object_with_a_boolean(env, bad):
+    env.zfs.has_encryption = True
+    with pytest.raises(ValidationError, match="encryption"):
+        env.svc.create(name="tank", pool_type="raid0", disk_list=["SER-sdb"], encryption=bad)
+    assert rows(env.store) == [] and env.ops.mutations() == []
+
+
+def test_a_failed_encrypted_create_leaves_no_key_and_no_row(env):
+    env.zfs.has_encryption = True
+    env.ops.fail["create"] = CommandError(["zpool", "create"], 1, "", "cannot create 'tank': I/O error\n")
+    with pytest.raises(InvalidCandidateError, match="I/O error"):
+        env.svc.create(name="tank", pool_type="raid0", disk_list=["SER-sdb"], encryption={"enabled": True})
+    assert rows(env.store) == [] and env.ops.pools == []
+    assert list(_keys_dir(env).iterdir()) == []
+
+
+def test_recover_an_encrypted_create_that_never_reached_zfs_removes_its_key(env):
+    key = _keys_dir(env) / "pool-0123.key"
+    env.svc.keys.create(key)
+    add_row(env.store, name="tank", state="creating", owner=DEAD_OWNER, pending={"key": str(key)})
+    env.svc.recover()
+    assert rows(env.store) == [] and not key.exists()
+
+
+def test_recover_keeps_a_key_a_pool_of_that_name_may_still_need(env):
+    key = _keys_dir(env) / "pool-0123.key"
+    env.svc.keys.create(key)
+    add_row(env.store, name="tank", state="creating", owner=DEAD_OWNER, pending={"key": str(key)})
+    env.zfs.exported.add("tank")  # `zpool import` lists a pool of that name: it may be the one
+    env.svc.recover()
+    assert rows(env.store) == [] and key.exists()
+
+
+def test_recover_an_encrypted_create_that_finished_keeps_its_key(env):
+    key = _keys_dir(env) / "pool-0123.key"
+    env.svc.keys.create(key)
+    pool_id = add_row(env.store, name="tank", state="creating", owner=DEAD_OWNER, pending={"key": str(key)})
+    env.ops.add_pool("tank", props={PROP_SYSTEM: SYSTEM_ID, PROP_POOL_ID: str(pool_id)})
+    env.svc.recover()
+    [row] = rows(env.store)
+    assert (row.state, row.pending) == ("ready", None) and key.exists()
+
+
+def _encrypted_pool(env):
+    env.zfs.has_encryption = True
+    key = _keys_dir(env) / "pool-abcd.key"
+    env.svc.keys.create(key)
+    pool_id, pool = make_pool(env, "tank", pool_type="raid0",
+                              props={"encryption": "aes-256-gcm", "keylocation": f"file://{key}"})
+    return pool_id, pool, key
+
+
+def test_delete_removes_the_key_once_the_pool_is_destroyed(env):
+    pool_id, _, key = _encrypted_pool(env)
+    env.svc.delete(str(pool_id))
+    assert env.ops.pools == [] and rows(env.store) == [] and not key.exists()
+
+
+def test_a_refused_delete_keeps_the_key(env):
+    pool_id, _, key = _encrypted_pool(env)
+    env.ops.fail["destroy"] = CommandError(["zpool", "destroy"], 1, "", "pool is busy")
+    with pytest.raises(ConflictError):
+        env.svc.delete(str(pool_id))
+    [row] = rows(env.store)
+    assert (row.state, row.pending) == ("ready", None) and key.exists()
+
+
+def test_recover_an_interrupted_delete_removes_the_key_after_the_pool(env):
+    _, pool, key = _encrypted_pool(env)
+    with env.store.session() as s:
+        row = s.query(Pool).one()
+        row.state, row.owner, row.pending = "deleting", DEAD_OWNER, {"key": str(key)}
+    env.svc.recover()
+    assert env.ops.pools == [] and rows(env.store) == [] and not key.exists()
+    # already destroyed when the crash came: the key still goes
+    key2 = _keys_dir(env) / "pool-ef01.key"
+    env.svc.keys.create(key2)
+    add_row(env.store, name="gone", guid="1234", state="deleting", owner=DEAD_OWNER, pending={"key": str(key2)})
+    env.svc.recover()
+    assert rows(env.store) == [] and not key2.exists()
+
+
+def test_a_key_outside_the_keys_directory_is_never_removed(env, tmp_path):
+    env.zfs.has_encryption = True
+    elsewhere = tmp_path / "their.key"
+    elsewhere.write_bytes(b"k" * 32)
+    pool_id, _ = make_pool(env, "tank", pool_type="raid0",
+                           props={"encryption": "aes-256-gcm", "keylocation": f"file://{elsewhere}"})
+    env.svc.delete(str(pool_id))
+    assert elsewhere.exists()
+
+
+def test_recover_loads_the_keys_this_appliance_keeps_and_mounts(env):
+    _, _, key = _encrypted_pool(env)
+    env.ops.locked["tank"] = [("tank", f"file://{key}"), ("tank/replica", "prompt")]
+    env.svc.recover()
+    assert ("load_key", "tank") in env.ops.calls
+    assert ("load_key", "tank/replica") not in env.ops.calls  # a partner's key: not here
+    assert env.ops.mount_checks == ["tank"]
+
+
+def test_recover_on_a_zfs_without_encryption_asks_for_no_key(env):
+    make_pool(env, "tank")
+    env.svc.recover()
+    assert not any(r[0] == "locked_keys" for r in env.ops.reads)

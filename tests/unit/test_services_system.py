@@ -129,3 +129,8 @@ def test_features_say_what_this_appliance_offers_beyond_the_spec(tmp_path, store
     zfs.stream_features = lambda: frozenset({"compressed", "large_blocks", "resumable"})
     assert svc.features() == ["bandwidth_limit", "compressed_send", "resumable_send"]
     assert svc.info()["features"] == ["bandwidth_limit", "compressed_send", "resumable_send"]
+    # OpenZFS: native encryption, its volumes replicated raw
+    zfs.stream_features = lambda: frozenset({"compressed", "raw", "encryption", "resumable"})
+    assert svc.features() == ["bandwidth_limit", "compressed_send", "encryption", "resumable_send"]
+    zfs.stream_features = lambda: frozenset({"encryption"})  # no raw sends: no encrypted pools offered
+    assert svc.features() == ["bandwidth_limit"]

@@ -1075,3 +1075,105 @@ def test_recover_remount_failure_is_not_fatal(env):
     env.ds.fail["inherit"] = CommandError(["zfs", "inherit"], 1, "", "cannot mount: busy\n")
     env.svc.recover()
     assert row(env.store, vid) is None
+
+
+# =============================================================================================
+# a replica's placeholder replaced by a received (encrypted) dataset
+# =============================================================================================
+
+def _replica(env, kind="filesystem"):
+    """A ready replica volume with its empty placeholder dataset, as create-replica makes it."""
+    if kind == "filesystem":
+        vid = add_row(env.store, pool_id=env.pool_id, name="r", state="ready")
+        env.ds.add("tank/r", **{PROP_VOL_ID: str(vid), PROP_TYPE: "filesystem", "readonly": "on", "atime": "off"})
+    else:
+        vid = add_row(env.store, pool_id=env.pool_id, name="r", volume_type="lun", serial="S1", state="ready")
+        env.ds.add("tank/r", "volume", volsize=str(GIB), **{PROP_VOL_ID: str(vid), PROP_TYPE: "lun",
+                                                              PROP_SERIAL: "S1", PROP_VOLSIZE: str(GIB)})
+    with env.store.session() as s:
+        s.get(Volume, vid).guid = env.ds.data["tank/r"]["guid"]
+    return vid
+
+
+def test_begin_replacement_records_the_placeholder_then_destroys_it(env):
+    vid = _replica(env)
+    props = env.svc.begin_replacement(vid, "tank/r")
+    assert props == {PROP_VOL_ID: str(vid), PROP_TYPE: "filesystem", "readonly": "on", "atime": "off"}
+    assert "tank/r" not in env.ds.data
+    r = row(env.store, vid)
+    assert r.state == "receiving" and r.owner and r.pending["placeholder"]["props"] == props
+    assert env.ds.mutations() == [("destroy", "tank/r", False)] and env.ds.unlocked == []
+    # meanwhile the catalog neither drops the row nor adopts what the receive is making
+    env.ds.add("tank/r", **{"guid": "777"})
+    env.catalog.load()
+    assert row(env.store, vid).state == "receiving" and len(rows(env.store)) == 1
+
+
+def test_end_replacement_keeps_the_received_dataset(env):
+    vid = _replica(env)
+    props = env.svc.begin_replacement(vid, "tank/r")
+    env.ds.add("tank/r", guid="4242", **props)  # what receive -o made
+    assert env.svc.end_replacement(vid, "tank/r") is True
+    r = row(env.store, vid)
+    assert (r.state, r.owner, r.pending, r.guid) == ("ready", None, None, "4242")
+    assert env.svc.get(vol_id=vid)["name"] == "r"
+
+
+@pytest.mark.parametrize("kind", ["filesystem", "lun"])
+def test_end_replacement_without_a_received_dataset_makes_the_placeholder_again(env, kind):
+    vid = _replica(env, kind)
+    before = dict(env.ds.data["tank/r"])
+    env.svc.begin_replacement(vid, "tank/r")
+    assert env.svc.end_replacement(vid, "tank/r") is False
+    again = env.ds.data["tank/r"]
+    assert again["type"] == before["type"] and again[PROP_VOL_ID] == str(vid) and again["readonly"] == "on"
+    if kind == "lun":
+        assert again["volsize"] == str(GIB) and again[PROP_SERIAL] == "S1"
+    r = row(env.store, vid)
+    assert (r.state, r.pending, r.guid) == ("ready", None, again["guid"])
+
+
+def test_a_placeholder_that_cannot_be_destroyed_leaves_the_replica_as_it_was(env):
+    vid = _replica(env)
+    env.ds.fail["destroy"] = CommandError(["zfs", "destroy"], 1, "", "dataset is busy")
+    with pytest.raises(CommandError):
+        env.svc.begin_replacement(vid, "tank/r")
+    r = row(env.store, vid)
+    assert (r.state, r.pending, r.owner) == ("ready", None, None) and "tank/r" in env.ds.data
+
+
+@pytest.mark.parametrize("received", [True, False])
+def test_recover_settles_a_replacement_a_crash_interrupted(env, received):
+    vid = _replica(env)
+    props = env.svc.begin_replacement(vid, "tank/r")
+    with env.store.session() as s:
+        s.get(Volume, vid).owner = DEAD_OWNER  # the receiving process died (kill -9)
+    if received:
+        env.ds.add("tank/r", guid="4343", **props)
+    env.svc.recover()
+    r = row(env.store, vid)
+    assert r.state == "ready" and r.pending is None and r.guid == env.ds.data["tank/r"]["guid"]
+    assert (r.guid == "4343") is received
+
+
+def test_a_live_receive_in_place_is_left_alone(env):
+    vid = _replica(env)
+    env.svc.begin_replacement(vid, "tank/r")
+    with env.store.session() as s:
+        s.get(Volume, vid).owner = live_other_owner()
+    env.svc.settle_replacement(vid)
+    assert row(env.store, vid).state == "receiving" and "tank/r" not in env.ds.data
+
+
+def test_settling_leaves_a_receive_that_still_runs_alone(env):
+    vid = _replica(env)
+    props = env.svc.begin_replacement(vid, "tank/r")
+    with env.store.session() as s:
+        s.get(Volume, vid).owner = DEAD_OWNER  # its process died; its zfs receive did not
+    env.ds.add("tank/r", guid="4444", inconsistent="1", **props)
+    env.svc.settle_replacement(vid)
+    assert row(env.store, vid).state == "receiving"
+    env.ds.data["tank/r"]["inconsistent"] = "0"  # it ended
+    env.svc.settle_replacement(vid)
+    r = row(env.store, vid)
+    assert (r.state, r.guid) == ("ready", "4444")

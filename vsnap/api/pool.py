@@ -4,11 +4,16 @@ import marshmallow as ma
 from flask import current_app
 
 from ..services.pools import DEFAULT_GROUP_SIZE, MAX_NAME, POOL_TYPES
-from .common import Blueprint, EmptyResponse, Id, StrictSchema, accepts_representation, list_or_detail
+from .common import Blueprint, ClosedSchema, EmptyResponse, Id, StrictSchema, accepts_representation, list_or_detail
 
 blp = Blueprint("pool", __name__, url_prefix="/api/pool", description="Storage pools (spec 7)")
 
 ACTIONS = ["expand", "addlog", "removelog", "addcache", "removecache", "addspare", "removespare"]
+
+
+class EncryptionSchema(ma.Schema):
+    enabled = ma.fields.Boolean(metadata={"description": "the pool's datasets are encrypted at rest "
+                                                         "(aes-256-gcm, a key the appliance keeps root-only)"})
 
 
 class PoolSummarySchema(ma.Schema):
@@ -22,6 +27,7 @@ class PoolSummarySchema(ma.Schema):
     health = ma.fields.String(metadata={"description": "0-100: the share of healthy devices"})
     time_created = ma.fields.String()
     time_updated = ma.fields.String()
+    encryption = ma.fields.Nested(EncryptionSchema)
 
 
 class PoolSchema(PoolSummarySchema):
@@ -52,6 +58,12 @@ class DiskUuid(ma.fields.String):
         super().__init__(validate=ma.validate.Length(min=1, max=128), **kwargs)
 
 
+class EncryptionRequestSchema(ClosedSchema):
+    """`encryption` in a create: a key there that is not known is refused, as in share_options
+    (ignoring it could give a pool other than the one asked for)."""
+    enabled = ma.fields.Boolean(required=True)
+
+
 class PoolCreateSchema(StrictSchema):
     name = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=MAX_NAME))
     disk_list = ma.fields.List(DiskUuid(), load_default=None, allow_none=True)
@@ -62,6 +74,8 @@ class PoolCreateSchema(StrictSchema):
     diskgroup_size = ma.fields.Integer(load_default=DEFAULT_GROUP_SIZE, strict=False,
                                        validate=ma.validate.Range(min=3, max=32), metadata={
                                            "description": "Most disks per raid5/raid6 group (default 8)"})
+    encryption = ma.fields.Nested(EncryptionRequestSchema, load_default=None, metadata={
+        "description": '{"enabled": true}: encrypted at rest (where ZFS has native encryption: not on zfs-fuse)'})
 
 
 class PoolUpdateSchema(StrictSchema):
@@ -111,7 +125,7 @@ def get_pool(pool_id):
 @blp.arguments(PoolUpdateSchema)
 @blp.response(200, PoolSchema)
 @accepts_representation(PoolSchema, lambda pool_id: _pools().get(pool_id=pool_id),
-                        fixed=("id", "pool_type", "diskgroup_size"))
+                        fixed=("id", "pool_type", "diskgroup_size", "encryption"))
 def update_pool(args, pool_id):
     """Rename a pool or change compression, deduplication, syncwrite (7.4.1)"""
     return _pools().update(pool_id, **args)

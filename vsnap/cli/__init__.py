@@ -15,6 +15,7 @@ import time
 import warnings
 
 from . import commands as c
+from . import keys
 from .client import ApiError, Client, ConfigError, ConnectionFailure, RequestsTransport, tls_settings
 from .settings import DEFAULT_CONFIG, resolve
 
@@ -35,6 +36,7 @@ examples:
   vsnap --json pool show --name vpool1
   vsnap volume create vm_backups --pool 1 --size 100G
   vsnap session start <relationship-id> --wait
+  vsnap key export vpool1 /root/vpool1.key     (as root, on the appliance: no connection used)
 Every resource and verb has --help."""
 
 
@@ -122,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     bool_flag(p, "compression", "compression (default on)")
     bool_flag(p, "dedup", "deduplication (default off)", dest="deduplication")
     bool_flag(p, "syncwrite", "synchronous writes (default on)")
+    p.add_argument("--encrypted", action="store_true",
+                   help="encrypt the pool at rest (OpenZFS only; see `vsnap key export`)")
     p = verb(r, "show", c.pool_show, "list pools, or show one pool's details (GET /api/pool); with --json "
                                      "every pool in full (GET /api/pool/<id> each, with encryption)")
     c.selector(p, "pool", required=False)
@@ -315,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb(r, "show", c.audit_show, "show recent audit events (GET /api/audit)")
     p.add_argument("--limit", type=int, metavar="N", help="the newest N events (the API's default is 100)")
     p.add_argument("--by-user", metavar="USER", help="only this account's requests")
+
+    # keys: local, as root, never through the API
+    keys.add_commands(resources)
     return parser
 
 
@@ -324,6 +331,8 @@ def main(argv: list[str] | None = None, *, transport=None, clock=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     err = sys.stderr
+    if getattr(args, "local", None) is not None:  # `vsnap key ...`: on the appliance, no API call
+        return keys.run(args)
     try:
         conn = resolve(args)
         verify, pin = tls_settings(conn.url, conn.ca, conn.insecure)

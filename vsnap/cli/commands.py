@@ -186,7 +186,8 @@ def show(resource: str, key: str, columns, filters: dict | None = None):
     return run
 
 
-# vsnap does not encrypt pools: said in what `--json pool show` prints, as monitoring reads it.
+# A server before encrypted pools did not say: its pools were not encrypted (what `--json pool
+# show` prints, as monitoring reads it, always has `encryption`).
 ENCRYPTION = {"enabled": False}
 
 
@@ -292,6 +293,8 @@ def pool_create(ctx, a):
     if a.disk:
         body["disk_list"] = disk_uuids(ctx, a.disk)
     put_fields(body, a, {**POOL_FLAGS, "diskgroup_size": "diskgroup_size"})
+    if getattr(a, "encrypted", False):
+        body["encryption"] = {"enabled": True}
     ctx.show(ctx.client.post("/api/pool", body), detail)
 
 

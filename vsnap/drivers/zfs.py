@@ -201,6 +201,11 @@ class ZfsDriver:
             self._stream_features = parse_stream_features(out.stdout + out.stderr)
         return self._stream_features
 
+    @property
+    def has_encryption(self) -> bool:
+        """OpenZFS has native encryption (`zfs load-key`, the `encryption` property); zfs-fuse not."""
+        return "encryption" in self.stream_features()
+
     def version(self) -> str | None:
         """The running ZFS's version: OpenZFS's kernel module, or the zfs-fuse daemon's package."""
         try:
@@ -282,6 +287,13 @@ class ZfsDriver:
         listing = self.runner.run(["zpool", "import"], check=False).stdout
         guids.update(re.findall(r"^\s*id:\s*(\d+)", listing, re.M))
         return guids
+
+    def importable_names(self) -> set[str]:
+        """Names of pools imported here or importable (exported, or in use by another host)."""
+        names = set(self.runner.run(["zpool", "list", "-H", "-o", "name"], check=False).stdout.split())
+        listing = self.runner.run(["zpool", "import"], check=False).stdout
+        names.update(re.findall(r"^\s*pool:\s*(\S+)", listing, re.M))
+        return names
 
     def clear_label(self, device: str) -> None:
         """Forget that a device was in a pool (after the appliance removed it from one).
@@ -411,21 +423,37 @@ class ZfsPoolOps(ZfsCommands):
             values[prop] = value
         return values
 
-    def mount_missing(self, pool: str) -> builtins.list[str]:
-        """Mount the pool's datasets that should be mounted and are not; returns them."""
-        out = self.runner.run(["zfs", "get", "-Hp", "-r", "-o", "name,property,value",
-                               "mounted,canmount,mountpoint", pool])
-        props: dict[str, dict[str, str]] = {}
+    def _tree_props(self, pool: str, props: builtins.list[str]) -> dict[str, dict[str, str]]:
+        out = self.runner.run(["zfs", "get", "-Hp", "-r", "-o", "name,property,value", ",".join(props), pool])
+        found: dict[str, dict[str, str]] = {}
         for line in out.stdout.splitlines():
             name, prop, value = line.split("\t")
-            props.setdefault(name, {})[prop] = value
+            found.setdefault(name, {})[prop] = value
+        return found
+
+    def mount_missing(self, pool: str, *, encryption: bool = False) -> builtins.list[str]:
+        """Mount the pool's datasets that should be mounted and are not; returns them. With
+        `encryption` (a ZFS that has it), a dataset whose key is not loaded is left as it is
+        (a replica of an encrypted volume, whose key this appliance does not hold)."""
+        props = self._tree_props(pool, ["mounted", "canmount", "mountpoint", *(["keystatus"] if encryption else [])])
         mounted = []
         for name, p in props.items():  # parents come first in zfs get -r output
-            if p.get("mounted") == "no" and p.get("canmount") == "on" \
+            if p.get("mounted") == "no" and p.get("canmount") == "on" and p.get("keystatus") != "unavailable" \
                     and p.get("mountpoint") not in ("none", "legacy", "-", None):
                 self.runner.run(["zfs", "mount", name])
                 mounted.append(name)
         return mounted
+
+    def locked_keys(self, pool: str) -> builtins.list[tuple[str, str]]:
+        """The pool's encryption roots whose key is not loaded: (dataset, keylocation)."""
+        props = self._tree_props(pool, ["encryptionroot", "keystatus", "keylocation"])
+        return [(name, p.get("keylocation", "")) for name, p in props.items()
+                if p.get("encryptionroot") == name and p.get("keystatus") == "unavailable"]
+
+    def load_key(self, dataset: str, location: str | None = None) -> None:
+        """Loads the wrapping key of an encryption root: from its own keylocation, or from
+        `location` (file://...). The key's bytes never pass through an argument or a log."""
+        self.runner.run(["zfs", "load-key", *(["-L", location] if location else []), dataset])
 
     # changing ---------------------------------------------------------------------------------
     def create(self, name: str, vdevs: builtins.list[str], *, mountpoint: str, props: dict[str, str]) -> None:
@@ -572,11 +600,14 @@ class ZfsDatasetOps(ZfsCommands):
         return ["zfs", "send", *options, *(["-i", base] if base else []), snapshot]
 
     @staticmethod
-    def receive_argv(snapshot: str, *, full: bool, resumable: bool = False) -> list[str]:
+    def receive_argv(snapshot: str, *, full: bool, resumable: bool = False,
+                     props: dict[str, str] | None = None) -> list[str]:
         """Receives a stream as `snapshot`. A full stream replaces the (empty) replica dataset
         (-F); an incremental one is refused when the replica changed since its last snapshot.
-        `resumable` (-s): what arrived of a stream that breaks is kept, with a resume token."""
-        return ["zfs", "receive", *(["-s"] if resumable else []), *(["-F"] if full else []), snapshot]
+        `resumable` (-s): what arrived of a stream that breaks is kept, with a resume token.
+        `props` (-o): set on the received dataset (a new one: its stamps, readonly)."""
+        return ["zfs", "receive", *(["-s"] if resumable else []), *(["-F"] if full else []),
+                *ZfsDatasetOps._options(props or {}), snapshot]
 
     @staticmethod
     def send_resume_argv(token: str) -> list[str]:
@@ -684,9 +715,22 @@ class ZfsDatasetOps(ZfsCommands):
         run_retrying_busy(self.runner, ["zfs", "unmount", name], gone=("not currently mounted",))
 
     def mount(self, name: str) -> None:
+        """Mounts a filesystem; one whose encryption key is not loaded here (a replica of an
+        encrypted volume: the partner holds no key) stays unmounted, as it must."""
         out = self.runner.run(["zfs", "mount", name], check=False)
-        if out.returncode != 0 and "already mounted" not in out.stderr:
+        if out.returncode != 0 and "already mounted" not in out.stderr and "key not loaded" not in out.stderr:
             raise out.error()
+
+    def receive_new(self, snapshot: str, *, stdin: int, props: dict[str, str]) -> None:
+        """Receives a full stream as a new dataset (none of that name exists), with `props` set
+        on it as it is made. Not resumable: a stream that breaks leaves no dataset behind."""
+        self.runner.run(self.receive_argv(snapshot, full=False, props=props), stdin=stdin, timeout=NO_TIMEOUT)
+
+    def encrypted(self, name: str) -> bool:
+        """Whether a dataset is encrypted (never on a ZFS without encryption)."""
+        if not self.zfs.has_encryption:
+            return False
+        return self.get(name, ["encryption"]).get("encryption", "off") not in ("off", "-", "")
 
     def receive(self, snapshot: str, *, full: bool, stdin: int, resumable: bool = False) -> None:
         """Receives the stream on file descriptor `stdin` as `snapshot`. No timeout: a stream

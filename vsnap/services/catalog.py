@@ -51,6 +51,9 @@ USER_PROPS = [PROP_VOL_ID, PROP_SNAP_ID, PROP_TYPE, PROP_SERIAL, PROP_VOLSIZE]
 # What a snapshot's view needs (a read of 10,000 snapshots keeps only these).
 SNAPSHOT_PROPS = {"type", "guid", "used", "referenced", "creation", PROP_SNAP_ID}
 READY, CREATING, DELETING = "ready", "creating", "deleting"
+# A replica's empty dataset being replaced by a full stream received as a new dataset (an
+# encrypted one: ZFS receives it over no existing dataset); see VolumeService.begin_replacement.
+RECEIVING = "receiving"
 FILEBACKED = "filebackedlun"
 
 # An object's id as the services take it: the API's decimal string, or the number itself
@@ -345,6 +348,9 @@ class Catalog:
             by_guid = {v.guid: v for v in volumes if v.guid}
             ds_guids = {props.get("guid"): name for name, props in datasets.items()}
             in_flight = {v.id for v in volumes if v.state != READY}
+            # A dataset of a row's name while that row's change is in flight is that change's
+            # (e.g. a replica being received in place of its placeholder, not stamped yet).
+            in_flight_names = {v.name for v in volumes if v.state != READY}
             gone = {v.id for v in volumes if v.state == READY and v.volume_type != FILEBACKED
                     and v.guid not in ds_guids}
             for vol in volumes:
@@ -369,7 +375,8 @@ class Catalog:
                         vol.name = name.split("/", 1)[1]
             for name, props in datasets.items():
                 guid = props.get("guid")
-                if guid in by_guid or _stamped_id(props.get(PROP_VOL_ID)) in in_flight:
+                if guid in by_guid or _stamped_id(props.get(PROP_VOL_ID)) in in_flight \
+                        or name.split("/", 1)[1] in in_flight_names:
                     continue
                 changed = True
                 if apply:

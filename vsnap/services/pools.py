@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..config import Settings
 from ..drivers.disks import BlockDevice, DiskDriver
+from ..drivers.keys import CIPHER, KeyFiles
 from ..drivers.runner import CommandError, describe
 from ..drivers.zfs import PoolStatus, PoolSummary, ZfsDriver, ZfsPoolOps, device_path, format_ratio, parse_ratio
 from ..errors import ConflictError, InvalidCandidateError, NotFoundError, ValidationError
@@ -88,7 +89,7 @@ def plan_vdevs(pool_type: str, paths: list[str], group_size: int) -> list[str]:
 class PoolService:
     def __init__(self, settings: Settings, store: Store, zfs: ZfsDriver, ops: ZfsPoolOps,
                  disks: DiskService, disk_driver: DiskDriver, system: ApplianceIdentity,
-                 lock: StorageLock, attachments: Attachments | None = None):
+                 lock: StorageLock, attachments: Attachments | None = None, keys: KeyFiles | None = None):
         self.settings = settings
         self.store = store
         self.zfs = zfs
@@ -100,6 +101,8 @@ class PoolService:
         # What holds the pool's volumes (shares, LUN mappings) or guards them (replication):
         # asked before a delete or rename, told after it (attachments.py).
         self.attachments = attachments if attachments is not None else Attachments()
+        # Wrapping keys of encrypted pools, root-only files in the state directory.
+        self.keys = keys if keys is not None else KeyFiles(settings.state_dir)
 
     def mountpoint(self, name: str) -> str:
         return str(Path(self.settings.mount_root) / name)
@@ -133,10 +136,14 @@ class PoolService:
             "health": str(self._health(summary, None)),
             "time_created": props["creation"],
             "time_updated": str(row.time_updated),
+            # Read from ZFS (never kept in the database): where ZFS has no encryption, never.
+            "encryption": {"enabled": props.get("encryption", "off") not in ("off", "-", "")},
         }
 
     def _props(self, name: str) -> dict[str, str]:
         wanted = ["used", "available", "creation", "compression", "compressratio", "dedup"]
+        if self.zfs.has_encryption:
+            wanted.append("encryption")
         if self.ops.has_sync:
             wanted.append("sync")
         if self.ops.has_logicalused:
@@ -240,11 +247,15 @@ class PoolService:
     # -- create -----------------------------------------------------------------------------
     def create(self, *, name: str, pool_type: str, disk_list: builtins.list[str] | None = None,
                compression: bool = True, deduplication: bool = False, syncwrite: bool = True,
-               diskgroup_size: int = DEFAULT_GROUP_SIZE) -> dict:
+               diskgroup_size: int = DEFAULT_GROUP_SIZE, encryption: dict | None = None) -> dict:
+        """All or nothing. An encrypted pool's key file is written (a new random key) before
+        `zpool create`, with its path in the row's intent (`pending`), so that a failed create,
+        or a start after a crash that never reached ZFS, removes it (see _recover_row)."""
         validate_pool_name(name)
         if pool_type not in POOL_TYPES:
             raise ValidationError(f"pool_type must be one of: {', '.join(POOL_TYPES)}")
         self._check_syncwrite(syncwrite)
+        encrypted = self._check_encryption(encryption)
         with self.lock.held():
             existing = self.ops.list()
             if any(p.name == name for p in existing):
@@ -254,9 +265,11 @@ class PoolService:
                                     "run init with multipool true to allow more")
             devices = self._candidates(disk_list)
             vdevs = plan_vdevs(pool_type, self._paths(devices), diskgroup_size)
+            key = self.keys.new_path("pool") if encrypted else None
             with self.store.session() as s:
                 row = Pool(name=name, pool_type=pool_type, diskgroup_size=diskgroup_size,
-                           state=CREATING, owner=current_owner())
+                           state=CREATING, owner=current_owner(),
+                           pending={"key": str(key)} if key is not None else None)
                 s.add(row)
                 s.flush()
                 pool_id = row.id
@@ -271,14 +284,19 @@ class PoolService:
             if self.ops.has_sync:
                 props["sync"] = "standard" if syncwrite else "disabled"
             try:
+                if key is not None:
+                    self.keys.create(key)
+                    props.update({"encryption": CIPHER, "keyformat": "raw",
+                                  "keylocation": self.keys.location(key)})
                 self.ops.create(name, vdevs, mountpoint=self.mountpoint(name), props=props)
-            except CommandError as exc:
+            except (CommandError, OSError) as exc:
+                self.keys.remove(key)  # zpool create failed: no pool has this key
                 self._drop_row(pool_id)
                 raise InvalidCandidateError(f"ZFS refused to create pool {name}: {describe(exc)}") from exc
             guid = next(p.guid for p in self.ops.list() if p.name == name)
             with self.store.session() as s:
                 row = s.get(Pool, pool_id)
-                row.guid, row.state, row.owner = guid, READY, None
+                row.guid, row.state, row.owner, row.pending = guid, READY, None, None
         return self.get(pool_id=str(pool_id))
 
     def create_default(self) -> None:
@@ -297,6 +315,18 @@ class PoolService:
         if syncwrite is False and not self.ops.has_sync:
             raise ValidationError("syncwrite false needs the ZFS 'sync' property, which this ZFS "
                                   "(zfs-fuse) does not have: its writes are always synchronous")
+
+    def _check_encryption(self, encryption: dict | None) -> bool:
+        """Whether the pool is to be encrypted; refused (nothing changes) where ZFS cannot."""
+        if encryption is None:
+            return False
+        enabled = encryption.get("enabled") if isinstance(encryption, dict) else None
+        if not isinstance(enabled, bool):
+            raise ValidationError("encryption must be an object with a boolean 'enabled'")
+        if enabled and not self.zfs.has_encryption:
+            raise ValidationError("encryption needs ZFS native encryption (zfs load-key, the encryption "
+                                  "property), which this ZFS (zfs-fuse) does not have")
+        return enabled
 
     def _drop_row(self, pool_id: int) -> None:
         with self.store.session() as s:
@@ -489,22 +519,53 @@ class PoolService:
         with self.lock.held():
             row, summary = self.find(pool_id)
             self.attachments.refuse_pool_delete(row.id, summary.name)
+            key = self._key_of(summary.name)
             with self.store.session() as s:
                 r = s.get(Pool, row.id)
                 r.state, r.owner = DELETING, current_owner()
+                # The key goes once the pool is destroyed (a start after a crash finishes it).
+                r.pending = {"key": str(key)} if key is not None else None
             undo = self.attachments.pool_going(row.id, summary.name,
                                                before_undo=lambda: self._set_ready(row.id, summary.name))
             try:
                 self._destroy(row.id, summary.name)
             except CommandError as exc:
                 self._set_ready(row.id, summary.name)  # still there, and still ours
+                with self.store.session() as s:
+                    s.get(Pool, row.id).pending = None
                 undo()
                 raise ConflictError(f"Pool {summary.name} could not be destroyed: {describe(exc)}") from exc
 
     def _destroy(self, pool_id: int, name: str) -> None:
         self.ops.destroy(name)
         self._remove_mountpoint(name)
+        self._remove_key(pool_id, name)
         self._drop_row(pool_id)
+
+    def _key_of(self, name: str) -> Path | None:
+        """The key file of an encrypted pool of ours (its root dataset's keylocation)."""
+        if not self.zfs.has_encryption:
+            return None
+        try:
+            location = self.ops.dataset_props(name, ["keylocation"]).get("keylocation")
+        except CommandError:
+            return None
+        return self.keys.path_of(location)
+
+    def _remove_key(self, pool_id: int, name: str) -> None:
+        """After the pool is destroyed: its key (recorded in the delete's intent) goes, unless a
+        pool of that name can still be imported (it would come back needing it)."""
+        with self.store.session() as s:
+            row = s.get(Pool, pool_id)
+            pending = row.pending if row is not None else None
+        key = (pending or {}).get("key")
+        if not key:
+            return
+        if name in self.zfs.importable_names():
+            log.warning("pool %s: a pool of that name can still be imported: its key %s is kept", name, key)
+            return
+        if self.keys.remove(Path(key)):
+            log.info("pool %s: its key file was removed", name)
 
     def _remove_mountpoint(self, name: str) -> None:
         """ZFS leaves a pool's empty mount point behind; rmdir never removes anything else."""
@@ -530,7 +591,8 @@ class PoolService:
                     continue  # another live server process is doing this change now
                 try:
                     self._recover_row(row, imported)
-                    if row.pending is not None:
+                    # (a create's or a delete's intent names a key file: _recover_row settled it)
+                    if row.pending is not None and row.state not in (CREATING, DELETING):
                         self._recover_update(row)
                 except CommandError as exc:
                     log.error("pool %s (%s): recovery failed: %s", row.id, row.name, describe(exc))
@@ -538,11 +600,32 @@ class PoolService:
                     log.exception("pool %s (%s): recovery failed", row.id, row.name)
             self._adopt()
             for row, summary in self.live():
+                self._load_keys(summary.name)
                 try:  # a crash between creating and mounting leaves a dataset unmounted
-                    for name in self.ops.mount_missing(summary.name):
+                    for name in self.ops.mount_missing(summary.name, encryption=self.zfs.has_encryption):
                         log.info("mounted %s", name)
                 except CommandError as exc:
                     log.error("pool %s: mounting failed: %s", summary.name, describe(exc))
+
+    def _load_keys(self, pool: str) -> None:
+        """At start: the keys of the pool's encryption roots that are not loaded (an import
+        loads none), from the key files this appliance keeps. A replica of a partner's encrypted
+        volume (keylocation prompt: its key is not here) stays locked."""
+        if not self.zfs.has_encryption:
+            return
+        try:
+            locked = self.ops.locked_keys(pool)
+        except CommandError as exc:
+            log.error("pool %s: could not read its keys' status: %s", pool, describe(exc))
+            return
+        for dataset, location in locked:
+            if self.keys.path_of(location) is None:
+                continue  # not one of our key files
+            try:
+                self.ops.load_key(dataset)
+                log.info("%s: key loaded", dataset)
+            except CommandError as exc:
+                log.error("%s: its key could not be loaded: %s", dataset, describe(exc))
 
     def _recover_row(self, row: Pool, imported: dict[str, PoolSummary]) -> None:
         if row.state == CREATING:
@@ -551,9 +634,14 @@ class PoolService:
                 guid = next(p.guid for p in imported.values() if p.name == row.name)
                 with self.store.session() as s:
                     r = s.get(Pool, row.id)
-                    r.guid, r.state, r.owner = guid, READY, None
+                    r.guid, r.state, r.owner, r.pending = guid, READY, None, None
                 log.info("pool %s: creation had finished in ZFS; kept", row.name)
             else:
+                key = (row.pending or {}).get("key")
+                if key and row.name not in self.zfs.importable_names():
+                    self.keys.remove(Path(key))  # no pool was made with it
+                elif key:
+                    log.warning("pool %s: a pool of that name can be imported: key %s kept", row.name, key)
                 self._drop_row(row.id)
                 log.info("pool %s: creation never reached ZFS; rolled back", row.name)
         elif row.state == RENAMING:
@@ -571,6 +659,7 @@ class PoolService:
                 self.attachments.pool_released(imported[row.guid].name)
                 self._destroy(row.id, imported[row.guid].name)
             else:
+                self._remove_key(row.id, row.name)
                 self._drop_row(row.id)
             log.info("pool %s: interrupted delete finished", row.name)
         elif row.guid not in imported:

@@ -180,8 +180,9 @@ class SystemService:
     def features(self) -> list[str]:
         """What this appliance offers beyond vSnap 1.0, so clients can tell: a bandwidth limit
         per relationship (the appliance's own relay: everywhere); where ZFS can (OpenZFS, not
-        zfs-fuse), compressed replication streams, transfers that resume where they broke off, and
-        bookmarks that keep a relationship's incrementals going when its snapshots are deleted."""
+        zfs-fuse), compressed replication streams, transfers that resume where they broke off,
+        bookmarks that keep a relationship's incrementals going when its snapshots are deleted, and
+        encrypted pools."""
         found = ["bandwidth_limit"]
         streams = self.zfs.stream_features()
         if "compressed" in streams:
@@ -190,6 +191,8 @@ class SystemService:
             found.append("resumable_send")
         if "bookmarks" in streams:
             found.append("replication_bookmarks")
+        if "encryption" in streams and "raw" in streams:  # encrypted pools, replicated raw (send -w)
+            found.append("encryption")
         return sorted(found)
 
     # -- init -------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from .catalog import (
     PROP_VOL_ID,
     PROP_VOLSIZE,
     READY,
+    RECEIVING,
     ApiId,
     Catalog,
     CatalogView,
@@ -513,6 +514,96 @@ class VolumeService:
             row = s.get(Volume, vol_id)
             row.state, row.owner = state, owner
 
+    # -- a replica's placeholder replaced by a received dataset --------------------------------
+    # ZFS receives a raw (encrypted) full stream, or any full stream under an encrypted parent,
+    # only as a new dataset: never over an existing one, even with -F. The replica's empty
+    # dataset (its placeholder, made with the relationship) is destroyed and the stream received
+    # in its place, under the same name and with the same stamps (receive -o). The row is in
+    # state `receiving` meanwhile, with what remakes the placeholder in `pending`: a failed
+    # receive remakes it at once; a crash is settled at the next start (or the next request for
+    # the replica): the received dataset kept, or the placeholder made again.
+    PLACEHOLDER_PROPS = (PROP_VOL_ID, PROP_TYPE, PROP_SERIAL, PROP_VOLSIZE)
+
+    def begin_replacement(self, vol_id: int, dataset: str) -> dict[str, str]:
+        """Destroys the replica's (empty) dataset, recording how to make it again; returns the
+        properties the received dataset is to carry (its stamps, readonly)."""
+        with self.lock.held():
+            found = self.ds.get(dataset, [*self.PLACEHOLDER_PROPS, "type", "volsize", "volblocksize"])
+            props = {p: found[p] for p in self.PLACEHOLDER_PROPS if found.get(p) not in (None, "", "-")}
+            props[PROP_VOL_ID] = str(vol_id)
+            props["readonly"] = "on"
+            zvol = found.get("type") == "volume"
+            if not zvol:
+                props["atime"] = "off"
+            placeholder = {"zvol": zvol, "size": _number(found.get("volsize")),
+                           "block": _number(found.get("volblocksize")), "props": props}
+            with self.store.session() as s:
+                row = s.get(Volume, vol_id)
+                row.state, row.owner, row.pending = RECEIVING, current_owner(), {"placeholder": placeholder}
+            try:
+                self.ds.destroy(dataset)
+            except CommandError:
+                self._set_state(vol_id, READY, None)
+                with self.store.session() as s:
+                    s.get(Volume, vol_id).pending = None
+                raise
+        return dict(props)
+
+    def end_replacement(self, vol_id: int, dataset: str, *, settling: bool = False) -> bool | None:
+        """After the receive (or, `settling`, for one whose process died): the received dataset
+        is the replica's now; where there is none, the placeholder is made again. True when
+        received, False when made again; None when settling finds a receive still running (a
+        `zfs receive` its dead process left: ZFS marks its dataset inconsistent until it ends),
+        which a later request or start settles."""
+        with self.lock.held():
+            with self.store.session() as s:
+                row = s.get(Volume, vol_id)
+                placeholder = (row.pending or {}).get("placeholder") or {}
+            try:  # one command: the receive's peer waits for this answer
+                found = self.ds.get(dataset, [PROP_VOL_ID, "guid", "inconsistent"])
+            except CommandError:
+                found = {}
+            if settling and found.get("inconsistent") == "1":
+                return None
+            received = found.get(PROP_VOL_ID) == str(vol_id)
+            if not received:
+                if found:  # not ours: never touched; the row goes
+                    log.error("volume %s: %s is not the replica received for it; the row is dropped",
+                              vol_id, dataset)
+                    with self.store.session() as s:
+                        s.delete(s.get(Volume, vol_id))
+                    return False
+                props = dict(placeholder.get("props") or {PROP_VOL_ID: str(vol_id), "readonly": "on"})
+                if placeholder.get("zvol"):
+                    self.ds.create_zvol(dataset, int(placeholder.get("size") or MIN_SIZE),
+                                        int(placeholder.get("block") or DEFAULT_BLOCK), props)
+                else:
+                    self.ds.create_filesystem(dataset, props)
+                    if props.get(PROP_TYPE) == "lun":  # zfs-fuse: a LUN's image file in its dataset
+                        self.lunfiles.create(self.ds.get(dataset, ["mountpoint"])["mountpoint"],
+                                             int(props.get(PROP_VOLSIZE) or MIN_SIZE))
+                log.info("volume %s: its placeholder %s was made again", vol_id, dataset)
+                found = self.ds.get(dataset, ["guid"])
+            with self.store.session() as s:
+                row = s.get(Volume, vol_id)
+                row.guid, row.state, row.owner, row.pending = found["guid"], READY, None, None
+        return received
+
+    def settle_replacement(self, vol_id: int) -> None:
+        """A replacement whose process died (the receive was killed): settled now."""
+        with self.store.session() as s:
+            row = s.get(Volume, vol_id)
+            if row is None or row.state != RECEIVING or owner_alive(row.owner):
+                return
+            s.expunge(row)
+        _, summary = self.pools.find(row.pool_id)
+        kept = self.end_replacement(row.id, f"{summary.name}/{row.name}", settling=True)
+        if kept is None:
+            log.info("volume %s: a receive in place of its placeholder is still running; settled later", row.name)
+            return
+        log.info("volume %s: interrupted receive in place of its placeholder settled (%s)", row.name,
+                 "the received replica kept" if kept else "placeholder made again")
+
     # -- recovery ---------------------------------------------------------------------------
     def recover(self) -> None:
         """Finish or roll back volume changes a crash interrupted."""
@@ -574,6 +665,9 @@ class VolumeService:
         log.info("volume %s: interrupted update %s", name, "finished" if finished else "rolled back")
 
     def _recover_row(self, row: Volume) -> None:
+        if row.state == RECEIVING:
+            self.settle_replacement(row.id)
+            return
         pool_row, summary = self.pools.find(row.pool_id)
         dataset = f"{summary.name}/{row.name}"
         stamped = self.ds.get(dataset, [PROP_VOL_ID, "guid", "mountpoint", "type", PROP_VOLSIZE]) \

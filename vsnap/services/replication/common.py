@@ -38,6 +38,9 @@ class Request:
     PREPARE = "prepare"  # <rel id>: INFO's addresses and the replica's SNAPSHOTS, in one round trip
     RECEIVE = "recv"  # <rel id> <snapshot name> full|incremental|resume: the stream on stdin
     FULL, INCREMENTAL = "full", "incremental"
+    # A raw full stream of an encrypted volume (send -w): received as a new encrypted dataset in
+    # place of the empty replica (ZFS refuses it over an existing one, even with -F).
+    FULL_RAW = "full-raw"
     RESUME = "resume"  # the rest of an interrupted stream (`zfs send -t`), from the replica's token
     # After an incremental RECEIVE's words, each optional and followed by its value:
     FROM = "from"  # <guid>: the stream's base, which must be the replica's newest snapshot

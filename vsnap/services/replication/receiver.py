@@ -18,7 +18,7 @@ from ...drivers.zfs import ZfsDatasetOps
 from ...errors import ConflictError, NotFoundError, ValidationError
 from ...store.db import Store
 from ...store.models import Partner, Relationship, Volume
-from ..catalog import Catalog
+from ..catalog import RECEIVING, Catalog
 from ..locking import StorageLock
 from ..volumes import validate_name
 from .bookmarks import Bookmarks
@@ -70,8 +70,8 @@ class Receiver:
         if op == Request.PREPARE and len(args) == 1:
             return {"repl_addresses": self._repl_addresses(), "stream_features": self._stream_features(),
                     **self._serve_snapshots(partner, args[0])}
-        if op == Request.RECEIVE and len(args) == 3 and args[2] in (Request.FULL, Request.INCREMENTAL,
-                                                                    Request.RESUME):
+        if op == Request.RECEIVE and len(args) == 3 and args[2] in (Request.FULL, Request.FULL_RAW,
+                                                                    Request.INCREMENTAL, Request.RESUME):
             return self._serve_receive(partner, args[0], validate_name(args[1], "Snapshot"), args[2], stdin.fileno())
         if op == Request.RECEIVE and len(args) in (5, 7) and args[2] == Request.INCREMENTAL:
             options = dict(zip(args[3::2], args[4::2], strict=True))
@@ -179,6 +179,9 @@ class Receiver:
         with self.store.session() as s:
             row = s.get(Volume, rel.local_vol_id)
             pool_id = row.pool_id if row is not None else None
+            settle = row is not None and row.state == RECEIVING
+        if settle:  # a receive in place of the placeholder whose process died: settled first
+            self.volumes.settle_replacement(rel.local_vol_id)
         if pool_id is None:
             raise NotFoundError("The replica volume no longer exists")
         view = self.catalog.load(pool_id)  # the replica's pool only: not every pool's datasets
@@ -221,13 +224,13 @@ class Receiver:
         volume, snaps = self._replica_snapshots(rel)
         if any(v.row.name == snap_name for v in snaps):
             raise ConflictError(f"The replica already has a snapshot named {snap_name}")
-        if mode == Request.FULL and snaps:
+        if mode in (Request.FULL, Request.FULL_RAW) and snaps:
             raise ConflictError("The replica already has snapshots: only an incremental stream can follow")
         if rollback_to is not None and not any(v.row.name == rollback_to for v in snaps):
             raise ConflictError(f"The replica has no snapshot {rollback_to} to roll back to")
         target = f"{volume.dataset}@{snap_name}"
         # The rest of a full stream replaces the (empty) replica as its start would (-F).
-        full = mode == Request.FULL or (mode == Request.RESUME and not snaps)
+        full = mode in (Request.FULL, Request.FULL_RAW) or (mode == Request.RESUME and not snaps)
         resumable = self._resumable()
         with self._receiving(rel.id, wait=0):
             kept = self.ds.resume_token(volume.dataset) if resumable else None
@@ -248,9 +251,34 @@ class Receiver:
                                         f"{describe(exc)}") from exc
             elif base_guid is not None:
                 self._refuse_diverged(volume, snaps, base_guid)
-            answer = self._receive_into(volume, target, snap_name, full, stdin, resumable)
+            # ZFS takes a raw (encrypted) full stream, or any full stream under an encrypted
+            # parent, only as a new dataset: the empty replica makes way for it.
+            if mode == Request.FULL_RAW or (mode == Request.FULL and self.ds.encrypted(volume.dataset)):
+                answer = self._receive_in_place(volume, target, snap_name, stdin)
+            else:
+                answer = self._receive_into(volume, target, snap_name, full, stdin, resumable)
             self.bookmarks.remember_common(rel.id, None, snap_name, answer.pop("guid", None))
             return answer
+
+    def _receive_in_place(self, volume, target: str, snap_name: str, stdin: int) -> dict:
+        """A full stream received as a new dataset in place of the replica's empty one (see
+        VolumeService.begin_replacement): not resumable; a failed one leaves the placeholder
+        as it was, a crash is settled at the next start or request."""
+        try:
+            props = self.volumes.begin_replacement(volume.row.id, volume.dataset)
+        except CommandError as exc:
+            raise ConflictError(f"The replica's empty dataset could not make way for the stream: "
+                                f"{describe(exc)}") from exc
+        try:
+            self.ds.receive_new(target, stdin=stdin, props=props)
+        except CommandError as exc:
+            self.volumes.end_replacement(volume.row.id, volume.dataset)  # the placeholder again
+            raise ConflictError(describe(exc)) from exc
+        except BaseException:
+            self.volumes.end_replacement(volume.row.id, volume.dataset)
+            raise
+        self.volumes.end_replacement(volume.row.id, volume.dataset)
+        return self._received(volume, snap_name)
 
     def _receive_into(self, volume, target: str, snap_name: str, full: bool, stdin: int,
                       resumable: bool = False) -> dict:
@@ -273,6 +301,9 @@ class Receiver:
                     self.ds.mount(volume.dataset)
         except CommandError as exc:
             raise ConflictError(describe(exc)) from exc
+        return self._received(volume, snap_name)
+
+    def _received(self, volume, snap_name: str) -> dict:
         with self.lock.held():
             view = self.catalog.load(volume.row.pool_id)
         for snap in view.snapshots.values():

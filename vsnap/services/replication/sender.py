@@ -32,6 +32,9 @@ RATE_WINDOW = 5.0  # seconds: a session's current rate is its stream's average o
 # Stream flags used where both appliances' ZFS have the feature (ZfsDriver.stream_features):
 # compressed blocks cross the wire as stored, large blocks whole, embedded data as is.
 STREAM_OPTIONS = (("compressed", "-c"), ("large_blocks", "-L"), ("embedded_data", "-e"))
+# An encrypted volume is sent raw (-w): its blocks cross the wire and land on the partner as they
+# are stored, encrypted, and the partner never holds the key. Never sent decrypted instead.
+RAW = "-w"
 
 
 def base_label(base) -> str:
@@ -127,7 +130,11 @@ class Sender:
         if bookmark is not None and bookmark.createtxg >= self._createtxg(snap):
             bookmark = None  # not older than the snapshot to send: no base for it
         tried = None
-        known = self._without_asking(partner, rel, last, older, bookmark)
+        encrypted = self.ds.encrypted(snap.volume.dataset)
+        # An encrypted volume needs a partner that receives raw streams: asked first when that
+        # is not known, so that no stream leaves before it is.
+        known = None if encrypted and "raw" not in (self.partners.remembered_features(partner.id) or ()) \
+            else self._without_asking(partner, rel, last, older, bookmark)
         if known is not None:
             base, address = known
             tried = (base.zfs_name if base else None, address)
@@ -310,9 +317,10 @@ class Sender:
         else:
             if base is not None and not isinstance(base, Bookmark):
                 self.bookmarks.hold(rel.id, base.zfs_name)
+            encrypted = self.ds.encrypted(snap.volume.dataset)
             producer = self.ds.send_argv(snap.zfs_name, base.zfs_name if base else None,
-                                         self._stream_options(partner))
-            mode = Request.INCREMENTAL if base else Request.FULL
+                                         self._stream_options(partner, encrypted))
+            mode = Request.INCREMENTAL if base else Request.FULL_RAW if encrypted else Request.FULL
         words = [Request.RECEIVE, rel.id, remote_name, mode]
         if rollback_to is not None:
             words += [Request.ROLLBACK_TO, rollback_to]
@@ -369,9 +377,16 @@ class Sender:
         return {"remote_snap_id": str(answer["snap_id"]), "size_sent": result.bytes_moved,
                 "rate": int(result.bytes_moved / took) if took > 0 else None}  # the stream's average
 
-    def _stream_options(self, partner: Partner) -> list[str]:
+    def _stream_options(self, partner: Partner, encrypted: bool = False) -> list[str]:
         both = self.ds.zfs.stream_features() & (self.partners.remembered_features(partner.id) or frozenset())
-        return [flag for feature, flag in STREAM_OPTIONS if feature in both]
+        options = [flag for feature, flag in STREAM_OPTIONS if feature in both]
+        if encrypted:
+            if "raw" not in both:
+                raise ValueError("The volume is encrypted and is sent only raw (zfs send -w), which the "
+                                 "partner's ZFS cannot receive (it lacks native encryption, e.g. zfs-fuse); "
+                                 "it is never sent decrypted")
+            options.insert(0, RAW)
+        return options
 
     def _received_anyway(self, partner: Partner, rel: Relationship, snap) -> str | None:
         """The replica's id of `snap` if the partner holds it (asked once its receive of this
