@@ -55,6 +55,14 @@ def test_serve_info(env, replica, stream):
     assert env.svc.serve(P1, ["info"], stream)["stream_features"] == ["compressed", "resumable"]
 
 
+def test_an_appliance_with_an_encrypted_pool_takes_no_embedded_data_streams(env, replica, stream):
+    # ZFS refuses send -e into an encrypted dataset unless the stream is raw
+    env.ds.zfs.features = frozenset({"compressed", "embedded_data", "raw"})
+    assert env.svc.serve(P1, ["info"], stream)["stream_features"] == ["compressed", "embedded_data", "raw"]
+    env.ds.encrypted_datasets.add("p")
+    assert env.svc.serve(P1, ["info"], stream)["stream_features"] == ["compressed", "raw"]
+
+
 @pytest.mark.parametrize("words", [
     [], [""], ["rm", "-rf", "/"], ["INFO"], ["snapshots"], ["snapshots", R1, "x"],
     ["recv", R1, "s1"], ["recv", R1, "s1", "both"], ["recv", R1, "s1", "full", "x"],

@@ -89,8 +89,14 @@ class Receiver:
         raise ValidationError(f"Unknown replication request: {' '.join(words)[:100]!r}")
 
     def _stream_features(self) -> list[str]:
-        """What streams this appliance's ZFS can receive (the sender picks its flags by them)."""
-        return sorted(self.ds.zfs.stream_features())
+        """What streams this appliance's ZFS can receive (the sender picks its flags by them).
+        ZFS takes a stream with embedded data (send -e) into an encrypted dataset only raw
+        ("incompatible embedded data stream feature with encrypted receive"): while this
+        appliance has an encrypted pool, where a replica may be, it takes no such stream."""
+        features = set(self.ds.zfs.stream_features())
+        if "embedded_data" in features and any(self.ds.encrypted(p.name) for p in self.ds.zfs.list()):
+            features.discard("embedded_data")
+        return sorted(features)
 
     def _repl_addresses(self) -> list[str]:
         return [a for iface in self.network.list() if "repl" in iface["services"] for a in iface["ip4_addrs"]]
