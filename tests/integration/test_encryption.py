@@ -344,21 +344,22 @@ def test_replicas_in_an_encrypted_partner_pool(enc):
 
 
 def _receive_processes(snap_name: str, timeout: float = 60) -> tuple[int, int, list[int]]:
-    """The partner's side of a stream of `snap_name`, once it runs: (its sshd session, the serve
-    process, the serve process's children: the zfs receive)."""
+    """The partner's side of a stream of `snap_name`, once its `zfs receive` runs: (the sshd
+    session carrying it, its serve process, the zfs receive, which the partner's server runs)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         out = subprocess.run(["pgrep", "-f", "vsnap.worker.serve"], capture_output=True, text=True).stdout
+        receives = subprocess.run(["pgrep", "-f", f"^zfs receive .*@{snap_name}$"], capture_output=True,
+                                  text=True).stdout.split()
         for pid in (int(p) for p in out.split()):
             try:
                 environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
                 ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-                children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
             except (OSError, ValueError, IndexError):
                 continue
-            if children and any(e.startswith(b"SSH_ORIGINAL_COMMAND=recv ") and e.split()[2] == snap_name.encode()
+            if receives and any(e.startswith(b"SSH_ORIGINAL_COMMAND=recv ") and e.split()[2] == snap_name.encode()
                                 for e in environ):
-                return ppid, pid, children
+                return ppid, pid, [int(r) for r in receives]
         time.sleep(0.05)
     raise AssertionError(f"no receive of {snap_name} appeared")
 
