@@ -156,7 +156,6 @@ class FakeDs:
         self.has_zvols = True
         self.zfs = SimpleNamespace(features=frozenset())  # zfs-fuse's: none; tests give OpenZFS's
         self.zfs.stream_features = lambda: self.zfs.features
-        self.zfs.list = lambda: [SimpleNamespace(name="p")]  # the pools
         self.encrypted_datasets: set[str] = set()
         self.tokens: dict[str, str] = {}  # dataset -> the resume token an interrupted receive left
         self.targets: dict[str, tuple[str, int]] = {}  # token -> (its snapshot's guid, bytes kept): the sender's

@@ -94,7 +94,7 @@ class Receiver:
         ("incompatible embedded data stream feature with encrypted receive"): while this
         appliance has an encrypted pool, where a replica may be, it takes no such stream."""
         features = set(self.ds.zfs.stream_features())
-        if "embedded_data" in features and any(self.ds.encrypted(p.name) for p in self.ds.zfs.list()):
+        if "embedded_data" in features and any(self.ds.encrypted(pool.name) for _, pool in self.pools.live()):
             features.discard("embedded_data")
         return sorted(features)
 
@@ -177,7 +177,7 @@ class Receiver:
         try:  # where its first stream should go; without them the primary asks before it
             answer["repl_addresses"] = self._repl_addresses()
             answer["stream_features"] = self._stream_features()
-        except (CommandError, OSError) as exc:
+        except Exception as exc:  # the replica and its relationship stand: the answer is only a hint
             log.warning("replica %s made; its replication addresses are unknown: %s", name, describe(exc))
         return answer
 
