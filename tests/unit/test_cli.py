@@ -22,7 +22,7 @@ from vsnap import cli
 from vsnap.cli import build_parser, main, settings
 from vsnap.cli.client import ConnectionFailure, Reply, RequestsTransport, tls_settings
 from vsnap.cli.commands import size_arg
-from vsnap.cli.output import Progress, human_size
+from vsnap.cli.output import Progress, human_size, human_time
 
 BASE = "https://127.0.0.1:8900"
 P_ID = "5058a20323b943ed925fd92f88f1b926"
@@ -155,6 +155,14 @@ CASES = [
      [("POST", "/api/pool/2", None, {"action": "addspare", "disk_list": ["u3"]})], [ok(POOL)]),
     (["pool", "removespare", "2", "--disk", "u3"],
      [("POST", "/api/pool/2", None, {"action": "removespare", "disk_list": ["u3"]})], [ok(POOL)]),
+    (["pool", "scrub", "2"], [("POST", "/api/pool/2", None, {"action": "scrub"})], [ok(POOL)]),
+    (["pool", "scrub_stop", "--name", "backup1"],
+     [("GET", "/api/pool", {"name": "backup1"}, None), ("POST", "/api/pool/2", None, {"action": "scrub_stop"})],
+     [ok(POOL), ok(POOL)]),
+    (["pool", "replace", "2", "--disk", "/dev/disk/by-id/virtio-vsnapdisk1", "--new-disk", "/dev/loop4"],
+     [("GET", "/api/disk", None, None),
+      ("POST", "/api/pool/2", None, {"action": "replace", "disk": "/dev/disk/by-id/virtio-vsnapdisk1",
+                                     "disk_list": ["u4"]})], [ok(DISKS), ok(POOL)]),
     (["pool", "delete", "2"], [("DELETE", "/api/pool/2", None, None)], [ok({})]),
     (["pool", "delete", "--name", "backup1"],
      [("GET", "/api/pool", {"name": "backup1"}, None), ("DELETE", "/api/pool/2", None, None)], [ok(POOL), ok({})]),
@@ -384,7 +392,7 @@ def test_stats_for_people_are_human_sizes(capsys):
 
 
 TABLES = [
-    (["pool", "show"], {"pools": [POOL], "total": 1}, "ID NAME TYPE STATUS HEALTH SIZE USED FREE"),
+    (["pool", "show"], {"pools": [POOL], "total": 1}, "ID NAME TYPE STATUS HEALTH SIZE USED FREE SCAN"),
     (["disk", "show"], DISKS, "NAME UUID SIZE USED_AS POOL TYPE VENDOR MODEL"),
     (["volume", "show"], {"volumes": [{"id": "3", "name": "fs1", "size_total": None}], "total": 1},
      "ID NAME TYPE POOL_ID CLONE SIZE USED FREE CREATED"),
@@ -418,7 +426,42 @@ def test_tables_have_upper_case_headers_and_one_row_per_object(argv, body, heade
 def test_pool_table_values(capsys):
     run(["pool", "show"], ok({"pools": [POOL], "total": 1}))
     row = capsys.readouterr().out.splitlines()[1].split()
-    assert row == ["2", "backup1", "raid6", "ONLINE", "100%", "1.5G", "512M", "1G"]
+    assert row == ["2", "backup1", "raid6", "ONLINE", "100%", "1.5G", "512M", "1G", "-"]
+    resilvering = dict(POOL, status="DEGRADED", health="75",
+                       scan={"function": "resilver", "state": "scanning", "percent": 79.0})
+    scrubbed = dict(POOL, id="3", scan={"function": "scrub", "state": "finished", "percent": 100.0})
+    run(["pool", "show"], ok({"pools": [resilvering, scrubbed], "total": 2}))
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert rows[0][3:5] == ["DEGRADED", "75%"] and rows[0][-2:] == ["resilver", "79.00%"]
+    assert rows[1][-2:] == ["scrub", "finished"]
+
+
+def test_pool_show_says_its_scan_and_its_failed_and_spare_devices(capsys):
+    body = dict(POOL, status="DEGRADED", health="75", disks={"raid5_group1": ["/dev/a", "/dev/c", "/dev/d"],
+                                                             "spare": ["/dev/c"]},
+                scan={"function": "resilver", "state": "scanning", "percent": 79.0,
+                      "estimated_end": "1796536100", "errors": None, "time_started": None, "time_ended": None},
+                disk_states=[
+                    {"path": "/dev/a", "group": "raid5_group1", "role": "data", "state": "FAULTED", "replacing": "old"},
+                    {"path": "/dev/c", "group": "raid5_group1", "role": "data", "state": "ONLINE",
+                     "replacing": "spare"},
+                    {"path": "/dev/d", "group": "raid5_group1", "role": "data", "state": "ONLINE", "replacing": None},
+                    {"path": "/dev/c", "group": "spare", "role": "spare", "state": "INUSE", "replacing": None}])
+    run(["pool", "show", "2"], ok(body))
+    out = capsys.readouterr().out
+    assert "status:" in out and "DEGRADED" in out and "health:" in out
+    assert f"scan: resilver in progress, 79.00% done, estimated end {human_time('1796536100')}" in out
+    lines = [line.split(None, 4) for line in out.split("devices:\n", 1)[1].splitlines()]
+    assert lines[0] == ["PATH", "GROUP", "ROLE", "STATE", "NOTE"]
+    assert lines[1] == ["/dev/a", "raid5_group1", "data", "FAULTED", "FAILED, being replaced"]
+    assert lines[2] == ["/dev/c", "raid5_group1", "data", "ONLINE", "hot spare standing in"]
+    assert lines[3] == ["/dev/d", "raid5_group1", "data", "ONLINE", "-"]
+    assert lines[4] == ["/dev/c", "spare", "spare", "INUSE", "spare in use"]
+    run(["pool", "show", "2"], ok(dict(POOL, scan={"function": "scrub", "state": "finished", "percent": 100.0,
+                                                    "errors": 0, "time_ended": "1796536011"})))
+    assert f"scan: scrub finished {human_time('1796536011')} with 0 errors" in capsys.readouterr().out
+    run(["pool", "show", "2"], ok(dict(POOL, scan=None)))
+    assert "scan: none yet" in capsys.readouterr().out
 
 
 def test_detail_view_is_key_value_lines(capsys):

@@ -1,15 +1,17 @@
-"""Log formatting with request ids, the audit trail's redaction and listing, and the parsing
-behind system stats."""
+"""Log formatting with request ids, the audit trail's redaction and listing, the parsing
+behind system stats, and the pool metrics."""
 from __future__ import annotations
 
 import json
 import logging
+from types import SimpleNamespace
 
 import pytest
 
 from vsnap.drivers.zfs import ZfsDriver
 from vsnap.logs import ContextFilter, JsonFormatter, request_id_var
 from vsnap.services.audit import AuditService, redact
+from vsnap.services.metrics import StorageCollector
 
 from support import empty_tables
 
@@ -109,3 +111,31 @@ def test_arc_stats_and_ddt_sizes(tmp_path, fake_runner):
     assert zfs.ddt_sizes("fuse") == (0, 0)  # zfs-fuse prints no DDT line without dedup
     zfs.ARCSTATS = str(tmp_path / "missing")
     assert zfs.arc_stats() == {}
+
+
+class _Pools:
+    def __init__(self, pools):
+        self.pools = pools
+
+    def list(self):
+        return self.pools
+
+
+def test_pool_metrics_say_state_health_and_scan_progress(store):
+    empty_tables(store)
+    degraded = {"name": "h21pool", "size_total": "100", "size_used": "10", "size_free": "90", "status": "DEGRADED",
+                "health": "75", "scan": {"function": "resilver", "state": "scanning", "percent": 79.0}}
+    scrubbed = {"name": "tank", "size_total": "100", "size_used": "10", "size_free": "90", "status": "ONLINE",
+                "health": "100", "scan": {"function": "scrub", "state": "finished", "percent": 100.0}}
+    idle = {"name": "new", "status": "ONLINE", "health": "100", "scan": None}
+    collector = StorageCollector(SimpleNamespace(pools=_Pools([degraded, scrubbed, idle]), store=store))
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in collector.collect() for s in family.samples}
+    assert samples[("vsnap_pool_state", (("pool", "h21pool"), ("state", "DEGRADED")))] == 1.0
+    assert samples[("vsnap_pool_health_ratio", (("pool", "h21pool"),))] == 0.75
+    assert samples[("vsnap_pool_scan_active", (("function", "resilver"), ("pool", "h21pool")))] == 1.0
+    assert samples[("vsnap_pool_scan_active", (("function", "scrub"), ("pool", "h21pool")))] == 0.0
+    assert samples[("vsnap_pool_scan_percent", (("function", "resilver"), ("pool", "h21pool")))] == 79.0
+    assert samples[("vsnap_pool_scan_active", (("function", "scrub"), ("pool", "tank")))] == 0.0
+    assert samples[("vsnap_pool_scan_percent", (("function", "scrub"), ("pool", "tank")))] == 100.0
+    assert not any(name == "vsnap_pool_scan_percent" and ("pool", "new") in labels for name, labels in samples)

@@ -30,6 +30,14 @@ from vsnap.services.pools import (
 from vsnap.store.models import Pool
 
 from support import empty_tables, holder
+from zpool_support import (
+    FUSE_OFFLINE_WITH_SPARE,
+    FUSE_RESILVERING,
+    FUSE_SCRUB_DONE,
+    FUSE_SCRUBBING,
+    FUSE_SPARE_RESILVERING,
+    OZFS_RESILVERING_SPARE,
+)
 
 SYSTEM_ID = "0123456789abcdef0123456789abcdef"
 OTHER_SYSTEM_ID = "fedcba9876543210fedcba9876543210"
@@ -151,7 +159,8 @@ def status_from_vdevs(name: str, vdevs: list[str]) -> PoolStatus:
 class FakeOps:
     """ZfsPoolOps over an in-memory set of pools. Changes are recorded in `calls`."""
 
-    MUTATING = ("create", "add", "remove", "set", "export", "import_by_guid", "destroy", "load_key")
+    MUTATING = ("create", "add", "remove", "set", "export", "import_by_guid", "destroy", "load_key", "scrub",
+                "scrub_stop", "replace")
 
     def __init__(self):
         self.has_sync = True
@@ -227,6 +236,15 @@ class FakeOps:
 
     def remove(self, pool, devices):
         self._do("remove", pool, list(devices))
+
+    def scrub(self, pool):
+        self._do("scrub", pool)
+
+    def scrub_stop(self, pool):
+        self._do("scrub_stop", pool)
+
+    def replace(self, pool, old, new):
+        self._do("replace", pool, old, new)
 
     def set(self, dataset, prop, value):
         self._do("set", dataset, prop, value)
@@ -1307,6 +1325,197 @@ def test_action_touches_time_updated(env, monkeypatch):
     monkeypatch.setattr(pools_mod, "now", lambda: 2_000_000_000)
     result = env.svc.action(str(pool_id), "addlog", disk_list=["SER-sdb"])
     assert result["time_updated"] == "2000000000"
+
+
+# =============================================================================================
+# health: scan, device states, scrub and replace (beyond the spec)
+# =============================================================================================
+
+def _at(monkeypatch, epoch=2_000_000_000):
+    monkeypatch.setattr(pools_mod, "now", lambda: epoch)
+    return epoch
+
+
+def test_view_of_a_degraded_pool_resilvering_onto_its_spare(env, monkeypatch):
+    t = _at(monkeypatch)
+    pool_id, _ = make_pool(env, "h21pool", pool_type="raid0", status_text=FUSE_SPARE_RESILVERING,
+                           health="DEGRADED")
+    details = env.svc.get(pool_id=str(pool_id))
+    assert details["status"] == "DEGRADED"
+    assert details["health"] == "75"  # the offline disk is 1 of 4 (the spare counts in both places)
+    assert details["scan"] == {"function": "resilver", "state": "scanning", "percent": 79.0,
+                               "estimated_end": str(t), "errors": None, "time_started": None,
+                               "time_ended": None}
+    # the spec's shape is kept; the states come beside it
+    assert details["disks"] == {"raid0_group1": ["/var/tmp/h21-a.img", "/var/tmp/h21-d.img", "/var/tmp/h21-c.img"],
+                                "spare": ["/var/tmp/h21-d.img"]}
+    assert details["disk_states"] == [
+        {"path": "/var/tmp/h21-a.img", "group": "raid0_group1", "role": "data", "state": "OFFLINE",
+         "replacing": "old"},
+        {"path": "/var/tmp/h21-d.img", "group": "raid0_group1", "role": "data", "state": "ONLINE",
+         "replacing": "spare"},
+        {"path": "/var/tmp/h21-c.img", "group": "raid0_group1", "role": "data", "state": "ONLINE",
+         "replacing": None},
+        {"path": "/var/tmp/h21-d.img", "group": "spare", "role": "spare", "state": "INUSE", "replacing": None},
+    ]
+
+
+def test_view_of_a_replacement_in_progress(env, monkeypatch):
+    _at(monkeypatch)
+    pool_id, _ = make_pool(env, "h21pool", pool_type="raid0", status_text=FUSE_RESILVERING)
+    details = env.svc.get(pool_id=str(pool_id))
+    assert [(d["path"], d["replacing"]) for d in details["disk_states"]] == [
+        ("/var/tmp/h21-a.img", None), ("/var/tmp/h21-b.img", "old"), ("/var/tmp/h21-c.img", "new")]
+    assert details["health"] == "100" and details["scan"]["state"] == "scanning"
+
+
+def test_a_degraded_pool_is_below_100_even_with_every_device_healthy():
+    status = parse_zpool_status(FUSE_RESILVERING)[0]
+    assert PoolService._health(PoolSummary("h21pool", "1", "ONLINE"), status) == 100
+    assert PoolService._health(PoolSummary("h21pool", "1", "DEGRADED"), status) == 99
+
+
+def test_view_of_a_finished_scan_and_of_none(env):
+    pool_id, _ = make_pool(env, "h21pool", pool_type="raid0", status_text=FUSE_SCRUB_DONE)
+    scan = env.svc.get(pool_id=str(pool_id))["scan"]
+    assert (scan["function"], scan["state"], scan["percent"], scan["errors"], scan["estimated_end"]) == \
+        ("scrub", "finished", 100.0, 0, None)
+    assert scan["time_ended"] is not None and scan["time_ended"].isdigit()
+    other_id, _ = make_pool(env, "stripe", pool_type="raid0", status_text=STATUS_STRIPES_FUSE)
+    assert env.svc.get(pool_id=str(other_id))["scan"] is None
+
+
+def test_view_of_a_failed_disk_known_by_guid_shows_its_old_path(env, monkeypatch):
+    t = _at(monkeypatch)
+    pool_id, _ = make_pool(env, "tank", pool_type="raid6", status_text=OZFS_RESILVERING_SPARE, health="DEGRADED")
+    details = env.svc.get(pool_id=str(pool_id))
+    failed = details["disk_states"][0]
+    assert failed == {"path": "/dev/disk/by-id/virtio-vsnapdisk1", "group": "raid6_group1", "role": "data",
+                      "state": "FAULTED", "replacing": "old"}
+    assert details["disks"]["raid6_group1"][0] == "/dev/disk/by-id/virtio-vsnapdisk1"
+    assert details["scan"]["estimated_end"] == str(t + 2 * 86400 + 3723)
+    assert details["scan"]["time_started"] is not None
+    assert int(details["health"]) < 100
+
+
+def test_list_gives_each_pool_its_scan_and_health_from_one_status(env):
+    make_pool(env, "h21pool", pool_type="raid0", status_text=FUSE_SPARE_RESILVERING, health="DEGRADED")
+    make_pool(env, "stripe", pool_type="raid0", status_text=STATUS_STRIPES_FUSE)
+    listed = {p["name"]: p for p in env.svc.list()}
+    assert (listed["h21pool"]["status"], listed["h21pool"]["health"]) == ("DEGRADED", "75")
+    assert listed["h21pool"]["scan"]["percent"] == 79.0
+    assert (listed["stripe"]["health"], listed["stripe"]["scan"]) == ("100", None)
+
+
+def test_list_without_zpool_status_still_lists(env, monkeypatch):
+    make_pool(env, "h21pool", pool_type="raid0", status_text=FUSE_SPARE_RESILVERING, health="DEGRADED")
+
+    def refuse(pool=None):
+        raise CommandError(["zpool", "status"], 1, "", "internal error\n")
+    monkeypatch.setattr(env.zfs, "pool_status", refuse)
+    [listed] = env.svc.list()
+    assert (listed["status"], listed["health"], listed["scan"]) == ("DEGRADED", "50", None)
+
+
+def test_scrub_and_scrub_stop(env):
+    pool_id, _ = make_pool(env, "stripe", pool_type="raid0", status_text=STATUS_STRIPES_FUSE)
+    env.svc.action(str(pool_id), "scrub")
+    scrubbing_id, _ = make_pool(env, "h21pool", pool_type="raid0", status_text=FUSE_SCRUBBING)
+    env.svc.action(str(scrubbing_id), "scrub_stop")
+    assert env.ops.mutations() == [("scrub", "stripe"), ("scrub_stop", "h21pool")]
+
+
+def test_scrub_while_a_scan_runs_is_a_conflict_and_runs_nothing(env):
+    scrubbing_id, _ = make_pool(env, "h21pool", pool_type="raid0", status_text=FUSE_SCRUBBING)
+    with pytest.raises(ConflictError, match="already scrubbing"):
+        env.svc.action(str(scrubbing_id), "scrub")
+    resilvering_id, _ = make_pool(env, "tank", pool_type="raid0", status_text=FUSE_RESILVERING)
+    with pytest.raises(ConflictError, match="already resilvering"):
+        env.svc.action(str(resilvering_id), "scrub")
+    assert env.ops.mutations() == []
+
+
+@pytest.mark.parametrize("status_text, why", [
+    (STATUS_STRIPES_FUSE, "no scrub is running"),
+    (FUSE_SCRUB_DONE, "no scrub is running"),
+    (FUSE_RESILVERING, "a resilver is running"),
+])
+def test_scrub_stop_without_a_scrub_running_is_a_conflict(env, status_text, why):
+    pool_id, _ = make_pool(env, "tank", pool_type="raid0", status_text=status_text)
+    with pytest.raises(ConflictError, match=why):
+        env.svc.action(str(pool_id), "scrub_stop")
+    assert env.ops.mutations() == []
+
+
+def test_a_scrub_zfs_refuses_is_a_conflict_with_its_words(env):
+    pool_id, _ = make_pool(env, "stripe", pool_type="raid0", status_text=STATUS_STRIPES_FUSE)
+    env.ops.fail["scrub"] = CommandError(["zpool", "scrub"], 1, "",
+                                         "cannot scrub stripe: pool is currently unavailable\n")
+    with pytest.raises(ConflictError, match="currently unavailable"):
+        env.svc.action(str(pool_id), "scrub")
+
+
+def test_replace_a_device_by_its_path_with_an_unused_disk(env, monkeypatch):
+    pool_id, _ = make_pool(env, "h21pool", pool_type="raid0", status_text=FUSE_OFFLINE_WITH_SPARE,
+                           health="DEGRADED")
+    monkeypatch.setattr(pools_mod, "now", lambda: 2_000_000_000)
+    result = env.svc.action(str(pool_id), "replace", disk="/var/tmp/h21-a.img", disk_list=["SER-sdb"])
+    assert env.ops.mutations() == [("replace", "h21pool", "/var/tmp/h21-a.img", by_id("sdb"))]
+    assert result["time_updated"] == "2000000000"
+
+
+def test_replace_a_failed_disk_known_by_guid_passes_zfs_the_guid(env):
+    pool_id, _ = make_pool(env, "tank", pool_type="raid6", status_text=OZFS_RESILVERING_SPARE, health="DEGRADED")
+    env.svc.action(str(pool_id), "replace", disk="/dev/disk/by-id/virtio-vsnapdisk1", disk_list=["SER-sdc"])
+    assert env.ops.mutations() == [("replace", "tank", "4242424242424242", by_id("sdc"))]
+
+
+def test_replace_a_bare_named_device_passes_its_path(env):
+    pool_id, _ = make_pool(env, "stripe", pool_type="raid0", status_text=STATUS_STRIPES_FUSE)
+    env.svc.action(str(pool_id), "replace", disk="/dev/loop1", disk_list=["SER-sdb"])
+    assert env.ops.mutations() == [("replace", "stripe", "/dev/loop1", by_id("sdb"))]
+
+
+@pytest.mark.parametrize("disk, disk_list, error, words", [
+    (None, ["SER-sdb"], ValidationError, "disk is required"),
+    ("", ["SER-sdb"], ValidationError, "disk is required"),
+    ("/var/tmp/h21-a.img", None, ValidationError, "exactly one"),
+    ("/var/tmp/h21-a.img", [], ValidationError, "exactly one"),
+    ("/var/tmp/h21-a.img", ["SER-sdb", "SER-sdc"], ValidationError, "exactly one"),
+    ("/dev/sdz", ["SER-sdb"], InvalidCandidateError, "not a device of pool"),
+    ("h21-a.img", ["SER-sdb"], InvalidCandidateError, "not a device of pool"),
+    ("/var/tmp/h21-a.img; rm -rf /", ["SER-sdb"], InvalidCandidateError, "not a device of pool"),
+    ("/var/tmp/../tmp/h21-a.img", ["SER-sdb"], InvalidCandidateError, "not a device of pool"),
+    ("mirror-0", ["SER-sdb"], InvalidCandidateError, "not a device of pool"),
+    ("/dev/mirror-0", ["SER-sdb"], InvalidCandidateError, "not a device of pool"),
+    ("h21pool", ["SER-sdb"], InvalidCandidateError, "not a device of pool"),
+    ("/var/tmp/h21-d.img", ["SER-sdb"], InvalidCandidateError, "spare device"),
+    ("/var/tmp/h21-a.img", ["SER-nope"], InvalidCandidateError, "no such disk"),
+    ("/var/tmp/h21-a.img", ["SER-sdh"], InvalidCandidateError, "in use"),
+])
+def test_replace_refuses_bad_input_and_changes_nothing(env, disk, disk_list, error, words):
+    env.disks.entries.append((BlockDevice("/dev/sdh", 2 ** 30, "disk", serial="SER-sdh"), "data", "other"))
+    pool_id, _ = make_pool(env, "h21pool", pool_type="raid0", status_text=FUSE_OFFLINE_WITH_SPARE,
+                           health="DEGRADED")
+    with pytest.raises(error, match=words):
+        env.svc.action(str(pool_id), "replace", disk=disk, disk_list=disk_list)
+    assert env.ops.mutations() == [] and env.zfs.cleared == []
+
+
+def test_replace_of_a_cache_device_is_refused(env):
+    pool_id, _ = make_pool(env, "tank", status_text=STATUS_WITH_LOG_MIRROR_FUSE)
+    with pytest.raises(InvalidCandidateError, match="cache device"):
+        env.svc.action(str(pool_id), "replace", disk="/dev/loop5", disk_list=["SER-sdb"])
+    env.svc.action(str(pool_id), "replace", disk="/dev/loop3", disk_list=["SER-sdb"])  # a log device: yes
+    assert env.ops.mutations() == [("replace", "tank", "/dev/loop3", by_id("sdb"))]
+
+
+def test_a_replace_zfs_refuses_is_invalid_candidate_with_its_words(env):
+    pool_id, _ = make_pool(env, "h21pool", pool_type="raid0", status_text=FUSE_OFFLINE_WITH_SPARE)
+    env.ops.fail["replace"] = CommandError(["zpool", "replace"], 1, "",
+                                           "cannot replace /var/tmp/h21-a.img with /dev/sdb: device is too small\n")
+    with pytest.raises(InvalidCandidateError, match="device is too small"):
+        env.svc.action(str(pool_id), "replace", disk="/var/tmp/h21-a.img", disk_list=["SER-sdb"])
 
 
 # =============================================================================================

@@ -8,12 +8,39 @@ from .common import Blueprint, ClosedSchema, EmptyResponse, Id, StrictSchema, ac
 
 blp = Blueprint("pool", __name__, url_prefix="/api/pool", description="Storage pools (spec 7)")
 
-ACTIONS = ["expand", "addlog", "removelog", "addcache", "removecache", "addspare", "removespare"]
+ACTIONS = ["expand", "addlog", "removelog", "addcache", "removecache", "addspare", "removespare",
+           "scrub", "scrub_stop", "replace"]
 
 
 class EncryptionSchema(ma.Schema):
     enabled = ma.fields.Boolean(metadata={"description": "the pool's datasets are encrypted at rest "
                                                          "(aes-256-gcm, a key the appliance keeps root-only)"})
+
+
+class ScanSchema(ma.Schema):
+    function = ma.fields.String(metadata={"enum": ["scrub", "resilver"]})
+    state = ma.fields.String(metadata={"enum": ["scanning", "finished", "canceled"]})
+    percent = ma.fields.Float(allow_none=True, metadata={"description": "share done, 0-100 (null if unknown)"})
+    estimated_end = ma.fields.String(allow_none=True, metadata={
+        "description": "Epoch seconds: when a running scan should end, by ZFS's estimate (null when it "
+                       "gives none)"})
+    errors = ma.fields.Integer(allow_none=True, metadata={"description": "errors ZFS could not repair, once "
+                                                                         "the scan ended"})
+    time_started = ma.fields.String(allow_none=True, metadata={"description": "Epoch seconds"})
+    time_ended = ma.fields.String(allow_none=True, metadata={"description": "Epoch seconds"})
+
+
+class DiskStateSchema(ma.Schema):
+    path = ma.fields.String(metadata={"description": "the device as `disks` shows it"})
+    group = ma.fields.String(metadata={"description": "the key of `disks` it is under"})
+    role = ma.fields.String(metadata={"enum": ["data", "log", "cache", "spare", "special", "dedup"]})
+    state = ma.fields.String(allow_none=True, metadata={
+        "description": "ZFS's state: ONLINE, DEGRADED, FAULTED, UNAVAIL, REMOVED, OFFLINE; a spare's "
+                       "AVAIL or INUSE"})
+    replacing = ma.fields.String(allow_none=True, metadata={
+        "enum": ["old", "new", "spare"],
+        "description": "in a replacement or a hot spare's stand-in: the device replaced (old), its "
+                       "replacement (new) or the hot spare taking over (spare)"})
 
 
 class PoolSummarySchema(ma.Schema):
@@ -28,6 +55,8 @@ class PoolSummarySchema(ma.Schema):
     time_created = ma.fields.String()
     time_updated = ma.fields.String()
     encryption = ma.fields.Nested(EncryptionSchema)
+    scan = ma.fields.Nested(ScanSchema, allow_none=True, metadata={
+        "description": "Beyond the spec: the scrub or resilver running, or the last one (null: none yet)"})
 
 
 class PoolSchema(PoolSummarySchema):
@@ -41,6 +70,8 @@ class PoolSchema(PoolSummarySchema):
     size_before_compression = ma.fields.String()
     size_before_deduplication = ma.fields.String()
     syncwrite = ma.fields.Boolean()
+    disk_states = ma.fields.List(ma.fields.Nested(DiskStateSchema), metadata={
+        "description": "Beyond the spec: each device of `disks` with its state and role"})
 
 
 class PoolListSchema(ma.Schema):
@@ -88,7 +119,10 @@ class PoolUpdateSchema(StrictSchema):
 class PoolActionSchema(StrictSchema):
     action = ma.fields.String(required=True, validate=ma.validate.OneOf(ACTIONS))
     disk_list = ma.fields.List(DiskUuid(), load_default=None, allow_none=True)
-    disk = DiskUuid(load_default=None, allow_none=True)
+    # addcache: a disk's uuid; replace: the device to replace, by its path in the pool's disks
+    disk = ma.fields.String(load_default=None, allow_none=True, validate=ma.validate.Length(min=1, max=4096),
+                            metadata={"description": "addcache: a disk uuid; replace: the path of the pool's "
+                                                     "device to replace, as its disks show it"})
 
 
 def _pools():
@@ -135,7 +169,8 @@ def update_pool(args, pool_id):
 @blp.arguments(PoolActionSchema)
 @blp.response(200, PoolSchema)
 def pool_action(args, pool_id):
-    """Expand, or add/remove log, cache and spare devices (7.4.2-7.4.5)"""
+    """Expand, or add/remove log, cache and spare devices (7.4.2-7.4.5); beyond the spec, scrub,
+    scrub_stop, and replace (disk: the device's path, disk_list: one unused disk's uuid)"""
     return _pools().action(pool_id, args["action"], disk_list=args["disk_list"], disk=args["disk"])
 
 

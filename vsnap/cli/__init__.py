@@ -142,7 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
             ("addcache", "one", "add a cache (L2ARC) disk"),
             ("removecache", None, "remove the cache disk"),
             ("addspare", "required", "add hot spare disks"),
-            ("removespare", "required", "remove hot spare disks")):
+            ("removespare", "required", "remove hot spare disks"),
+            ("scrub", None, "start a scrub: ZFS reads and checks every block (follow it with pool show)"),
+            ("scrub_stop", None, "stop the running scrub")):
         p = verb(r, action, c.pool_action(action, disks), f"{help_} (POST /api/pool/<id> action {action})")
         c.selector(p, "pool")
         if disks == "one":
@@ -150,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
         elif disks:
             p.add_argument("--disk", action="append", required=disks == "required", metavar="DISK",
                            help="disk uuid or device path; repeat or separate with commas")
+    p = verb(r, "replace", c.pool_replace, "replace a device of the pool (a failed one) by an unused disk "
+                                           "(POST /api/pool/<id> action replace)")
+    c.selector(p, "pool")
+    p.add_argument("--disk", required=True, metavar="PATH", help="the device to replace, as `pool show` lists it")
+    p.add_argument("--new-disk", required=True, metavar="DISK", help="the unused disk: uuid or device path")
     p = verb(r, "delete", c.delete("pool"), "delete a pool with everything in it (DELETE /api/pool/<id>)")
     c.selector(p, "pool")
 

@@ -59,9 +59,64 @@ def pct(value) -> str:
     return "-" if value in (None, "") else f"{value}%"
 
 
+def scan_summary(scan) -> str:
+    """A pool's scan in a few words: 'resilver 45.10%' while it runs, else how it ended."""
+    if not scan:
+        return "-"
+    if scan.get("state") == "scanning":
+        percent = scan.get("percent")
+        return f"{scan.get('function')} {percent:.2f}%" if percent is not None else f"{scan.get('function')} running"
+    return f"{scan.get('function')} {scan.get('state')}"
+
+
 POOL = [("ID", "id"), ("NAME", "name"), ("TYPE", "pool_type"), ("STATUS", "status"),
         ("HEALTH", "health", pct), ("SIZE", "size_total", human_size), ("USED", "size_used", human_size),
-        ("FREE", "size_free", human_size)]
+        ("FREE", "size_free", human_size), ("SCAN", "scan", scan_summary)]
+HEALTHY_DEVICE = ("ONLINE", "AVAIL", "INUSE")
+PARTS = {"old": "being replaced", "new": "replacing it", "spare": "hot spare standing in"}
+
+
+def device_note(device: dict) -> str:
+    notes = []
+    if device.get("state") not in HEALTHY_DEVICE:
+        notes.append("FAILED" if device.get("state") in ("FAULTED", "UNAVAIL", "REMOVED")
+                     else str(device.get("state")).lower())
+    if device.get("replacing"):
+        notes.append(PARTS.get(device["replacing"], device["replacing"]))
+    if device.get("role") == "spare":
+        notes.append("spare in use" if device.get("state") == "INUSE" else "spare")
+    return ", ".join(notes) or "-"
+
+
+DEVICE = [("PATH", "path"), ("GROUP", "group"), ("ROLE", "role"), ("STATE", "state"), ("NOTE", device_note)]
+
+
+def scan_detail(scan) -> str:
+    if not scan:
+        return "none yet"
+    what, state = scan.get("function"), scan.get("state")
+    if state == "scanning":
+        percent = scan.get("percent")
+        text = f"{what} in progress, " + (f"{percent:.2f}% done" if percent is not None else "progress unknown")
+        end = scan.get("estimated_end")
+        return text + (f", estimated end {human_time(end)}" if end else ", no estimated end")
+    text = f"{what} {state}"
+    if scan.get("time_ended"):
+        text += f" {human_time(scan['time_ended'])}"
+    if scan.get("errors") is not None:
+        text += f" with {scan['errors']} errors"
+    return text
+
+
+def pool_detail(pool: dict) -> str:
+    """One pool for people: its fields as key: value lines, then its scan and its devices
+    with their states (failed ones and spares said so)."""
+    text = detail({k: v for k, v in pool.items() if k not in ("scan", "disk_states")})
+    if "scan" in pool:
+        text += f"\nscan: {scan_detail(pool['scan'])}"
+    if pool.get("disk_states"):
+        text += "\ndevices:\n" + "\n".join("  " + line for line in table(pool["disk_states"], DEVICE).splitlines())
+    return text
 DISK = [("NAME", "name"), ("UUID", "uuid"), ("SIZE", "size", human_size), ("USED_AS", "used_as"),
         ("POOL", "pool"), ("TYPE", "type"), ("VENDOR", "vendor"), ("MODEL", "model")]
 VOLUME = [("ID", "id"), ("NAME", "name"), ("TYPE", "volume_type"), ("POOL_ID", "pool_id"),
@@ -203,7 +258,7 @@ def pool_show(ctx: Context, a):
     ident, name = chosen(a)
     if ident or name:
         result = ctx.client.get(f"/api/pool/{ident}") if ident else ctx.client.get("/api/pool", {"name": name})
-        return ctx.print(json.dumps(_pool_in_full(result.data))) if ctx.json else ctx.print(detail(result.data))
+        return ctx.print(json.dumps(_pool_in_full(result.data))) if ctx.json else ctx.print(pool_detail(result.data))
     listed = ctx.client.get("/api/pool")
     if not ctx.json:
         return ctx.print(listing("pools", POOL)(listed.data))
@@ -295,7 +350,7 @@ def pool_create(ctx, a):
     put_fields(body, a, {**POOL_FLAGS, "diskgroup_size": "diskgroup_size"})
     if getattr(a, "encrypted", False):
         body["encryption"] = {"enabled": True}
-    ctx.show(ctx.client.post("/api/pool", body), detail)
+    ctx.show(ctx.client.post("/api/pool", body), pool_detail)
 
 
 def pool_update(ctx, a):
@@ -303,7 +358,7 @@ def pool_update(ctx, a):
     if not body:
         raise UsageError("nothing to change: give --new-name, --[no-]compression, --[no-]dedup or --[no-]syncwrite")
     ident = target_id(ctx, a, "pool")
-    ctx.show(ctx.client.put(f"/api/pool/{ident}", body), detail)
+    ctx.show(ctx.client.put(f"/api/pool/{ident}", body), pool_detail)
 
 
 def pool_action(action: str, disks: str | None):
@@ -318,8 +373,18 @@ def pool_action(action: str, disks: str | None):
         elif disks and a.disk:
             body["disk_list"] = disk_uuids(ctx, a.disk)
         ident = target_id(ctx, a, "pool")
-        ctx.show(ctx.client.post(f"/api/pool/{ident}", body), detail)
+        ctx.show(ctx.client.post(f"/api/pool/{ident}", body), pool_detail)
     return run
+
+
+def pool_replace(ctx, a):
+    """Replace a device of the pool (its path, as `pool show` lists it) by an unused disk."""
+    new = disk_uuids(ctx, [a.new_disk])
+    if len(new) != 1:
+        raise UsageError("--new-disk takes one disk")
+    ident = target_id(ctx, a, "pool")
+    ctx.show(ctx.client.post(f"/api/pool/{ident}", {"action": "replace", "disk": a.disk, "disk_list": new}),
+             pool_detail)
 
 
 # -- volumes, snapshots, shares ---------------------------------------------------------------

@@ -29,11 +29,45 @@ class VdevNode:
     name: str
     state: str | None
     children: list["VdevNode"] = field(default_factory=list)
+    # What ZFS says after the error counters: "cannot open", "was /dev/sdb", "currently in
+    # use", "436M resilvered", "(resilvering)"...
+    note: str | None = None
+
+    @property
+    def path(self) -> str:
+        """The device as the pool view shows it: a path under /dev (or a file's path). A
+        device ZFS cannot open may be listed by its guid, with the path it had in its note
+        ("was /dev/sdb"): that path, then."""
+        if self.name.isdigit() and self.note:
+            was = re.match(r"was (/\S+)", self.note)
+            if was:
+                return was.group(1)
+        return device_path(self.name)
 
     def leaves(self) -> list["VdevNode"]:
         if not self.children:
             return [self]
         return [leaf for child in self.children for leaf in child.leaves()]
+
+
+# What a scan is doing, as the pool view says it (the spec has no word for it).
+SCANNING, FINISHED, CANCELED = "scanning", "finished", "canceled"
+
+
+@dataclass
+class ScanStatus:
+    """The `scan:` (OpenZFS) or `scrub:` (zfs-fuse) part of `zpool status`: the pool's
+    current or last scrub or resilver. Times are epoch seconds; `seconds_left` is ZFS's own
+    estimate (None when it gives none: OpenZFS below 10 MB/s, or a paused scrub)."""
+
+    function: str  # scrub or resilver
+    state: str  # SCANNING, FINISHED or CANCELED
+    percent: float | None = None
+    seconds_left: int | None = None
+    errors: int | None = None
+    started: int | None = None
+    ended: int | None = None
+    paused: bool = False
 
 
 @dataclass
@@ -46,6 +80,7 @@ class PoolStatus:
     spare: list[VdevNode] = field(default_factory=list)
     special: list[VdevNode] = field(default_factory=list)  # OpenZFS allocation classes
     dedup: list[VdevNode] = field(default_factory=list)
+    scan: ScanStatus | None = None
 
     def device_roles(self) -> dict[str, str]:
         """Leaf device path -> its role in this pool (one of ROLES)."""
@@ -62,36 +97,145 @@ def device_path(name: str) -> str:
     return name if name.startswith("/") else f"/dev/{name}"
 
 
+# The header lines of `zpool status` ("  pool: tank", " state: ONLINE", "  scan: ...");
+# lines indented further continue the header above them.
+_HEADER = re.compile(r"^\s{0,8}([a-z]+):(?:\s+(.*))?$")
+_MONTHS = {m: i for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
+                                       "Nov", "Dec"), start=1)}
+_CTIME = re.compile(r"(?:[A-Z][a-z]{2} )?([A-Z][a-z]{2}) +(\d{1,2}) (\d\d):(\d\d):(\d\d) (\d{4})")
+
+
+def parse_ctime(text: str) -> int | None:
+    """'Sun Dec  6 05:46:01 2026' (ctime(3), which zpool prints in the local time zone, in
+    English whatever the locale) -> epoch seconds; None when it is not such a time."""
+    found = _CTIME.search(text)
+    if found is None or found.group(1) not in _MONTHS:
+        return None
+    month, day, hour, minute, second, year = found.groups()
+    try:
+        return int(time.mktime((int(year), _MONTHS[month], int(day), int(hour), int(minute), int(second),
+                                0, 0, -1)))
+    except (OverflowError, ValueError):
+        return None
+
+
+def _dhms(text: str) -> int:
+    """OpenZFS's durations: '00:03:10' or '2 days 01:00:00' -> seconds."""
+    days = re.match(r"(\d+) days? ", text)
+    h, m, s = (int(n) for n in text.rsplit(" ", 1)[-1].split(":"))
+    return (int(days.group(1)) if days else 0) * 86400 + h * 3600 + m * 60 + s
+
+
+def parse_scan(text: str) -> ScanStatus | None:
+    """One scan report (its lines joined by spaces), in either dialect:
+
+    OpenZFS 2.1 (cmd/zpool/zpool_main.c, print_scan_scrub_resilver_status and
+    print_rebuild_status_impl):
+      scrub repaired 0B in 00:00:01 with 0 errors on <ctime>
+      resilvered 1.52M in 00:00:01 with 0 errors on <ctime>     (also "resilvered (draid...) ...")
+      scrub canceled on <ctime> / resilver canceled on <ctime>
+      scrub in progress since <ctime> <n> scanned at <r>/s, <n> issued at <r>/s, <n> total
+          <n> repaired, 45.10% done, 00:01:02 to go               (or "no estimated completion time")
+      scrub paused since <ctime> scrub started on <ctime> ... 45.10% done
+      resilver in progress since <ctime> ... <n> resilvered, 45.10% done, ...
+    zfs-fuse 0.7 (its onnv-era zpool_main.c, print_scrub_status), as seen on the lab:
+      scrub in progress for 0h0m, 11.66% done, 0h0m to go
+      scrub completed after 0h0m with 0 errors on <ctime>       (also "resilver ...")
+      scrub stopped after 0h1m with 0 errors on <ctime>
+    "none requested" (both) is no scan at all."""
+    text = " ".join(text.split())
+    if not text or text.startswith("none requested"):
+        return None
+    fuse = re.match(r"(scrub|resilver) in progress for \d+h\d+m, ([\d.]+)% done, (\d+)h(\d+)m to go", text)
+    if fuse:
+        function, percent, left_h, left_m = fuse.groups()
+        return ScanStatus(function, SCANNING, float(percent), int(left_h) * 3600 + int(left_m) * 60)
+    fuse = re.match(r"(scrub|resilver) (completed|stopped) after \d+h\d+m with (\d+) errors on (.+)", text)
+    if fuse:
+        function, how, errors, when = fuse.groups()
+        done = how == "completed"
+        return ScanStatus(function, FINISHED if done else CANCELED, 100.0 if done else None, errors=int(errors),
+                          ended=parse_ctime(when))
+    done = re.match(r"(scrub repaired|resilvered)(?: \([^)]*\))? \S+ in (.+?) with (\d+) errors on (.+)", text)
+    if done:
+        kind, took, errors, when = done.groups()
+        ended = parse_ctime(when)
+        started = ended - _dhms(took) if ended is not None and re.fullmatch(
+            r"(\d+ days? )?\d+:\d\d:\d\d", took) else None
+        return ScanStatus("scrub" if kind.startswith("scrub") else "resilver", FINISHED, 100.0,
+                          errors=int(errors), started=started, ended=ended)
+    canceled = re.match(r"(scrub|resilver)(?: \([^)]*\))? canceled on (.+)", text)
+    if canceled:
+        return ScanStatus(canceled.group(1), CANCELED, ended=parse_ctime(canceled.group(2)))
+    running = re.match(r"(scrub|resilver)(?: \([^)]*\))? (in progress|paused) since (.+)", text)
+    if running:
+        function, how, rest = running.groups()
+        paused = how == "paused"
+        started_on = re.search(r"started on (.+)", rest) if paused else None
+        percent = re.search(r"([\d.]+)% done", rest)
+        left = re.search(r", ((?:\d+ days? )?\d+:\d\d:\d\d) to go", rest)
+        return ScanStatus(function, SCANNING, float(percent.group(1)) if percent else None,
+                          _dhms(left.group(1)) if left and not paused else None,
+                          started=parse_ctime(started_on.group(1) if started_on else rest), paused=paused)
+    return None
+
+
+def _current_scan(scans: list[ScanStatus]) -> ScanStatus | None:
+    """OpenZFS may report a scrub and a (sequential) resilver at once: the one running,
+    else the one that ended last."""
+    if not scans:
+        return None
+    running = [scan for scan in scans if scan.state == SCANNING]
+    if running:
+        return running[-1]
+    return max(scans, key=lambda scan: scan.ended or 0)
+
+
 def parse_zpool_status(text: str) -> list[PoolStatus]:
     pools: list[PoolStatus] = []
     current: PoolStatus | None = None
     in_config = False
     stack: list[tuple[int, VdevNode]] = []
     section = "data"
+    header: str | None = None  # the header the lines being read belong to
+    scans: list[list[str]] = []
+
+    def end_pool() -> None:
+        if current is not None:
+            current.scan = _current_scan([scan for lines in scans if (scan := parse_scan(" ".join(lines)))])
+
     for raw in text.splitlines():
         line = raw.expandtabs(8)
         stripped = line.strip()
-        header = re.match(r"^\s*pool:\s*(\S+)", line)
-        if header:
-            current = PoolStatus(name=header.group(1), state=None)
+        found = _HEADER.match(line)
+        if found and in_config and found.group(1) != "pool":
+            found = None  # in the device list only a next pool's header counts
+        if found and found.group(1) == "pool":
+            end_pool()
+            current = PoolStatus(name=(found.group(2) or "").strip(), state=None)
             pools.append(current)
-            in_config = False
+            in_config, header, scans = False, "pool", []
             continue
         if current is None:
             continue
-        state = re.match(r"^\s*state:\s*(\S+)", line)
-        if state and not in_config:
-            current.state = state.group(1)
+        if found:
+            header, value = found.group(1), (found.group(2) or "").strip()
+            if header == "state":
+                current.state = value.split()[0] if value else None
+            elif header in ("scan", "scrub"):  # OpenZFS says scan:, zfs-fuse scrub:
+                scans.append([value])
             continue
         if stripped.startswith("NAME") and "STATE" in stripped:
-            in_config, stack, section = True, [], "data"
+            in_config, stack, section, header = True, [], "data", None
             continue
         if not in_config:
+            if header in ("scan", "scrub") and stripped and scans:
+                scans[-1].append(stripped)  # OpenZFS's scan report goes on below its first line
             continue
         if not stripped:
             continue
         if re.match(r"^\S", line) and ":" in stripped:  # "errors: ..." ends the config block
-            in_config = False
+            in_config, header = False, None
             continue
         indent = len(line) - len(line.lstrip(" "))
         parts = stripped.split()
@@ -104,7 +248,12 @@ def parse_zpool_status(text: str) -> list[PoolStatus]:
             section = SECTION_NAMES[name]
             stack = [(indent, VdevNode(name, None))]
             continue
-        node = VdevNode(name, node_state)
+        # After NAME STATE come READ WRITE CKSUM (not for spares), then ZFS's note, if any.
+        counters = 0
+        while counters < 3 and len(parts) > 2 + counters and re.fullmatch(r"[\d.]+[KMGTPE]?", parts[2 + counters]):
+            counters += 1
+        note = " ".join(parts[2 + counters:]) or None
+        node = VdevNode(name, node_state, note=note)
         while stack and stack[-1][0] >= indent:
             stack.pop()
         if len(stack) <= 1:  # directly under the pool or a section: a top-level vdev
@@ -112,6 +261,7 @@ def parse_zpool_status(text: str) -> list[PoolStatus]:
         else:
             stack[-1][1].children.append(node)
         stack.append((indent, node))
+    end_pool()
     return pools
 
 
@@ -467,6 +617,19 @@ class ZfsPoolOps(ZfsCommands):
 
     def remove(self, pool: str, devices: builtins.list[str]) -> None:
         self.runner.run(["zpool", "remove", pool, *devices])
+
+    def replace(self, pool: str, old: str, new: str) -> None:
+        """Replaces device `old` (as ZFS names it in the pool: a path, or a guid for one it
+        cannot open) by the unused disk `new`; the resilver runs on after this returns."""
+        self.runner.run(["zpool", "replace", "-f", pool, old, new])
+
+    def scrub(self, pool: str) -> None:
+        """Starts a scrub (it runs on after this returns). No dataset changes: readers keep
+        what they read."""
+        self.runner.run(["zpool", "scrub", pool], changes=False)
+
+    def scrub_stop(self, pool: str) -> None:
+        self.runner.run(["zpool", "scrub", "-s", pool], changes=False)
 
     def export(self, pool: str) -> None:
         run_retrying_busy(self.runner, ["zpool", "export", pool])

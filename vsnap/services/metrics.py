@@ -1,5 +1,5 @@
-"""Storage figures for the Prometheus endpoint, read when scraped: pool capacity and health,
-replication sessions by state and the bytes they sent."""
+"""Storage figures for the Prometheus endpoint, read when scraped: pool capacity, health, state
+and scrub or resilver progress, replication sessions by state and the bytes they sent."""
 from __future__ import annotations
 
 import logging
@@ -13,6 +13,7 @@ from ..store.models import ReplicationSession
 log = logging.getLogger(__name__)
 
 POOL_STATES = ("ONLINE", "DEGRADED", "FAULTED", "OFFLINE", "UNAVAIL", "REMOVED")
+SCAN_FUNCTIONS = ("scrub", "resilver")
 
 
 class StorageCollector:
@@ -26,6 +27,11 @@ class StorageCollector:
         health = GaugeMetricFamily("vsnap_pool_health_ratio", "Share of the pool's devices that are healthy",
                                    labels=["pool"])
         state = GaugeMetricFamily("vsnap_pool_state", "1 for the pool's current state", labels=["pool", "state"])
+        scanning = GaugeMetricFamily("vsnap_pool_scan_active", "1 while a scrub or resilver runs on the pool",
+                                     labels=["pool", "function"])
+        scan_percent = GaugeMetricFamily("vsnap_pool_scan_percent",
+                                         "How far the pool's running or last scrub or resilver got (0-100)",
+                                         labels=["pool", "function"])
         try:
             pools = self.services.pools.list()
         except Exception as exc:  # a scrape must still answer: the figures are just missing
@@ -40,7 +46,13 @@ class StorageCollector:
                 health.add_metric([name], float(p["health"]) / 100)
             for s in POOL_STATES:
                 state.add_metric([name, s], 1.0 if p.get("status") == s else 0.0)
-        yield from (size, used, free, health, state)
+            scan = p.get("scan") or {}
+            for function in SCAN_FUNCTIONS:
+                running = scan.get("function") == function and scan.get("state") == "scanning"
+                scanning.add_metric([name, function], 1.0 if running else 0.0)
+                if scan.get("function") == function and scan.get("percent") is not None:
+                    scan_percent.add_metric([name, function], float(scan["percent"]))
+        yield from (size, used, free, health, state, scanning, scan_percent)
 
         sessions = GaugeMetricFamily("vsnap_replication_sessions", "Replication sessions by status",
                                      labels=["status"])

@@ -17,7 +17,18 @@ from ..config import Settings
 from ..drivers.disks import BlockDevice, DiskDriver
 from ..drivers.keys import CIPHER, KeyFiles
 from ..drivers.runner import CommandError, describe
-from ..drivers.zfs import PoolStatus, PoolSummary, ZfsDriver, ZfsPoolOps, device_path, format_ratio, parse_ratio
+from ..drivers.zfs import (
+    SCANNING,
+    PoolStatus,
+    PoolSummary,
+    ScanStatus,
+    VdevNode,
+    ZfsDriver,
+    ZfsPoolOps,
+    device_path,
+    format_ratio,
+    parse_ratio,
+)
 from ..errors import ConflictError, InvalidCandidateError, NotFoundError, ValidationError
 from ..store.db import Store
 from ..store.models import Pool, now
@@ -123,7 +134,8 @@ class PoolService:
         raise NotFoundError(f"Pool {pool_id if pool_id is not None else name} not found")
 
     # -- rendering --------------------------------------------------------------------------
-    def _summary(self, row: Pool, summary: PoolSummary, props: dict[str, str]) -> dict:
+    def _summary(self, row: Pool, summary: PoolSummary, props: dict[str, str],
+                 status: PoolStatus | None) -> dict:
         used, available = int(props["used"]), int(props["available"])
         return {
             "id": str(row.id),
@@ -133,11 +145,30 @@ class PoolService:
             "size_free": str(available),
             "size_used": str(used),
             "status": summary.health,
-            "health": str(self._health(summary, None)),
+            "health": str(self._health(summary, status)),
             "time_created": props["creation"],
             "time_updated": str(row.time_updated),
             # Read from ZFS (never kept in the database): where ZFS has no encryption, never.
             "encryption": {"enabled": props.get("encryption", "off") not in ("off", "-", "")},
+            # Beyond the spec: the scrub or resilver running, or the last one.
+            "scan": self._scan_view(status.scan if status is not None else None),
+        }
+
+    @staticmethod
+    def _scan_view(scan: ScanStatus | None) -> dict | None:
+        """A scan as the pool view shows it; times as epoch seconds, as the view's other
+        times. The estimated end is ZFS's own estimate of the time to go, from now."""
+        if scan is None:
+            return None
+        running = scan.state == SCANNING
+        return {
+            "function": scan.function,
+            "state": scan.state,
+            "percent": scan.percent,
+            "estimated_end": str(now() + scan.seconds_left) if running and scan.seconds_left is not None else None,
+            "errors": scan.errors,
+            "time_started": str(scan.started) if scan.started is not None else None,
+            "time_ended": str(scan.ended) if scan.ended is not None and not running else None,
         }
 
     def _props(self, name: str) -> dict[str, str]:
@@ -153,7 +184,8 @@ class PoolService:
     @staticmethod
     def _health(summary: PoolSummary, status: PoolStatus | None) -> int:
         """100 when every device is healthy, less by the share of devices that are not, 0 when
-        the pool itself is faulted or unavailable."""
+        the pool itself is faulted or unavailable; a pool ZFS calls anything but ONLINE
+        (DEGRADED) is below 100 even when all its devices are (a device being replaced)."""
         if summary.health in ("FAULTED", "UNAVAIL"):
             return 0
         if status is None:
@@ -163,24 +195,56 @@ class PoolService:
         if not leaves:
             return 0
         healthy = sum(1 for leaf in leaves if leaf.state in HEALTHY_DEVICE_STATES)
-        return healthy * 100 // len(leaves)
+        health = healthy * 100 // len(leaves)
+        return min(health, 99) if summary.health != "ONLINE" else health
 
     @staticmethod
-    def _disk_groups(pool_type: str, status: PoolStatus) -> dict[str, list[str]]:
-        groups: dict[str, list[str]] = {}
-        stripes: list[str] = []
+    def _devices(pool_type: str, status: PoolStatus) -> list[tuple[str, str, VdevNode, str | None]]:
+        """Every device of the pool as the view lists it: (group, role, device, replacing),
+        where group is the key of `disks` it is under and replacing says, for a device in a
+        replacement in progress or a hot spare standing in, which part it plays: the device
+        being replaced ("old"), its replacement ("new") or the hot spare taking over ("spare")."""
+        spares = {leaf.path for top in status.spare for leaf in top.leaves()}
+
+        def walk(node: VdevNode, part: str | None = None) -> list[tuple[VdevNode, str | None]]:
+            if not node.children:
+                return [(node, part)]
+            found = []
+            for i, child in enumerate(node.children):
+                if node.name.startswith("spare-"):
+                    part = "spare" if not child.children and child.path in spares else "old"
+                elif node.name.startswith("replacing-"):
+                    part = "new" if i == len(node.children) - 1 else "old"
+                found += walk(child, part)
+            return found
+
+        devices: list[tuple[str, str, VdevNode, str | None]] = []
+        stripes: list[tuple[VdevNode, str | None]] = []
+        groups = 0
         for top in status.data:
             if top.name.startswith(("raidz", "mirror", "draid")):
-                groups[f"{pool_type}_group{len(groups) + 1}"] = [device_path(leaf.name) for leaf in top.leaves()]
+                groups += 1
+                devices += [(f"{pool_type}_group{groups}", "data", leaf, part) for leaf, part in walk(top)]
             else:  # a plain disk, or one being replaced (replacing-N, spare-N)
-                stripes.extend(device_path(leaf.name) for leaf in top.leaves())
+                stripes += walk(top)
         if stripes:
-            groups[f"{pool_type}_group{len(groups) + 1}"] = stripes
+            devices += [(f"{pool_type}_group{groups + 1}", "data", leaf, part) for leaf, part in stripes]
         for role in ("log", "cache", "spare", "special", "dedup"):
-            devices = [device_path(leaf.name) for top in getattr(status, role) for leaf in top.leaves()]
-            if devices:
-                groups[role] = devices
+            for top in getattr(status, role):
+                devices += [(role, role, leaf, part) for leaf, part in walk(top)]
+        return devices
+
+    @classmethod
+    def _disk_groups(cls, pool_type: str, status: PoolStatus) -> dict[str, list[str]]:
+        groups: dict[str, list[str]] = {}
+        for group, _, leaf, _ in cls._devices(pool_type, status):
+            groups.setdefault(group, []).append(leaf.path)
         return groups
+
+    @classmethod
+    def _disk_states(cls, pool_type: str, status: PoolStatus) -> list[dict]:
+        return [{"path": leaf.path, "group": group, "role": role, "state": leaf.state, "replacing": part}
+                for group, role, leaf, part in cls._devices(pool_type, status)]
 
     def _details(self, row: Pool, summary: PoolSummary) -> dict:
         props = self._props(summary.name)
@@ -199,18 +263,27 @@ class PoolService:
             "deduplication_ratio": format_ratio(dedupratio),
             "diskgroup_size": str(row.diskgroup_size),
             "disks": self._disk_groups(row.pool_type, status),
-            **self._summary(row, summary, props),
+            **self._summary(row, summary, props, status),
             # Dataset space is accounted before dedup; its logical size before compression.
             "size_before_compression": str(before_compression),
             "size_before_deduplication": str(used),
             # Without a sync property (zfs-fuse) writes always follow POSIX sync semantics.
             "syncwrite": props.get("sync", "standard") != "disabled",
+            # Beyond the spec: each device of `disks` with its state and role.
+            "disk_states": self._disk_states(row.pool_type, status),
         }
-        details["health"] = str(self._health(summary, status))
         return details
 
     def list(self) -> list[dict]:
-        return [self._summary(row, summary, self._props(summary.name)) for row, summary in self.live()]
+        live = self.live()
+        statuses: dict[str, PoolStatus] = {}
+        if live:
+            try:  # one `zpool status` for every pool (it lists the others' pools too)
+                statuses = {status.name: status for status in self.zfs.pool_status()}
+            except CommandError as exc:
+                log.warning("zpool status failed: pools listed without their devices' health: %s", describe(exc))
+        return [self._summary(row, summary, self._props(summary.name), statuses.get(summary.name))
+                for row, summary in live]
 
     def get(self, pool_id: str | None = None, name: str | None = None) -> dict:
         return self._details(*self.find(pool_id, name))
@@ -481,12 +554,66 @@ class PoolService:
                 elif action == "removespare":
                     spares = self._spares_named(status, disk_list)
                     self._remove(summary.name, spares, spares)
+                elif action in ("scrub", "scrub_stop"):
+                    self._scrub(summary.name, status, stop=action == "scrub_stop")
+                elif action == "replace":
+                    self._replace(row.pool_type, summary.name, status, disk, disk_list)
                 else:
                     raise ValidationError(f"Unknown pool action {action!r}")
             except CommandError as exc:
-                raise InvalidCandidateError(f"ZFS refused to {action} pool {summary.name}: {describe(exc)}") from exc
+                message = f"ZFS refused to {action} pool {summary.name}: {describe(exc)}"
+                if action in ("scrub", "scrub_stop"):  # the pool's state refused it, not the input
+                    raise ConflictError(message) from exc
+                raise InvalidCandidateError(message) from exc
             self._touch(row.id)
         return self.get(pool_id=pool_id)
+
+    def _scrub(self, pool: str, status: PoolStatus, *, stop: bool) -> None:
+        """Starts or stops a scrub. Both ZFSs are asked only what they can do now, so both
+        answer alike: OpenZFS refuses a second scrub or a stop with none running, zfs-fuse
+        would restart the scrub or say nothing."""
+        scan = status.scan
+        running = scan is not None and scan.state == SCANNING
+        if stop:
+            if not running or scan is None or scan.function != "scrub":
+                what = "a resilver is running (it cannot be stopped)" if running else "no scrub is running"
+                raise ConflictError(f"Pool {pool} has no scrub to stop: {what}")
+            self.ops.scrub_stop(pool)
+            log.info("pool %s: scrub stopped at %s%% done", pool, scan.percent)
+            return
+        if running and scan is not None:
+            raise ConflictError(f"Pool {pool} is already {'scrubbing' if scan.function == 'scrub' else 'resilvering'}"
+                                f" ({scan.percent if scan.percent is not None else '?'}% done): a scrub can start "
+                                "once it ends")
+        self.ops.scrub(pool)
+        log.info("pool %s: scrub started", pool)
+
+    def _replace(self, pool_type: str, pool: str, status: PoolStatus, disk: str | None,
+                 uuids: builtins.list[str] | None) -> None:
+        """Replaces a device of the pool (`disk`: its path as the view shows it) by one unused
+        disk (`disk_list`). The device is found among the pool's own, and ZFS is given the
+        name it knows the device by, never the text of the request."""
+        if not disk:
+            raise ValidationError("disk is required for replace: the path of the device to replace, "
+                                  "as the pool's disks show it")
+        if not uuids or len(uuids) != 1:
+            raise ValidationError("disk_list must name exactly one unused disk for replace")
+        devices = [(role, leaf) for _, role, leaf, _ in self._devices(pool_type, status) if leaf.path == disk]
+        if not devices:
+            raise InvalidCandidateError(f"{disk} is not a device of pool {pool}")
+        replaceable = [leaf for role, leaf in devices if role not in ("spare", "cache")]
+        if not replaceable:
+            raise InvalidCandidateError(f"{disk} is a {devices[0][0]} device of pool {pool}: those are removed "
+                                        "and added (removespare/removecache, addspare/addcache), not replaced")
+        if len(replaceable) > 1:  # a path shown twice (a missing disk's old path, now another disk's)
+            replaceable = [leaf for leaf in replaceable if leaf.state not in HEALTHY_DEVICE_STATES]
+            if len(replaceable) != 1:
+                raise InvalidCandidateError(f"{disk} names more than one device of pool {pool}: "
+                                            "replace it with zpool by its guid")
+        old = replaceable[0]
+        [new] = self._paths(self._candidates(uuids, required=True))
+        log.info("pool %s: replacing %s (%s) by %s", pool, disk, old.state, new)
+        self.ops.replace(pool, old.name if old.name.isdigit() else old.path, new)
 
     def _remove_all(self, pool: str, tops, role: str) -> None:
         if not tops:
