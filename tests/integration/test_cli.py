@@ -76,7 +76,8 @@ def test_system_stats_and_audit_json(vsnap, appliance):
         assert {"id", "time", "user", "address", "method", "path", "status", "message", "request_id"} <= set(event)
 
 
-TABLES = {"pool": "ID NAME TYPE STATUS HEALTH SIZE USED FREE", "disk": "NAME UUID SIZE USED_AS POOL TYPE VENDOR MODEL",
+TABLES = {"pool": "ID NAME TYPE STATUS HEALTH SIZE USED FREE SCAN",
+          "disk": "NAME UUID SIZE USED_AS POOL TYPE VENDOR MODEL",
           "volume": "ID NAME TYPE POOL_ID CLONE SIZE USED FREE CREATED", "host": "ID NAME IQNS CREATED",
           "user": "NAME UID GID ROLE", "network": "ID NAME HW_ADDR IPV4 IPV6 SERVICES", "target": "TYPE WWN HOST_ID",
           "audit": "ID TIME USER ADDRESS METHOD PATH STATUS MESSAGE REQUEST_ID"}

@@ -26,6 +26,7 @@ from .conftest import STATE
 from .system_state import ganesha_pid, nfs_exports, settings
 from .test_shares import (
     fs,  # noqa: F401  a fixture, which pytest finds here by name
+    kept_busy,  # noqa: F401  a fixture (pool's and fs's), which pytest finds here by name
     nfs_ls,
     pool,  # noqa: F401  a fixture (fs's), which pytest finds here by name
     run,
