@@ -95,6 +95,34 @@ def test_init_without_multipool_leaves_the_setting_as_it_is(service):
     assert service.init(run_async=False, multipool=None, skip_pool=True)["multipool"] is False
 
 
+def _record_init(service, status, owner):
+    with service.store.session() as s:
+        service._set(s, "init_status", status)
+        service._set(s, "init_owner", owner)
+
+
+def test_an_init_whose_process_died_is_recorded_as_interrupted(service):
+    _record_init(service, "Initializing", "999999999:1")  # no such process
+    assert service._status() == ("Failed", "Initialization was interrupted; run init again")
+    with service.store.session() as s:
+        assert service._get(s, "init_status") == "Failed"
+
+
+def test_an_init_that_ends_while_its_status_is_read_is_not_called_interrupted(service, monkeypatch):
+    # The status was read while the init ran; it ends (its owner cleared) before the owner is
+    # judged: the status read must not be recorded over the end.
+    _record_init(service, "Initializing", "999999999:1")
+
+    def ended_meanwhile(owner):
+        service._finish("Ready", None)
+        return False
+
+    monkeypatch.setattr(system, "owner_alive", ended_meanwhile)
+    assert service._status() == ("Ready", None)
+    with service.store.session() as s:
+        assert service._get(s, "init_status") == "Ready"
+
+
 # -- stats ------------------------------------------------------------------------------------
 class _StatsZfs(_Zfs):
     def __init__(self, ddt):

@@ -10,6 +10,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
+from sqlalchemy import select, update
+
 from ..config import Settings
 from ..drivers.packages import PackageDriver
 from ..drivers.zfs import ZfsDriver
@@ -99,16 +101,28 @@ class SystemService:
 
     # -- info -------------------------------------------------------------------------------
     def _status(self) -> tuple[str | None, str | None]:  # (status, message); the column is nullable
+        keys = ("init_status", "init_message", "init_owner")
         with self.store.session() as s:
-            status = self._get(s, "init_status", NOT_INITIALIZED)
-            message = self._get(s, "init_message")
-            owner = self._get(s, "init_owner")
-            if status == INITIALIZING and not owner_alive(owner):
-                # The process running init died (crash, kill -9): say so instead of spinning forever.
-                status, message = FAILED, "Initialization was interrupted; run init again"
-                self._set(s, "init_status", status)
-                self._set(s, "init_message", message)
-            return status, message
+            # One statement, one snapshot: reads one by one could see an init's start in one and
+            # its end in the next (a status still Initializing beside the owner it cleared).
+            query = select(Setting.key, Setting.value).where(Setting.key.in_(keys))
+            rows = {key: value for key, value in s.execute(query)}
+            status = rows["init_status"] if "init_status" in rows else NOT_INITIALIZED
+            message, owner = rows.get("init_message"), rows.get("init_owner")
+            if status != INITIALIZING or owner_alive(owner):
+                return status, message
+            # The process running init died (crash, kill -9): say so instead of spinning forever,
+            # recorded only if that init is still the one in the database.
+            owner_now = select(Setting.value).where(Setting.key == "init_owner").scalar_subquery()
+            failed = s.execute(update(Setting).where(Setting.key == "init_status", Setting.value == INITIALIZING,
+                                                     owner_now.is_not_distinct_from(owner))
+                               .values(value=FAILED))
+            if failed.rowcount != 1:  # it ended, or another began, meanwhile
+                s.rollback()
+                return self._status()
+            message = "Initialization was interrupted; run init again"
+            self._set(s, "init_message", message)
+            return FAILED, message
 
     def stats(self, pools: list[str]) -> dict:
         """ZFS cache and dedup-table figures in bytes (strings), null where the ZFS
