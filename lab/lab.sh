@@ -445,7 +445,7 @@ write_labenv() {
     slot=$(slot_of "$STATE")
     env="VSNAP_DISKS=$joined"$'\n'"VSNAP_NFS_EXPORT_ID_BASE=$((slot * EXPORT_ID_SLOT))"
     if [[ $VSNAP_LAB_STACK == kernel ]]; then
-        env+=$'\n'"VSNAP_KERNEL_EXPORTS=/etc/exports.d/${STATE##*/}.exports"
+        env+=$'\n'"VSNAP_KERNEL_EXPORTS=$(kernel_exports_file)"
     else
         env+=$'\n'"VSNAP_GANESHA_PIDFILE=$(pidfile ganesha)"$'\n'"VSNAP_GANESHA_LOG=$(logfile ganesha)"
     fi
@@ -975,11 +975,17 @@ disks_down() {
     fi
 }
 
+# kernel_exports_file: this appliance's own file of exports on the kernel stack (named in lab.env).
+kernel_exports_file() {
+    echo "/etc/exports.d/${STATE##*/}.exports"
+}
+
 # kernel_exports_down: the kernel NFS server lets go of this appliance's exports (the lab's own
 # file under /etc/exports.d, named in lab.env): its pools can then be exported, and exportfs
 # does not fail for every other appliance on paths that went with them.
 kernel_exports_down() {
-    local file=/etc/exports.d/${STATE##*/}.exports
+    local file
+    file=$(kernel_exports_file)
     [[ -e $file ]] || return 0
     rm -f -- "$file"
     if exportfs -ra; then

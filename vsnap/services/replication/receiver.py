@@ -278,12 +278,9 @@ class Receiver:
         try:
             self.ds.receive_new(target, stdin=stdin, props=props)
         except CommandError as exc:
-            self.volumes.end_replacement(volume.row.id, volume.dataset)  # the placeholder again
             raise ConflictError(describe(exc)) from exc
-        except BaseException:
+        finally:  # the received dataset is the replica's, or the placeholder is made again
             self.volumes.end_replacement(volume.row.id, volume.dataset)
-            raise
-        self.volumes.end_replacement(volume.row.id, volume.dataset)
         return self._received(volume, snap_name)
 
     def _receive_into(self, volume, target: str, snap_name: str, full: bool, stdin: int,
